@@ -1,0 +1,361 @@
+"""The station's mind: PackML mode, swap sequence and interlocks, without any I/O.
+
+`StationCore.update(image, now)` is one scan: read the process image, evaluate the
+interlocks, advance the mode and the sequence, and return what to record (events) and
+what to write (PLC outputs). The daemon journals the events before it writes the outputs,
+so nothing is commanded that has not been recorded. Time is passed in (monotonic seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.bms.protocol import VEHICLE_PACK_SA
+from drivers.plc.regmap import load_register_map
+from station import interlocks
+from station.config import StationConfig
+from station.image import ProcessImage
+from station.packml import Cmd, PackMLMachine, State, TransitionRefused
+from station.plan import PackInfo, SwapPlan
+from station.selection import Choice, choose_pack
+from station.sequence import SEQUENCE, Step, StepView
+
+CMD_IDLE, CMD_BUSY, CMD_DONE, CMD_ERROR = 0, 1, 2, 3
+PLC_ERRORS = {
+    0: "none", 1: "unknown command", 2: "refused", 3: "mechanism fault",
+    4: "timeout in the PLC", 5: "bad parameter", 6: "stopped",
+}
+STOP_NONE, STOP_CAT1, STOP_CAT2 = 0, 1, 2
+SENSOR_GRACE_S = 0.5  # PLC said done; the sensors must agree within this
+STOP_CONFIRM_S = 1.0  # Aborting/Stopping/Holding wait this long at most for the PLC to go idle
+
+
+@dataclass(frozen=True)
+class Event:
+    kind: str  # state, swap_started, step_started, step_done, swap_ended, fault, inhibit
+    data: dict[str, Any]
+
+
+@dataclass
+class Decision:
+    events: list[Event] = field(default_factory=list)
+    outputs: dict[str, int] | None = None  # the whole desired output set, when it changed
+    command_issued: bool = False  # a new PLC command: write at once
+
+
+class CommandRefused(Exception):
+    pass
+
+
+def default_command_codes() -> dict[str, int]:
+    return {name: c.code for name, c in load_register_map().commands.items()}
+
+
+class StationCore:
+    def __init__(
+        self, cfg: StationConfig, *, next_swap_number: int = 1,
+        initial_state: State = State.STOPPED, reason: str | None = None,
+        command_codes: dict[str, int] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.command_codes = command_codes or default_command_codes()
+        self.machine = PackMLMachine(initial_state)
+        self.reason: str | None = reason
+        self.plan: SwapPlan | None = None
+        self.step_index: int | None = None
+        self.step_started_at = 0.0
+        self.swap_number = next_swap_number
+        self.seq: int | None = None
+        self.outputs: dict[str, int] = {
+            "cmd_code": 0, "cmd_param1": 0, "cmd_param2": 0, "cmd_seq": 0,
+            "stop_request": STOP_CAT1 if initial_state == State.ABORTED else STOP_NONE,
+        }
+        self._outputs_dirty = True
+        self._done_seen_at: float | None = None
+        self._acting_since = 0.0
+        self._vehicle_token = 0
+        self._identify_started_at: float | None = None
+        self._vehicle_gone_at = float("-inf")
+        self._inhibit: str | None = None
+        self._hb_value: object = None
+        self._hb_changed_at: float | None = None
+        self.active_interlocks: list[str] = []
+        self._pending: list[Event] = []
+        self._command_issued = False
+        self._image = ProcessImage()
+
+    # ---- views -------------------------------------------------------------------------
+    @property
+    def state(self) -> State:
+        return self.machine.state
+
+    @property
+    def step(self) -> Step | None:
+        return SEQUENCE[self.step_index] if self.step_index is not None else None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "packml_state": self.state.label,
+            "packml_state_number": int(self.state),
+            "step": self.step.name if self.step else None,
+            "swap_id": self.plan.swap_id if self.plan else None,
+            "active_interlocks": list(self.active_interlocks),
+            "reason": self.reason,
+            "start_inhibited": self._inhibit,
+        }
+
+    # ---- operator commands -------------------------------------------------------------
+    def command(self, cmd: Cmd, now: float, origin: str = "operator") -> Decision:
+        """An operator or back-end command; raises CommandRefused with the reason."""
+        if not self.machine.allowed(cmd):
+            raise CommandRefused(str(TransitionRefused(self.state, cmd)))
+        if cmd in (Cmd.RESET, Cmd.CLEAR, Cmd.START, Cmd.UNHOLD, Cmd.UNSUSPEND):
+            blocking = [il.id for il, _ in self._tripped(now, State.IDLE)]
+            if blocking:
+                raise CommandRefused(f"{cmd.value} refused: interlocks active: "
+                                     + ", ".join(blocking))
+        if cmd == Cmd.ABORT:
+            self._abort(f"abort by {origin}", now)
+        elif cmd == Cmd.STOP:
+            self._stop_motion(STOP_CAT2, f"stop by {origin}", now, Cmd.STOP, "stopped")
+        elif cmd == Cmd.HOLD:
+            self._stop_motion(STOP_CAT2, f"hold by {origin}", now, Cmd.HOLD, None)
+        else:
+            self._transition(cmd, now, f"{cmd.value} by {origin}")
+        return self._flush()
+
+    # ---- the scan ----------------------------------------------------------------------
+    def update(self, image: ProcessImage, now: float) -> Decision:
+        self._image = image
+        hb = image.plc.get("plc_heartbeat")
+        if image.plc_read_at is not None and hb != self._hb_value:
+            self._hb_value, self._hb_changed_at = hb, image.plc_read_at
+        tripped = self._tripped(now, self.state)
+        self.active_interlocks = [il.id for il, _ in tripped]
+        aborting = [il for il, r in tripped if r == interlocks.Reaction.ABORT]
+        if aborting:
+            il = aborting[0]
+            self._abort(f"interlock {il.id}: {il.hazard}", now, code=il.id)
+            return self._flush()
+        inhibited = bool(tripped)
+        st = self.state
+        if st == State.RESETTING and not inhibited and self._plc_quiet(image):
+            self.outputs["stop_request"] = STOP_NONE
+            self._outputs_dirty = True
+            self._transition(Cmd.SC, now, None)
+            self.reason = None
+        elif st == State.IDLE:
+            self._idle(image, now, inhibited)
+        elif st == State.STARTING:
+            self._transition(Cmd.SC, now, None)
+            self._begin_step(0, now)
+        elif st == State.EXECUTE:
+            self._execute(image, now)
+        elif st == State.COMPLETING:
+            self._transition(Cmd.SC, now, None)
+        elif st == State.COMPLETE and self.cfg.operation.auto_reset_after_complete:
+            self._transition(Cmd.RESET, now, "automatic reset after a completed swap")
+        elif st in (State.ABORTING, State.STOPPING, State.HOLDING, State.SUSPENDING):
+            if self._plc_quiet(image) or now - self._acting_since > STOP_CONFIRM_S:
+                self._transition(Cmd.SC, now, self.reason)
+        elif st == State.CLEARING:
+            self.outputs["stop_request"] = STOP_NONE
+            self._outputs_dirty = True
+            self._transition(Cmd.SC, now, self.reason)
+        elif st in (State.UNHOLDING, State.UNSUSPENDING):
+            self.outputs["stop_request"] = STOP_NONE
+            self._outputs_dirty = True
+            self._transition(Cmd.SC, now, None)
+            if self.step_index is not None:
+                self._begin_step(self.step_index, now)
+        return self._flush()
+
+    # ---- internals ---------------------------------------------------------------------
+    def _tripped(self, now: float, state: State) -> list:
+        inp = interlocks.Inputs(self._image, self.cfg, now, self._hb_changed_at)
+        return interlocks.evaluate(inp, state)
+
+    def _plc_quiet(self, image: ProcessImage) -> bool:
+        return image.plc_read_at is not None and image.plc.get("cmd_status") != CMD_BUSY
+
+    def _emit(self, kind: str, **data: Any) -> None:
+        self._pending.append(Event(kind, data))
+
+    def _flush(self) -> Decision:
+        d = Decision(events=self._pending)
+        self._pending = []
+        if self._outputs_dirty:
+            d.outputs = dict(self.outputs)
+            self._outputs_dirty = False
+        d.command_issued = self._command_issued
+        self._command_issued = False
+        return d
+
+    def _transition(self, cmd: Cmd, now: float, reason: str | None) -> None:
+        old = self.state
+        new = self.machine.fire(cmd)
+        self._acting_since = now
+        if reason is not None:
+            self.reason = reason
+        self._emit("state", t=now, old=old.label, new=new.label, number=int(new), reason=reason,
+                   swap_id=self.plan.swap_id if self.plan else None)
+
+    def _end_swap(self, outcome: str, reason: str | None, now: float) -> None:
+        if self.plan is None:
+            return
+        self._emit("swap_ended", t=now, swap_id=self.plan.swap_id, outcome=outcome,
+                   reason=reason, step=self.step.name if self.step else None)
+        if outcome == "completed":
+            self.plan, self.step_index = None, None
+
+    def _abort(self, reason: str, now: float, code: str = "abort") -> None:
+        if self.state in (State.ABORTING, State.ABORTED):
+            return
+        self._emit("fault", t=now, code=code, reason=reason,
+                   swap_id=self.plan.swap_id if self.plan else None,
+                   step=self.step.name if self.step else None)
+        self.outputs["stop_request"] = STOP_CAT1
+        self._outputs_dirty = True
+        self._end_swap("aborted", reason, now)
+        self._transition(Cmd.ABORT, now, reason)
+        self.plan, self.step_index = None, None
+
+    def _stop_motion(self, cat: int, reason: str, now: float, cmd: Cmd,
+                     outcome: str | None) -> None:
+        self.outputs["stop_request"] = cat
+        self._outputs_dirty = True
+        if outcome is not None:
+            self._end_swap(outcome, reason, now)
+            self.plan, self.step_index = None, None
+        self._transition(cmd, now, reason)
+
+    def _idle(self, image: ProcessImage, now: float, inhibited: bool) -> None:
+        token = int(image.plc.get("vehicle_token", 0) or 0)
+        if not image.plc.get("vehicle_present") or token == 0:
+            if self._vehicle_token:
+                self._vehicle_gone_at = now
+            self._vehicle_token, self._identify_started_at = 0, None
+            self._set_inhibit(None, now)
+            return
+        if token != self._vehicle_token:
+            self._vehicle_token = token
+            self._identify_started_at = image.plc_read_at or now
+        assert self._identify_started_at is not None
+        rep = image.packs.get(VEHICLE_PACK_SA)
+        # The bay pack must be one first heard after the last vehicle left (not the pack we
+        # installed in it) and its status fresh.
+        if not image.plc.get("vehicle_ready") or rep is None or not rep.identified or \
+                rep.first_seen < self._vehicle_gone_at or \
+                now - rep.last_seen.get("PackStatus", -1e9) > self.cfg.can.status_timeout_s:
+            return  # identification still running
+        assert rep.serial is not None and rep.family is not None and rep.chemistry is not None
+        if inhibited:
+            self._set_inhibit("interlocks active: " + ", ".join(self.active_interlocks), now)
+            return
+        choice = choose_pack(image, self.cfg, rep.family, now)
+        if not isinstance(choice, Choice):
+            self._set_inhibit(choice.reason, now)
+            return
+        self._set_inhibit(None, now)
+        if not self.cfg.operation.auto_start:
+            return
+        swap_id = f"{self.cfg.station.id}-{self.swap_number:06d}"
+        self.swap_number += 1
+        pack_out = PackInfo(rep.serial, rep.family, rep.chemistry, rep.soc_pct or 0.0,
+                            rep.soh_pct, None)
+        self.plan = SwapPlan(swap_id, token, pack_out, choice.pack, choice.store_slot,
+                             choice.pack.slot or 0, self._identify_started_at)
+        self._emit("swap_started", t=now, swap_id=swap_id, vehicle_token=token,
+                   pack_out=pack_out.as_dict(), pack_in=choice.pack.as_dict(),
+                   store_slot=choice.store_slot, fetch_slot=self.plan.fetch_slot)
+        self._emit("step_started", t=self._identify_started_at, swap_id=swap_id,
+                   step="identify", command=None, seq=None)
+        self._emit("step_done", t=now, swap_id=swap_id, step="identify")
+        self._vehicle_token = token
+        self._transition(Cmd.START, now, f"vehicle {token} identified")
+
+    def _set_inhibit(self, reason: str | None, now: float) -> None:
+        if reason != self._inhibit:
+            self._inhibit = reason
+            self._emit("inhibit", t=now, reason=reason, vehicle_token=self._vehicle_token)
+
+    def _next_seq(self, image: ProcessImage) -> int:
+        if self.seq is None:
+            ack = int(image.plc.get("cmd_ack_seq", 0) or 0)
+            self.seq = ack
+        self.seq = self.seq % 0xFFFF + 1  # 1..65535, never 0
+        return self.seq
+
+    def _begin_step(self, index: int, now: float) -> None:
+        assert self.plan is not None
+        step = SEQUENCE[index]
+        self.step_index = index
+        self.step_started_at = now
+        self._done_seen_at = None
+        seq = None
+        if step.command is not None:
+            seq = self._next_seq(self._image)
+            self.outputs.update(
+                cmd_code=self._command_code(step.command), cmd_param1=step.param(self.plan),
+                cmd_param2=0, cmd_seq=seq,
+            )
+            self._outputs_dirty = True
+            self._command_issued = True
+        self._emit("step_started", t=now, swap_id=self.plan.swap_id, step=step.name,
+                   command=step.command, seq=seq, param=step.param(self.plan))
+
+    def _command_code(self, name: str) -> int:
+        return self.command_codes[name]
+
+    def _execute(self, image: ProcessImage, now: float) -> None:
+        step, plan = self.step, self.plan
+        assert step is not None and plan is not None and self.step_index is not None
+        view = StepView(image, plan, self.cfg, self.step_started_at)
+        elapsed = now - self.step_started_at
+        done = False
+        if step.command is None:
+            fault = step.fault(view)
+            if fault:
+                return self._abort(f"{step.name}: {fault}", now, code=f"{step.name}_failed")
+            done = step.complete(view)
+        else:
+            ack = image.plc.get("cmd_ack_seq")
+            status = image.plc.get("cmd_status")
+            if ack != self.seq:
+                if elapsed > self.cfg.sequence.handshake_timeout_s:
+                    return self._abort(
+                        f"{step.name}: PLC did not take {step.command} (seq {self.seq}) within "
+                        f"{self.cfg.sequence.handshake_timeout_s} s", now, code="plc_no_answer")
+            elif status == CMD_ERROR:
+                code = int(image.plc.get("cmd_error_code", 0) or 0)
+                return self._abort(
+                    f"{step.name}: PLC error {code} ({PLC_ERRORS.get(code, 'unknown')}) on "
+                    f"{step.command}", now, code="plc_error")
+            elif status == CMD_DONE:
+                fault = step.fault(view)
+                if fault:
+                    return self._abort(f"{step.name}: {fault}", now, code=f"{step.name}_failed")
+                done = step.complete(view)
+                if not done:
+                    self._done_seen_at = self._done_seen_at or now
+                    if now - self._done_seen_at > SENSOR_GRACE_S:
+                        return self._abort(
+                            f"{step.name}: PLC reported done but the sensors disagree",
+                            now, code="sensor_disagrees")
+        if done:
+            t_done = image.plc_read_at if step.command and image.plc_read_at else now
+            self._emit("step_done", t=t_done, swap_id=plan.swap_id, step=step.name)
+            if self.step_index + 1 < len(SEQUENCE):
+                self._begin_step(self.step_index + 1, now)
+            else:
+                self._end_swap("completed", None, now)
+                self.outputs.update(cmd_code=0, cmd_param1=0, cmd_param2=0)
+                self._outputs_dirty = True
+                self._transition(Cmd.SC, now, None)
+            return None
+        timeout = self.cfg.sequence.timeout(step.name)
+        if elapsed > timeout:
+            return self._abort(f"{step.name}: timed out after {timeout:g} s", now,
+                               code="step_timeout")
+        return None

@@ -1,0 +1,257 @@
+"""swapd: wires the drivers to the core, one asyncio process.
+
+Scan loop: wait for new input (or a tick), run the core once, journal its events, then
+write its outputs. A new PLC command is written at once (write_now) so the controller's
+dead time between steps is one scan, not one poll period.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from drivers.bms.canbus import PackBus
+from drivers.bms.protocol import (
+    CHEMISTRY_CODES,
+    CONTROL_COMMANDS,
+    PACK_STATE_NAMES,
+    Decoded,
+    PackProtocol,
+)
+from drivers.plc.link import PlcLink
+from drivers.plc.modbus_link import ModbusPlcLink
+from drivers.plc.regmap import load_register_map
+from station.charging import plan_charging
+from station.config import StationConfig
+from station.core import CommandRefused, Decision, Event, StationCore
+from station.image import PackReport, ProcessImage
+from station.journal import Journal
+from station.logs import bind_swap
+from station.packml import Cmd, State
+from station.sd_notify import SystemdNotifier
+
+log = structlog.get_logger("swapd")
+
+TICK_S = 0.05  # scan at least this often, for timeouts and staleness
+CHARGE_PERIOD_S = 1.0  # PackControl refresh (packs stop charging after 3 s without it)
+FAULT_FLAGS = {
+    "FaultOverTemp": "over_temp", "FaultOverVoltage": "over_voltage",
+    "FaultUnderVoltage": "under_voltage", "FaultInsulation": "insulation",
+    "ThermalAlarm": "thermal_alarm", "FaultInternal": "internal",
+}
+
+
+def apply_pack_message(image: ProcessImage, msg: Decoded, t: float) -> None:
+    """Fold one decoded BMS message into the process image."""
+    s = msg.signals
+    rep = image.packs.get(msg.source)
+    if msg.name == "PackIdentity":
+        serial = int(s["PackSerial"])
+        if rep is None or rep.serial != serial:
+            rep = PackReport(source=msg.source, first_seen=t)  # another pack at this address
+            image.packs[msg.source] = rep
+        rep.serial = serial
+        rep.family = int(s["PackFamily"])
+        code = int(s["Chemistry"])
+        rep.chemistry = CHEMISTRY_CODES.get(code, f"code_{code:#x}")
+        rep.rated_energy_kwh = float(s["RatedEnergy"])
+    else:
+        if rep is None:
+            rep = PackReport(source=msg.source, first_seen=t)
+            image.packs[msg.source] = rep
+        if msg.name == "PackHealth":
+            rep.cycle_count = int(s["CycleCount"])
+            rep.soh_pct = float(s["SOH"])
+        elif msg.name == "PackStatus":
+            rep.soc_pct = round(float(s["SOC"]), 1)
+            rep.voltage_v = float(s["PackVoltage"])
+            rep.current_a = round(float(s["PackCurrent"]), 1)
+            rep.min_cell_temp_c = float(s["MinCellTemp"])
+            rep.max_cell_temp_c = float(s["MaxCellTemp"])
+        elif msg.name == "PackCells":
+            rep.max_cell_v = float(s["MaxCellVoltage"])
+            rep.min_cell_v = float(s["MinCellVoltage"])
+            rep.insulation_kohm = float(s["InsulationResistance"])
+            rep.faults = frozenset(v for k, v in FAULT_FLAGS.items() if s.get(k))
+            rep.state = PACK_STATE_NAMES.get(int(s["PackState"]), "unknown")
+        else:
+            return
+    rep.last_seen[msg.name] = t
+
+
+class Daemon:
+    def __init__(
+        self,
+        cfg: StationConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        observer: Callable[[Event], None] | None = None,
+        link: PlcLink | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.clock = clock
+        self.observer = observer
+        self.image = ProcessImage()
+        self.rmap = load_register_map(cfg.plc.register_map)
+        self.protocol = PackProtocol(cfg.can.dbc)
+        self.journal = Journal(cfg.journal.path)
+        state, reason = self._recover()
+        self.core = StationCore(
+            cfg, next_swap_number=self.journal.next_swap_number(), initial_state=state,
+            reason=reason, command_codes={n: c.code for n, c in self.rmap.commands.items()},
+        )
+        self.link: PlcLink = link or ModbusPlcLink(
+            cfg.plc.host, cfg.plc.port, self.rmap, poll_period=cfg.plc.poll_period_s,
+            heartbeat_period=cfg.plc.heartbeat_period_s, timeout=cfg.plc.timeout_s, clock=clock,
+        )
+        self.link.on_inputs = self._on_inputs
+        self.link.on_connection = self._on_connection
+        self.bus = PackBus(cfg.can.interface, cfg.can.channel, self.protocol,
+                           bitrate=cfg.can.bitrate, clock=clock)
+        self.bus.on_message = self._on_message
+        self.bus.on_reject = self._on_reject
+        self.notifier = SystemdNotifier()
+        self._wake = asyncio.Event()
+        self._reset_pending = state == State.STOPPED and cfg.operation.reset_on_start
+
+    # ---- start-up ---------------------------------------------------------------------
+    def _recover(self) -> tuple[State, str | None]:
+        """A swap the journal shows unfinished means the last run ended mid-swap: land in
+        Aborted and say where, never resume motion by ourselves."""
+        row = self.journal.unfinished_swap()
+        if row is None:
+            return State.STOPPED, None
+        reason = (f"restart during swap {row['swap_id']} at step {row['last_step']}: "
+                  "check the machine, then clear and reset")
+        self.journal.record([Event("swap_ended", {
+            "t": self.clock(), "swap_id": row["swap_id"], "outcome": "aborted",
+            "reason": reason, "step": row["last_step"]})])
+        log.warning("recovery.unfinished_swap", swap_id=row["swap_id"], step=row["last_step"])
+        return State.ABORTED, reason
+
+    # ---- driver callbacks (run in the event loop) --------------------------------------
+    def _on_inputs(self, values: dict[str, Any], t: float) -> None:
+        self.image.plc = values
+        self.image.plc_read_at = t
+        self._wake.set()
+
+    def _on_connection(self, up: bool) -> None:
+        self.image.plc_connected = up
+        log.info("plc.connection", connected=up)
+        self._wake.set()
+
+    def _on_message(self, msg: Decoded, t: float) -> None:
+        apply_pack_message(self.image, msg, t)
+        self._wake.set()
+
+    def _on_reject(self, kind: str, can_id: int, data: bytes) -> None:
+        self.image.can_frames_rejected += 1
+
+    # ---- the scan ---------------------------------------------------------------------
+    async def scan(self) -> None:
+        await self.apply(self.core.update(self.image, self.clock()))
+        if self._reset_pending and self.image.plc_read_at is not None:
+            self._reset_pending = False
+            try:
+                await self.command(Cmd.RESET, origin="start-up")
+            except CommandRefused as exc:
+                log.warning("startup.reset_refused", reason=str(exc))
+
+    async def command(self, cmd: Cmd, origin: str = "operator") -> None:
+        """An operator command; raises station.core.CommandRefused with the reason."""
+        await self.apply(self.core.command(cmd, self.clock(), origin))
+
+    async def apply(self, d: Decision) -> None:
+        self.journal.record(d.events)  # recorded before anything is commanded
+        for ev in d.events:
+            self._log_event(ev)
+            if self.observer:
+                self.observer(ev)
+        if d.outputs is not None:
+            self.link.set_outputs(d.outputs)
+        if d.command_issued:
+            t_write = await self.link.write_now()
+            plan, step = self.core.plan, self.core.step
+            if t_write is not None and plan and step:
+                self.journal.step_commanded(plan.swap_id, step.name, t_write)
+
+    def _log_event(self, ev: Event) -> None:
+        d = ev.data
+        if ev.kind in ("step_started", "swap_started"):
+            bind_swap(d.get("swap_id"), d.get("step"))
+        fields = {k: v for k, v in d.items() if k not in ("t", "swap_id", "step")}
+        if ev.kind == "fault":
+            log.error("swap.fault", **fields)
+        elif ev.kind == "state":
+            log.info("packml.state", **fields)
+        else:
+            log.info(f"swap.{ev.kind}", **fields)
+        if ev.kind == "swap_ended" or (ev.kind == "state" and d["new"] in ("Idle", "Aborted")):
+            bind_swap(None, None)
+
+    async def _scan_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), TICK_S)
+            self._wake.clear()
+            try:
+                await self.scan()
+            except Exception:  # a bug in one scan must not kill supervision
+                log.exception("scan.failed")
+                await self.apply(self.core.command(Cmd.ABORT, self.clock(), "internal error"))
+
+    async def _charging_loop(self) -> None:
+        last: dict[int, str] = {}
+        while True:
+            await asyncio.sleep(CHARGE_PERIOD_S)
+            for pc in plan_charging(self.image, self.cfg, self.clock()):
+                self.bus.send("PackControl", {
+                    "ControlCommand": CONTROL_COMMANDS[pc.command],
+                    "ChargeCurrentLimit": pc.current_limit_a,
+                    "ChargeVoltageLimit": pc.voltage_limit_v, "ControlCounter": 0,
+                }, da=pc.source)
+                if last.get(pc.slot) != pc.command:
+                    last[pc.slot] = pc.command
+                    log.info("charging.change", slot=pc.slot, command=pc.command,
+                             reason=pc.reason)
+
+    async def _watchdog_loop(self) -> None:
+        interval = self.notifier.watchdog_interval_s or 5.0
+        while True:
+            self.notifier.watchdog()
+            self.notifier.status(f"{self.core.state.label}; {self.core.reason or ''}")
+            await asyncio.sleep(interval)
+
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        stop = stop or asyncio.Event()
+        log.info("swapd.start", station=self.cfg.station.id, state=self.core.state.label,
+                 plc=f"{self.cfg.plc.host}:{self.cfg.plc.port}",
+                 can=f"{self.cfg.can.interface}:{self.cfg.can.channel}")
+        tasks = [
+            asyncio.create_task(self.link.run(), name="plc"),
+            asyncio.create_task(self.bus.run(), name="can"),
+            asyncio.create_task(self._scan_loop(), name="scan"),
+            asyncio.create_task(self._charging_loop(), name="charging"),
+            asyncio.create_task(self._watchdog_loop(), name="watchdog"),
+        ]
+        self.notifier.ready(f"{self.core.state.label}")
+        stopper = asyncio.create_task(stop.wait(), name="stop")
+        try:
+            done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                if t.get_name() != "stop" and t.exception():
+                    raise t.exception()  # type: ignore[misc]
+        finally:
+            self.notifier.stopping()
+            for t in (*tasks, stopper):
+                t.cancel()
+            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            await self.link.close()
+            await self.bus.close()
+            self.journal.close()
+            log.info("swapd.stopped", state=self.core.state.label)

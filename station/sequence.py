@@ -1,0 +1,167 @@
+"""The swap sequence as data: one row per step.
+
+Each step names the PLC command it issues (or none, for steps the controller does itself),
+the parameter it sends, the sensor condition that must hold for the step to count as done
+(the controller never trusts a bare "done" from the PLC), and a check for a hard failure
+that ends the swap at once. Timeouts come from the configuration under the step's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from drivers.bms.protocol import VEHICLE_PACK_SA
+from station.config import StationConfig
+from station.image import ProcessImage
+from station.plan import SwapPlan
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What a step's conditions may look at."""
+
+    image: ProcessImage
+    plan: SwapPlan
+    cfg: StationConfig
+    started_at: float  # monotonic time the step began (its command was issued)
+
+    def plc(self, name: str, default: object = None) -> object:
+        return self.image.plc.get(name, default)
+
+    def num(self, name: str) -> float:
+        return float(self.image.plc.get(name, 0) or 0)
+
+
+Predicate = Callable[[StepView], bool]
+FaultCheck = Callable[[StepView], str | None]
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    command: str | None
+    description: str
+    complete: Predicate
+    fault: FaultCheck = lambda v: None
+    param: Callable[[SwapPlan], int] = lambda p: 0
+
+
+def _near(v: StepView, name: str, target: float, tol: float) -> bool:
+    return abs(v.num(name) - target) <= tol
+
+
+def _positioned(v: StepView) -> bool:
+    tol = v.cfg.sequence.position_tolerance_mm
+    return abs(v.num("position_offset_x")) <= tol and abs(v.num("position_offset_y")) <= tol
+
+
+def _lifted(v: StepView) -> bool:
+    s = v.cfg.sequence
+    return _near(v, "lift_height", s.swap_height_mm, s.height_tolerance_mm)
+
+
+def _lowered(v: StepView) -> bool:
+    return v.num("lift_height") <= v.cfg.sequence.height_tolerance_mm
+
+
+def _shuttle_home(v: StepView) -> bool:
+    return v.num("shuttle_position") <= v.cfg.sequence.shuttle_home_tolerance_mm
+
+
+def _slot_occupied(v: StepView, slot: int) -> bool:
+    occ = v.plc("rack_slot_occupied", [])
+    assert isinstance(occ, list)
+    return 1 <= slot <= len(occ) and bool(occ[slot - 1])
+
+
+def _lock_window_fault(v: StepView) -> str | None:
+    """A bolt out of its torque or angle window after LOCK (checked once the PLC says done)."""
+    n = int(v.num("bolt_count"))
+    torque = v.plc("bolt_torque", [])
+    angle = v.plc("bolt_angle", [])
+    assert isinstance(torque, list) and isinstance(angle, list)
+    t_lo, t_hi = v.cfg.sequence.lock_torque_nm
+    a_lo, a_hi = v.cfg.sequence.lock_angle_deg
+    bad = []
+    for i in range(min(n, len(torque), len(angle))):
+        if not (t_lo <= torque[i] <= t_hi and a_lo <= angle[i] <= a_hi):
+            bad.append(f"bolt {i + 1} {torque[i]:.1f} N*m {angle[i]:.1f} deg")
+    if bad:
+        return f"bolt outside torque/angle window ({t_lo}-{t_hi} N*m, {a_lo}-{a_hi} deg): " + (
+            "; ".join(bad)
+        )
+    return None
+
+
+def _check_pack_fault(v: StepView) -> str | None:
+    rep = v.image.packs.get(VEHICLE_PACK_SA)
+    if rep is None or not rep.seen_since(v.started_at, "PackIdentity", "PackCells"):
+        return None  # not heard yet: the step waits, its timeout bounds it
+    if rep.serial != v.plan.pack_in.serial:
+        return f"vehicle reports pack {rep.serial}, expected {v.plan.pack_in.serial}"
+    if rep.faults:
+        return "installed pack reports faults: " + ", ".join(sorted(rep.faults))
+    ins = rep.insulation_kohm
+    if ins is not None and ins < v.cfg.check.min_insulation_kohm:
+        return f"insulation {ins:.0f} kOhm below {v.cfg.check.min_insulation_kohm:.0f} kOhm"
+    return None
+
+
+def _check_pack_ok(v: StepView) -> bool:
+    rep = v.image.packs.get(VEHICLE_PACK_SA)
+    return (
+        rep is not None
+        and rep.seen_since(v.started_at, "PackIdentity", "PackStatus", "PackCells")
+        and rep.serial == v.plan.pack_in.serial
+        and not rep.faults
+        and rep.soc_pct is not None
+        and rep.soc_pct >= v.cfg.check.min_soc_pct
+    )
+
+
+SEQUENCE: tuple[Step, ...] = (
+    Step("position", "POSITION", "centre the vehicle on the platform", _positioned),
+    Step("lift", "LIFT", "lift the vehicle to swap height", _lifted),
+    Step(
+        "unlock", "UNLOCK", "shuttle docks under the car and loosens every bolt",
+        lambda v: v.num("bolts_tight") == 0 and _lifted(v),
+    ),
+    Step(
+        "remove", "REMOVE", "depleted pack lowered onto the shuttle and carried to the stacker",
+        lambda v: bool(v.plc("shuttle_pack_present")) and not v.plc("vehicle_pack_present")
+        and _shuttle_home(v),
+    ),
+    Step(
+        "store", "STORE", "stacker stores the depleted pack in its rack slot",
+        lambda v: _slot_occupied(v, v.plan.store_slot) and not v.plc("shuttle_pack_present"),
+        param=lambda p: p.store_slot,
+    ),
+    Step(
+        "fetch", "FETCH", "stacker takes the charged pack onto the shuttle",
+        lambda v: not _slot_occupied(v, v.plan.fetch_slot) and bool(v.plc("shuttle_pack_present")),
+        param=lambda p: p.fetch_slot,
+    ),
+    Step(
+        "install", "INSTALL", "shuttle raises the charged pack into the vehicle",
+        lambda v: bool(v.plc("vehicle_pack_present")) and not v.plc("shuttle_pack_present"),
+    ),
+    Step(
+        "lock", "LOCK", "every bolt tightened inside its torque and angle window",
+        lambda v: v.num("bolts_tight") == v.num("bolt_count") > 0 and _shuttle_home(v),
+        fault=_lock_window_fault,
+    ),
+    Step(
+        "check", None, "the vehicle wakes; the new pack's BMS must report healthy",
+        _check_pack_ok, fault=_check_pack_fault,
+    ),
+    Step("lower", "LOWER", "lower the vehicle to the ground", _lowered),
+    Step("release", "RELEASE", "the vehicle drives out", lambda v: not v.plc("vehicle_present")),
+)
+
+STEP_NAMES: tuple[str, ...] = ("identify", *(s.name for s in SEQUENCE))
+"""Every step of a swap, in order; identify runs before the swap starts (it picks the pack)."""
+
+
+def step_index(name: str) -> int:
+    return [s.name for s in SEQUENCE].index(name)
