@@ -38,6 +38,8 @@ class ScriptedPlc:
     bolt_torque: float = 120.0
     check_pack_ok: bool = True
     last_seq: int = 0
+    freeze: bool = False  # the PLC stops answering: inputs go stale
+    freeze_heartbeat: bool = False  # the PLC answers but its program is stuck
 
     def __post_init__(self) -> None:
         self.image.plc = {
@@ -61,7 +63,10 @@ class ScriptedPlc:
 
     def tick(self, outputs: dict[str, int] | None, now: float) -> None:
         p = self.image.plc
-        p["plc_heartbeat"] = (p["plc_heartbeat"] + 1) % 65536
+        if self.freeze:
+            return
+        if not self.freeze_heartbeat:
+            p["plc_heartbeat"] = (p["plc_heartbeat"] + 1) % 65536
         self.image.plc_read_at = now
         for rep in self.image.packs.values():
             for m in rep.last_seen:

@@ -1,0 +1,158 @@
+"""`swapd demo`: the daemon drives the simulated station (embedded) through N swaps.
+
+The simulator speaks real Modbus TCP on loopback and real CAN frames on a python-can
+`virtual` channel; the daemon cannot tell it from a station. Progress is printed per step,
+and the summary is computed from the daemon's own journal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, TextIO
+
+from sim_hw.config import CanConfig, ModbusConfig, SimConfig
+from sim_hw.station_sim import SimStation
+from station.config import (
+    CanSection,
+    JournalSection,
+    PlcSection,
+    SequenceSection,
+    StationConfig,
+)
+from station.core import Event
+from station.daemon import Daemon
+from station.packml import State
+
+NOMINAL_SWAP_S = 144.0
+
+
+class Progress:
+    """Prints one line per step and per swap as the journal records them."""
+
+    def __init__(self, out: TextIO, speed: float) -> None:
+        self.out, self.speed = out, speed
+        self.started: dict[tuple[str, str], float] = {}
+        self.swap_started: dict[str, float] = {}
+        self.ended = 0
+        self.numbers: dict[str, int] = {}
+
+    def __call__(self, ev: Event) -> None:
+        d = ev.data
+        sid = d.get("swap_id")
+        if ev.kind == "swap_started":
+            n = self.numbers.setdefault(sid, len(self.numbers) + 1)
+            po, pi = d["pack_out"], d["pack_in"]
+            self._p(f"\nSwap {n} ({sid}), vehicle {d['vehicle_token']}, pack family "
+                    f"{po['family']}\n"
+                    f"  out: pack {po['serial']} {po['chemistry'].upper()} "
+                    f"{po['soc_pct']:.1f} % -> rack slot {d['store_slot']}\n"
+                    f"  in:  pack {pi['serial']} {pi['chemistry'].upper()} "
+                    f"{pi['soc_pct']:.1f} % <- rack slot {d['fetch_slot']}")
+        elif ev.kind == "step_started":
+            self.started[(sid, d["step"])] = d["t"]
+            if d["step"] == "identify":
+                self.swap_started[sid] = d["t"]
+        elif ev.kind == "step_done":
+            t0 = self.started.get((sid, d["step"]), d["t"])
+            self._p(f"    {d['step']:<9} done {self._sim(d['t'] - t0):7.1f} s")
+        elif ev.kind == "swap_ended":
+            self.ended += 1
+            total = self._sim(d["t"] - self.swap_started.get(sid, d["t"]))
+            if d["outcome"] == "completed":
+                self._p(f"  completed in {total:.1f} s (simulated)")
+            else:
+                self._p(f"  {d['outcome'].upper()} at {d.get('step')}: {d.get('reason')}")
+        elif ev.kind == "inhibit" and d.get("reason"):
+            self._p(f"  start inhibited: {d['reason']}")
+        elif ev.kind == "state" and d["new"] in ("Aborted", "Stopped"):
+            self._p(f"  station {d['new']}: {d.get('reason')}")
+
+    def _sim(self, real_s: float) -> float:
+        return real_s * self.speed
+
+    def _p(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+
+def format_summary(s: dict[str, Any]) -> str:
+    lines = [
+        "",
+        f"== Summary: {s['swaps_completed']} swaps completed, {s['swaps_aborted']} aborted ==",
+    ]
+    secs = s["swap_seconds"]
+    if secs:
+        lines.append(f"swap time (simulated s): min {min(secs):.1f}  "
+                     f"mean {sum(secs) / len(secs):.1f}  max {max(secs):.1f}")
+    lines.append(f"{'step':<10}{'count':>6}{'min s':>9}{'mean s':>9}{'max s':>9}")
+    for name, st in s["steps"].items():
+        lines.append(f"{name:<10}{st['count']:>6}{st['min']:>9.1f}{st['mean']:>9.1f}"
+                     f"{st['max']:>9.1f}")
+    lines.append("packs moved:")
+    for p in s["packs"]:
+        o, i = p["out"], p["in"]
+        lines.append(
+            f"  {p['swap_id']} [{p['outcome']}] vehicle {p['vehicle_token']}: out "
+            f"{o['serial']} {o['chemistry']} {o['soc_pct']:.1f} % -> slot {o['stored_slot']}; "
+            f"in {i['serial']} {i['chemistry']} {i['soc_pct']:.1f} % <- slot {i['fetched_slot']}"
+        )
+    if s["controller_dead_time_ms"]:
+        d = s["controller_dead_time_ms"]
+        lines.append(f"controller dead time per swap (ms): min {min(d):.1f}  "
+                     f"max {max(d):.1f}")
+    for f in s["faults"]:
+        lines.append(f"fault: {f['code']}: {f['reason']}")
+    return "\n".join(lines)
+
+
+async def run_demo(
+    swaps: int, speed: float, summary_json: Path | None = None, journal: Path | None = None,
+    out: TextIO = sys.stdout,
+) -> int:
+    tmp = None
+    if journal is None:
+        tmp = tempfile.TemporaryDirectory(prefix="swapd-demo-")
+        journal = Path(tmp.name) / "journal.sqlite"
+    channel = f"swapd-demo-{os.getpid()}"
+    sim_cfg = SimConfig(speed=speed, vehicles=swaps, modbus=ModbusConfig(port=0),
+                        can=CanConfig(interface="virtual", channel=channel))
+    print(f"swapd demo: {swaps} swaps, simulated time x{speed:g} "
+          f"(a swap is ~{NOMINAL_SWAP_S:.0f} s simulated, ~{NOMINAL_SWAP_S / speed:.1f} s here)",
+          file=out, flush=True)
+    try:
+        async with SimStation(sim_cfg) as sim:
+            cfg = StationConfig(
+                plc=PlcSection(port=sim.modbus_port),
+                can=CanSection(interface="virtual", channel=channel),
+                sequence=SequenceSection(speed_factor=speed),
+                journal=JournalSection(path=journal),
+            )
+            progress = Progress(out, speed)
+            daemon = Daemon(cfg, observer=progress)
+            stop = asyncio.Event()
+            task = asyncio.create_task(daemon.run(stop))
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + swaps * NOMINAL_SWAP_S * 4 / speed + 30
+            while progress.ended < swaps and loop.time() < deadline and not task.done():
+                if daemon.core.state in (State.ABORTED, State.STOPPED) and progress.ended:
+                    break
+                await asyncio.sleep(0.05)
+            if loop.time() >= deadline:
+                print("demo: time limit reached", file=out)
+            summary = daemon.journal.summary(speed)
+            summary["speed"] = speed
+            summary["swaps_requested"] = swaps
+            stop.set()
+            await task
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+    print(format_summary(summary), file=out, flush=True)
+    if summary_json is not None:
+        summary_json.write_text(json.dumps(summary, indent=2, default=str))
+        print(f"summary written to {summary_json}", file=out)
+    return 0 if summary["swaps_completed"] == swaps else 1
