@@ -80,6 +80,11 @@ def choose_pack(
         if why_unfit(rep, vehicle_family, cfg) is None:
             fit.append((rep.soc_pct or 0.0, slot, rep))
     if not fit:
+        occupied = len(image.plc.get("rack_slot_occupied", [])[:int(
+            image.plc.get("rack_slot_count", 0))]) - len(store)
+        unheard = occupied - len(rack_packs(image, cfg, now))
+        if unheard > 0:
+            return NoChoice(f"waiting for {unheard} rack pack(s) to report on CAN")
         return NoChoice(
             f"no charged pack for a family-{vehicle_family} vehicle "
             f"(SOC >= {cfg.selection.min_soc_pct} %, healthy)"

@@ -68,3 +68,10 @@ def test_no_free_slot_is_reported() -> None:
     img = image((1, 20, "nmc", 99.0), occupied=[True] * 6)
     c = choose_pack(img, StationConfig(), 20, NOW)
     assert isinstance(c, NoChoice) and c.reason == "no free rack slot for the depleted pack"
+
+
+def test_unheard_rack_packs_are_waited_for_not_reported_missing() -> None:
+    img = image((1, 20, "nmc", 50.0), (2, 20, "nmc", 99.0))
+    del img.packs[rack_sa(2)]  # occupied, not heard on CAN yet
+    c = choose_pack(img, StationConfig(), 20, NOW)
+    assert isinstance(c, NoChoice) and c.reason == "waiting for 1 rack pack(s) to report on CAN"

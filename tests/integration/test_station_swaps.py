@@ -1,0 +1,86 @@
+"""The daemon against sim_hw over real Modbus TCP and real CAN frames: whole swaps."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from station.journal import Journal
+from station.sequence import STEP_NAMES
+from tests.integration.conftest import Station
+
+
+async def test_three_swaps_in_a_row(station: Station) -> None:
+    await station.wait_for(lambda: len(station.ended()) >= 3, timeout=90)
+    assert [e["outcome"] for e in station.ended()] == ["completed"] * 3, station.ended()
+
+    # Ground truth from the simulator, not from what the daemon believes.
+    truth = station.sim.truth()
+    visits = [v for v in truth["history"] if v.get("pack_in")]
+    assert len(visits) == 3
+    for v in visits:
+        out, pin = v["pack_out"], v["pack_in"]
+        assert truth["rack"][v["stored_slot"]] == out["serial"]  # depleted pack is in the rack
+        assert pin["family"] == v["family"]  # the car got a compatible pack
+        assert pin["soc"] >= 80.0  # a charged one
+        assert pin["serial"] != out["serial"]
+
+    # The journal: every step of every swap, in order, none skipped, each timed.
+    j = Journal(station.daemon.cfg.journal.path)
+    swaps = j.swaps()
+    assert len(swaps) == 3
+    for s, v in zip(swaps, visits, strict=True):
+        steps = j.steps(s["swap_id"])
+        assert [st["step"] for st in steps] == list(STEP_NAMES)
+        times = [(st["started_mono"], st["done_mono"]) for st in steps]
+        assert all(a is not None and b is not None and b >= a for a, b in times)
+        assert all(times[i][1] <= times[i + 1][0] + 1e-6 for i in range(len(times) - 1))
+        assert json.loads(s["pack_in"])["serial"] == v["pack_in"]["serial"]
+        assert json.loads(s["pack_out"])["serial"] == v["pack_out"]["serial"]
+        assert s["store_slot"] == v["stored_slot"] and s["fetch_slot"] == v["fetched_slot"]
+        commanded = [st for st in steps if st["command"]]
+        assert all(st["commanded_mono"] is not None for st in commanded)
+    j.close()
+
+
+def test_demo_command_runs_and_writes_summary(tmp_path: Path) -> None:
+    out = tmp_path / "summary.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "station.cli", "demo", "--swaps", "2", "--speed", "50",
+         "--summary-json", str(out)],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    s = json.loads(out.read_text())
+    assert s["swaps_completed"] == 2 and s["swaps_aborted"] == 0
+    assert len(s["swap_seconds"]) == 2
+    assert all(100 < t < 400 for t in s["swap_seconds"])  # simulated seconds, ~144 nominal
+    assert set(s["steps"]) == set(STEP_NAMES)
+    assert all(st["count"] == 2 and st["min"] <= st["mean"] <= st["max"]
+               for st in s["steps"].values())
+    assert len(s["packs"]) == 2 and all(p["in"]["soc_pct"] >= 80 for p in s["packs"])
+    assert "Summary: 2 swaps completed, 0 aborted" in r.stdout
+    assert "lift" in r.stdout and "completed in" in r.stdout
+
+
+async def test_malformed_can_frames_are_counted_and_the_swap_completes(station: Station) -> None:
+    import can
+
+    bus = can.Bus(interface="virtual", channel=station.daemon.cfg.can.channel)
+    try:
+        sent = 0
+        while not station.ended() and sent < 2000:
+            # a PackStatus from slot 1 cut to 3 bytes, and a frame with an unknown PGN
+            bus.send(can.Message(arbitration_id=0x18FF1280, data=b"\x01\x02\x03",
+                                 is_extended_id=True))
+            bus.send(can.Message(arbitration_id=0x18FFAA80, data=bytes(8), is_extended_id=True))
+            sent += 1
+            await station.sim_sleep()
+    finally:
+        bus.shutdown()
+    await station.wait_for(lambda: bool(station.ended()), timeout=60)
+    assert station.ended()[0]["outcome"] == "completed"
+    stats = station.daemon.bus.stats
+    assert stats["bad_length"] >= 1 and stats["unknown_id"] >= 1

@@ -1,0 +1,104 @@
+"""Simulator configuration: defaults, the generated rack, errors that name the key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sim_hw.config import SimConfig, SimConfigError, load_sim_config, with_overrides
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_defaults_work_without_a_file() -> None:
+    c = SimConfig()
+    assert c.speed == 1.0
+    assert c.modbus.host == "127.0.0.1" and c.modbus.port == 5020
+    assert c.can.interface == "virtual" and c.can.channel == "swapstation"
+    assert c.station.slots == 13 and c.station.bolt_count == 10
+    assert c.station.swap_height_mm == 500 and c.station.shuttle_car_mm == 3000
+    assert c.ctrl_heartbeat_timeout_s == 1.0
+    assert c.timing.total() == pytest.approx(144.0)  # NIO PSS 4.0
+
+
+def test_generated_rack_is_deterministic_and_leaves_one_slot_free() -> None:
+    rack = SimConfig(seed=7).initial_rack()
+    assert [p.slot for p in rack] == list(range(1, 13))
+    assert [p.family for p in rack[:4]] == [20, 25, 20, 25]
+    assert [p.chemistry for p in rack[:4]] == ["nmc", "lfp", "sodium_ion", "nmc"]
+    assert all(85.0 <= p.soc <= 100.0 for p in rack)
+    assert len({p.serial for p in rack}) == 12
+    assert rack == SimConfig(seed=7).initial_rack()
+    assert rack != SimConfig(seed=8).initial_rack()
+
+
+def test_explicit_rack_from_file(tmp_path: Path) -> None:
+    f = tmp_path / "sim.toml"
+    f.write_text(
+        """
+[sim]
+speed = 50
+vehicles = 3
+[sim.station]
+slots = 4
+[[sim.rack_pack]]
+slot = 2
+serial = 4242
+family = 25
+chemistry = "lfp"
+soc = 91.5
+"""
+    )
+    c = load_sim_config(f)
+    assert c.speed == 50 and c.vehicles == 3
+    assert [(p.slot, p.serial, p.family) for p in c.initial_rack()] == [(2, 4242, 25)]
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[sim]\nspeed = 0\n", "sim.speed"),
+        ("[sim.station]\nslots = 0\n", "sim.station.slots"),
+        ("[sim.can]\ninterface = 'pcan'\n", "sim.can.interface"),
+        ("[sim.timing]\nlift = -1\n", "sim.timing.lift"),
+        ("[sim]\nspeeed = 2\n", "sim.speeed"),
+        ("[simulator]\nspeed = 2\n", "simulator"),
+        (
+            "[[sim.rack_pack]]\nslot = 1\nserial = 1\nfamily = 30\nchemistry = 'nmc'\nsoc = 50\n",
+            "sim.rack_pack.0.family",
+        ),
+        (
+            "[sim.station]\nslots = 2\n[[sim.rack_pack]]\nslot = 3\nserial = 1\nfamily = 20\n"
+            "chemistry = 'nmc'\nsoc = 50\n",
+            "sim.rack_pack.0.slot",
+        ),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(SimConfigError, match=key):
+        load_sim_config(f)
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    with pytest.raises(SimConfigError, match="cannot read"):
+        load_sim_config(tmp_path / "missing.toml")
+    f = tmp_path / "broken.toml"
+    f.write_text("[sim\n")
+    with pytest.raises(SimConfigError, match="not valid TOML"):
+        load_sim_config(f)
+
+
+def test_overrides_are_validated() -> None:
+    c = with_overrides(SimConfig(), speed=10.0, vehicles=None)
+    assert c.speed == 10.0 and c.vehicles == 0
+    with pytest.raises(SimConfigError, match=r"sim\.speed"):
+        with_overrides(c, speed=-1.0)
+
+
+def test_shipped_example_config_loads() -> None:
+    c = load_sim_config(REPO / "deploy" / "swap-sim.toml")
+    assert c.can.interface == "udp_multicast" and c.can.channel == "239.74.163.2"
+    assert c.modbus.port == 5020 and c.speed == 1.0 and c.vehicles == 0

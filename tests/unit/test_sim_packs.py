@@ -1,0 +1,103 @@
+"""The simulated pack: ratings, cell voltages, charging and the PackControl commands."""
+
+from __future__ import annotations
+
+import pytest
+
+from sim_hw.packs import (
+    CMD_CHARGE_DISABLE,
+    CMD_CHARGE_ENABLE,
+    CMD_CLEAR_ISOLATION,
+    CMD_ISOLATE,
+    CMD_KEEP,
+    SimPack,
+)
+
+
+def charge(pack: SimPack, seconds: float, *, in_rack: bool = True, t0: float = 0.0) -> float:
+    """Run `seconds` sim = real seconds, refreshing PackControl every second like a station."""
+    t = t0
+    while t < t0 + seconds:
+        t += 1.0
+        pack.apply_control(CMD_KEEP, 0, 0, 0, t)
+        pack.advance(1.0, t, in_rack)
+    return t
+
+
+def enable(pack: SimPack, t: float = 0.0) -> None:
+    pack.apply_control(CMD_CHARGE_ENABLE, 400.0, 800.0, 1, t)
+
+
+@pytest.mark.parametrize(
+    ("family", "chem", "kwh", "volts"),
+    [(20, "nmc", 75, 400), (25, "lfp", 100, 384), (25, "sodium_ion", 100, 350)],
+)
+def test_ratings(family: int, chem: str, kwh: float, volts: float) -> None:
+    p = SimPack(serial=1, family=family, chemistry=chem)  # type: ignore[arg-type]
+    assert p.rated_energy_kwh == kwh and p.rated_voltage_v == volts
+    assert p.rated_capacity_ah == pytest.approx(kwh * 1000 / volts)
+
+
+@pytest.mark.parametrize(
+    ("chem", "lo", "hi"), [("nmc", 3.3, 4.2), ("lfp", 3.0, 3.65), ("sodium_ion", 2.5, 3.95)]
+)
+def test_cell_voltages_stay_in_the_chemistry_window(chem: str, lo: float, hi: float) -> None:
+    for soc in (0.0, 20.0, 50.0, 90.0, 100.0):
+        p = SimPack(serial=1, family=20, chemistry=chem, soc_pct=soc)  # type: ignore[arg-type]
+        assert lo <= p.min_cell_v <= p.max_cell_v <= hi
+    low = SimPack(serial=1, family=20, chemistry=chem, soc_pct=10)  # type: ignore[arg-type]
+    high = SimPack(serial=1, family=20, chemistry=chem, soc_pct=90)  # type: ignore[arg-type]
+    assert high.pack_voltage_v > low.pack_voltage_v
+
+
+def test_charges_about_1_5_percent_per_minute_then_tapers_and_stops_at_100() -> None:
+    p = SimPack(serial=1, family=20, chemistry="nmc", soc_pct=50.0)
+    enable(p)
+    t = charge(p, 60)
+    assert p.state == "charging" and p.current_a > 0
+    assert p.soc_pct == pytest.approx(51.5, abs=0.05)
+    assert p.max_cell_temp_c > 25.0
+    p.soc_pct = 95.0
+    t = charge(p, 1, t0=t)
+    assert p.current_a < p.nominal_current_a * 0.6  # tapering above 90 %
+    charge(p, 3600, t0=t)
+    assert p.soc_pct == pytest.approx(100.0)
+    assert p.state == "idle" and p.current_a == 0.0
+
+
+def test_only_a_rack_pack_charges() -> None:
+    p = SimPack(serial=1, family=20, chemistry="lfp", soc_pct=20.0)
+    enable(p)
+    charge(p, 30, in_rack=False)
+    assert p.soc_pct == 20.0 and p.state == "idle"
+
+
+def test_charging_stops_without_packcontrol_for_3_real_seconds() -> None:
+    p = SimPack(serial=1, family=25, chemistry="sodium_ion", soc_pct=40.0)
+    enable(p, t=0.0)
+    p.advance(1.0, 2.9, True)
+    assert p.state == "charging"
+    p.advance(1.0, 3.2, True)
+    assert p.state == "idle" and not p.charge_enabled and p.current_a == 0.0
+
+
+def test_current_limit_and_disable() -> None:
+    p = SimPack(serial=1, family=20, chemistry="nmc", soc_pct=30.0)
+    p.apply_control(CMD_CHARGE_ENABLE, 50.0, 800.0, 1, 0.0)
+    p.advance(1.0, 0.5, True)
+    assert p.current_a == pytest.approx(50.0)
+    p.apply_control(CMD_CHARGE_DISABLE, 0, 0, 2, 0.6)
+    p.advance(1.0, 0.7, True)
+    assert p.state == "idle" and p.current_a == 0.0
+
+
+def test_isolate_blocks_charging_until_cleared() -> None:
+    p = SimPack(serial=1, family=20, chemistry="nmc", soc_pct=30.0)
+    p.apply_control(CMD_ISOLATE, 0, 0, 1, 0.0)
+    enable(p, t=0.1)
+    p.advance(1.0, 0.2, True)
+    assert p.state == "isolated" and p.current_a == 0.0
+    p.apply_control(CMD_CLEAR_ISOLATION, 0, 0, 2, 0.3)
+    enable(p, t=0.4)
+    p.advance(1.0, 0.5, True)
+    assert p.state == "charging"
