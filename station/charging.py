@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from drivers.bms.protocol import rack_sa
 from station.config import StationConfig
-from station.image import ProcessImage, PackReport
+from station.image import PackReport, ProcessImage
 from station.selection import rack_packs
 
 CELLS_IN_SERIES = {"nmc": 96, "lfp": 120, "sodium_ion": 112}  # nominal, for the voltage limit

@@ -37,7 +37,7 @@ class PlcSection(_Section):
 class CanSection(_Section):
     interface: Literal["socketcan", "virtual", "udp_multicast"] = "virtual"
     channel: str = "swapstation"
-    bitrate: int | None = Field(500_000, gt=0)
+    bitrate: int | None = Field(250_000, gt=0)  # GB/T 27930; socketcan takes it from ip link
     dbc: Path | None = None  # None: the DBC shipped with the package
     status_timeout_s: float = Field(0.5, gt=0)
     identity_timeout_s: float = Field(3.0, gt=0)

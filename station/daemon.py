@@ -207,13 +207,15 @@ class Daemon:
 
     async def _charging_loop(self) -> None:
         last: dict[int, str] = {}
+        counter = 0
         while True:
             await asyncio.sleep(CHARGE_PERIOD_S)
+            counter = (counter + 1) % 251  # 0..250: J1939 reserves 251..255
             for pc in plan_charging(self.image, self.cfg, self.clock()):
                 self.bus.send("PackControl", {
                     "ControlCommand": CONTROL_COMMANDS[pc.command],
                     "ChargeCurrentLimit": pc.current_limit_a,
-                    "ChargeVoltageLimit": pc.voltage_limit_v, "ControlCounter": 0,
+                    "ChargeVoltageLimit": pc.voltage_limit_v, "ControlCounter": counter,
                 }, da=pc.source)
                 if last.get(pc.slot) != pc.command:
                     last[pc.slot] = pc.command

@@ -43,7 +43,7 @@ class Progress:
 
     def __call__(self, ev: Event) -> None:
         d = ev.data
-        sid = d.get("swap_id")
+        sid = str(d.get("swap_id"))
         if ev.kind == "swap_started":
             n = self.numbers.setdefault(sid, len(self.numbers) + 1)
             po, pi = d["pack_out"], d["pack_in"]

@@ -92,3 +92,49 @@ def evaluate(inputs: Inputs, state: State) -> list[tuple[Interlock, Reaction]]:
         if reaction is not None and il.tripped(inputs):
             out.append((il, reaction))
     return out
+
+
+def table_markdown() -> str:
+    """docs/interlocks.md, generated from INTERLOCKS (a test keeps the file in step)."""
+
+    def states(s: frozenset[State]) -> str:
+        return ", ".join(x.label for x in sorted(s))
+
+    lines = [
+        "# Interlocks",
+        "",
+        "Generated from `station/interlocks.py` by `python -m station.interlocks`; "
+        "a test fails when this file and the table differ.",
+        "",
+        "The controller is supervision, not the safety barrier: the safety PLC and its relays "
+        "are. Each interlock below is evaluated on every change of the process image and on "
+        "every scan tick (at least every 50 ms), before any command is written. "
+        "**abort**: category-1 stop requested from the PLC (`stop_request` = 1), the swap ends "
+        "as aborted, PackML goes Aborting -> Aborted and stays there until an operator clears "
+        "it (Clear is refused while the condition still holds), then Reset. "
+        "**inhibit**: no swap starts and a reset does not complete while the condition holds.",
+        "",
+        "| id | hazard | abort in | inhibit in |",
+        "|---|---|---|---|",
+    ]
+    for il in INTERLOCKS:
+        lines.append(f"| `{il.id}` | {il.hazard} | {states(il.abort_in)} | "
+                     f"{states(il.inhibit_in)} |")
+    lines += [
+        "",
+        "Swap-step failures (also aborts, with the step and the reason journaled): a step "
+        "over its timeout (`step_timeout`), the PLC not echoing a command's sequence number "
+        "within `sequence.handshake_timeout_s` (`plc_no_answer`), the PLC reporting an error "
+        "(`plc_error`), the PLC reporting done while the sensors disagree "
+        "(`sensor_disagrees`), a bolt outside its torque/angle window after LOCK "
+        "(`lock_failed`), and the installed pack failing the post-swap BMS check "
+        "(`check_failed`).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    Path("docs/interlocks.md").write_text(table_markdown())

@@ -7,6 +7,7 @@ still committing each decision before its outputs reach the PLC.
 
 from __future__ import annotations
 
+import itertools
 import json
 import sqlite3
 import statistics
@@ -149,7 +150,7 @@ class Journal:
                     per_step.setdefault(st["step"], []).append(
                         (st["done_mono"] - st["started_mono"]) * speed)
             dead = 0.0
-            for prev, nxt in zip(steps, steps[1:], strict=False):
+            for prev, nxt in itertools.pairwise(steps):
                 if prev["done_mono"] is not None and nxt["commanded_mono"] is not None:
                     dead += nxt["commanded_mono"] - prev["done_mono"]
             if s["outcome"] == "completed":

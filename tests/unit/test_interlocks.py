@@ -6,8 +6,8 @@ import pytest
 
 from station.core import CommandRefused
 from station.interlocks import INTERLOCKS
-from station.sequence import SEQUENCE
 from station.packml import Cmd, State
+from station.sequence import SEQUENCE
 from tests.unit.core_harness import ScriptedPlc, make_run
 
 FLAG_OF = {

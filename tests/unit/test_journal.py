@@ -16,7 +16,7 @@ def test_journal_of_a_scripted_swap(tmp_path: Path) -> None:
     swaps = j.swaps()
     assert len(swaps) == 1 and swaps[0]["outcome"] == "completed"
     steps = j.steps(swaps[0]["swap_id"])
-    assert [s["step"] for s in steps][0] == "identify"
+    assert next(s["step"] for s in steps) == "identify"
     assert all(s["done_mono"] is not None for s in steps)
     s = j.summary(speed=10.0)
     assert s["swaps_completed"] == 1 and s["swaps_aborted"] == 0

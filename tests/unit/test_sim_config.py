@@ -102,3 +102,16 @@ def test_shipped_example_config_loads() -> None:
     c = load_sim_config(REPO / "deploy" / "swap-sim.toml")
     assert c.can.interface == "udp_multicast" and c.can.channel == "239.74.163.2"
     assert c.modbus.port == 5020 and c.speed == 1.0 and c.vehicles == 0
+
+
+def test_cli_config_error_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sim_hw.cli import main
+
+    f = tmp_path / "bad.toml"
+    f.write_text("[sim.modbus]\nport = 70000\n")
+    assert main(["--config", str(f)]) == 2
+    assert "sim.modbus.port" in capsys.readouterr().err
+    assert main(["--speed", "0"]) == 2
+    assert "sim.speed" in capsys.readouterr().err

@@ -37,6 +37,8 @@ class Controller:
         self.hb = 0
         self.seq = 0
         self.beating = True
+        # like the link on connect: the whole output block, cmd_seq 0 (nothing to run)
+        self.m.set_outputs({"cmd_seq": 0, "cmd_code": 0, "stop_request": 0}, self.t)
 
     def step(self, n: int = 1) -> None:
         for _ in range(n):
@@ -94,8 +96,8 @@ class Controller:
         self.until(lambda: self.m.vehicle is not None and self.m.vehicle.ready)
 
 
-def station(**kw: object) -> tuple[StationModel, Controller]:
-    m = StationModel(SimConfig(**kw))  # type: ignore[arg-type]
+def station(**kw: int | float) -> tuple[StationModel, Controller]:
+    m = StationModel(SimConfig.model_validate(kw))
     return m, Controller(m)
 
 
@@ -330,6 +332,7 @@ def test_stale_heartbeat_refuses_commands_and_stops_motion() -> None:
 
 def test_no_heartbeat_ever_means_stale() -> None:
     m = StationModel(SimConfig())
+    m.set_outputs({"cmd_seq": 0, "cmd_code": 0}, 0.4)
     m.set_outputs({"cmd_seq": 1, "cmd_code": 0}, 0.5)
     assert m.command_log[-1].error_code == ERR_REFUSED
 
@@ -423,3 +426,12 @@ def test_explicit_rack_and_small_station() -> None:
     inp = m.inputs()
     assert inp["rack_slot_count"] == 2 and inp["bolt_count"] == 4
     assert inp["rack_slot_occupied"] == [True, False]
+
+
+def test_first_cmd_seq_after_plc_start_is_taken_as_already_seen() -> None:
+    """A controller re-sending its last command block after a PLC restart must not re-run it."""
+    m = StationModel(SimConfig())
+    m.set_outputs({"ctrl_heartbeat": 1, "cmd_code": CODE["LIFT"], "cmd_seq": 41}, 0.0)
+    assert m.command_log == []
+    m.set_outputs({"ctrl_heartbeat": 2, "cmd_code": CODE["LIFT"], "cmd_seq": 42}, 0.1)
+    assert len(m.command_log) == 1 and m.command_log[0].seq == 42

@@ -1,0 +1,339 @@
+"""The pack bus: python-can frames in, decoded pack messages out, on the asyncio loop.
+
+`open_can_bus` is the one place that knows the interfaces' quirks. `PackBus` reads frames
+with the lowest latency asyncio allows: a bus with a file descriptor (socketcan,
+udp_multicast) is watched by the loop itself (add_reader, no thread hop); one without
+(virtual) is read by a thread that hands each frame to the loop with call_soon_threadsafe.
+Each frame is stamped with the injected clock when it is taken off the bus.
+
+The reader is hand-made rather than a can.Notifier so that a failing bus (interface down,
+adapter unplugged) is reopened with back-off instead of spinning or killing a thread, and
+so that an exception from the core's callback ends run() instead of vanishing in a log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import can
+import structlog
+
+from drivers.bms.protocol import STATION_SA, Decoded, FrameError, PackProtocol
+
+log = structlog.get_logger(__name__)
+
+GLOBAL_DA = 0xFF  # J1939 global (broadcast) destination
+LOG_INTERVAL = 1.0  # at most one log line per rejection kind per second: a babbling node
+THREAD_RECV_TIMEOUT = 0.05  # how long a reader thread takes to notice it must stop
+DRAIN_LIMIT = 64  # frames taken per loop wake-up, so a flood cannot starve other tasks
+
+STAT_KEYS = (
+    "received",
+    "decoded",
+    "own",
+    "other_destination",
+    "unknown_id",
+    "bad_length",
+    "bad_data",
+    "not_extended",
+    "remote",
+    "error_frames",
+    "sent",
+    "send_errors",
+    "bus_errors",
+)
+
+
+def open_can_bus(
+    interface: str, channel: str, *, bitrate: int | None = None, **kwargs: Any
+) -> can.BusABC:
+    """Open a python-can bus, applying what each interface needs.
+
+    - socketcan (can0 on a station, vcan0 on a bench): the bit rate belongs to the kernel
+      interface (`ip link set can0 type can bitrate 250000`), so `bitrate` is not passed.
+    - virtual: in-process bus for tests; frames go to every other bus on the same channel.
+    - udp_multicast: a bus over IP multicast between processes (needs python-can[multicast]).
+      Channel "" means the IPv4 group (the IPv6 default rarely works in containers). It
+      echoes a sender's own frames back to it; PackBus drops them by source address.
+    - anything else (pcan, kvaser, slcan, ...): passed to python-can with `bitrate`.
+    """
+    if interface == "socketcan":
+        if bitrate is not None:
+            log.info("can.bitrate_ignored", channel=channel, bitrate=bitrate,
+                     hint=f"ip link set {channel} type can bitrate {bitrate}")
+        try:
+            return can.Bus(interface="socketcan", channel=channel, **kwargs)
+        except OSError as exc:
+            raise can.CanInitializationError(
+                f"socketcan {channel}: {exc}; a bench needs `ip link add dev vcan0 type vcan"
+                f" && ip link set up vcan0`, a station `ip link set {channel} up`"
+            ) from exc
+    if interface == "virtual":
+        kwargs.setdefault("receive_own_messages", False)
+        return can.Bus(interface="virtual", channel=channel, **kwargs)
+    if interface == "udp_multicast":
+        from can.interfaces.udp_multicast import UdpMulticastBus
+
+        return can.Bus(
+            interface="udp_multicast",
+            channel=channel or UdpMulticastBus.DEFAULT_GROUP_IPv4,
+            **kwargs,
+        )
+    if bitrate is not None:
+        kwargs["bitrate"] = bitrate
+    return can.Bus(interface=interface, channel=channel, **kwargs)
+
+
+class PackBus:
+    """The station's pack CAN bus: decode received frames, send station messages.
+
+    on_message(decoded, t) runs in the event loop thread; t is clock() when the frame
+    was taken off the bus. on_reject(kind, arbitration_id, data) is told of every frame
+    dropped as unknown_id, bad_length, bad_data, not_extended or remote. Frames from
+    own_address (echoes) and PDU1 frames addressed to another node are dropped silently.
+    An exception raised by a callback ends run().
+    """
+
+    def __init__(
+        self,
+        interface: str,
+        channel: str,
+        protocol: PackProtocol,
+        *,
+        own_address: int = STATION_SA,
+        bitrate: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        bus_kwargs: dict[str, Any] | None = None,
+        backoff_min: float = 0.1,
+        backoff_max: float = 5.0,
+        logger: Any = None,
+    ) -> None:
+        self.interface = interface
+        self.channel = channel
+        self.protocol = protocol
+        self.own_address = own_address
+        self.bitrate = bitrate
+        self.bus_kwargs = dict(bus_kwargs or {})
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self._clock = clock
+        self._log = (logger or log).bind(can=f"{interface}:{channel}")
+        self.on_message: Callable[[Decoded, float], None] | None = None
+        self.on_reject: Callable[[str, int, bytes], None] | None = None
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._bus: can.BusABC | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._failed: asyncio.Future[None] | None = None
+        self._thread: threading.Thread | None = None
+        self._thread_stop = threading.Event()
+        self._fd: int | None = None
+        self._closing = False
+        self._stopped = asyncio.Event()
+        self._exited = asyncio.Event()
+        self._reader_error: Exception | None = None
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    @property
+    def is_open(self) -> bool:
+        return self._bus is not None
+
+    async def run(self) -> None:
+        """Open the bus and deliver frames until cancelled or closed; a bus that fails is
+        reopened with exponential back-off."""
+        self._loop = asyncio.get_running_loop()
+        self._closing = False
+        self._stopped.clear()
+        self._exited.clear()
+        backoff = self.backoff_min
+        try:
+            while not self._closing:
+                try:
+                    self._open()
+                except (can.CanError, OSError, ValueError) as exc:
+                    self.stats["bus_errors"] += 1
+                    self._log_limited("can.open_failed", error=str(exc))
+                else:
+                    reader = "loop" if self._fd is not None else "thread"
+                    self._log.info("can.opened", reader=reader)
+                    backoff = self.backoff_min
+                    assert self._failed is not None
+                    await self._failed  # done on a bus error or close(); raises a callback's error
+                    self._stop_reader()
+                    if self._closing:
+                        break
+                    self._log_limited("can.bus_error", error=str(self._reader_error))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+        finally:
+            self._stop_reader()
+            self._exited.set()
+
+    def send(self, name: str, values: dict[str, Any], da: int | None = None) -> None:
+        """Send one message with own_address as source. Bus errors are counted and logged,
+        never raised; encoding errors (unknown name, value out of range) are the caller's
+        bug and raise."""
+        can_id, data = self.protocol.encode(name, values, self.own_address, da)
+        bus = self._bus
+        if bus is None:
+            self.stats["send_errors"] += 1
+            self._log_limited("can.send_error", message=name, error="bus not open")
+            return
+        msg = can.Message(arbitration_id=can_id, data=data, is_extended_id=True)
+        try:
+            bus.send(msg, timeout=0)  # never block the loop; a full queue is an error
+        except can.CanError as exc:
+            self.stats["send_errors"] += 1
+            self._log_limited("can.send_error", message=name, error=str(exc))
+            return
+        self.stats["sent"] += 1
+
+    async def close(self) -> None:
+        """Stop reading and shut the bus down; run() returns."""
+        self._closing = True
+        self._stopped.set()
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(None)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._exited.wait(), 1.0)
+        self._stop_reader()
+
+    # ------------------------------------------------------------------ reader
+
+    def _open(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        bus = open_can_bus(self.interface, self.channel, bitrate=self.bitrate, **self.bus_kwargs)
+        self._bus = bus
+        self._failed = loop.create_future()
+        self._reader_error = None
+        try:
+            fd = bus.fileno()
+        except NotImplementedError:
+            fd = -1
+        if fd >= 0:
+            loop.add_reader(fd, self._drain, bus)
+            self._fd = fd
+        else:
+            self._thread_stop = threading.Event()
+            self._thread = threading.Thread(
+                target=self._rx_thread,
+                args=(bus, loop, self._thread_stop),
+                name=f"PackBus {self.interface}:{self.channel}",
+                daemon=True,
+            )
+            self._thread.start()
+
+    def _stop_reader(self) -> None:
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)
+            self._fd = None
+        if self._thread is not None:
+            self._thread_stop.set()
+            self._thread.join(THREAD_RECV_TIMEOUT * 4)
+            self._thread = None
+        if self._bus is not None:
+            bus, self._bus = self._bus, None
+            with contextlib.suppress(can.CanError, OSError):
+                bus.shutdown()
+
+    def _drain(self, bus: can.BusABC) -> None:
+        """Loop reader for buses with a file descriptor: take what is there, then return."""
+        for _ in range(DRAIN_LIMIT):
+            try:
+                msg = bus.recv(0)
+            except (can.CanError, OSError) as exc:
+                self._reader_failed(exc)
+                return
+            if msg is None:
+                return
+            self._deliver(msg, self._clock())
+            if self._failed is None or self._failed.done():
+                return
+
+    def _rx_thread(
+        self, bus: can.BusABC, loop: asyncio.AbstractEventLoop, stop: threading.Event
+    ) -> None:
+        """Thread reader for buses without a file descriptor (virtual)."""
+        try:
+            while not stop.is_set():
+                msg = bus.recv(THREAD_RECV_TIMEOUT)
+                if msg is not None:
+                    loop.call_soon_threadsafe(self._deliver, msg, self._clock())
+        except (can.CanError, OSError) as exc:
+            if not stop.is_set():
+                with contextlib.suppress(RuntimeError):  # loop already closed
+                    loop.call_soon_threadsafe(self._reader_failed, exc)
+        except RuntimeError:
+            pass  # the loop closed under us: nobody left to deliver to
+
+    def _reader_failed(self, exc: Exception) -> None:
+        self._reader_error = exc
+        self.stats["bus_errors"] += 1
+        if self._fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._fd)  # a broken socket stays readable: stop spinning
+            self._fd = None
+        if self._failed is not None and not self._failed.done():
+            self._failed.set_result(None)
+
+    def _deliver(self, msg: can.Message, t: float) -> None:
+        if self._bus is None or self._failed is None or self._failed.done():
+            return  # closing or failed: frames still queued are dropped
+        try:
+            self._handle(msg, t)
+        except Exception as exc:  # a callback raised: end run() with it
+            self._failed.set_exception(exc)
+
+    def _handle(self, msg: can.Message, t: float) -> None:
+        st = self.stats
+        st["received"] += 1
+        can_id = msg.arbitration_id
+        if msg.is_error_frame:
+            st["error_frames"] += 1
+            self._log_limited("can.error_frame", id=f"{can_id:#x}")
+            return
+        if not msg.is_extended_id:
+            self._reject("not_extended", msg, "11-bit identifier")
+            return
+        if msg.is_remote_frame:
+            self._reject("remote", msg, "remote frame")
+            return
+        if can_id & 0xFF == self.own_address:
+            st["own"] += 1  # our own frames echoed back (udp_multicast, loopback)
+            return
+        data = bytes(msg.data)
+        try:
+            decoded = self.protocol.decode(can_id, data)
+        except FrameError as exc:
+            self._reject(exc.kind, msg, str(exc))
+            return
+        if decoded.destination not in (None, self.own_address, GLOBAL_DA):
+            st["other_destination"] += 1  # J1939: a PDU1 message for another node
+            return
+        st["decoded"] += 1
+        if self.on_message is not None:
+            self.on_message(decoded, t)
+
+    def _reject(self, kind: str, msg: can.Message, why: str) -> None:
+        self.stats[kind] = self.stats.get(kind, 0) + 1
+        data = bytes(msg.data)
+        self._log_limited(f"can.{kind}", id=f"{msg.arbitration_id:#x}", dlc=len(data), why=why)
+        if self.on_reject is not None:
+            self.on_reject(kind, msg.arbitration_id, data)
+
+    # ------------------------------------------------------------------ logging
+
+    def _log_limited(self, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        last = self._last_log.get(event)
+        if last is not None and now - last < LOG_INTERVAL:
+            self._suppressed[event] = self._suppressed.get(event, 0) + 1
+            return
+        self._last_log[event] = now
+        self._log.warning(event, suppressed=self._suppressed.pop(event, 0), **fields)

@@ -1,0 +1,335 @@
+"""PLC link over Modbus TCP (pymodbus asyncio client).
+
+One cycle per poll period: read the whole input block (one FC3 request), hand the decoded
+values to the core with the time the reply arrived, then write the whole output block (one
+FC16 request) if the desired outputs changed or the controller heartbeat is due. The link
+owns `ctrl_heartbeat`; the PLC stops when it stops changing, so the heartbeat runs only
+while this cycle runs: a hung controller is a silent controller.
+
+Reconnection is done here with exponential back-off rather than by pymodbus, so the link
+knows and reports every loss (on_connection) and never sends into a half-made connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import structlog
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
+from pymodbus.exceptions import ModbusException
+from pymodbus.pdu import ModbusPDU
+
+from drivers.plc.link import PlcLink
+from drivers.plc.regmap import RegisterMap
+
+HEARTBEAT = "ctrl_heartbeat"
+LOG_INTERVAL = 1.0  # at most one log line per error kind per second: a dead PLC polled at 20 Hz
+
+
+class ModbusPlcLink(PlcLink):
+    """PlcLink over Modbus TCP, driven by a register map.
+
+    Stats: `polls` / `writes` count good reads / acknowledged writes, `poll_errors` /
+    `write_errors` failed ones (exception replies, timeouts, lost connection), `exceptions`
+    Modbus exception replies by code name, `reconnects` connection attempts after a failure.
+
+    An exception raised by on_inputs or on_connection ends run(): a broken core must not
+    keep the heartbeat alive.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        rmap: RegisterMap,
+        *,
+        poll_period: float = 0.02,
+        heartbeat_period: float = 0.1,
+        timeout: float = 1.0,
+        backoff_min: float = 0.1,
+        backoff_max: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+        logger: Any = None,
+    ) -> None:
+        super().__init__()
+        if HEARTBEAT not in rmap.signals or rmap.signals[HEARTBEAT].direction != "out":
+            raise ValueError(f"register map has no output signal {HEARTBEAT}")
+        self.host = host
+        self.port = port
+        self.rmap = rmap
+        self.poll_period = poll_period
+        self.heartbeat_period = heartbeat_period
+        self.timeout = timeout
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self._clock = clock
+        self._log = (logger or structlog.get_logger(__name__)).bind(plc=f"{host}:{port}")
+
+        self._client: AsyncModbusTcpClient | None = None
+        self._desired: dict[str, Any] = {}
+        self._heartbeat = 0
+        self._heartbeat_due = float("-inf")
+        # Outputs change -> _version++; a write acknowledged -> _acked_version = its version.
+        self._version = 0
+        self._acked_version = -1
+        self._write_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._reported: bool | None = None
+        self._poll_failing = False
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    # ------------------------------------------------------------------ interface
+
+    @property
+    def connected(self) -> bool:
+        return self._client is not None and self._client.connected and not self._lost.is_set()
+
+    def set_outputs(self, values: dict[str, Any]) -> None:
+        """Merge desired outputs; raises ValueError for unknown, input, out-of-range or
+        heartbeat signals (the link owns ctrl_heartbeat)."""
+        for name in values:
+            sig = self.rmap.signals.get(name)
+            if sig is None or sig.direction != "out":
+                raise ValueError(f"{name} is not an output of the register map")
+            if name == HEARTBEAT:
+                raise ValueError(f"{HEARTBEAT} is written by the link itself")
+        merged = {**self._desired, **values}
+        # Encode now so a bad value fails in the caller, not later in the link's cycle.
+        self.rmap.encode_block(self.rmap.output_start, self.rmap.output_length, merged)
+        if merged != self._desired:
+            self._desired = merged
+            self._version += 1
+            self._wake.set()
+
+    async def write_now(self) -> float | None:
+        if not self.connected:
+            return None
+        return await self._write(force=True)
+
+    async def run(self) -> None:
+        self._closing = False
+        self._stop.clear()
+        backoff = self.backoff_min
+        try:
+            while not self._closing:
+                if await self._connect():
+                    self._report(True)
+                    self._log.info("plc.connected")
+                    if await self._cycle():
+                        # Reset only after a good read, so a PLC that accepts and drops backs off.
+                        backoff = self.backoff_min
+                    if self._closing:
+                        break
+                    self._drop()
+                    self._log.warning("plc.disconnected", last_error=self.stats.last_error)
+                self._report(False)
+                self.stats.reconnects += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)  # close() cuts it short
+                backoff = min(backoff * 2, self.backoff_max)
+        finally:
+            self._drop()
+            if self._reported:
+                self._report(False)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._stop.set()
+        self._wake.set()
+        self._drop()
+
+    # ------------------------------------------------------------------ connection
+
+    async def _connect(self) -> bool:
+        if self._client is None:
+            # reconnect_delay=0 turns pymodbus's own reconnect off; retries=0 so a missed
+            # reply is reported now and the next poll is a fresh request.
+            self._client = AsyncModbusTcpClient(
+                self.host,
+                port=self.port,
+                timeout=self.timeout,
+                retries=0,
+                reconnect_delay=0,
+                name="plc",
+                trace_connect=self._on_trace_connect,
+            )
+        self._lost.clear()
+        error = "connect: refused or timed out"
+        try:
+            ok = await self._client.connect()
+        except (ModbusException, OSError) as exc:
+            ok, error = False, f"connect: {exc}"
+        if not ok:
+            self.stats.last_error = error
+            self._log_limited("plc.connect_failed", error=error, reconnects=self.stats.reconnects)
+            return False
+        # Re-send the whole output block on every new connection: the PLC may have restarted.
+        self._acked_version = -1
+        self._heartbeat_due = float("-inf")
+        return True
+
+    def _on_trace_connect(self, up: bool) -> None:
+        if not up:
+            self.stats.last_error = "connection lost"
+            self._lost.set()
+            self._wake.set()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _report(self, up: bool) -> None:
+        if self._reported is not up:
+            self._reported = up
+            if self.on_connection is not None:
+                self.on_connection(up)
+
+    # ------------------------------------------------------------------ cycle
+
+    async def _cycle(self) -> bool:
+        """Poll and write until the connection is lost or the link closes.
+        Returns True if at least one read succeeded."""
+        loop = asyncio.get_running_loop()
+        good = False
+        while self.connected and not self._closing:
+            # Scheduling runs on the loop's own monotonic time, the same base as its sleeps;
+            # the injected clock only stamps what is reported.
+            next_poll = loop.time() + self.poll_period
+            good = await self._poll() or good
+            # Until the next poll, write whenever outputs change or the heartbeat falls due.
+            # A cycle slower than poll_period polls again at once, without catching up.
+            while self.connected and not self._closing:
+                self._wake.clear()
+                await self._write(force=False)
+                now = loop.time()
+                if now >= next_poll:
+                    break
+                wait = min(next_poll, self._heartbeat_due) - now
+                if wait > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), wait)
+        return good
+
+    async def _poll(self) -> bool:
+        client = self._client
+        assert client is not None
+        rmap = self.rmap
+        try:
+            rr = await self._request(
+                client.read_holding_registers(
+                    rmap.input_start, count=rmap.input_length, device_id=rmap.unit_id
+                )
+            )
+        except (ModbusException, OSError, TimeoutError) as exc:
+            self._poll_failed(f"read: {exc}")
+            return False
+        t = self._clock()
+        if rr.isError():
+            name = self._count_exception(rr)
+            # Inputs stay as they were: the core sees them go stale and reacts.
+            self._poll_failed(f"read: exception {name}")
+            return False
+        regs = list(rr.registers)
+        if len(regs) != rmap.input_length:
+            msg = f"read: {len(regs)} registers, expected {rmap.input_length}"
+            self._poll_failed(msg)
+            return False
+        self.stats.polls += 1
+        if self._poll_failing:
+            self._poll_failing = False
+            self._log.info("plc.poll_recovered", poll_errors=self.stats.poll_errors)
+        if self.on_inputs is not None:
+            self.on_inputs(rmap.decode_block(rmap.input_start, regs, "in"), t)
+        return True
+
+    def _poll_failed(self, error: str) -> None:
+        self.stats.poll_errors += 1
+        self.stats.last_error = error
+        self._poll_failing = True
+        self._log_limited("plc.poll_error", error=error, poll_errors=self.stats.poll_errors)
+
+    async def _write(self, *, force: bool) -> float | None:
+        async with self._write_lock:
+            client = self._client
+            if client is None or not self.connected:
+                return None
+            now = asyncio.get_running_loop().time()
+            heartbeat_due = now >= self._heartbeat_due
+            version = self._version
+            if not force and not heartbeat_due and version == self._acked_version:
+                return None
+            if heartbeat_due:
+                self._heartbeat = (self._heartbeat + 1) & 0xFFFF
+                self._heartbeat_due = now + self.heartbeat_period
+            rmap = self.rmap
+            block = rmap.encode_block(
+                rmap.output_start,
+                rmap.output_length,
+                {**self._desired, HEARTBEAT: self._heartbeat},
+            )
+            try:
+                rr = await self._request(
+                    client.write_registers(rmap.output_start, block, device_id=rmap.unit_id)
+                )
+            except (ModbusException, OSError, TimeoutError) as exc:
+                self.stats.write_errors += 1
+                self.stats.last_error = f"write: {exc}"
+                self._log_limited("plc.write_error", error=str(exc))
+                return None
+            t = self._clock()
+            if rr.isError():
+                name = self._count_exception(rr)
+                self.stats.write_errors += 1
+                self.stats.last_error = f"write: exception {name}"
+                self._log_limited("plc.write_error", exception=name)
+                return None  # _acked_version unchanged: the next cycle writes again
+            self.stats.writes += 1
+            self._acked_version = version
+            return t
+
+    async def _request(self, request: Awaitable[ModbusPDU]) -> ModbusPDU:
+        """Await one request, giving up at once if the connection drops meanwhile (pymodbus
+        would otherwise wait out its timeout while holding its request lock)."""
+        task = asyncio.ensure_future(request)
+        lost = asyncio.ensure_future(self._lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, ModbusException):
+                    await task
+        if task.cancelled():
+            raise ConnectionError("connection lost")
+        return task.result()
+
+    # ------------------------------------------------------------------ helpers
+
+    def _count_exception(self, rr: ModbusPDU) -> str:
+        code = getattr(rr, "exception_code", 0)
+        try:
+            name = ExcCodes(code).name
+        except ValueError:
+            name = f"CODE_{code}"
+        self.stats.exceptions[name] = self.stats.exceptions.get(name, 0) + 1
+        return name
+
+    def _log_limited(self, event: str, **fields: Any) -> None:
+        now = time.monotonic()
+        last = self._last_log.get(event)
+        if last is not None and now - last < LOG_INTERVAL:
+            self._suppressed[event] = self._suppressed.get(event, 0) + 1
+            return
+        self._last_log[event] = now
+        suppressed = self._suppressed.pop(event, 0)
+        self._log.warning(event, suppressed=suppressed, **fields)

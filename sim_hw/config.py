@@ -1,0 +1,183 @@
+"""Simulator configuration: one `[sim]` table in a TOML file, validated with pydantic.
+
+Every key has a default, so `SimConfig()` is a complete, working simulator. Errors name
+the offending key (`sim.station.slots: ...`) so that a bad file is fixed, not guessed at.
+"""
+
+from __future__ import annotations
+
+import random
+import tomllib
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from drivers.bms.protocol import MAX_RACK_SLOTS
+
+Chemistry = Literal["nmc", "lfp", "sodium_ion"]
+PackFamily = Literal[20, 25]
+
+# Register map arrays bound these: rack_slot_occupied has 30 entries, bolt_torque 12.
+MAX_SLOTS = min(30, MAX_RACK_SLOTS)
+MAX_BOLTS = 12
+
+
+class SimConfigError(ValueError):
+    """A simulator configuration that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModbusConfig(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(default=5020, ge=0, le=65535)  # 0 = any free port (tests)
+
+
+class CanConfig(_Strict):
+    interface: Literal["virtual", "udp_multicast", "socketcan"] = "virtual"
+    channel: str = "swapstation"
+    bitrate: int | None = Field(default=None, gt=0)
+
+
+class StationConfig(_Strict):
+    slots: int = Field(default=13, ge=1, le=MAX_SLOTS)
+    bolt_count: int = Field(default=10, ge=1, le=MAX_BOLTS)
+    swap_height_mm: float = Field(default=500.0, gt=0, le=65535)
+    shuttle_car_mm: float = Field(default=3000.0, gt=0, le=65535)
+
+
+class TimingConfig(_Strict):
+    """Step durations in simulated seconds (wall time = value / speed).
+
+    No public source gives per-step times, only totals, so these are design choices that
+    add up to NIO PSS 4.0's 144 s swap: identify 8 + position 15 + lift 10 + unlock 15 +
+    remove 12 + store 15 + fetch 15 + install 12 + lock 15 + check 7 + lower 10 +
+    release 10 = 144. `identify` (arrival -> vehicle ready) and `check` (LOCK done -> new
+    pack on CAN) are the car's own delays; the rest are PLC command durations.
+    """
+
+    identify: float = Field(default=8.0, ge=0)
+    position: float = Field(default=15.0, ge=0)
+    lift: float = Field(default=10.0, ge=0)
+    unlock: float = Field(default=15.0, ge=0)
+    remove: float = Field(default=12.0, ge=0)
+    store: float = Field(default=15.0, ge=0)
+    fetch: float = Field(default=15.0, ge=0)
+    install: float = Field(default=12.0, ge=0)
+    lock: float = Field(default=15.0, ge=0)
+    check: float = Field(default=7.0, ge=0)
+    lower: float = Field(default=10.0, ge=0)
+    release: float = Field(default=10.0, ge=0)
+
+    def total(self) -> float:
+        return sum(float(v) for v in self.model_dump().values())
+
+
+class RackPackConfig(_Strict):
+    slot: int = Field(ge=1, le=MAX_SLOTS)
+    serial: int = Field(ge=1, le=0xFFFFFFFE)  # 0xFFFFFFFF is "not available" in J1939
+    family: PackFamily
+    chemistry: Chemistry
+    soc: float = Field(ge=0, le=100)
+
+
+class SimConfig(_Strict):
+    speed: float = Field(default=1.0, gt=0)
+    seed: int = 1
+    vehicles: int = Field(default=0, ge=0)  # total arrivals; 0 = unlimited
+    arrival_gap_s: float = Field(default=5.0, ge=0)
+    ctrl_heartbeat_timeout_s: float = Field(default=1.0, gt=0)  # real seconds, not scaled
+    modbus: ModbusConfig = Field(default_factory=ModbusConfig)
+    can: CanConfig = Field(default_factory=CanConfig)
+    station: StationConfig = Field(default_factory=StationConfig)
+    timing: TimingConfig = Field(default_factory=TimingConfig)
+    rack_pack: list[RackPackConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_rack(self) -> SimConfig:
+        slots: set[int] = set()
+        serials: set[int] = set()
+        for i, p in enumerate(self.rack_pack):
+            if p.slot > self.station.slots:
+                raise ValueError(
+                    f"rack_pack.{i}.slot: {p.slot} is above station.slots {self.station.slots}"
+                )
+            if p.slot in slots:
+                raise ValueError(f"rack_pack.{i}.slot: slot {p.slot} used twice")
+            if p.serial in serials:
+                raise ValueError(f"rack_pack.{i}.serial: serial {p.serial} used twice")
+            slots.add(p.slot)
+            serials.add(p.serial)
+        return self
+
+    def initial_rack(self) -> list[RackPackConfig]:
+        """The explicit rack, or one generated from the seed: slots-1 packs, last slot free."""
+        if self.rack_pack:
+            return list(self.rack_pack)
+        rng = random.Random(f"rack-{self.seed}")
+        base = rng.randrange(10_000_000, 90_000_000)
+        chemistries: tuple[Chemistry, ...] = ("nmc", "lfp", "sodium_ion")
+        families: tuple[PackFamily, ...] = (20, 25)
+        return [
+            RackPackConfig(
+                slot=slot,
+                serial=base + slot,
+                family=families[(slot - 1) % 2],
+                chemistry=chemistries[(slot - 1) % 3],
+                soc=round(rng.uniform(85.0, 100.0), 1),
+            )
+            for slot in range(1, self.station.slots)
+        ]
+
+
+def _format_errors(exc: ValidationError, prefix: str) -> str:
+    lines = []
+    for err in exc.errors():
+        if not err["loc"] and err["type"] == "value_error":
+            # a cross-field check: its message starts with the key it is about
+            lines.append(f"{prefix}.{err['ctx']['error']}")
+            continue
+        loc = ".".join(str(p) for p in (prefix, *err["loc"]))
+        lines.append(f"{loc}: {err['msg']}")
+    return "; ".join(lines)
+
+
+def parse_sim_config(data: dict, origin: str = "<config>") -> SimConfig:
+    """Validate a parsed TOML document whose top table is [sim]."""
+    extra = sorted(set(data) - {"sim"})
+    if extra:
+        raise SimConfigError(f"{origin}: {extra[0]}: unknown top-level key (expected [sim])")
+    sim = data.get("sim", {})
+    if not isinstance(sim, dict):
+        raise SimConfigError(f"{origin}: sim: must be a table")
+    try:
+        return SimConfig.model_validate(sim)
+    except ValidationError as exc:
+        raise SimConfigError(f"{origin}: {_format_errors(exc, 'sim')}") from exc
+
+
+def load_sim_config(path: str | Path) -> SimConfig:
+    """Load and validate a simulator config file; raises SimConfigError naming the key."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as exc:
+        raise SimConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise SimConfigError(f"{p}: not valid TOML: {exc}") from exc
+    return parse_sim_config(data, str(p))
+
+
+def with_overrides(config: SimConfig, **changes: object) -> SimConfig:
+    """A copy with top-level keys changed, validated like a file (errors name the key)."""
+    data = config.model_dump()
+    data.update({k: v for k, v in changes.items() if v is not None})
+    try:
+        return SimConfig.model_validate(data)
+    except ValidationError as exc:
+        raise SimConfigError(_format_errors(exc, "sim")) from exc

@@ -1,0 +1,597 @@
+"""The station's ground truth and its PLC logic: a pure model, no I/O.
+
+Time is passed in: `now` is simulated seconds; `real` is monotonic wall-clock seconds,
+needed only where the contract speaks of real time (the controller heartbeat timeout,
+the packs' PackControl timeout, the command log for latency benchmarks). When `real` is
+omitted it is derived as now / speed, which keeps unit tests on one fake clock.
+
+The PLC side follows the register map contract: a new non-zero cmd_seq starts cmd_code;
+cmd_ack_seq echoes it with cmd_status 1 busy, then 2 done or 3 error + cmd_error_code.
+The sim PLC enforces its own interlocks (refusing with error 2), like a real one would:
+the controller is supervision, not the safety barrier.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
+from sim_hw.config import SimConfig
+from sim_hw.motion import Motion, Phase, event, one_by_one, ramp, together, wait
+from sim_hw.packs import SimPack
+from sim_hw.vehicles import Vehicle, VehicleSource
+
+# Command codes and error codes: the [[command]] table and cmd_error_code of modbus_map.toml.
+COMMANDS = {
+    0: "NONE", 1: "POSITION", 2: "LIFT", 3: "UNLOCK", 4: "REMOVE", 5: "STORE", 6: "FETCH",
+    7: "INSTALL", 8: "LOCK", 9: "LOWER", 10: "RELEASE",
+}
+STATUS_IDLE, STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 0, 1, 2, 3
+ERR_NONE, ERR_UNKNOWN, ERR_REFUSED, ERR_MECHANISM, ERR_TIMEOUT, ERR_BAD_PARAM, ERR_STOPPED = (
+    range(7)
+)
+
+POSITION_DONE_MM = 2.0  # POSITION leaves both offsets inside this
+LIFT_OFFSET_MAX_MM = 5.0  # LIFT refuses a car standing further off
+AT_MM = 0.5  # position tolerance for "lift at 0", "shuttle home", ...
+UNLOCK_TORQUE_NM, UNLOCK_ANGLE_DEG = (90.0, 5.0), (720.0, 20.0)  # (nominal, +-)
+LOCK_TORQUE_NM, LOCK_ANGLE_DEG = (120.0, 3.0), (90.0, 4.0)
+CHARGE_STEP_S = 5.0  # longest integration step for pack charging (simulated seconds)
+
+
+@dataclass
+class CommandRecord:
+    """One command as the PLC saw it; times in sim seconds and monotonic real seconds."""
+
+    seq: int
+    code: int
+    name: str
+    param1: int
+    param2: int
+    taken_sim: float
+    taken_real: float
+    ended_sim: float | None = None
+    ended_real: float | None = None
+    status: int = STATUS_BUSY  # 1 busy, 2 done, 3 error
+    error_code: int = ERR_NONE
+    reason: str = ""  # why it was refused or stopped, for logs and tests
+
+
+@dataclass
+class SimEvent:
+    t: float  # sim seconds
+    kind: str  # arrival, ready, pack_awake, command, departure
+    text: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Bolts:
+    tight: list[bool]
+    torque_nm: list[float]
+    angle_deg: list[float]
+
+    @classmethod
+    def make(cls, n: int) -> Bolts:
+        return cls([True] * n, [0.0] * n, [0.0] * n)
+
+    @property
+    def count(self) -> int:
+        return len(self.tight)
+
+    @property
+    def n_tight(self) -> int:
+        return sum(self.tight)
+
+
+class StationModel:
+    """Vehicle, lift, shuttle, stacker, rack, bolts, safety inputs and the command handshake."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        st = config.station
+        self.rng = random.Random(f"mech-{config.seed}")
+        self.now = 0.0
+        self.real = 0.0
+        self.on_event: Callable[[SimEvent], None] | None = None
+        # mechanism
+        self.lift_mm = 0.0
+        self.shuttle_mm = 0.0
+        self.shuttle_pack: SimPack | None = None
+        self.stacker_pos = 0.0  # slot units; 0 = shuttle transfer point
+        self.stacker_pack: SimPack | None = None
+        self.rack: dict[int, SimPack | None] = dict.fromkeys(range(1, st.slots + 1))
+        for rp in config.initial_rack():
+            self.rack[rp.slot] = SimPack(
+                serial=rp.serial, family=rp.family, chemistry=rp.chemistry, soc_pct=rp.soc,
+                cycle_count=self.rng.randrange(20, 600),
+                soh_pct=round(self.rng.uniform(90.0, 99.5), 1),
+            )
+        self.bolts = Bolts.make(st.bolt_count)
+        # safety inputs: plain attributes so fault injection can flip them
+        self.estop_ok = True
+        self.safety_plc_ok = True
+        self.light_curtain_clear = True
+        self.doors_closed = True
+        self.smoke_clear = True
+        # vehicles
+        self.vehicles = VehicleSource(config, self._rack_serials())
+        self.vehicle: Vehicle | None = None
+        self.history: list[dict[str, Any]] = []
+        # command handshake
+        self.ctrl_heartbeat: int | None = None
+        self.heartbeat_changed_real: float | None = None
+        self.stop_request = 0
+        # None until the first write after start-up: that cmd_seq counts as already seen, so
+        # a controller re-sending its last command after a PLC restart does not re-run it.
+        self.last_seq: int | None = None
+        self.cmd_ack_seq = 0
+        self.cmd_status = STATUS_IDLE
+        self.cmd_error_code = ERR_NONE
+        self.command_log: list[CommandRecord] = []
+        self._motion: Motion | None = None
+        self._running: CommandRecord | None = None
+
+    # ------------------------------------------------------------------ time
+    def advance(self, now: float, real: float | None = None) -> None:
+        """Bring the model to sim time `now` (never backwards)."""
+        now = max(now, self.now)
+        real = now / self.config.speed if real is None else real
+        dt = now - self.now
+        if self._running is not None:
+            why = self._motion_inhibit(real)
+            if why:  # detected at `now`; the motion stops where it stood at the last tick
+                self._end(ERR_STOPPED, self.now, real, why)
+        if self._motion is not None and self._running is not None:
+            end = min(now, self._motion.end)
+            if self._motion.advance(end):
+                self._end(ERR_NONE, end, real - (now - end) / self.config.speed)
+        self._vehicles(now)
+        self._charge(dt, real)
+        self.now, self.real = now, real
+
+    def set_outputs(self, values: dict[str, Any], now: float, real: float | None = None) -> None:
+        """Take the controller's output registers (decoded by name) as written at `now`."""
+        self.advance(now, real)
+        real = self.real
+        hb = values.get("ctrl_heartbeat")
+        if hb is not None and hb != self.ctrl_heartbeat:
+            self.ctrl_heartbeat = int(hb)
+            self.heartbeat_changed_real = real
+        if "stop_request" in values:
+            self.stop_request = int(values["stop_request"])
+        if self._running is not None and self.stop_request:
+            self._end(ERR_STOPPED, self.now, real, f"stop_request {self.stop_request}")
+        if "cmd_seq" not in values:
+            return
+        seq = int(values["cmd_seq"])
+        if self.last_seq is None:
+            self.last_seq = seq
+        elif seq != 0 and seq != self.last_seq:
+            self.last_seq = seq
+            self._take(
+                seq,
+                int(values.get("cmd_code", 0)),
+                int(values.get("cmd_param1", 0)),
+                int(values.get("cmd_param2", 0)),
+                real,
+            )
+
+    def heartbeat_stale(self, real: float) -> bool:
+        hb = self.heartbeat_changed_real
+        return hb is None or real - hb > self.config.ctrl_heartbeat_timeout_s
+
+    @property
+    def safety_ok(self) -> bool:
+        return all((self.estop_ok, self.safety_plc_ok, self.light_curtain_clear,
+                    self.doors_closed, self.smoke_clear))
+
+    def _motion_inhibit(self, real: float) -> str:
+        if self.stop_request:
+            return f"stop_request {self.stop_request}"
+        if self.heartbeat_stale(real):
+            return "controller heartbeat stale"
+        if not self.safety_ok:
+            return "safety chain open"
+        return ""
+
+    # ------------------------------------------------------------- handshake
+    def _take(self, seq: int, code: int, p1: int, p2: int, real: float) -> None:
+        rec = CommandRecord(seq, code, COMMANDS.get(code, f"code {code}"), p1, p2, self.now, real)
+        self.command_log.append(rec)
+        busy = self._running is not None
+        if busy:
+            # A new command while one runs breaks the handshake: stop both, like a PLC would.
+            self._end(ERR_STOPPED, self.now, real, f"superseded by seq {seq}")
+        self._running = rec
+        self.cmd_ack_seq, self.cmd_status, self.cmd_error_code = seq, STATUS_BUSY, ERR_NONE
+        self._emit("command", f"cmd {seq} {rec.name} p1={p1} taken", rec=rec)
+        if busy:
+            self._end(ERR_REFUSED, self.now, real, "another command was running")
+            return
+        if code not in COMMANDS:
+            self._end(ERR_UNKNOWN, self.now, real, "unknown command")
+            return
+        why = self._motion_inhibit(real)
+        if why:
+            self._end(ERR_REFUSED, self.now, real, why)
+            return
+        err, why, phases = self._plan(code, p1)
+        if err:
+            self._end(err, self.now, real, why)
+            return
+        self._motion = Motion(self.now, self._duration(code), phases)
+        if self._motion.advance(self.now):
+            self._end(ERR_NONE, self.now, real)
+
+    def _end(self, err: int, t: float, real: float, why: str = "") -> None:
+        rec = self._running
+        if rec is None:
+            return
+        rec.ended_sim, rec.ended_real, rec.error_code, rec.reason = t, real, err, why
+        rec.status = STATUS_ERROR if err else STATUS_DONE
+        self._running, self._motion = None, None
+        if rec.seq == self.cmd_ack_seq:
+            self.cmd_status, self.cmd_error_code = rec.status, err
+        if not err:
+            self._completed(rec, t)
+        verdict = f"error {err} ({why})" if err else "done"
+        self._emit("command", f"cmd {rec.seq} {rec.name} {verdict}", rec=rec, t=t)
+
+    def _duration(self, code: int) -> float:
+        name = COMMANDS[code].lower()
+        return float(getattr(self.config.timing, name, 0.0))
+
+    # ---------------------------------------------------------------- plans
+    def _plan(self, code: int, p1: int) -> tuple[int, str, list[Phase]]:
+        """Check the PLC's own interlocks for a command; (error, reason, phases)."""
+        planner = {
+            0: lambda: [], 1: self._plan_position, 2: self._plan_lift, 3: self._plan_unlock,
+            4: self._plan_remove, 7: self._plan_install, 8: self._plan_lock,
+            9: self._plan_lower, 10: self._plan_release,
+        }
+        if code in (5, 6):
+            if not 1 <= p1 <= self.config.station.slots:
+                return ERR_BAD_PARAM, f"slot {p1} outside 1..{self.config.station.slots}", []
+            result = self._plan_store(p1) if code == 5 else self._plan_fetch(p1)
+        else:
+            result = planner[code]()
+        if isinstance(result, str):
+            return ERR_REFUSED, result, []
+        return ERR_NONE, "", result
+
+    def _lift_at(self, mm: float) -> bool:
+        return abs(self.lift_mm - mm) <= AT_MM
+
+    @property
+    def shuttle_home(self) -> bool:
+        return self.shuttle_mm <= AT_MM
+
+    @property
+    def shuttle_docked(self) -> bool:
+        return self.shuttle_mm >= self.config.station.shuttle_car_mm - AT_MM
+
+    def _set_lift(self, v: float) -> None:
+        self.lift_mm = v
+
+    def _set_shuttle(self, v: float) -> None:
+        self.shuttle_mm = v
+
+    def _set_stacker(self, v: float) -> None:
+        self.stacker_pos = v
+
+    def _shuttle_to(self, share: float, target: float) -> Phase:
+        return ramp(share, lambda: self.shuttle_mm, self._set_shuttle, target)
+
+    def _stacker_to(self, share: float, slot: int) -> Phase:
+        return ramp(share, lambda: self.stacker_pos, self._set_stacker, float(slot))
+
+    def _plan_position(self) -> list[Phase] | str:
+        v = self.vehicle
+        if v is None or not v.ready:
+            return "no vehicle ready on the platform"
+        if not self._lift_at(0):
+            return "lift not down"
+        fx = self.rng.uniform(-0.75, 0.75) * POSITION_DONE_MM
+        fy = self.rng.uniform(-0.75, 0.75) * POSITION_DONE_MM
+
+        def put_x(x: float) -> None:
+            v.offset_x_mm = x
+
+        def put_y(y: float) -> None:
+            v.offset_y_mm = y
+
+        return [together(1.0, ramp(1.0, lambda: v.offset_x_mm, put_x, fx),
+                         ramp(1.0, lambda: v.offset_y_mm, put_y, fy))]
+
+    def _plan_lift(self) -> list[Phase] | str:
+        v = self.vehicle
+        if v is None:
+            return "no vehicle"
+        if max(abs(v.offset_x_mm), abs(v.offset_y_mm)) > LIFT_OFFSET_MAX_MM:
+            return "vehicle not positioned"
+        return [ramp(1.0, lambda: self.lift_mm, self._set_lift,
+                     self.config.station.swap_height_mm)]
+
+    def _plan_unlock(self) -> list[Phase] | str:
+        if self.vehicle is None or not self._lift_at(self.config.station.swap_height_mm):
+            return "vehicle not lifted to swap height"
+        if self.shuttle_pack is not None:
+            return "shuttle not empty"
+        return [
+            self._shuttle_to(0.35, self.config.station.shuttle_car_mm),
+            one_by_one(0.65, lambda: [i for i, t in enumerate(self.bolts.tight) if t],
+                       self._loosen),
+        ]
+
+    def _loosen(self, i: int) -> None:
+        self.bolts.tight[i] = False
+        self.bolts.torque_nm[i] = self._jitter(UNLOCK_TORQUE_NM)
+        self.bolts.angle_deg[i] = self._jitter(UNLOCK_ANGLE_DEG)
+
+    def _tighten(self, i: int) -> None:
+        self.bolts.tight[i] = True
+        self.bolts.torque_nm[i] = self._jitter(LOCK_TORQUE_NM)
+        self.bolts.angle_deg[i] = self._jitter(LOCK_ANGLE_DEG)
+
+    def _jitter(self, window: tuple[float, float]) -> float:
+        nominal, tol = window
+        return round(nominal + self.rng.uniform(-tol, tol) * 0.9, 1)
+
+    def _plan_remove(self) -> list[Phase] | str:
+        v = self.vehicle
+        if v is not None and v.pack is not None:
+            if self.bolts.n_tight:
+                return "bolts not all loose"
+            if not self.shuttle_docked or self.shuttle_pack is not None:
+                return "shuttle not docked empty under the car"
+            return [event(self._bay_pack_quiet), wait(0.4),
+                    event(self._pack_bay_to_shuttle), self._shuttle_to(0.6, 0.0)]
+        # resume a REMOVE stopped after the pack left the bay
+        if self.shuttle_pack is not None and not self.shuttle_home and v is not None:
+            return [self._shuttle_to(1.0, 0.0)]
+        return "no pack in the vehicle bay"
+
+    def _bay_pack_quiet(self) -> None:
+        if self.vehicle is not None:  # the pack's BMS goes quiet as it is lowered away
+            self.vehicle.bay_awake_from = None
+
+    def _pack_bay_to_shuttle(self) -> None:
+        v = self.vehicle
+        if v is None or v.pack is None:
+            return
+        self.shuttle_pack, v.pack = v.pack, None
+        v.visit["pack_out"] = self.shuttle_pack.summary()
+
+    def _plan_store(self, slot: int) -> list[Phase] | str:
+        if self.rack[slot] is not None:
+            return f"slot {slot} occupied"
+        if self.stacker_pack is None:  # a stacker still holding a pack (stopped) may store it
+            if self.shuttle_pack is None or not self.shuttle_home:
+                return "no pack on the shuttle at home"
+            first = [event(self._pack_shuttle_to_stacker)]
+        else:
+            first = []
+        return [*first, self._stacker_to(0.45, slot), event(lambda: self._stacker_to_slot(slot)),
+                self._stacker_to(0.55, 0)]
+
+    def _pack_shuttle_to_stacker(self) -> None:
+        self.stacker_pack, self.shuttle_pack = self.shuttle_pack, None
+
+    def _stacker_to_slot(self, slot: int) -> None:
+        pack, self.stacker_pack = self.stacker_pack, None
+        self.rack[slot] = pack
+        v = self.vehicle
+        if pack is not None and v is not None and v.visit.get("pack_out", {}).get(
+            "serial"
+        ) == pack.serial:
+            v.visit["stored_slot"] = slot
+
+    def _plan_fetch(self, slot: int) -> list[Phase] | str:
+        pack = self.rack[slot]
+        if pack is None:
+            return f"slot {slot} empty"
+        if pack.state == "isolated":
+            return f"pack in slot {slot} isolated"
+        if self.shuttle_pack is not None or not self.shuttle_home:
+            return "shuttle not empty at home"
+        if self.stacker_pack is not None:
+            return "stacker not empty"
+        return [self._stacker_to(0.45, slot), event(lambda: self._slot_to_stacker(slot)),
+                self._stacker_to(0.55, 0), event(lambda: self._stacker_to_shuttle(slot))]
+
+    def _slot_to_stacker(self, slot: int) -> None:
+        self.stacker_pack, self.rack[slot] = self.rack[slot], None
+
+    def _stacker_to_shuttle(self, slot: int) -> None:
+        self.shuttle_pack, self.stacker_pack = self.stacker_pack, None
+        if self.vehicle is not None:
+            self.vehicle.visit["fetched_slot"] = slot
+
+    def _plan_install(self) -> list[Phase] | str:
+        v = self.vehicle
+        if v is None or not self._lift_at(self.config.station.swap_height_mm):
+            return "vehicle not lifted to swap height"
+        if v.pack is not None:
+            return "vehicle bay not empty"
+        if self.shuttle_pack is None or not self.shuttle_home:
+            return "no pack on the shuttle at home"
+        return [self._shuttle_to(0.6, self.config.station.shuttle_car_mm), wait(0.4),
+                event(self._pack_shuttle_to_bay)]
+
+    def _pack_shuttle_to_bay(self) -> None:
+        v = self.vehicle
+        if v is not None and self.shuttle_pack is not None:
+            v.pack, self.shuttle_pack = self.shuttle_pack, None
+
+    def _plan_lock(self) -> list[Phase] | str:
+        v = self.vehicle
+        if v is None or v.pack is None:
+            return "no pack in the vehicle bay"
+        return [one_by_one(0.7, lambda: [i for i, t in enumerate(self.bolts.tight) if not t],
+                           self._tighten),
+                self._shuttle_to(0.3, 0.0)]
+
+    def _plan_lower(self) -> list[Phase] | str:
+        if self.bolts.n_tight != self.bolts.count:
+            return "bolts not all tight"
+        if not self.shuttle_home:
+            return "shuttle not at home"
+        return [ramp(1.0, lambda: self.lift_mm, self._set_lift, 0.0)]
+
+    def _plan_release(self) -> list[Phase] | str:
+        if self.vehicle is None:
+            return "no vehicle"
+        if not self._lift_at(0):
+            return "lift not down"
+        return [wait(1.0)]  # the car drives out
+
+    def _completed(self, rec: CommandRecord, t: float) -> None:
+        v = self.vehicle
+        if rec.name == "LOCK" and v is not None:
+            # the car wakes its electronics; the new pack's BMS comes up after `check`
+            v.bay_awake_from = t + self.config.timing.check
+        elif rec.name == "RELEASE" and v is not None:
+            self._depart(v, t)
+
+    # -------------------------------------------------------------- vehicles
+    def _vehicles(self, now: float) -> None:
+        v = self.vehicle
+        if v is None:
+            arriving = self.vehicles.due(now, self._rack_families())
+            if arriving is None:
+                return
+            self.vehicle = v = arriving
+            self.bolts.tight = [True] * self.bolts.count  # the new car's pack is bolted in
+            self._emit("arrival", v.describe(), t=v.arrived_at, token=v.token)
+        if not v.ready and now >= v.arrived_at + self.config.timing.identify:
+            v.ready = True
+            self._emit("ready", f"vehicle {v.token} ready (HV off)",
+                       t=v.arrived_at + self.config.timing.identify, token=v.token)
+
+    def _depart(self, v: Vehicle, t: float) -> None:
+        visit = {
+            "token": v.token,
+            "family": v.family,
+            "arrived_at": v.arrived_at,
+            "pack_out": v.visit.get("pack_out"),
+            "pack_in": v.pack.summary() if v.pack is not None else None,
+            "stored_slot": v.visit.get("stored_slot"),
+            "fetched_slot": v.visit.get("fetched_slot"),
+            "left_at": t,
+        }
+        self.history.append(visit)
+        self.vehicle = None
+        self.vehicles.departed(t)
+        self._emit("departure", _describe_visit(visit), t=t, visit=visit)
+
+    def _rack_families(self) -> list[int]:
+        return sorted({p.family for p in self.rack.values() if p is not None})
+
+    def _rack_serials(self) -> set[int]:
+        return {p.serial for p in self.rack.values() if p is not None}
+
+    # --------------------------------------------------------------- packs
+    def _charge(self, dt: float, real: float) -> None:
+        if dt <= 0:
+            return
+        for pack, in_rack in self._all_packs():
+            left = dt
+            while left > 0:
+                step = min(left, CHARGE_STEP_S)
+                pack.advance(step, real, in_rack)
+                left -= step
+
+    def _all_packs(self) -> list[tuple[SimPack, bool]]:
+        out = [(p, True) for p in self.rack.values() if p is not None]
+        for p in (self.shuttle_pack, self.stacker_pack,
+                  self.vehicle.pack if self.vehicle else None):
+            if p is not None:
+                out.append((p, False))
+        return out
+
+    def can_packs(self) -> dict[int, SimPack]:
+        """Packs whose BMS is on the CAN bus now, by source address."""
+        out = {rack_sa(slot): p for slot, p in self.rack.items() if p is not None}
+        v = self.vehicle
+        if v is not None and v.pack is not None and v.bay_awake_from is not None \
+                and self.now >= v.bay_awake_from:
+            out[VEHICLE_PACK_SA] = v.pack
+        return out
+
+    # ---------------------------------------------------------------- views
+    @property
+    def stacker_slot(self) -> int:
+        return round(self.stacker_pos)
+
+    def inputs(self) -> dict[str, Any]:
+        """Input signals by register-map name (engineering values), except plc_heartbeat."""
+        v = self.vehicle
+        n_slots = self.config.station.slots
+        return {
+            "cmd_ack_seq": self.cmd_ack_seq,
+            "cmd_status": self.cmd_status,
+            "cmd_error_code": self.cmd_error_code,
+            "estop_ok": self.estop_ok,
+            "safety_plc_ok": self.safety_plc_ok,
+            "light_curtain_clear": self.light_curtain_clear,
+            "doors_closed": self.doors_closed,
+            "smoke_clear": self.smoke_clear,
+            "vehicle_present": v is not None,
+            "vehicle_ready": v is not None and v.ready,
+            "vehicle_token": v.token if v is not None else 0,
+            "position_offset_x": v.offset_x_mm if v is not None else 0.0,
+            "position_offset_y": v.offset_y_mm if v is not None else 0.0,
+            "lift_height": round(self.lift_mm),
+            "shuttle_position": round(self.shuttle_mm),
+            "shuttle_pack_present": self.shuttle_pack is not None,
+            "vehicle_pack_present": v is not None and v.pack is not None,
+            "stacker_slot": self.stacker_slot,
+            "stacker_pack_present": self.stacker_pack is not None,
+            "bolts_tight": self.bolts.n_tight,
+            "bolt_count": self.bolts.count,
+            "rack_slot_count": n_slots,
+            "bolt_torque": list(self.bolts.torque_nm),
+            "bolt_angle": list(self.bolts.angle_deg),
+            "rack_slot_occupied": [self.rack.get(i) is not None for i in range(1, n_slots + 1)],
+        }
+
+    def truth(self) -> dict[str, Any]:
+        """Ground truth for tests and benchmarks (serials by place, visits so far)."""
+        v = self.vehicle
+        return {
+            "time": self.now,
+            "rack": {s: (p.serial if p else None) for s, p in self.rack.items()},
+            "vehicle_present": v is not None,
+            "vehicle_token": v.token if v is not None else 0,
+            "vehicle_family": v.family if v is not None else None,
+            "vehicle_bay": v.pack.serial if v is not None and v.pack is not None else None,
+            "shuttle": self.shuttle_pack.serial if self.shuttle_pack else None,
+            "stacker": self.stacker_pack.serial if self.stacker_pack else None,
+            "lift_mm": self.lift_mm,
+            "shuttle_mm": self.shuttle_mm,
+            "bolts_tight": self.bolts.n_tight,
+            "history": [dict(h) for h in self.history],
+        }
+
+    def _emit(self, kind: str, text: str, t: float | None = None, **data: Any) -> None:
+        if self.on_event is not None:
+            self.on_event(SimEvent(self.now if t is None else t, kind, text, data))
+
+
+def _describe_visit(visit: dict[str, Any]) -> str:
+    out, pin = visit["pack_out"], visit["pack_in"]
+    parts = [f"vehicle {visit['token']} left"]
+    if out:
+        parts.append(f"out {out['serial']} ({out['chemistry']}, {out['soc']} %)"
+                     f" -> slot {visit['stored_slot']}")
+    if pin:
+        parts.append(f"in {pin['serial']} ({pin['chemistry']}, {pin['soc']} %)"
+                     f" from slot {visit['fetched_slot']}")
+    return ", ".join(parts)
+
+
+__all__ = ["COMMANDS", "Bolts", "CommandRecord", "SimEvent", "StationModel"]

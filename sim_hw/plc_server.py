@@ -1,0 +1,129 @@
+"""The simulated PLC on the wire: a real pymodbus Modbus TCP server over the mechanics model.
+
+The register map is the contract: the input block is marked read-only, so pymodbus itself
+answers a write there with exception 02 ILLEGAL DATA ADDRESS; addresses outside both
+blocks are invalid and get the same exception. On every request the model is advanced to
+now and the input registers are refreshed in place before pymodbus builds the reply, so
+a read is never staler than the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from pymodbus.constants import ExcCodes
+from pymodbus.pdu import ModbusPDU
+from pymodbus.server import ModbusTcpServer
+from pymodbus.simulator import DataType, SimData, SimDevice
+
+from drivers.plc.regmap import RegisterMap
+from sim_hw.mechanics import StationModel
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_PERIOD_S = 0.05  # plc_heartbeat steps every 50 ms (contract: at least every 100 ms)
+
+Clock = Callable[[], tuple[float, float]]
+"""Returns (sim seconds, monotonic real seconds) for now."""
+
+
+class PlcServer:
+    def __init__(
+        self,
+        model: StationModel,
+        register_map: RegisterMap,
+        clock: Clock,
+        host: str = "127.0.0.1",
+        port: int = 5020,
+    ) -> None:
+        self.model = model
+        self.map = register_map
+        self.clock = clock
+        self.host = host
+        self.port = port  # the bound port once started (port 0 = any free port)
+        self.requests = 0
+        self.dropped = 0
+        self._paused = False
+        self._server: ModbusTcpServer | None = None
+        self._real0 = 0.0
+        rm = register_map
+        self._out_slice = slice(rm.output_start, rm.output_start + rm.output_length)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    def pause(self) -> None:
+        """Go silent: requests are read and dropped unanswered (a hung PLC, a cut cable)."""
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    async def start(self) -> None:
+        rm = self.map
+        device = SimDevice(
+            id=rm.unit_id,
+            simdata=[
+                SimData(rm.input_start, count=rm.input_length, datatype=DataType.REGISTERS,
+                        readonly=True),
+                SimData(rm.output_start, count=rm.output_length, datatype=DataType.REGISTERS),
+            ],
+            action=self._action,
+        )
+        trace = cast(Callable[[bool, ModbusPDU], ModbusPDU], self._trace_pdu)
+        self._server = ModbusTcpServer(device, address=(self.host, self.port), trace_pdu=trace)
+        self._real0 = self.clock()[1]
+        await self._server.serve_forever(background=True)
+        listener = cast(asyncio.Server, self._server.transport)
+        self.port = int(listener.sockets[0].getsockname()[1])
+        log.info("Modbus TCP PLC listening on %s:%d unit %d", self.host, self.port, rm.unit_id)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.shutdown()
+            self._server = None
+
+    def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
+        # A received PDU replaced by None is never handled, so no reply goes out.
+        if not sending and self._paused:
+            self.dropped += 1
+            return None
+        return pdu
+
+    async def _action(
+        self,
+        function_code: int,
+        start_address: int,
+        address: int,
+        count: int,
+        current_registers: list[int],
+        set_values: list[int] | list[bool] | None,
+    ) -> ExcCodes | None:
+        self.requests += 1
+        now, real = self.clock()
+        if set_values is None:
+            self.model.advance(now, real)
+            self._refresh_inputs(start_address, current_registers, real)
+            return None
+        # A write: merge it into a copy of the output block and hand that to the model.
+        out = list(current_registers[self._out_slice.start - start_address :
+                                     self._out_slice.stop - start_address])
+        for i, v in enumerate(set_values):
+            off = address + i - self.map.output_start
+            if 0 <= off < len(out):
+                out[off] = int(v)
+        values = self.map.decode_block(self.map.output_start, out, "out")
+        self.model.set_outputs(values, now, real)
+        self._refresh_inputs(start_address, current_registers, real)
+        return None
+
+    def _refresh_inputs(self, start_address: int, registers: list[int], real: float) -> None:
+        values = self.model.inputs()
+        values["plc_heartbeat"] = int((real - self._real0) / HEARTBEAT_PERIOD_S) & 0xFFFF
+        block = self.map.encode_block(self.map.input_start, self.map.input_length, values)
+        off = self.map.input_start - start_address
+        registers[off : off + len(block)] = block

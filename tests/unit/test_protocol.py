@@ -1,0 +1,148 @@
+"""The pack CAN protocol: J1939 identifiers and the DBC messages, coded with cantools."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from cantools.database.can import Message
+from cantools.database.errors import EncodeError
+from hypothesis import given
+from hypothesis import strategies as st
+
+from drivers.bms.protocol import (
+    CHEMISTRY_BY_NAME,
+    CHEMISTRY_CODES,
+    STATION_SA,
+    VEHICLE_PACK_SA,
+    FrameError,
+    PackProtocol,
+    join_id,
+    rack_sa,
+    slot_of_sa,
+    split_id,
+)
+
+PROTO = PackProtocol()
+MESSAGES = [m.name for m in PROTO.db.messages]
+
+
+def sample_values(msg: Message) -> dict[str, Any]:
+    """A value for every signal, away from its limits, exactly representable."""
+    values: dict[str, Any] = {}
+    for i, sig in enumerate(msg.signals):
+        lo = sig.minimum if sig.minimum is not None else 0
+        hi = sig.maximum if sig.maximum is not None else lo + 1
+        raw_lo = round((lo - sig.offset) / sig.scale)
+        raw_hi = round((hi - sig.offset) / sig.scale)
+        raw = raw_lo + (raw_hi - raw_lo) * (i + 1) // (len(msg.signals) + 2)
+        values[sig.name] = raw * sig.scale + sig.offset
+    return values
+
+
+def is_pdu1(name: str) -> bool:
+    return (PROTO.pgn_of(name) >> 8) & 0xFF < 0xF0
+
+
+@pytest.mark.parametrize("name", MESSAGES)
+def test_round_trip_every_message(name: str) -> None:
+    msg = PROTO.message(name)
+    values = sample_values(msg)
+    sa, da = (STATION_SA, rack_sa(5)) if is_pdu1(name) else (rack_sa(5), None)
+    can_id, data = PROTO.encode(name, values, sa, da)
+    assert len(data) == 8
+    decoded = PROTO.decode(can_id, data)
+    assert decoded.name == name
+    assert decoded.pgn == PROTO.pgn_of(name)
+    assert decoded.source == sa and decoded.destination == da
+    assert decoded.signals == pytest.approx(values)
+
+
+def test_every_message_is_eight_bytes_and_little_endian() -> None:
+    for msg in PROTO.db.messages:
+        assert msg.length == 8
+        assert all(s.byte_order == "little_endian" for s in msg.signals)
+
+
+def test_unused_bits_are_sent_as_one() -> None:
+    values = {"ControlCommand": 0, "ChargeCurrentLimit": 0, "ChargeVoltageLimit": 0,
+              "ControlCounter": 0}
+    _, data = PROTO.encode("PackControl", values, STATION_SA, VEHICLE_PACK_SA)
+    assert data == bytes(6) + b"\xff\xff"  # bits 48-63 unused
+    cells = {s.name: 0 for s in PROTO.message("PackCells").signals}
+    _, data = PROTO.encode("PackCells", cells, VEHICLE_PACK_SA)
+    assert data[6] == 0b1100_0000  # bits 54-55 unused, six fault flags clear
+    assert data[7] == 0
+
+
+def test_used_bits_are_not_forced_to_one() -> None:
+    status = {"SOC": 0, "PackVoltage": 0, "PackCurrent": -3200, "MinCellTemp": -40,
+              "MaxCellTemp": -40}
+    _, data = PROTO.encode("PackStatus", status, VEHICLE_PACK_SA)
+    assert data == bytes(8)  # every bit is used: nothing filled
+
+
+def test_pdu1_id_join_and_split() -> None:
+    can_id = join_id(6, 0xEF00, STATION_SA, VEHICLE_PACK_SA)
+    assert can_id == 0x18EFF456
+    assert split_id(can_id) == (6, 0xEF00, STATION_SA, VEHICLE_PACK_SA)
+    with pytest.raises(ValueError, match="destination"):
+        join_id(6, 0xEF00, STATION_SA)
+
+
+def test_pdu2_id_join_and_split() -> None:
+    can_id = join_id(6, 0xFF12, VEHICLE_PACK_SA)
+    assert can_id == 0x18FF12F4
+    assert split_id(can_id) == (6, 0xFF12, VEHICLE_PACK_SA, None)
+    assert join_id(3, 0xFF12, 0x80, da=0x33) == 0x0CFF1280  # PDU2 ignores a destination
+
+
+@given(
+    priority=st.integers(0, 7),
+    dp=st.integers(0, 1),
+    pf=st.integers(0, 0xFF),
+    ps=st.integers(0, 0xFF),
+    sa=st.integers(0, 0xFF),
+)
+def test_id_split_join_property(priority: int, dp: int, pf: int, ps: int, sa: int) -> None:
+    can_id = (priority << 26) | (dp << 24) | (pf << 16) | (ps << 8) | sa
+    prio, pgn, src, da = split_id(can_id)
+    assert (prio, src) == (priority, sa)
+    assert (da is not None) == (pf < 0xF0)
+    assert join_id(prio, pgn, src, da) == can_id
+
+
+def test_addresses() -> None:
+    assert rack_sa(1) == 0x80 and rack_sa(6) == 0x85
+    assert slot_of_sa(0x85) == 6
+    assert slot_of_sa(VEHICLE_PACK_SA) is None and slot_of_sa(STATION_SA) is None
+    assert CHEMISTRY_CODES[0x20] == "sodium_ion" and CHEMISTRY_BY_NAME["lfp"] == 3
+
+
+def test_pack_matched_by_pgn_whatever_its_address() -> None:
+    values = sample_values(PROTO.message("PackIdentity"))
+    for sa in (VEHICLE_PACK_SA, rack_sa(1), rack_sa(30)):
+        can_id, data = PROTO.encode("PackIdentity", values, sa)
+        assert PROTO.decode(can_id, data).source == sa
+
+
+def test_unknown_id() -> None:
+    with pytest.raises(FrameError) as err:
+        PROTO.decode(join_id(6, 0xFF77, VEHICLE_PACK_SA), bytes(8))
+    assert err.value.kind == "unknown_id"
+
+
+@pytest.mark.parametrize("length", [0, 7, 9])
+def test_bad_length(length: int) -> None:
+    can_id, _ = PROTO.encode("PackStatus", sample_values(PROTO.message("PackStatus")),
+                             VEHICLE_PACK_SA)
+    with pytest.raises(FrameError) as err:
+        PROTO.decode(can_id, bytes(length))
+    assert err.value.kind == "bad_length"
+
+
+def test_encode_out_of_range_raises() -> None:
+    values = sample_values(PROTO.message("PackControl"))
+    values["ControlCommand"] = 9
+    with pytest.raises(EncodeError, match="ControlCommand"):
+        PROTO.encode("PackControl", values, STATION_SA, VEHICLE_PACK_SA)
