@@ -117,6 +117,7 @@ class Daemon:
         self.bus.on_reject = self._on_reject
         self.notifier = SystemdNotifier()
         self._wake = asyncio.Event()
+        self._last_scan = clock()
         self._reset_pending = state == State.STOPPED and cfg.operation.reset_on_start
 
     # ---- start-up ---------------------------------------------------------------------
@@ -154,6 +155,7 @@ class Daemon:
 
     # ---- the scan ---------------------------------------------------------------------
     async def scan(self) -> None:
+        self._last_scan = self.clock()
         await self.apply(self.core.update(self.image, self.clock()))
         if self._reset_pending and self.image.plc_read_at is not None:
             self._reset_pending = False
@@ -225,7 +227,9 @@ class Daemon:
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval_s or 5.0
         while True:
-            self.notifier.watchdog()
+            # Pet the watchdog only while the scan loop is alive: a stuck scan gets us restarted.
+            if self.clock() - self._last_scan < max(interval, 1.0):
+                self.notifier.watchdog()
             self.notifier.status(f"{self.core.state.label}; {self.core.reason or ''}")
             await asyncio.sleep(interval)
 
