@@ -46,10 +46,13 @@ def charge_decision(rep: PackReport, cfg: StationConfig) -> tuple[bool, str]:
     return True, "charging"
 
 
-def plan_charging(image: ProcessImage, cfg: StationConfig, now: float) -> list[PackControl]:
+def plan_charging(image: ProcessImage, cfg: StationConfig, now: float,
+                  locked_out: frozenset[int] = frozenset()) -> list[PackControl]:
     out = []
     for slot, rep in rack_packs(image, cfg, now).items():
         ok, why = charge_decision(rep, cfg)
+        if slot in locked_out:
+            ok, why = False, "slot locked out after a pack event"
         chem = rep.chemistry or ""
         lim = cfg.chemistry.get(chem)
         if not ok or lim is None:

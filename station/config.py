@@ -71,11 +71,14 @@ class SequenceSection(_Section):
     handshake_timeout_s: float = Field(2.0, gt=0, description="PLC must echo cmd_seq within it")
     lock_torque_nm: tuple[float, float] = (110.0, 130.0)
     lock_angle_deg: tuple[float, float] = (80.0, 100.0)
+    unlock_torque_nm: tuple[float, float] = (50.0, 150.0)
+    unlock_angle_deg: tuple[float, float] = (600.0, 840.0)
     timeouts: StepTimeouts = StepTimeouts()
 
     @model_validator(mode="after")
     def _windows(self) -> SequenceSection:
-        for name in ("lock_torque_nm", "lock_angle_deg"):
+        for name in ("lock_torque_nm", "lock_angle_deg", "unlock_torque_nm",
+                     "unlock_angle_deg"):
             lo, hi = getattr(self, name)
             if lo >= hi:
                 raise ValueError(f"{name}: lower bound {lo} must be below upper bound {hi}")
@@ -121,6 +124,26 @@ class CheckSection(_Section):
     min_soc_pct: float = Field(50.0, ge=0, le=100)
 
 
+class PackSafetySection(_Section):
+    max_temp_rise_c_per_min: float = Field(10.0, gt=0)
+    temp_rise_window_s: float = Field(30.0, gt=0, description="window of the rise rate")
+    min_insulation_kohm: float = Field(100.0, gt=0, description="any pack, any time")
+
+
+class InterlockSection(_Section):
+    vehicle_drift_mm: float = Field(15.0, gt=0, description="offset change while positioned")
+    lift_overtravel_mm: float = Field(20.0, gt=0)
+    shuttle_tolerance_mm: float = Field(50.0, gt=0)
+    shuttle_car_mm: float = Field(3000.0, gt=0, description="shuttle position under the car")
+    pack_silent_s: float = Field(1.0, gt=0, description="a pack in use silent this long")
+
+
+class ApiSection(_Section):
+    socket: Path = Path("swapd.sock")
+    socket_mode: int = Field(0o660, ge=0, le=0o777)
+    group: str | None = None
+
+
 class JournalSection(_Section):
     path: Path = Path("swapd-journal.sqlite")
 
@@ -144,6 +167,9 @@ class StationConfig(_Section):
     chemistry: dict[str, ChemistryLimits] = Field(default_factory=_default_chemistries)
     selection: SelectionSection = SelectionSection()
     check: CheckSection = CheckSection()
+    pack_safety: PackSafetySection = PackSafetySection()
+    interlocks: InterlockSection = InterlockSection()
+    api: ApiSection = ApiSection()
     journal: JournalSection = JournalSection()
     operation: OperationSection = OperationSection()
     log: LogSection = LogSection()

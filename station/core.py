@@ -16,6 +16,7 @@ from drivers.plc.regmap import load_register_map
 from station import interlocks
 from station.config import StationConfig
 from station.image import ProcessImage
+from station.pack_safety import PackEvent, TempRiseTracker, pack_events
 from station.packml import Cmd, PackMLMachine, State, TransitionRefused
 from station.plan import PackInfo, SwapPlan
 from station.selection import Choice, choose_pack
@@ -42,6 +43,15 @@ class Decision:
     events: list[Event] = field(default_factory=list)
     outputs: dict[str, int] | None = None  # the whole desired output set, when it changed
     command_issued: bool = False  # a new PLC command: write at once
+    isolate_packs: list[int] = field(default_factory=list)  # CAN source addresses to isolate
+
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """A swap the journal shows unfinished: its plan and the step it was in."""
+
+    plan: SwapPlan
+    step_index: int
 
 
 class CommandRefused(Exception):
@@ -57,6 +67,8 @@ class StationCore:
         self, cfg: StationConfig, *, next_swap_number: int = 1,
         initial_state: State = State.STOPPED, reason: str | None = None,
         command_codes: dict[str, int] | None = None,
+        resume: ResumePoint | None = None,
+        disabled_interlocks: frozenset[str] = frozenset(),
     ) -> None:
         self.cfg = cfg
         self.command_codes = command_codes or default_command_codes()
@@ -81,9 +93,20 @@ class StationCore:
         self._hb_value: object = None
         self._hb_changed_at: float | None = None
         self.active_interlocks: list[str] = []
+        self.disabled_interlocks = disabled_interlocks  # only the dead-code test sets this
+        self.locked_out_slots: dict[int, str] = {}  # slot -> why (a pack event)
+        self._handled_pack_events: set[tuple[int, int | None, str]] = set()
+        self._isolate: list[int] = []
+        self._pack_events: tuple[PackEvent, ...] = ()
+        self._temps = TempRiseTracker()
+        self._candidate: SwapPlan | None = None
         self._pending: list[Event] = []
         self._command_issued = False
         self._image = ProcessImage()
+        if resume is not None:
+            self.machine.state = State.HELD
+            self.plan, self.step_index = resume.plan, resume.step_index
+            self.outputs["stop_request"] = STOP_CAT2
 
     # ---- views -------------------------------------------------------------------------
     @property
@@ -103,6 +126,7 @@ class StationCore:
             "active_interlocks": list(self.active_interlocks),
             "reason": self.reason,
             "start_inhibited": self._inhibit,
+            "locked_out_slots": dict(self.locked_out_slots),
         }
 
     # ---- operator commands -------------------------------------------------------------
@@ -111,10 +135,16 @@ class StationCore:
         if not self.machine.allowed(cmd):
             raise CommandRefused(str(TransitionRefused(self.state, cmd)))
         if cmd in (Cmd.RESET, Cmd.CLEAR, Cmd.START, Cmd.UNHOLD, Cmd.UNSUSPEND):
-            blocking = [il.id for il, _ in self._tripped(now, State.IDLE)]
+            blocking = [il.id for il, _, _ in self._tripped(now)]
             if blocking:
                 raise CommandRefused(f"{cmd.value} refused: interlocks active: "
                                      + ", ".join(blocking))
+        if cmd == Cmd.START:
+            if self._candidate is None:
+                raise CommandRefused("start refused: " + (
+                    self._inhibit or "no identified vehicle with a pack to give"))
+            self._start_swap(self._candidate, now, origin)
+            return self._flush()
         if cmd == Cmd.ABORT:
             self._abort(f"abort by {origin}", now)
         elif cmd == Cmd.STOP:
@@ -131,13 +161,21 @@ class StationCore:
         hb = image.plc.get("plc_heartbeat")
         if image.plc_read_at is not None and hb != self._hb_value:
             self._hb_value, self._hb_changed_at = hb, image.plc_read_at
-        tripped = self._tripped(now, self.state)
-        self.active_interlocks = [il.id for il, _ in tripped]
-        aborting = [il for il, r in tripped if r == interlocks.Reaction.ABORT]
-        if aborting:
-            il = aborting[0]
-            self._abort(f"interlock {il.id}: {il.hazard}", now, code=il.id)
-            return self._flush()
+        self._pack_safety(image, now)
+        tripped = self._tripped(now)
+        self.active_interlocks = [il.id for il, _, _ in tripped]
+        for il, reaction, detail in tripped:
+            if reaction == interlocks.Reaction.ABORT:
+                self._abort(f"interlock {il.id}: {detail}", now, code=il.id)
+                return self._flush()
+        for il, reaction, detail in tripped:
+            if reaction == interlocks.Reaction.HOLD and self.machine.allowed(Cmd.HOLD):
+                self._emit("fault", t=now, code=il.id, reason=detail,
+                           swap_id=self.plan.swap_id if self.plan else None,
+                           step=self.step.name if self.step else None)
+                self._stop_motion(STOP_CAT2, f"interlock {il.id}: {detail}", now, Cmd.HOLD,
+                                  None)
+                return self._flush()
         inhibited = bool(tripped)
         st = self.state
         if st == State.RESETTING and not inhibited and self._plc_quiet(image):
@@ -167,24 +205,57 @@ class StationCore:
             self.outputs["stop_request"] = STOP_NONE
             self._outputs_dirty = True
             self._transition(Cmd.SC, now, None)
+            self.reason = None
             if self.step_index is not None:
-                self._begin_step(self.step_index, now)
+                self._resume_step(image, now)
         return self._flush()
 
+    def _resume_step(self, image: ProcessImage, now: float) -> None:
+        """Unhold: a step whose result the sensors already show counts as done (it finished
+        while we were away); otherwise its command goes again with a new sequence number."""
+        assert self.plan is not None and self.step_index is not None
+        step = SEQUENCE[self.step_index]
+        view = StepView(image, self.plan, self.cfg, now)
+        if step.command is not None and step.complete(view) and step.fault(view) is None:
+            self._emit("step_started", t=now, swap_id=self.plan.swap_id, step=step.name,
+                       command=None, seq=None, param=None, resumed=True)
+            self.step_started_at = now
+            self._step_done(image, now, confirmed_by="read-back")
+        else:
+            self._begin_step(self.step_index, now)
+
     # ---- internals ---------------------------------------------------------------------
-    def _tripped(self, now: float, state: State) -> list:
-        inp = interlocks.Inputs(self._image, self.cfg, now, self._hb_changed_at)
-        return interlocks.evaluate(inp, state)
+    def _tripped(self, now: float) -> list[tuple[interlocks.Interlock, interlocks.Reaction, str]]:
+        inp = interlocks.Inputs(
+            self._image, self.cfg, now, self._hb_changed_at, self.state,
+            self.step.name if self.step else None, self.plan, self._pack_events,
+        )
+        return interlocks.evaluate(inp, self.disabled_interlocks)
+
+    def _pack_safety(self, image: ProcessImage, now: float) -> None:
+        """Isolate, lock out and alarm on every new pack event, whatever the state."""
+        self._pack_events = tuple(pack_events(image, self.cfg, self._temps, now))
+        for ev in self._pack_events:
+            key = (ev.source, ev.serial, ev.kind)
+            if key in self._handled_pack_events:
+                continue
+            self._handled_pack_events.add(key)
+            self._isolate.append(ev.source)
+            if ev.slot is not None:
+                self.locked_out_slots[ev.slot] = ev.detail
+            self._emit("alarm", t=now, source=ev.source, slot=ev.slot, serial=ev.serial,
+                       kind=ev.kind, reason=f"pack {ev.serial} in {ev.where}: {ev.detail}",
+                       action="isolated" + (f", slot {ev.slot} locked out" if ev.slot else ""))
 
     def _plc_quiet(self, image: ProcessImage) -> bool:
         return image.plc_read_at is not None and image.plc.get("cmd_status") != CMD_BUSY
 
-    def _emit(self, kind: str, **data: Any) -> None:
-        self._pending.append(Event(kind, data))
+    def _emit(self, event_kind: str, **data: Any) -> None:
+        self._pending.append(Event(event_kind, data))
 
     def _flush(self) -> Decision:
-        d = Decision(events=self._pending)
-        self._pending = []
+        d = Decision(events=self._pending, isolate_packs=self._isolate)
+        self._pending, self._isolate = [], []
         if self._outputs_dirty:
             d.outputs = dict(self.outputs)
             self._outputs_dirty = False
@@ -208,6 +279,11 @@ class StationCore:
                    reason=reason, step=self.step.name if self.step else None)
         if outcome == "completed":
             self.plan, self.step_index = None, None
+
+    def abort(self, reason: str, now: float, code: str = "abort") -> Decision:
+        """Abort for a reason found outside the scan (e.g. a restart that does not add up)."""
+        self._abort(reason, now, code)
+        return self._flush()
 
     def _abort(self, reason: str, now: float, code: str = "abort") -> None:
         if self.state in (State.ABORTING, State.ABORTED):
@@ -253,27 +329,31 @@ class StationCore:
         if inhibited:
             self._set_inhibit("interlocks active: " + ", ".join(self.active_interlocks), now)
             return
-        choice = choose_pack(image, self.cfg, rep.family, now)
+        choice = choose_pack(image, self.cfg, rep.family, now,
+                             excluded=frozenset(self.locked_out_slots))
         if not isinstance(choice, Choice):
+            self._candidate = None
             self._set_inhibit(choice.reason, now)
             return
         self._set_inhibit(None, now)
-        if not self.cfg.operation.auto_start:
-            return
-        swap_id = f"{self.cfg.station.id}-{self.swap_number:06d}"
-        self.swap_number += 1
         pack_out = PackInfo(rep.serial, rep.family, rep.chemistry, rep.soc_pct or 0.0,
                             rep.soh_pct, None)
-        self.plan = SwapPlan(swap_id, token, pack_out, choice.pack, choice.store_slot,
-                             choice.pack.slot or 0, self._identify_started_at)
-        self._emit("swap_started", t=now, swap_id=swap_id, vehicle_token=token,
-                   pack_out=pack_out.as_dict(), pack_in=choice.pack.as_dict(),
-                   store_slot=choice.store_slot, fetch_slot=self.plan.fetch_slot)
-        self._emit("step_started", t=self._identify_started_at, swap_id=swap_id,
+        swap_id = f"{self.cfg.station.id}-{self.swap_number:06d}"
+        self._candidate = SwapPlan(swap_id, token, pack_out, choice.pack, choice.store_slot,
+                                   choice.pack.slot or 0, self._identify_started_at)
+        if self.cfg.operation.auto_start:
+            self._start_swap(self._candidate, now, "automatic start")
+
+    def _start_swap(self, plan: SwapPlan, now: float, origin: str) -> None:
+        self.swap_number += 1
+        self.plan, self._candidate = plan, None
+        self._emit("swap_started", t=now, swap_id=plan.swap_id, vehicle_token=plan.vehicle_token,
+                   pack_out=plan.pack_out.as_dict(), pack_in=plan.pack_in.as_dict(),
+                   store_slot=plan.store_slot, fetch_slot=plan.fetch_slot, origin=origin)
+        self._emit("step_started", t=plan.identify_started_at, swap_id=plan.swap_id,
                    step="identify", command=None, seq=None)
-        self._emit("step_done", t=now, swap_id=swap_id, step="identify")
-        self._vehicle_token = token
-        self._transition(Cmd.START, now, f"vehicle {token} identified")
+        self._emit("step_done", t=now, swap_id=plan.swap_id, step="identify")
+        self._transition(Cmd.START, now, f"vehicle {plan.vehicle_token} identified ({origin})")
 
     def _set_inhibit(self, reason: str | None, now: float) -> None:
         if reason != self._inhibit:
@@ -307,6 +387,20 @@ class StationCore:
 
     def _command_code(self, name: str) -> int:
         return self.command_codes[name]
+
+    def _step_done(self, image: ProcessImage, now: float, confirmed_by: str = "plc") -> None:
+        step, plan = self.step, self.plan
+        assert step is not None and plan is not None and self.step_index is not None
+        t_done = image.plc_read_at if step.command and image.plc_read_at else now
+        self._emit("step_done", t=t_done, swap_id=plan.swap_id, step=step.name,
+                   confirmed_by=confirmed_by)
+        if self.step_index + 1 < len(SEQUENCE):
+            self._begin_step(self.step_index + 1, now)
+        else:
+            self._end_swap("completed", None, now)
+            self.outputs.update(cmd_code=0, cmd_param1=0, cmd_param2=0)
+            self._outputs_dirty = True
+            self._transition(Cmd.SC, now, None)
 
     def _execute(self, image: ProcessImage, now: float) -> None:
         step, plan = self.step, self.plan
@@ -344,16 +438,7 @@ class StationCore:
                             f"{step.name}: PLC reported done but the sensors disagree",
                             now, code="sensor_disagrees")
         if done:
-            t_done = image.plc_read_at if step.command and image.plc_read_at else now
-            self._emit("step_done", t=t_done, swap_id=plan.swap_id, step=step.name)
-            if self.step_index + 1 < len(SEQUENCE):
-                self._begin_step(self.step_index + 1, now)
-            else:
-                self._end_swap("completed", None, now)
-                self.outputs.update(cmd_code=0, cmd_param1=0, cmd_param2=0)
-                self._outputs_dirty = True
-                self._transition(Cmd.SC, now, None)
-            return None
+            return self._step_done(image, now)
         timeout = self.cfg.sequence.timeout(step.name)
         if elapsed > timeout:
             return self._abort(f"{step.name}: timed out after {timeout:g} s", now,

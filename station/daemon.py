@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -28,12 +29,14 @@ from drivers.plc.modbus_link import ModbusPlcLink
 from drivers.plc.regmap import load_register_map
 from station.charging import plan_charging
 from station.config import StationConfig
-from station.core import CommandRefused, Decision, Event, StationCore
+from station.core import CommandRefused, Decision, Event, ResumePoint, StationCore
 from station.image import PackReport, ProcessImage
 from station.journal import Journal
 from station.logs import bind_swap
 from station.packml import Cmd, State
+from station.plan import PackInfo, SwapPlan
 from station.sd_notify import SystemdNotifier
+from station.sequence import SEQUENCE, step_index
 
 log = structlog.get_logger("swapd")
 
@@ -84,6 +87,38 @@ def apply_pack_message(image: ProcessImage, msg: Decoded, t: float) -> None:
     rep.last_seen[msg.name] = t
 
 
+CLEAN_END_STATES = (None, "Idle", "Resetting", "Complete", "Completing")
+
+
+def resume_point(swap: Any, steps: list[Any]) -> ResumePoint:
+    """Where an unfinished swap stands, from its journal rows."""
+    plan = SwapPlan(swap["swap_id"], int(swap["vehicle_token"]),
+                    PackInfo(**json.loads(swap["pack_out"])),
+                    PackInfo(**json.loads(swap["pack_in"])),
+                    int(swap["store_slot"]), int(swap["fetch_slot"]), 0.0)
+    last = steps[-1] if steps else None
+    if last is None or last["step"] == "identify":
+        index = 0
+    else:
+        index = step_index(last["step"]) + (1 if last["done_mono"] is not None else 0)
+    return ResumePoint(plan, min(index, len(SEQUENCE) - 1))
+
+
+def describe_readback(p: dict[str, Any], cfg: StationConfig) -> str:
+    """The machine as the PLC reports it, in words for the operator."""
+    h = float(p.get("lift_height", 0) or 0)
+    car = ("car lifted" if h >= cfg.sequence.swap_height_mm - cfg.sequence.height_tolerance_mm
+           else "car down" if h <= cfg.sequence.height_tolerance_mm else f"lift at {h:.0f} mm")
+    if not p.get("vehicle_present"):
+        car = "no car on the platform"
+    tight, n = int(p.get("bolts_tight", 0) or 0), int(p.get("bolt_count", 0) or 0)
+    pos = float(p.get("shuttle_position", 0) or 0)
+    shuttle = "home" if pos <= cfg.sequence.shuttle_home_tolerance_mm else f"at {pos:.0f} mm"
+    load = "with a pack" if p.get("shuttle_pack_present") else "empty"
+    bay = "pack in the bay" if p.get("vehicle_pack_present") else "bay empty"
+    return f"{car}, {tight} of {n} bolts tight, {bay}, shuttle {shuttle} {load}"
+
+
 class Daemon:
     def __init__(
         self,
@@ -100,10 +135,12 @@ class Daemon:
         self.rmap = load_register_map(cfg.plc.register_map)
         self.protocol = PackProtocol(cfg.can.dbc)
         self.journal = Journal(cfg.journal.path)
-        state, reason = self._recover()
+        state, reason, resume = self._recover()
+        self._recovering = resume is not None
         self.core = StationCore(
             cfg, next_swap_number=self.journal.next_swap_number(), initial_state=state,
             reason=reason, command_codes={n: c.code for n, c in self.rmap.commands.items()},
+            resume=resume,
         )
         self.link: PlcLink = link or ModbusPlcLink(
             cfg.plc.host, cfg.plc.port, self.rmap, poll_period=cfg.plc.poll_period_s,
@@ -118,22 +155,25 @@ class Daemon:
         self.notifier = SystemdNotifier()
         self._wake = asyncio.Event()
         self._last_scan = clock()
-        self._reset_pending = state == State.STOPPED and cfg.operation.reset_on_start
+        self._reset_pending = (state == State.STOPPED and reason is None
+                               and cfg.operation.reset_on_start)
 
     # ---- start-up ---------------------------------------------------------------------
-    def _recover(self) -> tuple[State, str | None]:
-        """A swap the journal shows unfinished means the last run ended mid-swap: land in
-        Aborted and say where, never resume motion by ourselves."""
+    def _recover(self) -> tuple[State, str | None, ResumePoint | None]:
+        """Rebuild from the journal. A swap it shows unfinished means the last run ended
+        mid-swap: hold it at the step it was in (the reason follows from the PLC's
+        read-back) and never move again without an operator's unhold."""
         row = self.journal.unfinished_swap()
         if row is None:
-            return State.STOPPED, None
-        reason = (f"restart during swap {row['swap_id']} at step {row['last_step']}: "
-                  "check the machine, then clear and reset")
-        self.journal.record([Event("swap_ended", {
-            "t": self.clock(), "swap_id": row["swap_id"], "outcome": "aborted",
-            "reason": reason, "step": row["last_step"]})])
-        log.warning("recovery.unfinished_swap", swap_id=row["swap_id"], step=row["last_step"])
-        return State.ABORTED, reason
+            last = self.journal.last_state()
+            if last not in CLEAN_END_STATES:
+                return State.STOPPED, (f"previous run ended in {last}: check the machine, "
+                                       "then reset"), None
+            return State.STOPPED, None, None
+        resume = resume_point(row, self.journal.steps(row["swap_id"]))
+        step = SEQUENCE[resume.step_index].name
+        log.warning("recovery.unfinished_swap", swap_id=row["swap_id"], step=step)
+        return State.HELD, f"restart during {step}: waiting for the PLC read-back", resume
 
     # ---- driver callbacks (run in the event loop) --------------------------------------
     def _on_inputs(self, values: dict[str, Any], t: float) -> None:
@@ -156,6 +196,9 @@ class Daemon:
     # ---- the scan ---------------------------------------------------------------------
     async def scan(self) -> None:
         self._last_scan = self.clock()
+        if self._recovering and self.image.plc_read_at is not None:
+            self._recovering = False
+            await self._explain_restart()
         await self.apply(self.core.update(self.image, self.clock()))
         if self._reset_pending and self.image.plc_read_at is not None:
             self._reset_pending = False
@@ -163,6 +206,28 @@ class Daemon:
                 await self.command(Cmd.RESET, origin="start-up")
             except CommandRefused as exc:
                 log.warning("startup.reset_refused", reason=str(exc))
+
+    async def _explain_restart(self) -> None:
+        """First PLC read-back after a restart mid-swap: say what we found; abort when the
+        machine no longer matches the journal (another car, or the car gone too early)."""
+        plan, step = self.core.plan, self.core.step
+        assert plan is not None and step is not None
+        p = self.image.plc
+        found = describe_readback(p, self.cfg)
+        now = self.clock()
+        token = int(p.get("vehicle_token", 0) or 0)
+        car_ok = (p.get("vehicle_present") and token == plan.vehicle_token) or (
+            step.name == "release" and not p.get("vehicle_present"))
+        if not car_ok:
+            reason = (f"restart during {step.name}: {found}; vehicle {token or 'none'} on the "
+                      f"platform, journal says {plan.vehicle_token}: check the machine")
+            await self.apply(self.core.abort(reason, now, code="restart_mismatch"))
+            return
+        reason = (f"restart during {step.name}: {found}; check the machine, then unhold to "
+                  "resume or abort")
+        self.core.reason = reason
+        await self.apply(Decision(events=[Event("recovery", {
+            "t": now, "swap_id": plan.swap_id, "step": step.name, "reason": reason})]))
 
     async def command(self, cmd: Cmd, origin: str = "operator") -> None:
         """An operator command; raises station.core.CommandRefused with the reason."""
@@ -174,6 +239,10 @@ class Daemon:
             self._log_event(ev)
             if self.observer:
                 self.observer(ev)
+        for sa in d.isolate_packs:
+            self.bus.send("PackControl", {"ControlCommand": CONTROL_COMMANDS["isolate"],
+                                          "ChargeCurrentLimit": 0, "ChargeVoltageLimit": 0,
+                                          "ControlCounter": 0}, da=sa)
         if d.outputs is not None:
             self.link.set_outputs(d.outputs)
         if d.command_issued:
@@ -213,7 +282,8 @@ class Daemon:
         while True:
             await asyncio.sleep(CHARGE_PERIOD_S)
             counter = (counter + 1) % 251  # 0..250: J1939 reserves 251..255
-            for pc in plan_charging(self.image, self.cfg, self.clock()):
+            for pc in plan_charging(self.image, self.cfg, self.clock(),
+                                    locked_out=frozenset(self.core.locked_out_slots)):
                 self.bus.send("PackControl", {
                     "ControlCommand": CONTROL_COMMANDS[pc.command],
                     "ChargeCurrentLimit": pc.current_limit_a,

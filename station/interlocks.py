@@ -11,14 +11,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
+from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
 from station.config import StationConfig
 from station.image import ProcessImage
+from station.pack_safety import PackEvent
 from station.packml import State
+from station.plan import SwapPlan
 
 
 class Reaction(Enum):
     ABORT = "abort"  # category-1 stop requested from the PLC; Aborted until an operator clears
-    INHIBIT = "inhibit"  # no start, no reset completion, while the condition holds
+    HOLD = "hold"  # category-2 stop; Held until an operator unholds (once the cause is gone)
+    INHIBIT = "inhibit"  # no start, no reset/clear/unhold completion while the condition holds
+
+
+MOTION = frozenset({
+    State.STARTING, State.EXECUTE, State.COMPLETING, State.HOLDING, State.UNHOLDING,
+    State.SUSPENDING, State.UNSUSPENDING,
+})
+PAUSED = frozenset({State.HELD, State.SUSPENDED})  # a swap in progress, machine stopped
+AT_REST = frozenset({State.IDLE, State.RESETTING, State.COMPLETE, State.CLEARING,
+                     State.STOPPED, State.ABORTED, State.STOPPING, State.ABORTING})
 
 
 @dataclass(frozen=True)
@@ -27,79 +40,216 @@ class Inputs:
     cfg: StationConfig
     now: float
     plc_heartbeat_changed_at: float | None
+    state: State = State.IDLE
+    step: str | None = None
+    plan: SwapPlan | None = None
+    pack_events: tuple[PackEvent, ...] = ()
+
+    def num(self, name: str) -> float:
+        return float(self.image.plc.get(name, 0) or 0)
 
 
 @dataclass(frozen=True)
 class Interlock:
     id: str
     hazard: str
-    tripped: Callable[[Inputs], bool]
-    abort_in: frozenset[State]  # states where it aborts
-    inhibit_in: frozenset[State]  # states where it only holds the machine back
+    condition: Callable[[Inputs], str | None]  # what is wrong now, or None
+    in_motion: Reaction  # while a swap runs (or is held) in one of `steps`
+    steps: frozenset[str] | None = None  # None: every step
+    at_rest: Reaction | None = Reaction.INHIBIT
+    faults: tuple[str, ...] = ()  # simulator faults that provoke it (sim_hw/faults.py)
 
-    def reaction(self, state: State) -> Reaction | None:
-        if state in self.abort_in:
-            return Reaction.ABORT
-        if state in self.inhibit_in:
-            return Reaction.INHIBIT
-        return None
-
-
-MOTION = frozenset({
-    State.STARTING, State.EXECUTE, State.COMPLETING, State.HOLDING, State.UNHOLDING,
-    State.SUSPENDING, State.UNSUSPENDING,
-})
-AT_REST = frozenset({State.IDLE, State.RESETTING, State.COMPLETE, State.CLEARING})
+    def reaction(self, state: State, step: str | None) -> Reaction | None:
+        if state in MOTION or state in PAUSED:
+            if self.steps is not None and (step is None or step not in self.steps):
+                return None
+            if state in PAUSED and self.in_motion == Reaction.HOLD:
+                return Reaction.INHIBIT  # already stopped: it only blocks the unhold
+            return self.in_motion
+        return self.at_rest
 
 
-def _plc_stale(i: Inputs) -> bool:
+def _plc_stale(i: Inputs) -> str | None:
     t = i.image.plc_read_at
-    return t is None or i.now - t > i.cfg.plc.stale_after_s
+    if t is None:
+        return "no PLC input read yet"
+    age = i.now - t
+    return f"PLC inputs {age:.2f} s old" if age > i.cfg.plc.stale_after_s else None
 
 
-def _plc_heartbeat_lost(i: Inputs) -> bool:
+def _plc_heartbeat_lost(i: Inputs) -> str | None:
     t = i.plc_heartbeat_changed_at
-    return t is None or i.now - t > i.cfg.plc.stale_after_s * 2
+    if t is None or i.now - t > i.cfg.plc.stale_after_s * 2:
+        return "PLC heartbeat counter not changing"
+    return None
 
 
-def _flag_false(name: str) -> Callable[[Inputs], bool]:
-    return lambda i: not i.image.plc.get(name, False)
+def _flag_false(name: str, text: str) -> Callable[[Inputs], str | None]:
+    return lambda i: None if i.image.plc.get(name, False) else text
 
 
+def _vehicle_moved(i: Inputs) -> str | None:
+    lim = i.cfg.interlocks.vehicle_drift_mm
+    x, y = i.num("position_offset_x"), i.num("position_offset_y")
+    if abs(x) > lim or abs(y) > lim:
+        return f"vehicle offset x {x:.1f} mm, y {y:.1f} mm beyond {lim:.0f} mm"
+    return None
+
+
+LIFTED_STEPS = frozenset({"unlock", "remove", "store", "fetch", "install", "lock", "check"})
+SHUTTLE_HOME_STEPS = frozenset({"store", "fetch", "lower", "release"})
+
+
+def _lift_mismatch(i: Inputs) -> str | None:
+    s, il = i.cfg.sequence, i.cfg.interlocks
+    h = i.num("lift_height")
+    if h > s.swap_height_mm + il.lift_overtravel_mm:
+        return f"lift over-travel: {h:.0f} mm, swap height {s.swap_height_mm:.0f} mm"
+    if i.step in LIFTED_STEPS and abs(h - s.swap_height_mm) > s.height_tolerance_mm:
+        return f"lift at {h:.0f} mm during {i.step}, must stay at {s.swap_height_mm:.0f} mm"
+    return None
+
+
+def _shuttle_mismatch(i: Inputs) -> str | None:
+    il = i.cfg.interlocks
+    pos = i.num("shuttle_position")
+    if pos > il.shuttle_car_mm + il.shuttle_tolerance_mm:
+        return f"shuttle over-travel: {pos:.0f} mm, rail end {il.shuttle_car_mm:.0f} mm"
+    if i.step in SHUTTLE_HOME_STEPS and pos > il.shuttle_tolerance_mm:
+        return f"shuttle at {pos:.0f} mm during {i.step}, must be home"
+    return None
+
+
+# step -> what the presence sensors must say throughout it:
+# (vehicle bay, shuttle, store slot occupied, fetch slot occupied); None = changes in the step
+PRESENCE: dict[str, tuple[bool | None, bool | None, bool | None, bool | None]] = {
+    "position": (True, False, False, True),
+    "lift": (True, False, False, True),
+    "unlock": (True, False, False, True),
+    "remove": (None, None, False, True),
+    "store": (False, None, None, True),
+    "fetch": (False, None, True, None),
+    "install": (None, None, True, False),
+    "lock": (True, False, True, False),
+    "check": (True, False, True, False),
+    "lower": (True, False, True, False),
+    "release": (None, False, True, False),
+}
+
+
+def _pack_presence(i: Inputs) -> str | None:
+    if i.plan is None or i.step not in PRESENCE:
+        return None
+    occ = i.image.plc.get("rack_slot_occupied", [])
+
+    def slot(n: int) -> bool:
+        return 1 <= n <= len(occ) and bool(occ[n - 1])
+
+    seen = (bool(i.image.plc.get("vehicle_pack_present")),
+            bool(i.image.plc.get("shuttle_pack_present")),
+            slot(i.plan.store_slot), slot(i.plan.fetch_slot))
+    names = ("vehicle bay", "shuttle", f"slot {i.plan.store_slot}", f"slot {i.plan.fetch_slot}")
+    for want, got, name in zip(PRESENCE[i.step], seen, names, strict=True):
+        if want is not None and want != got:
+            return f"{name}: pack {'present' if got else 'absent'} during {i.step}"
+    return None
+
+
+def _pack_event_near_swap(i: Inputs) -> str | None:
+    """A thermal or insulation event on the car's pack or on a pack the swap moves."""
+    if i.plan is None:
+        return None
+    near = {VEHICLE_PACK_SA, rack_sa(i.plan.store_slot), rack_sa(i.plan.fetch_slot)}
+    for ev in i.pack_events:
+        if ev.source in near:
+            return f"pack {ev.serial} in {ev.where}: {ev.detail}"
+    return None
+
+
+VEHICLE_PACK_TALKS = frozenset({"position", "lift", "unlock"})
+FETCH_PACK_TALKS = frozenset({"position", "lift", "unlock", "remove", "store"})
+
+
+def _pack_silent(i: Inputs) -> str | None:
+    if i.plan is None:
+        return None
+    limit = i.cfg.interlocks.pack_silent_s
+    checks = []
+    if i.step in VEHICLE_PACK_TALKS:
+        checks.append((VEHICLE_PACK_SA, "vehicle pack"))
+    if i.step in FETCH_PACK_TALKS:
+        checks.append((rack_sa(i.plan.fetch_slot), f"pack in slot {i.plan.fetch_slot}"))
+    for sa, name in checks:
+        rep = i.image.packs.get(sa)
+        last = rep.last_seen.get("PackStatus", -1e9) if rep else -1e9
+        if i.now - last > limit:
+            return f"{name} silent on CAN for more than {limit:g} s"
+    return None
+
+
+R = Reaction
 INTERLOCKS: tuple[Interlock, ...] = (
     Interlock("plc_inputs_stale", "controller blind to the machine: PLC inputs older than "
-              "plc.stale_after_s", _plc_stale, MOTION, AT_REST),
+              "plc.stale_after_s", _plc_stale, R.ABORT, faults=("plc_silent", "network_down")),
     Interlock("plc_heartbeat_lost", "PLC program not running: heartbeat counter frozen",
-              _plc_heartbeat_lost, MOTION, AT_REST),
+              _plc_heartbeat_lost, R.ABORT),
     Interlock("estop_open", "emergency stop pressed or e-stop chain open",
-              _flag_false("estop_ok"), MOTION, AT_REST),
+              _flag_false("estop_ok", "e-stop chain open"), R.ABORT, faults=("estop",)),
     Interlock("safety_plc_fault", "safety PLC reports a fault: the safety barrier is not "
-              "guaranteed", _flag_false("safety_plc_ok"), MOTION, AT_REST),
+              "guaranteed", _flag_false("safety_plc_ok", "safety PLC not OK"), R.ABORT,
+              faults=("safety_plc_fault",)),
     Interlock("light_curtain_breached", "person or object in the swap area while machinery "
-              "moves", _flag_false("light_curtain_clear"), MOTION, AT_REST),
+              "moves", _flag_false("light_curtain_clear", "light curtain breached"), R.HOLD,
+              faults=("light_curtain",)),
     Interlock("door_open", "station door open: access to moving machinery",
-              _flag_false("doors_closed"), MOTION, AT_REST),
-    Interlock("smoke_detected", "smoke or fire in the station", _flag_false("smoke_clear"),
-              MOTION, AT_REST),
+              _flag_false("doors_closed", "station door open"), R.HOLD, faults=("door_open",)),
+    Interlock("smoke_detected", "smoke or fire in the station",
+              _flag_false("smoke_clear", "smoke detector tripped"), R.ABORT, faults=("smoke",)),
+    Interlock("vehicle_moved", "vehicle moving on a positioned or lifted platform: car falls "
+              "or shuttle hits it", _vehicle_moved, R.ABORT,
+              steps=frozenset({"lift", *LIFTED_STEPS, "lower"}), at_rest=None,
+              faults=("vehicle_moved",)),
+    Interlock("lift_position_mismatch", "lift over-travel, or not at swap height while the "
+              "shuttle works under the car", _lift_mismatch, R.ABORT,
+              faults=("lift_overtravel",)),
+    Interlock("shuttle_position_mismatch", "shuttle over-travel, or away from home while the "
+              "stacker or the lift needs it there", _shuttle_mismatch, R.ABORT,
+              faults=("shuttle_misplaced",)),
+    Interlock("pack_presence_mismatch", "a pack where the step says none may be (collision) "
+              "or none where one must be (dropped pack)", _pack_presence, R.ABORT,
+              steps=frozenset(PRESENCE), at_rest=None,
+              faults=("pack_present_ghost", "pack_missing_sensor")),
+    Interlock("pack_event_near_swap", "thermal runaway or insulation fault on the car's pack "
+              "or a pack being moved (GB 38031-2025)", _pack_event_near_swap, R.ABORT,
+              at_rest=None,
+              faults=("pack_over_temp", "pack_temp_rise", "pack_fault", "pack_insulation_low")),
+    Interlock("pack_silent", "a pack in use silent on CAN: its state is unknown",
+              _pack_silent, R.ABORT, steps=FETCH_PACK_TALKS | VEHICLE_PACK_TALKS,
+              at_rest=None, faults=("can_silent",)),
 )
 
+INTERLOCK_IDS = tuple(il.id for il in INTERLOCKS)
 
-def evaluate(inputs: Inputs, state: State) -> list[tuple[Interlock, Reaction]]:
-    """The interlocks tripped now that apply in this state, with their reactions."""
+
+def evaluate(inputs: Inputs, disabled: frozenset[str] = frozenset()
+             ) -> list[tuple[Interlock, Reaction, str]]:
+    """The interlocks tripped now that apply in this state and step: (interlock, reaction,
+    what is wrong). `disabled` exists for the test that proves no interlock is dead code."""
     out = []
     for il in INTERLOCKS:
-        reaction = il.reaction(state)
-        if reaction is not None and il.tripped(inputs):
-            out.append((il, reaction))
+        if il.id in disabled:
+            continue
+        reaction = il.reaction(inputs.state, inputs.step)
+        if reaction is None:
+            continue
+        detail = il.condition(inputs)
+        if detail is not None:
+            out.append((il, reaction, detail))
     return out
 
 
 def table_markdown() -> str:
     """docs/interlocks.md, generated from INTERLOCKS (a test keeps the file in step)."""
-
-    def states(s: frozenset[State]) -> str:
-        return ", ".join(x.label for x in sorted(s))
-
     lines = [
         "# Interlocks",
         "",
@@ -107,31 +257,70 @@ def table_markdown() -> str:
         "a test fails when this file and the table differ.",
         "",
         "The controller is supervision, not the safety barrier: the safety PLC and its relays "
-        "are. Each interlock below is evaluated on every change of the process image and on "
-        "every scan tick (at least every 50 ms), before any command is written. "
-        "**abort**: category-1 stop requested from the PLC (`stop_request` = 1), the swap ends "
-        "as aborted, PackML goes Aborting -> Aborted and stays there until an operator clears "
-        "it (Clear is refused while the condition still holds), then Reset. "
-        "**inhibit**: no swap starts and a reset does not complete while the condition holds.",
+        "are. Each interlock is evaluated on every change of the process image and on every "
+        "scan tick (at least every 50 ms), before any command is written. Reactions:",
         "",
-        "| id | hazard | abort in | inhibit in |",
-        "|---|---|---|---|",
+        "- **abort**: category-1 stop requested from the PLC (`stop_request` = 1); the swap "
+        "ends as aborted; PackML Aborting -> Aborted, which stays until an operator clears it "
+        "(`swapctl clear`, refused while the condition holds), then resets (`swapctl reset`).",
+        "- **hold**: category-2 stop (`stop_request` = 2); PackML Holding -> Held; the swap "
+        "resumes at the interrupted step (its command sent again with a new sequence number) "
+        "only when an operator unholds (`swapctl unhold`, refused while the condition holds). "
+        "No hold resumes by itself.",
+        "- **inhibit**: at rest (Idle, Stopped, Aborted, ...) no swap starts and no reset, "
+        "clear or unhold is accepted while the condition holds.",
+        "",
+        "An interlock with steps applies in motion only while the swap is in one of them. "
+        "*Motion* means Starting, Execute, Completing, Holding, Unholding, Suspending, "
+        "Unsuspending; a Held or Suspended swap counts too (an abort-class interlock aborts "
+        "a held swap). Fault names are the simulator's (`swap-sim fault set NAME`).",
+        "",
+        "| id | hazard | in motion | steps | at rest | simulator faults |",
+        "|---|---|---|---|---|---|",
     ]
     for il in INTERLOCKS:
-        lines.append(f"| `{il.id}` | {il.hazard} | {states(il.abort_in)} | "
-                     f"{states(il.inhibit_in)} |")
+        steps = "all" if il.steps is None else ", ".join(
+            s for s in _STEP_ORDER if s in il.steps)
+        rest = il.at_rest.value if il.at_rest else "-"
+        faults = ", ".join(f"`{f}`" for f in il.faults) or "- (unit tests)"
+        lines.append(f"| `{il.id}` | {il.hazard} | {il.in_motion.value} | {steps} | {rest} | "
+                     f"{faults} |")
     lines += [
         "",
-        "Swap-step failures (also aborts, with the step and the reason journaled): a step "
-        "over its timeout (`step_timeout`), the PLC not echoing a command's sequence number "
-        "within `sequence.handshake_timeout_s` (`plc_no_answer`), the PLC reporting an error "
-        "(`plc_error`), the PLC reporting done while the sensors disagree "
-        "(`sensor_disagrees`), a bolt outside its torque/angle window after LOCK "
-        "(`lock_failed`), and the installed pack failing the post-swap BMS check "
+        "## Pack events (any pack, any state)",
+        "",
+        "A pack event is a BMS emergency flag (over_temp, over_voltage, under_voltage, "
+        "insulation, thermal_alarm), a cell temperature at or above its chemistry's "
+        "`alarm_temp_c`, a temperature rising faster than `pack_safety.max_temp_rise_c_per_min`,"
+        " or insulation below `pack_safety.min_insulation_kohm`. On every pack event the "
+        "controller isolates the pack (PackControl `isolate`: contactors open, no charging), "
+        "locks its rack slot out of pack selection and raises an alarm (journal `alarm` event, "
+        "error log line). If the pack is the car's or one the swap moves, "
+        "`pack_event_near_swap` aborts the swap as well.",
+        "",
+        "## Swap-step failures",
+        "",
+        "Also aborts, with the step and the reason journaled: a step over its timeout "
+        "(`step_timeout`); the PLC not echoing a command's sequence number within "
+        "`sequence.handshake_timeout_s` (`plc_no_answer`); the PLC reporting an error "
+        "(`plc_error`); the PLC reporting done while the sensors disagree "
+        "(`sensor_disagrees`); a bolt outside its torque/angle window, or not reported, after "
+        "UNLOCK or LOCK (`unlock_failed`, `lock_failed`; simulator faults `bolt_torque_fail`, "
+        "`bolt_not_reported`); the installed pack failing the post-swap BMS check "
         "(`check_failed`).",
+        "",
+        "## The controller's heartbeat",
+        "",
+        "The controller increments `ctrl_heartbeat` every 100 ms. The PLC must stop all "
+        "motion when it has not changed for its timeout (simulator: 1 s), so a dead or hung "
+        "controller stops the machine; see docs/plc-interface.md.",
         "",
     ]
     return "\n".join(lines)
+
+
+_STEP_ORDER = ("position", "lift", "unlock", "remove", "store", "fetch", "install", "lock",
+               "check", "lower", "release")
 
 
 if __name__ == "__main__":

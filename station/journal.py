@@ -30,9 +30,9 @@ CREATE TABLE IF NOT EXISTS swaps (
 CREATE TABLE IF NOT EXISTS steps (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     swap_id TEXT NOT NULL, step TEXT NOT NULL, command TEXT, seq INTEGER, param INTEGER,
-    started_mono REAL, commanded_mono REAL, done_mono REAL,
-    UNIQUE (swap_id, step)
+    started_mono REAL, commanded_mono REAL, done_mono REAL, note TEXT
 );
+CREATE INDEX IF NOT EXISTS steps_by_swap ON steps (swap_id, step);
 CREATE TABLE IF NOT EXISTS faults (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     wall REAL, mono REAL, swap_id TEXT, step TEXT, code TEXT, reason TEXT
@@ -85,19 +85,25 @@ class Journal:
             )
         elif ev.kind == "step_started":
             self.db.execute(
-                "INSERT OR REPLACE INTO steps (swap_id, step, command, seq, param, started_mono)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (d["swap_id"], d["step"], d.get("command"), d.get("seq"), d.get("param"), t),
+                "INSERT INTO steps (swap_id, step, command, seq, param, started_mono, note)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (d["swap_id"], d["step"], d.get("command"), d.get("seq"), d.get("param"), t,
+                 "resumed" if d.get("resumed") else None),
             )
             self.db.execute("UPDATE swaps SET last_step = ? WHERE swap_id = ?",
                             (d["step"], d["swap_id"]))
         elif ev.kind == "step_done":
-            self.db.execute("UPDATE steps SET done_mono = ? WHERE swap_id = ? AND step = ?",
-                            (t, d["swap_id"], d["step"]))
+            self.db.execute(_LATEST.format(col="done_mono"), (t, d["swap_id"], d["step"]))
         elif ev.kind == "swap_ended":
             self.db.execute(
                 "UPDATE swaps SET ended_mono = ?, outcome = ?, reason = ? WHERE swap_id = ?",
                 (t, d["outcome"], d.get("reason"), d["swap_id"]),
+            )
+        elif ev.kind == "alarm":
+            self.db.execute(
+                "INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
+                "VALUES (?, ?, NULL, NULL, ?, ?)",
+                (wall, t, f"pack_{d['kind']}", f"{d['reason']} ({d['action']})"),
             )
         elif ev.kind == "fault":
             self.db.execute(
@@ -109,10 +115,7 @@ class Journal:
     def step_commanded(self, swap_id: str, step: str, t_write: float) -> None:
         """The PLC acknowledged the write of this step's command at t_write."""
         with self.db:
-            self.db.execute(
-                "UPDATE steps SET commanded_mono = ? WHERE swap_id = ? AND step = ?",
-                (t_write, swap_id, step),
-            )
+            self.db.execute(_LATEST.format(col="commanded_mono"), (t_write, swap_id, step))
 
     # ---- reading ----------------------------------------------------------------------
     def next_swap_number(self) -> int:
@@ -123,6 +126,12 @@ class Journal:
         return self.db.execute(
             "SELECT * FROM swaps WHERE outcome IS NULL ORDER BY started_wall DESC LIMIT 1"
         ).fetchone()
+
+    def last_state(self) -> str | None:
+        """The PackML state the previous run last recorded."""
+        row = self.db.execute(
+            "SELECT data FROM events WHERE kind = 'state' ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else str(json.loads(row["data"])["new"])
 
     def swaps(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM swaps ORDER BY started_wall").fetchall()
@@ -177,6 +186,12 @@ class Journal:
             "faults": [dict(f) for f in self.faults()],
             "controller_dead_time_ms": [round(d * 1000, 3) for d in dead_time],
         }
+
+
+_LATEST = (
+    "UPDATE steps SET {col} = ? WHERE id = "
+    "(SELECT MAX(id) FROM steps WHERE swap_id = ? AND step = ?)"
+)
 
 
 def _identify_seconds(steps: list[sqlite3.Row]) -> float:

@@ -69,15 +69,17 @@ def why_unfit(rep: PackReport, vehicle_family: int, cfg: StationConfig) -> str |
 
 
 def choose_pack(
-    image: ProcessImage, cfg: StationConfig, vehicle_family: int, now: float
+    image: ProcessImage, cfg: StationConfig, vehicle_family: int, now: float,
+    excluded: frozenset[int] = frozenset(),
 ) -> Choice | NoChoice:
-    """The fittest pack (highest SOC, then lowest slot) and a free slot for the depleted one."""
-    store = free_slots(image)
+    """The fittest pack (highest SOC, then lowest slot) and a free slot for the depleted one;
+    `excluded` slots (locked out after a pack event) are used for neither."""
+    store = [s for s in free_slots(image) if s not in excluded]
     if not store:
         return NoChoice("no free rack slot for the depleted pack")
     fit: list[tuple[float, int, PackReport]] = []
     for slot, rep in rack_packs(image, cfg, now).items():
-        if why_unfit(rep, vehicle_family, cfg) is None:
+        if slot not in excluded and why_unfit(rep, vehicle_family, cfg) is None:
             fit.append((rep.soc_pct or 0.0, slot, rep))
     if not fit:
         occupied = len(image.plc.get("rack_slot_occupied", [])[:int(

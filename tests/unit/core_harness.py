@@ -40,6 +40,8 @@ class ScriptedPlc:
     last_seq: int = 0
     freeze: bool = False  # the PLC stops answering: inputs go stale
     freeze_heartbeat: bool = False  # the PLC answers but its program is stuck
+    silent: set[int] = field(default_factory=set)  # CAN sources that stopped talking
+    wake_pack: bool = True  # the installed pack talks after LOCK (False: check step waits)
 
     def __post_init__(self) -> None:
         self.image.plc = {
@@ -68,9 +70,13 @@ class ScriptedPlc:
         if not self.freeze_heartbeat:
             p["plc_heartbeat"] = (p["plc_heartbeat"] + 1) % 65536
         self.image.plc_read_at = now
-        for rep in self.image.packs.values():
+        for sa, rep in self.image.packs.items():
+            if sa in self.silent:
+                continue
             for m in rep.last_seen:
                 rep.last_seen[m] = now
+        if outputs is not None and outputs.get("stop_request") and p["cmd_status"] == 1:
+            p["cmd_status"], p["cmd_error_code"] = 3, 6  # a stop request ends the command
         if outputs is None or outputs["cmd_seq"] == self.last_seq:
             return
         self.last_seq = outputs["cmd_seq"]
@@ -88,6 +94,12 @@ class ScriptedPlc:
         p["cmd_status"] = 2
         if how != "no_sensor":
             self._move(name, outputs["cmd_param1"], now)
+
+    def wake(self, now: float) -> None:
+        """The car wakes its electronics: the installed pack talks at the bay address."""
+        rep = self.fetched
+        rep.source, rep.first_seen = VEHICLE_PACK_SA, now
+        self.image.packs[VEHICLE_PACK_SA] = rep
 
     def _move(self, name: str, slot: int, now: float) -> None:
         p, packs = self.image.plc, self.image.packs
@@ -120,8 +132,9 @@ class ScriptedPlc:
             rep = self.fetched
             rep.source, rep.first_seen = VEHICLE_PACK_SA, now
             if not self.check_pack_ok:
-                rep.faults = frozenset({"insulation"})
-            packs[VEHICLE_PACK_SA] = rep
+                rep.faults = frozenset({"internal"})  # not an emergency: the check catches it
+            if self.wake_pack:
+                packs[VEHICLE_PACK_SA] = rep
         elif name == "LOWER":
             p["lift_height"] = 0
         elif name == "RELEASE":

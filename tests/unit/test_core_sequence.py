@@ -91,7 +91,15 @@ def test_lock_outside_torque_window_aborts() -> None:
 def test_check_step_rejects_unhealthy_pack() -> None:
     run = make_run(check_pack_ok=False)
     run.until(lambda: run.core.state == State.ABORTED)
-    assert run.core.reason.startswith("check: installed pack reports faults: insulation")
+    assert run.core.reason.startswith("check: installed pack reports faults: internal")
+
+
+def test_check_step_rejects_low_insulation() -> None:
+    run = make_run()
+    run.until(lambda: run.core.step is not None and run.core.step.name == "check")
+    run.plc.image.packs[0xF4].insulation_kohm = 90.0  # above the pack-event limit? no: 100
+    run.until(lambda: run.core.state == State.ABORTED)
+    assert "insulation 90 kOhm below 100 kOhm" in run.core.reason
 
 
 def test_check_step_times_out_when_pack_silent() -> None:
