@@ -38,6 +38,7 @@ class CanSection(_Section):
     interface: Literal["socketcan", "virtual", "udp_multicast"] = "virtual"
     channel: str = "swapstation"
     bitrate: int | None = Field(250_000, gt=0)  # GB/T 27930; socketcan takes it from ip link
+    udp_port: int | None = Field(None, ge=1, le=65535, description="udp_multicast only")
     dbc: Path | None = None  # None: the DBC shipped with the package
     status_timeout_s: float = Field(0.5, gt=0)
     identity_timeout_s: float = Field(3.0, gt=0)
@@ -85,7 +86,9 @@ class SequenceSection(_Section):
         return self
 
     def timeout(self, step: str) -> float:
-        return float(getattr(self.timeouts, step)) / self.speed_factor
+        """Real seconds. Never below 1 s, so that on a sped-up simulator a communication
+        timeout (plc.stale_after_s, a silent pack) is still judged before a step timeout."""
+        return max(float(getattr(self.timeouts, step)) / self.speed_factor, 1.0)
 
 
 class ChemistryLimits(_Section):
@@ -139,7 +142,10 @@ class InterlockSection(_Section):
 
 
 class ApiSection(_Section):
-    socket: Path = Path("swapd.sock")
+    """The local operator API (swapctl). Who may command the station is who may open the
+    socket: its mode and group."""
+
+    socket: Path | None = None  # None: no local API
     socket_mode: int = Field(0o660, ge=0, le=0o777)
     group: str | None = None
 

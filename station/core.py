@@ -114,6 +114,11 @@ class StationCore:
         return self.machine.state
 
     @property
+    def ready_to_start(self) -> bool:
+        """An identified vehicle with a pack to give: START would begin its swap."""
+        return self._candidate is not None and self.state == State.IDLE
+
+    @property
     def step(self) -> Step | None:
         return SEQUENCE[self.step_index] if self.step_index is not None else None
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -32,6 +33,7 @@ from station.config import StationConfig
 from station.core import CommandRefused, Decision, Event, ResumePoint, StationCore
 from station.image import PackReport, ProcessImage
 from station.journal import Journal
+from station.local_api import LocalApiServer, handle_request
 from station.logs import bind_swap
 from station.packml import Cmd, State
 from station.plan import PackInfo, SwapPlan
@@ -148,13 +150,16 @@ class Daemon:
         )
         self.link.on_inputs = self._on_inputs
         self.link.on_connection = self._on_connection
+        bus_kwargs = ({"port": cfg.can.udp_port}
+                      if cfg.can.interface == "udp_multicast" and cfg.can.udp_port else None)
         self.bus = PackBus(cfg.can.interface, cfg.can.channel, self.protocol,
-                           bitrate=cfg.can.bitrate, clock=clock)
+                           bitrate=cfg.can.bitrate, clock=clock, bus_kwargs=bus_kwargs)
         self.bus.on_message = self._on_message
         self.bus.on_reject = self._on_reject
         self.notifier = SystemdNotifier()
         self._wake = asyncio.Event()
         self._last_scan = clock()
+        self._background: set[asyncio.Task[None]] = set()
         self._reset_pending = (state == State.STOPPED and reason is None
                                and cfg.operation.reset_on_start)
 
@@ -211,7 +216,8 @@ class Daemon:
         """First PLC read-back after a restart mid-swap: say what we found; abort when the
         machine no longer matches the journal (another car, or the car gone too early)."""
         plan, step = self.core.plan, self.core.step
-        assert plan is not None and step is not None
+        if plan is None or step is None:
+            return  # already aborted before the read-back came
         p = self.image.plc
         found = describe_readback(p, self.cfg)
         now = self.clock()
@@ -245,11 +251,20 @@ class Daemon:
                                           "ControlCounter": 0}, da=sa)
         if d.outputs is not None:
             self.link.set_outputs(d.outputs)
-        if d.command_issued:
-            t_write = await self.link.write_now()
-            plan, step = self.core.plan, self.core.step
-            if t_write is not None and plan and step:
-                self.journal.step_commanded(plan.swap_id, step.name, t_write)
+        if d.command_issued and self.core.plan and self.core.step:
+            # Written at once, but never awaited by the scan: a PLC that stops answering
+            # must not stop the scan from judging it stale.
+            self._spawn(self._write_command(self.core.plan.swap_id, self.core.step.name))
+
+    async def _write_command(self, swap_id: str, step: str) -> None:
+        t_write = await self.link.write_now()
+        if t_write is not None:
+            self.journal.step_commanded(swap_id, step, t_write)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     def _log_event(self, ev: Event) -> None:
         d = ev.data
@@ -274,7 +289,8 @@ class Daemon:
                 await self.scan()
             except Exception:  # a bug in one scan must not kill supervision
                 log.exception("scan.failed")
-                await self.apply(self.core.command(Cmd.ABORT, self.clock(), "internal error"))
+                await self.apply(self.core.abort("internal error in the scan (see the log)",
+                                                 self.clock(), code="internal_error"))
 
     async def _charging_loop(self) -> None:
         last: dict[int, str] = {}
@@ -315,6 +331,14 @@ class Daemon:
             asyncio.create_task(self._charging_loop(), name="charging"),
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
+        api = None
+        if self.cfg.api.socket is not None:
+            api = LocalApiServer(
+                self.cfg.api.socket,
+                functools.partial(handle_request, status=self.core.status, command=self.command),
+                mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
+            )
+            await api.start()
         self.notifier.ready(f"{self.core.state.label}")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
@@ -324,9 +348,11 @@ class Daemon:
                     raise t.exception()  # type: ignore[misc]
         finally:
             self.notifier.stopping()
-            for t in (*tasks, stopper):
+            if api is not None:
+                await api.close()
+            for t in (*tasks, stopper, *self._background):
                 t.cancel()
-            await asyncio.gather(*tasks, stopper, return_exceptions=True)
+            await asyncio.gather(*tasks, stopper, *self._background, return_exceptions=True)
             await self.link.close()
             await self.bus.close()
             self.journal.close()

@@ -147,7 +147,10 @@ async def run_demo(
             summary["speed"] = speed
             summary["swaps_requested"] = swaps
             stop.set()
-            await task
+            try:
+                await asyncio.wait_for(task, 15)
+            except TimeoutError:
+                print("demo: the daemon did not stop within 15 s", file=out)
     finally:
         if tmp is not None:
             tmp.cleanup()

@@ -58,13 +58,19 @@ class Interlock:
     steps: frozenset[str] | None = None  # None: every step
     at_rest: Reaction | None = Reaction.INHIBIT
     faults: tuple[str, ...] = ()  # simulator faults that provoke it (sim_hw/faults.py)
+    # Held or Suspended swap: None = as in motion (a hold only blocks the unhold). Loss of
+    # sight (stale input) only blocks the unhold too: nothing moves, and a restart starts blind.
+    paused: Reaction | None = None
 
     def reaction(self, state: State, step: str | None) -> Reaction | None:
         if state in MOTION or state in PAUSED:
             if self.steps is not None and (step is None or step not in self.steps):
                 return None
-            if state in PAUSED and self.in_motion == Reaction.HOLD:
-                return Reaction.INHIBIT  # already stopped: it only blocks the unhold
+            if state in PAUSED:
+                if self.paused is not None:
+                    return self.paused
+                if self.in_motion == Reaction.HOLD:
+                    return Reaction.INHIBIT  # already stopped: it only blocks the unhold
             return self.in_motion
         return self.at_rest
 
@@ -97,7 +103,9 @@ def _vehicle_moved(i: Inputs) -> str | None:
 
 
 LIFTED_STEPS = frozenset({"unlock", "remove", "store", "fetch", "install", "lock", "check"})
-SHUTTLE_HOME_STEPS = frozenset({"store", "fetch", "lower", "release"})
+LOWERED_STEPS = frozenset({"position", "release"})
+SHUTTLE_HOME_STEPS = frozenset({"position", "lift", "store", "fetch", "check", "lower",
+                                "release"})
 
 
 def _lift_mismatch(i: Inputs) -> str | None:
@@ -107,6 +115,8 @@ def _lift_mismatch(i: Inputs) -> str | None:
         return f"lift over-travel: {h:.0f} mm, swap height {s.swap_height_mm:.0f} mm"
     if i.step in LIFTED_STEPS and abs(h - s.swap_height_mm) > s.height_tolerance_mm:
         return f"lift at {h:.0f} mm during {i.step}, must stay at {s.swap_height_mm:.0f} mm"
+    if i.step in LOWERED_STEPS and h > s.height_tolerance_mm:
+        return f"lift at {h:.0f} mm during {i.step}, must be down"
     return None
 
 
@@ -190,9 +200,10 @@ def _pack_silent(i: Inputs) -> str | None:
 R = Reaction
 INTERLOCKS: tuple[Interlock, ...] = (
     Interlock("plc_inputs_stale", "controller blind to the machine: PLC inputs older than "
-              "plc.stale_after_s", _plc_stale, R.ABORT, faults=("plc_silent", "network_down")),
+              "plc.stale_after_s", _plc_stale, R.ABORT, faults=("plc_silent", "network_down"),
+              paused=R.INHIBIT),
     Interlock("plc_heartbeat_lost", "PLC program not running: heartbeat counter frozen",
-              _plc_heartbeat_lost, R.ABORT),
+              _plc_heartbeat_lost, R.ABORT, paused=R.INHIBIT),
     Interlock("estop_open", "emergency stop pressed or e-stop chain open",
               _flag_false("estop_ok", "e-stop chain open"), R.ABORT, faults=("estop",)),
     Interlock("safety_plc_fault", "safety PLC reports a fault: the safety barrier is not "
@@ -225,10 +236,11 @@ INTERLOCKS: tuple[Interlock, ...] = (
               faults=("pack_over_temp", "pack_temp_rise", "pack_fault", "pack_insulation_low")),
     Interlock("pack_silent", "a pack in use silent on CAN: its state is unknown",
               _pack_silent, R.ABORT, steps=FETCH_PACK_TALKS | VEHICLE_PACK_TALKS,
-              at_rest=None, faults=("can_silent",)),
+              at_rest=None, faults=("can_silent",), paused=R.INHIBIT),
 )
 
 INTERLOCK_IDS = tuple(il.id for il in INTERLOCKS)
+SIGHT_INTERLOCKS = frozenset({"plc_inputs_stale", "plc_heartbeat_lost"})
 
 
 def evaluate(inputs: Inputs, disabled: frozenset[str] = frozenset()
@@ -236,8 +248,9 @@ def evaluate(inputs: Inputs, disabled: frozenset[str] = frozenset()
     """The interlocks tripped now that apply in this state and step: (interlock, reaction,
     what is wrong). `disabled` exists for the test that proves no interlock is dead code."""
     out = []
+    blind = inputs.image.plc_read_at is None  # nothing read yet: only staleness can be judged
     for il in INTERLOCKS:
-        if il.id in disabled:
+        if il.id in disabled or (blind and il.id not in SIGHT_INTERLOCKS):
             continue
         reaction = il.reaction(inputs.state, inputs.step)
         if reaction is None:
@@ -272,19 +285,20 @@ def table_markdown() -> str:
         "",
         "An interlock with steps applies in motion only while the swap is in one of them. "
         "*Motion* means Starting, Execute, Completing, Holding, Unholding, Suspending, "
-        "Unsuspending; a Held or Suspended swap counts too (an abort-class interlock aborts "
-        "a held swap). Fault names are the simulator's (`swap-sim fault set NAME`).",
+        "Unsuspending. *Held* is a Held or Suspended swap (also the state a restart mid-swap "
+        "lands in). Fault names are the simulator's (`swap-sim fault set NAME`).",
         "",
-        "| id | hazard | in motion | steps | at rest | simulator faults |",
-        "|---|---|---|---|---|---|",
+        "| id | hazard | in motion | held | steps | at rest | simulator faults |",
+        "|---|---|---|---|---|---|---|",
     ]
     for il in INTERLOCKS:
         steps = "all" if il.steps is None else ", ".join(
             s for s in _STEP_ORDER if s in il.steps)
         rest = il.at_rest.value if il.at_rest else "-"
         faults = ", ".join(f"`{f}`" for f in il.faults) or "- (unit tests)"
-        lines.append(f"| `{il.id}` | {il.hazard} | {il.in_motion.value} | {steps} | {rest} | "
-                     f"{faults} |")
+        held = (il.paused or (R.INHIBIT if il.in_motion == R.HOLD else il.in_motion)).value
+        lines.append(f"| `{il.id}` | {il.hazard} | {il.in_motion.value} | {held} | {steps} | "
+                     f"{rest} | {faults} |")
     lines += [
         "",
         "## Pack events (any pack, any state)",

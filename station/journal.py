@@ -103,7 +103,7 @@ class Journal:
             self.db.execute(
                 "INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
                 "VALUES (?, ?, NULL, NULL, ?, ?)",
-                (wall, t, f"pack_{d['kind']}", f"{d['reason']} ({d['action']})"),
+                (wall, t, f"alarm_{d['kind']}", f"{d['reason']} ({d['action']})"),
             )
         elif ev.kind == "fault":
             self.db.execute(

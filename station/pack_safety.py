@@ -33,13 +33,16 @@ class PackEvent:
         return "vehicle bay" if self.source == VEHICLE_PACK_SA else f"rack slot {self.slot}"
 
 
+Key = tuple[int, int | None]  # (source address, serial): another pack at an address starts anew
+
+
 class TempRiseTracker:
     """Cell temperature rise rate per pack, over a sliding window (°C per real minute)."""
 
     def __init__(self) -> None:
-        self._samples: dict[int, deque[tuple[float, float]]] = {}
+        self._samples: dict[Key, deque[tuple[float, float]]] = {}
 
-    def add(self, source: int, t: float, temp: float, window_s: float) -> None:
+    def add(self, source: Key, t: float, temp: float, window_s: float) -> None:
         q = self._samples.setdefault(source, deque())
         if q and q[-1][0] == t:
             return
@@ -47,7 +50,7 @@ class TempRiseTracker:
         while len(q) > 2 and t - q[1][0] >= window_s:
             q.popleft()
 
-    def rate_per_min(self, source: int, window_s: float) -> float | None:
+    def rate_per_min(self, source: Key, window_s: float) -> float | None:
         q = self._samples.get(source)
         if not q or len(q) < 2:
             return None
@@ -56,7 +59,7 @@ class TempRiseTracker:
             return None
         return (c1 - c0) / (t1 - t0) * 60.0
 
-    def forget(self, source: int) -> None:
+    def forget(self, source: Key) -> None:
         self._samples.pop(source, None)
 
 
@@ -73,9 +76,10 @@ def pack_events(image: ProcessImage, cfg: StationConfig, rates: TempRiseTracker,
         if now - rep.last_seen.get("PackStatus", -1e9) > cfg.can.status_timeout_s and \
                 now - rep.last_seen.get("PackCells", -1e9) > cfg.can.status_timeout_s:
             continue
+        key = (sa, rep.serial)
         if rep.max_cell_temp_c is not None:
-            rates.add(sa, rep.last_seen.get("PackStatus", now), rep.max_cell_temp_c, window)
-        ev = _event_of(sa, rep, cfg, rates.rate_per_min(sa, window))
+            rates.add(key, rep.last_seen.get("PackStatus", now), rep.max_cell_temp_c, window)
+        ev = _event_of(sa, rep, cfg, rates.rate_per_min(key, window))
         if ev is not None:
             out.append(ev)
     return out

@@ -94,9 +94,17 @@ def _lock_window_fault(v: StepView) -> str | None:
     return None
 
 
+def _installed_pack_heard(v: StepView) -> bool:
+    """The bay pack's fast messages arrived since the step began (identity is slow, 1 s:
+    its serial, checked below, tells the installed pack from the one that left)."""
+    rep = v.image.packs.get(VEHICLE_PACK_SA)
+    return rep is not None and rep.identified and \
+        rep.seen_since(v.started_at, "PackStatus", "PackCells")
+
+
 def _check_pack_fault(v: StepView) -> str | None:
     rep = v.image.packs.get(VEHICLE_PACK_SA)
-    if rep is None or not rep.seen_since(v.started_at, "PackIdentity", "PackCells"):
+    if rep is None or not _installed_pack_heard(v):
         return None  # not heard yet: the step waits, its timeout bounds it
     if rep.serial != v.plan.pack_in.serial:
         return f"vehicle reports pack {rep.serial}, expected {v.plan.pack_in.serial}"
@@ -112,7 +120,7 @@ def _check_pack_ok(v: StepView) -> bool:
     rep = v.image.packs.get(VEHICLE_PACK_SA)
     return (
         rep is not None
-        and rep.seen_since(v.started_at, "PackIdentity", "PackStatus", "PackCells")
+        and _installed_pack_heard(v)
         and rep.serial == v.plan.pack_in.serial
         and not rep.faults
         and rep.soc_pct is not None
