@@ -285,6 +285,17 @@ class StationCore:
         if outcome == "completed":
             self.plan, self.step_index = None, None
 
+    def complete_after_restart(self, reason: str, now: float) -> Decision:
+        """The read-back shows the held swap's last step already done (the car has left):
+        record it completed and stop; nothing moves."""
+        assert self.plan is not None and self.step is not None
+        self._emit("step_done", t=now, swap_id=self.plan.swap_id, step=self.step.name,
+                   confirmed_by="read-back")
+        self._end_swap("completed", reason, now)
+        self.plan, self.step_index = None, None
+        self._transition(Cmd.STOP, now, reason)
+        return self._flush()
+
     def abort(self, reason: str, now: float, code: str = "abort") -> Decision:
         """Abort for a reason found outside the scan (e.g. a restart that does not add up)."""
         self._abort(reason, now, code)

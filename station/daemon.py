@@ -222,9 +222,14 @@ class Daemon:
         found = describe_readback(p, self.cfg)
         now = self.clock()
         token = int(p.get("vehicle_token", 0) or 0)
-        car_ok = (p.get("vehicle_present") and token == plan.vehicle_token) or (
-            step.name == "release" and not p.get("vehicle_present"))
-        if not car_ok:
+        same_car = bool(p.get("vehicle_present")) and token == plan.vehicle_token
+        if step.name == "release" and not same_car:
+            reason = (f"restart during release: vehicle {plan.vehicle_token} has left; "
+                      "swap completed")
+            await self.apply(self.core.complete_after_restart(reason, now))
+            self._reset_pending = self.cfg.operation.reset_on_start
+            return
+        if not same_car:
             reason = (f"restart during {step.name}: {found}; vehicle {token or 'none'} on the "
                       f"platform, journal says {plan.vehicle_token}: check the machine")
             await self.apply(self.core.abort(reason, now, code="restart_mismatch"))
