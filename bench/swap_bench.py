@@ -135,8 +135,8 @@ def two_process(swaps: int, speed: float, idle_s: float) -> None:
     print(f"\n[2] two processes (swap-sim + swapd over Modbus TCP and udp_multicast CAN), "
           f"{done}/{swaps} swaps completed")
     print(f"    swapd peak RSS {peak:.1f} MB (target < 120 MB)")
-    print(f"[3] swapd CPU while the station is idle: {idle_cpu:.1f} % of one core over {idle_s:.0f} s (polling Modbus every 20 ms, "
-          "CAN frames of 13 rack packs)")
+    print(f"[3] swapd CPU while the station is idle: {idle_cpu:.1f} % of one core over "
+          f"{idle_s:.0f} s (polling Modbus every 20 ms, CAN frames of 13 rack packs)")
 
 
 def demo_rss(swaps: int, speed: float) -> None:

@@ -98,7 +98,7 @@ class CanPacks:
         self.cfg = cfg
         self.protocol = protocol or PackProtocol()
         self.real_clock = real_clock
-        self.silent = False  # fault injection: every pack stops talking
+        self.silent = False  # every pack stops talking (see also the can_silent fault)
         self.sent = 0
         self.send_errors = 0
         self.controls = 0
@@ -146,6 +146,8 @@ class CanPacks:
     def send_cycle(self, real: float) -> None:
         """One 100 ms cycle: fast frames for all, slow frames when due or newly connected."""
         packs = {} if self.silent else self.model.can_packs()
+        faults = self.model.faults
+        packs = {sa: p for sa, p in packs.items() if not faults.can_silenced(sa)}
         for sa in list(self._connected):
             if sa not in packs:
                 del self._connected[sa]
@@ -197,9 +199,10 @@ class CanPacks:
             return
         if dec.pgn != self._control_pgn:
             return
-        pack = self.model.can_packs().get(dec.destination or -1)
-        if pack is None:
-            return  # nobody at that address right now
+        da = -1 if dec.destination is None else dec.destination
+        pack = self.model.can_packs().get(da)
+        if pack is None or self.model.faults.can_deaf(da):
+            return  # nobody at that address right now, or the network is down
         s = dec.signals
         pack.apply_control(
             int(s["ControlCommand"]),

@@ -21,6 +21,7 @@ PackFamily = Literal[20, 25]
 # Register map arrays bound these: rack_slot_occupied has 30 entries, bolt_torque 12.
 MAX_SLOTS = min(30, MAX_RACK_SLOTS)
 MAX_BOLTS = 12
+MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes on Linux, one for the terminating NUL
 
 
 class SimConfigError(ValueError):
@@ -90,6 +91,8 @@ class SimConfig(_Strict):
     vehicles: int = Field(default=0, ge=0)  # total arrivals; 0 = unlimited
     arrival_gap_s: float = Field(default=5.0, ge=0)
     ctrl_heartbeat_timeout_s: float = Field(default=1.0, gt=0)  # real seconds, not scaled
+    # Unix socket for the local control API (fault injection, observer); None = none
+    control_socket: str | None = Field(default=None, min_length=1, max_length=MAX_SOCKET_PATH)
     modbus: ModbusConfig = Field(default_factory=ModbusConfig)
     can: CanConfig = Field(default_factory=CanConfig)
     station: StationConfig = Field(default_factory=StationConfig)

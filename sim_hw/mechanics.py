@@ -20,7 +20,9 @@ from typing import Any
 
 from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
 from sim_hw.config import SimConfig
+from sim_hw.faults import FaultRegistry
 from sim_hw.motion import Motion, Phase, event, one_by_one, ramp, together, wait
+from sim_hw.observer import Observer
 from sim_hw.packs import SimPack
 from sim_hw.vehicles import Vehicle, VehicleSource
 
@@ -103,6 +105,9 @@ class StationModel:
         self.shuttle_pack: SimPack | None = None
         self.stacker_pos = 0.0  # slot units; 0 = shuttle transfer point
         self.stacker_pack: SimPack | None = None
+        # (command, slot) of a STORE or FETCH stopped after its pack changed place: the same
+        # command again finishes it (the stacker's way back) instead of being refused
+        self._stacker_resume: tuple[str, int] | None = None
         self.rack: dict[int, SimPack | None] = dict.fromkeys(range(1, st.slots + 1))
         for rp in config.initial_rack():
             self.rack[rp.slot] = SimPack(
@@ -111,7 +116,10 @@ class StationModel:
                 soh_pct=round(self.rng.uniform(90.0, 99.5), 1),
             )
         self.bolts = Bolts.make(st.bolt_count)
-        # safety inputs: plain attributes so fault injection can flip them
+        # fault injection (sim_hw/faults.py) and the independent observer (observer.py)
+        self.faults = FaultRegistry(self)
+        self.observer = Observer(self)
+        # safety inputs: settable attributes; each also reads false while its fault is set
         self.estop_ok = True
         self.safety_plc_ok = True
         self.light_curtain_clear = True
@@ -135,12 +143,55 @@ class StationModel:
         self._motion: Motion | None = None
         self._running: CommandRecord | None = None
 
+    # ----------------------------------------------------------- safety inputs
+    @property
+    def estop_ok(self) -> bool:
+        return self._estop_ok and not self.faults.is_active("estop")
+
+    @estop_ok.setter
+    def estop_ok(self, ok: bool) -> None:
+        self._estop_ok = bool(ok)
+
+    @property
+    def safety_plc_ok(self) -> bool:
+        return self._safety_plc_ok and not self.faults.is_active("safety_plc_fault")
+
+    @safety_plc_ok.setter
+    def safety_plc_ok(self, ok: bool) -> None:
+        self._safety_plc_ok = bool(ok)
+
+    @property
+    def light_curtain_clear(self) -> bool:
+        return self._light_curtain_clear and not self.faults.is_active("light_curtain")
+
+    @light_curtain_clear.setter
+    def light_curtain_clear(self, ok: bool) -> None:
+        self._light_curtain_clear = bool(ok)
+
+    @property
+    def doors_closed(self) -> bool:
+        return self._doors_closed and not self.faults.is_active("door_open")
+
+    @doors_closed.setter
+    def doors_closed(self, ok: bool) -> None:
+        self._doors_closed = bool(ok)
+
+    @property
+    def smoke_clear(self) -> bool:
+        return self._smoke_clear and not self.faults.is_active("smoke")
+
+    @smoke_clear.setter
+    def smoke_clear(self, ok: bool) -> None:
+        self._smoke_clear = bool(ok)
+
     # ------------------------------------------------------------------ time
     def advance(self, now: float, real: float | None = None) -> None:
         """Bring the model to sim time `now` (never backwards)."""
         now = max(now, self.now)
         real = now / self.config.speed if real is None else real
         dt = now - self.now
+        before = self.observer.snapshot()
+        seq = self._running.seq if self._running is not None else 0
         if self._running is not None:
             why = self._motion_inhibit(real)
             if why:  # detected at `now`; the motion stops where it stood at the last tick
@@ -150,8 +201,10 @@ class StationModel:
             if self._motion.advance(end):
                 self._end(ERR_NONE, end, real - (now - end) / self.config.speed)
         self._vehicles(now)
+        self.faults.apply()
         self._charge(dt, real)
         self.now, self.real = now, real
+        self.observer.check(before, seq)
 
     def set_outputs(self, values: dict[str, Any], now: float, real: float | None = None) -> None:
         """Take the controller's output registers (decoded by name) as written at `now`."""
@@ -200,6 +253,11 @@ class StationModel:
 
     # ------------------------------------------------------------- handshake
     def _take(self, seq: int, code: int, p1: int, p2: int, real: float) -> None:
+        before = self.observer.snapshot()
+        self._start(seq, code, p1, p2, real)
+        self.observer.check(before, seq)
+
+    def _start(self, seq: int, code: int, p1: int, p2: int, real: float) -> None:
         rec = CommandRecord(seq, code, COMMANDS.get(code, f"code {code}"), p1, p2, self.now, real)
         self.command_log.append(rec)
         busy = self._running is not None
@@ -311,7 +369,7 @@ class StationModel:
         v = self.vehicle
         if v is None:
             return "no vehicle"
-        if max(abs(v.offset_x_mm), abs(v.offset_y_mm)) > LIFT_OFFSET_MAX_MM:
+        if max(abs(self.offset_x_mm), abs(v.offset_y_mm)) > LIFT_OFFSET_MAX_MM:
             return "vehicle not positioned"
         return [ramp(1.0, lambda: self.lift_mm, self._set_lift,
                      self.config.station.swap_height_mm)]
@@ -328,14 +386,23 @@ class StationModel:
         ]
 
     def _loosen(self, i: int) -> None:
-        self.bolts.tight[i] = False
-        self.bolts.torque_nm[i] = self._jitter(UNLOCK_TORQUE_NM)
-        self.bolts.angle_deg[i] = self._jitter(UNLOCK_ANGLE_DEG)
+        self._gun_run(i, UNLOCK_TORQUE_NM, UNLOCK_ANGLE_DEG, tight=False)
 
     def _tighten(self, i: int) -> None:
-        self.bolts.tight[i] = True
-        self.bolts.torque_nm[i] = self._jitter(LOCK_TORQUE_NM)
-        self.bolts.angle_deg[i] = self._jitter(LOCK_ANGLE_DEG)
+        self._gun_run(i, LOCK_TORQUE_NM, LOCK_ANGLE_DEG, tight=True)
+
+    def _gun_run(self, i: int, torque: tuple[float, float], angle: tuple[float, float],
+                 tight: bool) -> None:
+        """One bolt's gun run; a run ending outside its torque window changes nothing."""
+        t = self._jitter(torque)
+        a = self._jitter(angle)
+        forced = self.faults.bolt_torque(i)  # fault injection: bolt_torque_fail
+        if forced is not None:
+            t = forced
+        if abs(t - torque[0]) <= torque[1]:
+            self.bolts.tight[i] = tight
+        self.bolts.torque_nm[i] = t
+        self.bolts.angle_deg[i] = a
 
     def _jitter(self, window: tuple[float, float]) -> float:
         nominal, tol = window
@@ -367,6 +434,8 @@ class StationModel:
         v.visit["pack_out"] = self.shuttle_pack.summary()
 
     def _plan_store(self, slot: int) -> list[Phase] | str:
+        if self._stacker_resume == ("store", slot) and self.stacker_pack is None:
+            return [self._stacker_to(1.0, 0)]  # stopped on its way back: finish that
         if self.rack[slot] is not None:
             return f"slot {slot} occupied"
         if self.stacker_pack is None:  # a stacker still holding a pack (stopped) may store it
@@ -384,6 +453,7 @@ class StationModel:
     def _stacker_to_slot(self, slot: int) -> None:
         pack, self.stacker_pack = self.stacker_pack, None
         self.rack[slot] = pack
+        self._stacker_resume = ("store", slot)
         v = self.vehicle
         if pack is not None and v is not None and v.visit.get("pack_out", {}).get(
             "serial"
@@ -392,6 +462,14 @@ class StationModel:
 
     def _plan_fetch(self, slot: int) -> list[Phase] | str:
         pack = self.rack[slot]
+        held = self.stacker_pack
+        if pack is None and held is not None and self._stacker_resume == ("fetch", slot):
+            # resume a FETCH stopped after the stacker took the pack out of the slot
+            if held.state == "isolated":
+                return f"pack from slot {slot} isolated"
+            if self.shuttle_pack is not None or not self.shuttle_home:
+                return "shuttle not empty at home"
+            return [self._stacker_to(1.0, 0), event(lambda: self._stacker_to_shuttle(slot))]
         if pack is None:
             return f"slot {slot} empty"
         if pack.state == "isolated":
@@ -405,6 +483,7 @@ class StationModel:
 
     def _slot_to_stacker(self, slot: int) -> None:
         self.stacker_pack, self.rack[slot] = self.rack[slot], None
+        self._stacker_resume = ("fetch", slot)
 
     def _stacker_to_shuttle(self, slot: int) -> None:
         self.shuttle_pack, self.stacker_pack = self.stacker_pack, None
@@ -417,8 +496,9 @@ class StationModel:
             return "vehicle not lifted to swap height"
         if v.pack is not None:
             return "vehicle bay not empty"
-        if self.shuttle_pack is None or not self.shuttle_home:
-            return "no pack on the shuttle at home"
+        if self.shuttle_pack is None:
+            return "no pack on the shuttle"
+        # from home, or from wherever a stopped INSTALL left the shuttle on its rail
         return [self._shuttle_to(0.6, self.config.station.shuttle_car_mm), wait(0.4),
                 event(self._pack_shuttle_to_bay)]
 
@@ -451,6 +531,8 @@ class StationModel:
 
     def _completed(self, rec: CommandRecord, t: float) -> None:
         v = self.vehicle
+        if rec.name in ("STORE", "FETCH"):
+            self._stacker_resume = None
         if rec.name == "LOCK" and v is not None:
             # the car wakes its electronics; the new pack's BMS comes up after `check`
             v.bay_awake_from = t + self.config.timing.check
@@ -524,6 +606,12 @@ class StationModel:
 
     # ---------------------------------------------------------------- views
     @property
+    def offset_x_mm(self) -> float:
+        """The car's true x offset: its guided position plus any drift (vehicle_moved)."""
+        v = self.vehicle
+        return v.offset_x_mm + self.faults.vehicle_drift_x() if v is not None else 0.0
+
+    @property
     def stacker_slot(self) -> int:
         return round(self.stacker_pos)
 
@@ -531,7 +619,7 @@ class StationModel:
         """Input signals by register-map name (engineering values), except plc_heartbeat."""
         v = self.vehicle
         n_slots = self.config.station.slots
-        return {
+        values: dict[str, Any] = {
             "cmd_ack_seq": self.cmd_ack_seq,
             "cmd_status": self.cmd_status,
             "cmd_error_code": self.cmd_error_code,
@@ -543,7 +631,7 @@ class StationModel:
             "vehicle_present": v is not None,
             "vehicle_ready": v is not None and v.ready,
             "vehicle_token": v.token if v is not None else 0,
-            "position_offset_x": v.offset_x_mm if v is not None else 0.0,
+            "position_offset_x": self.offset_x_mm,
             "position_offset_y": v.offset_y_mm if v is not None else 0.0,
             "lift_height": round(self.lift_mm),
             "shuttle_position": round(self.shuttle_mm),
@@ -558,6 +646,8 @@ class StationModel:
             "bolt_angle": list(self.bolts.angle_deg),
             "rack_slot_occupied": [self.rack.get(i) is not None for i in range(1, n_slots + 1)],
         }
+        self.faults.override_inputs(values)  # sensor faults corrupt the readings only
+        return values
 
     def truth(self) -> dict[str, Any]:
         """Ground truth for tests and benchmarks (serials by place, visits so far)."""
@@ -573,7 +663,14 @@ class StationModel:
             "stacker": self.stacker_pack.serial if self.stacker_pack else None,
             "lift_mm": self.lift_mm,
             "shuttle_mm": self.shuttle_mm,
+            "stacker_slot": self.stacker_slot,
+            "offset_x_mm": self.offset_x_mm,
+            "offset_y_mm": v.offset_y_mm if v is not None else 0.0,
             "bolts_tight": self.bolts.n_tight,
+            "bolts": list(self.bolts.tight),
+            "safety": {"estop_ok": self.estop_ok, "safety_plc_ok": self.safety_plc_ok,
+                       "light_curtain_clear": self.light_curtain_clear,
+                       "doors_closed": self.doors_closed, "smoke_clear": self.smoke_clear},
             "history": [dict(h) for h in self.history],
         }
 

@@ -23,6 +23,7 @@ CHARGE_RATE_PCT_PER_S = 1.5 / 60.0  # ~1.5 % SOC per simulated minute below the 
 TAPER_FROM_PCT = 90.0
 CHARGE_TEMP_RISE_C = 8.0  # steady-state rise of the hottest cell at full charge current
 THERMAL_TAU_S = 300.0  # thermal time constant of the pack (simulated seconds)
+FAULT_COOL_TAU_S = 10.0  # after an injected heat fault clears: back to normal in ~30 s sim
 
 RATED_ENERGY_KWH = {20: 75.0, 25: 100.0}
 RATED_VOLTAGE_V: dict[str, float] = {"nmc": 400.0, "lfp": 384.0, "sodium_ion": 350.0}
@@ -58,6 +59,10 @@ class SimPack:
     control_counter: int = 0
     last_control_at: float | None = None  # real monotonic time of the last PackControl
     _charged_pct: float = 0.0  # SOC gained since the last full cycle was counted
+    # fault injection (sim_hw/faults.py): heat forced onto the hottest cell
+    forced_temp_c: float | None = None  # held at this temperature
+    temp_rise_c_per_s: float = 0.0  # climbs at this rate (simulated seconds)
+    fast_cool: bool = False  # a heat fault just cleared: cool back quickly
 
     @property
     def rated_energy_kwh(self) -> float:
@@ -149,8 +154,17 @@ class SimPack:
         load = self.current_a / self.nominal_current_a if self.nominal_current_a else 0.0
         target = AMBIENT_C + CHARGE_TEMP_RISE_C * load
         k = min(1.0, dt / THERMAL_TAU_S)
-        self.max_cell_temp_c += (target - self.max_cell_temp_c) * k
+        if self.forced_temp_c is not None:
+            self.max_cell_temp_c = self.forced_temp_c
+        elif self.temp_rise_c_per_s > 0:
+            self.max_cell_temp_c += self.temp_rise_c_per_s * dt
+        else:
+            kmax = min(1.0, dt / FAULT_COOL_TAU_S) if self.fast_cool else k
+            self.max_cell_temp_c += (target - self.max_cell_temp_c) * kmax
+            if self.fast_cool and abs(self.max_cell_temp_c - target) < 0.5:
+                self.fast_cool = False
         self.min_cell_temp_c += (AMBIENT_C - self.min_cell_temp_c) * k
+        self.min_cell_temp_c = min(self.min_cell_temp_c, self.max_cell_temp_c)
 
     def _charge_current(self) -> float:
         if not self.charge_enabled or self.state == "isolated" or self.soc_pct >= 100.0:

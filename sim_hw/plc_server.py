@@ -63,6 +63,11 @@ class PlcServer:
     def resume(self) -> None:
         self._paused = False
 
+    @property
+    def silent(self) -> bool:
+        """Not answering: paused, or the plc_silent / network_down fault is set."""
+        return self._paused or self.model.faults.plc_silent()
+
     async def start(self) -> None:
         rm = self.map
         device = SimDevice(
@@ -89,7 +94,7 @@ class PlcServer:
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
         # A received PDU replaced by None is never handled, so no reply goes out.
-        if not sending and self._paused:
+        if not sending and self.silent:
             self.dropped += 1
             return None
         return pdu

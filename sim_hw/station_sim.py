@@ -15,7 +15,10 @@ from drivers.plc.regmap import RegisterMap, load_register_map
 from sim_hw.can_packs import CanPacks
 from sim_hw.clock import SimClock
 from sim_hw.config import SimConfig
+from sim_hw.control import ControlServer
+from sim_hw.faults import FaultRegistry
 from sim_hw.mechanics import CommandRecord, SimEvent, StationModel
+from sim_hw.observer import Observer
 from sim_hw.plc_server import PlcServer
 
 log = logging.getLogger(__name__)
@@ -43,7 +46,9 @@ class SimStation:
         self.can = CanPacks(self.model, self.config.can, protocol,
                             real_clock=self.clock.real_clock)
         self.events: deque[SimEvent] = deque(maxlen=2000)  # recent events, for tests
+        self.control: ControlServer | None = None
         self._tick_task: asyncio.Task[None] | None = None
+        self.model.faults.sync = self.sync  # a fault takes effect at the moment it is set
         self._listeners: list[Callable[[SimEvent], None]] = []
 
     @property
@@ -54,9 +59,24 @@ class SimStation:
     def command_log(self) -> list[CommandRecord]:
         return self.model.command_log
 
+    @property
+    def faults(self) -> FaultRegistry:
+        """Fault injection: set(name, value=None, target=None), clear(name), clear_all(), list()."""
+        return self.model.faults
+
+    @property
+    def observer(self) -> Observer:
+        """The independent safety observer: `violations` (list of dicts), clear()."""
+        return self.model.observer
+
     def now(self) -> float:
         """Simulated seconds since start()."""
         return self.clock.sim()
+
+    def sync(self) -> None:
+        """Bring the model to the present (while running; a no-op before start)."""
+        if self._tick_task is not None:
+            self.model.advance(*self.clock.now())
 
     def truth(self) -> dict[str, Any]:
         self.model.advance(*self.clock.now())
@@ -75,8 +95,19 @@ class SimStation:
             await self.plc.stop()
             raise
         self._tick_task = asyncio.create_task(self._tick(), name="sim-tick")
+        if self.config.control_socket:
+            control = ControlServer(self, self.config.control_socket)
+            try:
+                await control.start()
+            except Exception:
+                await self.stop()
+                raise
+            self.control = control
 
     async def stop(self) -> None:
+        if self.control is not None:
+            await self.control.stop()
+            self.control = None
         if self._tick_task is not None:
             self._tick_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

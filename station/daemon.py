@@ -160,6 +160,7 @@ class Daemon:
         self._wake = asyncio.Event()
         self._last_scan = clock()
         self._background: set[asyncio.Task[None]] = set()
+        self._stop_level = self.core.outputs["stop_request"]
         self._reset_pending = (state == State.STOPPED and reason is None
                                and cfg.operation.reset_on_start)
 
@@ -245,21 +246,33 @@ class Daemon:
         await self.apply(self.core.command(cmd, self.clock(), origin))
 
     async def apply(self, d: Decision) -> None:
-        self.journal.record(d.events)  # recorded before anything is commanded
-        for ev in d.events:
-            self._log_event(ev)
-            if self.observer:
-                self.observer(ev)
+        # A stop request and a pack isolation are safe whatever follows: they go out before
+        # the journal's fsync. Everything else is journaled before it is commanded.
+        stopping = d.outputs is not None and d.outputs["stop_request"] > self._stop_level
+        if d.outputs is not None:
+            self._stop_level = d.outputs["stop_request"]
+        if stopping:
+            assert d.outputs is not None
+            self.link.set_outputs(d.outputs)
+            self._spawn(self._write_now())
         for sa in d.isolate_packs:
             self.bus.send("PackControl", {"ControlCommand": CONTROL_COMMANDS["isolate"],
                                           "ChargeCurrentLimit": 0, "ChargeVoltageLimit": 0,
                                           "ControlCounter": 0}, da=sa)
-        if d.outputs is not None:
+        self.journal.record(d.events)
+        for ev in d.events:
+            self._log_event(ev)
+            if self.observer:
+                self.observer(ev)
+        if d.outputs is not None and not stopping:
             self.link.set_outputs(d.outputs)
         if d.command_issued and self.core.plan and self.core.step:
             # Written at once, but never awaited by the scan: a PLC that stops answering
             # must not stop the scan from judging it stale.
             self._spawn(self._write_command(self.core.plan.swap_id, self.core.step.name))
+
+    async def _write_now(self) -> None:
+        await self.link.write_now()
 
     async def _write_command(self, swap_id: str, step: str) -> None:
         t_write = await self.link.write_now()
@@ -355,9 +368,12 @@ class Daemon:
             self.notifier.stopping()
             if api is not None:
                 await api.close()
-            for t in (*tasks, stopper, *self._background):
+            pending = (*tasks, stopper, *self._background)
+            for t in pending:
                 t.cancel()
-            await asyncio.gather(*tasks, stopper, *self._background, return_exceptions=True)
+            _, stuck = await asyncio.wait(pending, timeout=5.0)
+            if stuck:  # never hang a stop (systemd would have to kill us)
+                log.error("swapd.stop_stuck", tasks=[t.get_name() for t in stuck])
             await self.link.close()
             await self.bus.close()
             self.journal.close()

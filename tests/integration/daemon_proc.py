@@ -69,7 +69,7 @@ class DaemonProcess:
             try:
                 r = await request(self.socket, {"cmd": "status"}, timeout=2.0)
                 return dict(r["status"])
-            except (OSError, asyncio.TimeoutError, ConnectionError, ValueError):
+            except (TimeoutError, OSError, ConnectionError, ValueError):
                 if loop.time() > end:
                     raise
                 await asyncio.sleep(0.05)

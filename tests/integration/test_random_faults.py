@@ -5,6 +5,7 @@ either completes or ends (or stays) in Held/Aborted with a reason."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from pathlib import Path
 from tempfile import TemporaryDirectory
@@ -69,10 +70,8 @@ async def run_schedule(schedule: list[tuple[str, float, float]], tmp: Path) -> d
                     break  # an abort needs people; or all swaps done
                 if state == State.HELD and not active and not pending and \
                         not daemon.core.active_interlocks:
-                    try:
+                    with contextlib.suppress(CommandRefused):
                         await daemon.command(Cmd.UNHOLD, origin="test operator")
-                    except CommandRefused:
-                        pass
                 await asyncio.sleep(0.01)
             return {"events": events, "state": daemon.core.state, "reason": daemon.core.reason,
                     "violations": list(sim.observer.violations)}

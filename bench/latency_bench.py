@@ -1,0 +1,179 @@
+"""Interlock reaction latency (issue 3), printed, never asserted:
+
+from the moment the simulator changes an input on the wire to the moment the stop command
+(stop_request = 1) reaches the simulated PLC, p50 and p99 over N trials each, for
+  (a) an e-stop over Modbus (the sim PLC's estop_ok input drops), and
+  (b) a pack over-temperature frame over CAN (a PackStatus with MaxCellTemp 75 C from the
+      car's pack), while the CAN bus carries the frames of 23 packs plus background load.
+
+swapd runs as its own process (as on a station); the simulator and the load generator run
+in this one, over Modbus TCP on loopback and python-can udp_multicast. Each trial: a swap
+is in its POSITION step (simulator at real speed, so the step lasts 15 s), the fault is
+injected, the stop is timed, then the fault is cleared and the operator's clear + reset
+(over swapctl's socket) lets the next swap start.
+
+Run: .venv/bin/python bench/latency_bench.py [--trials 200] [--load-fps 3500]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import can
+
+from drivers.bms.protocol import VEHICLE_PACK_SA, PackProtocol
+from sim_hw.config import CanConfig, ModbusConfig, SimConfig
+from sim_hw.config import StationConfig as SimStationCfg
+from sim_hw.station_sim import SimStation
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from tests.integration.daemon_proc import DaemonProcess, multicast_group, write_config
+
+
+class StopProbe:
+    """Times when stop_request first becomes 1 at the simulated PLC."""
+
+    def __init__(self, sim: SimStation) -> None:
+        self.t_stop: float | None = None
+        model = sim.model
+        original = model.set_outputs
+
+        def spy(values: dict[str, Any], *a: Any, **kw: Any) -> Any:
+            if self.t_stop is None and values.get("stop_request") == 1:
+                self.t_stop = time.monotonic()
+            return original(values, *a, **kw)
+
+        model.set_outputs = spy  # type: ignore[method-assign]
+
+
+def load_thread(group: str, fps: int, stop: threading.Event, sent: list[int]) -> None:
+    """Background traffic from other nodes: J1939 frames the station does not know."""
+    bus = can.Bus(interface="udp_multicast", channel=group)
+    burst = max(1, fps // 100)
+    n = 0
+    try:
+        while not stop.is_set():
+            t = time.monotonic()
+            for _ in range(burst):
+                bus.send(can.Message(arbitration_id=0x18FEF100 | (n % 0x40),
+                                     data=n.to_bytes(8, "little"), is_extended_id=True))
+                n += 1
+            time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
+    finally:
+        sent.append(n)
+        bus.shutdown()
+
+
+def pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
+
+
+async def main(trials: int, load_fps: int, poll_ms: float) -> None:
+    group = multicast_group()
+    sim_cfg = SimConfig(speed=1.0, vehicles=1, modbus=ModbusConfig(port=0),
+                        can=CanConfig(interface="udp_multicast", channel=group),
+                        station=SimStationCfg(slots=23))
+    proto = PackProtocol()
+    with tempfile.TemporaryDirectory() as tmp_s:
+        tmp = Path(tmp_s)
+        async with SimStation(sim_cfg) as sim:
+            probe = StopProbe(sim)
+            cfg = write_config(tmp, sim.modbus_port, group, 1.0)
+            cfg.write_text(cfg.read_text().replace("poll_period_s = 0.01",
+                                                   f"poll_period_s = {poll_ms / 1000}"))
+            daemon = DaemonProcess(cfg, tmp / "swapd.log")
+            stop_load = threading.Event()
+            sent: list[int] = []
+            loader = threading.Thread(target=load_thread, args=(group, load_fps, stop_load, sent))
+            injector = can.Bus(interface="udp_multicast", channel=group)
+            daemon.start()
+            loader.start()
+            t_load0 = time.monotonic()
+            results: dict[str, list[float]] = {"estop_modbus": [], "overtemp_can": []}
+            try:
+                for kind in ("estop_modbus", "overtemp_can"):
+                    for _ in range(trials):
+                        await ready_in_position(daemon)
+                        await asyncio.sleep(random.uniform(0.0, 0.05))
+                        probe.t_stop = None
+                        if kind == "estop_modbus":
+                            t0 = time.monotonic()
+                            sim.faults.set("estop")
+                        else:
+                            ident, data = hot_frame(proto, sim)
+                            t0 = time.monotonic()
+                            injector.send(can.Message(arbitration_id=ident, data=data,
+                                                      is_extended_id=True))
+                        while probe.t_stop is None and time.monotonic() - t0 < 5.0:
+                            await asyncio.sleep(0.0005)
+                        assert probe.t_stop is not None, "no stop request within 5 s"
+                        results[kind].append((probe.t_stop - t0) * 1000)
+                        if kind == "estop_modbus":
+                            sim.faults.clear("estop")
+                        await recover(daemon)
+            finally:
+                stop_load.set()
+                loader.join()
+                injector.shutdown()
+                daemon.terminate()
+            load_s = time.monotonic() - t_load0
+    print(f"swapd PLC poll period {poll_ms:.0f} ms; CAN: 23 packs "
+          f"(~{23 * 22} frames/s) + background {sent[0] / load_s:.0f} frames/s")
+    for kind, xs in results.items():
+        print(f"{kind:>13}: n={len(xs)}  p50 {statistics.median(xs):6.2f} ms  "
+              f"p99 {pct(xs, 99):6.2f} ms  max {max(xs):6.2f} ms")
+
+
+def hot_frame(proto: PackProtocol, sim: SimStation) -> tuple[int, bytes]:
+    pack = sim.model.vehicle.pack if sim.model.vehicle else None
+    soc = pack.soc_pct if pack else 20.0
+    return proto.encode("PackStatus", {"SOC": soc, "PackVoltage": 380.0, "PackCurrent": 0.0,
+                                       "MinCellTemp": 25, "MaxCellTemp": 75},
+                        sa=VEHICLE_PACK_SA)
+
+
+async def ready_in_position(daemon: DaemonProcess) -> None:
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        st = await daemon.status()
+        if st["packml_state"] == "Execute" and st["step"] == "position":
+            return
+        if st["packml_state"] in ("Aborted", "Stopped"):
+            await recover(daemon)  # a stale hot reading can abort the next swap once
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"no swap in POSITION: {st}")
+
+
+async def recover(daemon: DaemonProcess) -> None:
+    """The operator's part: clear once the cause is gone, then reset."""
+    end = time.monotonic() + 30
+    while time.monotonic() < end:
+        st = await daemon.status()
+        if st["packml_state"] == "Aborted" and not st["active_interlocks"]:
+            await daemon.command("clear")
+        elif st["packml_state"] == "Stopped":
+            if (await daemon.command("reset"))["ok"]:
+                return
+        elif st["packml_state"] in ("Idle", "Resetting", "Starting", "Execute"):
+            return
+        await asyncio.sleep(0.02)
+    raise RuntimeError(f"station did not recover: {st}")
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--trials", type=int, default=200)
+    ap.add_argument("--load-fps", type=int, default=3500)
+    ap.add_argument("--poll-ms", type=float, default=20.0)
+    a = ap.parse_args()
+    asyncio.run(main(a.trials, a.load_fps, a.poll_ms))
