@@ -72,8 +72,8 @@ class SequenceSection(_Section):
     handshake_timeout_s: float = Field(2.0, gt=0, description="PLC must echo cmd_seq within it")
     lock_torque_nm: tuple[float, float] = (110.0, 130.0)
     lock_angle_deg: tuple[float, float] = (80.0, 100.0)
-    unlock_torque_nm: tuple[float, float] = (50.0, 150.0)
-    unlock_angle_deg: tuple[float, float] = (600.0, 840.0)
+    unlock_torque_nm: tuple[float, float] = (80.0, 100.0)
+    unlock_angle_deg: tuple[float, float] = (680.0, 760.0)
     timeouts: StepTimeouts = StepTimeouts()
 
     @model_validator(mode="after")

@@ -75,23 +75,28 @@ def _slot_occupied(v: StepView, slot: int) -> bool:
     return 1 <= slot <= len(occ) and bool(occ[slot - 1])
 
 
-def _lock_window_fault(v: StepView) -> str | None:
-    """A bolt out of its torque or angle window after LOCK (checked once the PLC says done)."""
-    n = int(v.num("bolt_count"))
-    torque = v.plc("bolt_torque", [])
-    angle = v.plc("bolt_angle", [])
-    assert isinstance(torque, list) and isinstance(angle, list)
-    t_lo, t_hi = v.cfg.sequence.lock_torque_nm
-    a_lo, a_hi = v.cfg.sequence.lock_angle_deg
-    bad = []
-    for i in range(min(n, len(torque), len(angle))):
-        if not (t_lo <= torque[i] <= t_hi and a_lo <= angle[i] <= a_hi):
-            bad.append(f"bolt {i + 1} {torque[i]:.1f} N*m {angle[i]:.1f} deg")
-    if bad:
-        return f"bolt outside torque/angle window ({t_lo}-{t_hi} N*m, {a_lo}-{a_hi} deg): " + (
-            "; ".join(bad)
-        )
-    return None
+def _bolt_window_fault(run: str) -> FaultCheck:
+    """After UNLOCK or LOCK (once the PLC says done): every bolt's final torque and angle
+    inside its window; a bolt that reports nothing reads 0 and fails too."""
+
+    def check(v: StepView) -> str | None:
+        n = int(v.num("bolt_count"))
+        torque = v.plc("bolt_torque", [])
+        angle = v.plc("bolt_angle", [])
+        assert isinstance(torque, list) and isinstance(angle, list)
+        t_lo, t_hi = getattr(v.cfg.sequence, f"{run}_torque_nm")
+        a_lo, a_hi = getattr(v.cfg.sequence, f"{run}_angle_deg")
+        bad = [
+            f"bolt {i + 1} {torque[i]:.1f} N*m {angle[i]:.1f} deg"
+            for i in range(min(n, len(torque), len(angle)))
+            if not (t_lo <= torque[i] <= t_hi and a_lo <= angle[i] <= a_hi)
+        ]
+        if bad:
+            return (f"bolt outside {run} torque/angle window ({t_lo:g}-{t_hi:g} N*m, "
+                    f"{a_lo:g}-{a_hi:g} deg): " + "; ".join(bad))
+        return None
+
+    return check
 
 
 def _installed_pack_heard(v: StepView) -> bool:
@@ -133,7 +138,7 @@ SEQUENCE: tuple[Step, ...] = (
     Step("lift", "LIFT", "lift the vehicle to swap height", _lifted),
     Step(
         "unlock", "UNLOCK", "shuttle docks under the car and loosens every bolt",
-        lambda v: v.num("bolts_tight") == 0 and _lifted(v),
+        lambda v: v.num("bolts_tight") == 0 and _lifted(v), fault=_bolt_window_fault("unlock"),
     ),
     Step(
         "remove", "REMOVE", "depleted pack lowered onto the shuttle and carried to the stacker",
@@ -157,7 +162,7 @@ SEQUENCE: tuple[Step, ...] = (
     Step(
         "lock", "LOCK", "every bolt tightened inside its torque and angle window",
         lambda v: v.num("bolts_tight") == v.num("bolt_count") > 0 and _shuttle_home(v),
-        fault=_lock_window_fault,
+        fault=_bolt_window_fault("lock"),
     ),
     Step(
         "check", None, "the vehicle wakes; the new pack's BMS must report healthy",

@@ -83,7 +83,7 @@ class Rig:
 @pytest.fixture
 async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     channel = f"mx-{uuid.uuid4().hex[:8]}"
-    speed = SPEED_FOR.get(request.node.callspec.params["il_id"], SPEED)
+    speed = SPEED_FOR.get(request.node.callspec.params.get("il_id", ""), SPEED)
     sim_cfg = SimConfig(speed=speed, vehicles=1, modbus=ModbusConfig(port=0),
                         can=CanConfig(interface="virtual", channel=channel))
     async with SimStation(sim_cfg) as sim:
@@ -143,4 +143,33 @@ async def test_interlock_over_real_protocols(rig: Rig, il_id: str, step: str) ->
                         what="the held swap to finish")
         ended = next(e.data for e in rig.events if e.kind == "swap_ended")
         assert ended["outcome"] == "completed", ended
+    assert rig.sim.observer.violations == []
+
+
+BOLT_CASES = [
+    ("bolt_torque_fail", 60, 3, "unlock"),
+    ("bolt_torque_fail", 60, 3, "lock"),
+    ("bolt_not_reported", None, 2, "unlock"),
+    ("bolt_not_reported", None, 2, "lock"),
+]
+
+
+@pytest.mark.parametrize(("fault", "value", "bolt", "step"), BOLT_CASES)
+async def test_bolt_out_of_window_or_unreported_aborts(
+        rig: Rig, fault: str, value: Any, bolt: int, step: str) -> None:
+    core = rig.core
+    before = STEPS[STEPS.index(step) - 1]
+    await rig.until(lambda: core.ready_to_start, what="a vehicle to swap")
+    await rig.daemon.command(Cmd.START, origin="test")
+    await rig.until(lambda: core.step is not None and core.step.name == before, what=before)
+    rig.sim.faults.set(fault, value=value, target=bolt)  # armed for the next bolt run
+    await rig.until(lambda: core.state == State.ABORTED, what="Aborted")
+    f = next(e.data for e in rig.events if e.kind == "fault")
+    assert f["code"] == f"{step}_failed" and f["step"] == step, f
+    assert f"bolt {bolt} " in f["reason"] and f"outside {step} torque/angle window" in f["reason"]
+    rig.sim.faults.clear(fault)
+    await rig.daemon.command(Cmd.CLEAR)
+    await rig.until(lambda: core.state == State.STOPPED, what="Stopped")
+    await rig.daemon.command(Cmd.RESET)
+    await rig.until(lambda: core.state == State.IDLE, what="Idle")
     assert rig.sim.observer.violations == []

@@ -36,6 +36,7 @@ class ScriptedPlc:
     behaviour: dict[str, str] = field(default_factory=dict)
     image: ProcessImage = field(default_factory=ProcessImage)
     bolt_torque: float = 120.0
+    unlock_torque: float = 90.0
     check_pack_ok: bool = True
     last_seq: int = 0
     freeze: bool = False  # the PLC stops answering: inputs go stale
@@ -109,6 +110,8 @@ class ScriptedPlc:
             p["lift_height"] = 500
         elif name == "UNLOCK":
             p["bolts_tight"], p["shuttle_position"] = 0, 3000
+            p["bolt_torque"] = [self.unlock_torque] * 10 + [0.0, 0.0]
+            p["bolt_angle"] = [720.0] * 10 + [0.0, 0.0]
         elif name == "REMOVE":
             p["vehicle_pack_present"], p["shuttle_pack_present"] = False, True
             p["shuttle_position"] = 0

@@ -78,14 +78,15 @@ def test_done_without_sensor_confirmation_aborts(step: str) -> None:
     run = make_run(behaviour={cmd: "no_sensor"})
     run.until(lambda: run.core.state == State.ABORTED)
     # after LOCK the unreported bolts are caught by the torque/angle window first
-    expected = "bolt outside torque/angle window" if step == "lock" else "sensors disagree"
+    expected = {"lock": "bolt outside lock torque/angle window",
+                "unlock": "bolt outside unlock torque/angle window"}.get(step, "sensors disagree")
     assert expected in run.core.reason and run.core.reason.startswith(step)
 
 
 def test_lock_outside_torque_window_aborts() -> None:
     run = make_run(bolt_torque=140.0)
     run.until(lambda: run.core.state == State.ABORTED)
-    assert run.core.reason.startswith("lock: bolt outside torque/angle window")
+    assert run.core.reason.startswith("lock: bolt outside lock torque/angle window")
 
 
 def test_check_step_rejects_unhealthy_pack() -> None:
@@ -140,3 +141,10 @@ def test_stop_command_ends_swap_and_requests_category_2_stop() -> None:
     run.step(n=3)
     assert run.core.state == State.STOPPED
     assert run.kinds("swap_ended")[0]["outcome"] == "stopped"
+
+
+def test_unlock_outside_torque_window_aborts() -> None:
+    run = make_run(unlock_torque=30.0)
+    run.until(lambda: run.core.state == State.ABORTED)
+    assert run.core.reason.startswith("unlock: bolt outside unlock torque/angle window")
+    assert run.kinds("fault")[0]["code"] == "unlock_failed"
