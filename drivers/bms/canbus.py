@@ -24,6 +24,7 @@ import can
 import structlog
 
 from drivers.bms.protocol import STATION_SA, Decoded, FrameError, PackProtocol
+from drivers.ratelimit import RateLimitedWarnings
 
 log = structlog.get_logger(__name__)
 
@@ -123,6 +124,7 @@ class PackBus:
         self.backoff_max = backoff_max
         self._clock = clock
         self._log = (logger or log).bind(can=f"{interface}:{channel}")
+        self._limited = RateLimitedWarnings(self._log, LOG_INTERVAL)
         self.on_message: Callable[[Decoded, float], None] | None = None
         self.on_reject: Callable[[str, int, bytes], None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
@@ -136,8 +138,6 @@ class PackBus:
         self._stopped = asyncio.Event()
         self._exited = asyncio.Event()
         self._reader_error: Exception | None = None
-        self._last_log: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
 
     @property
     def is_open(self) -> bool:
@@ -157,7 +157,7 @@ class PackBus:
                     self._open()
                 except (can.CanError, OSError, ValueError) as exc:
                     self.stats["bus_errors"] += 1
-                    self._log_limited("can.open_failed", error=str(exc))
+                    self._limited.warning("can.open_failed", error=str(exc))
                 else:
                     reader = "loop" if self._fd is not None else "thread"
                     self._log.info("can.opened", reader=reader)
@@ -167,7 +167,7 @@ class PackBus:
                     self._stop_reader()
                     if self._closing:
                         break
-                    self._log_limited("can.bus_error", error=str(self._reader_error))
+                    self._limited.warning("can.bus_error", error=str(self._reader_error))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), backoff)
                 backoff = min(backoff * 2, self.backoff_max)
@@ -183,14 +183,14 @@ class PackBus:
         bus = self._bus
         if bus is None:
             self.stats["send_errors"] += 1
-            self._log_limited("can.send_error", message=name, error="bus not open")
+            self._limited.warning("can.send_error", message=name, error="bus not open")
             return
         msg = can.Message(arbitration_id=can_id, data=data, is_extended_id=True)
         try:
             bus.send(msg, timeout=0)  # never block the loop; a full queue is an error
         except can.CanError as exc:
             self.stats["send_errors"] += 1
-            self._log_limited("can.send_error", message=name, error=str(exc))
+            self._limited.warning("can.send_error", message=name, error=str(exc))
             return
         self.stats["sent"] += 1
 
@@ -296,7 +296,7 @@ class PackBus:
         can_id = msg.arbitration_id
         if msg.is_error_frame:
             st["error_frames"] += 1
-            self._log_limited("can.error_frame", id=f"{can_id:#x}")
+            self._limited.warning("can.error_frame", id=f"{can_id:#x}")
             return
         if not msg.is_extended_id:
             self._reject("not_extended", msg, "11-bit identifier")
@@ -323,17 +323,6 @@ class PackBus:
     def _reject(self, kind: str, msg: can.Message, why: str) -> None:
         self.stats[kind] = self.stats.get(kind, 0) + 1
         data = bytes(msg.data)
-        self._log_limited(f"can.{kind}", id=f"{msg.arbitration_id:#x}", dlc=len(data), why=why)
+        self._limited.warning(f"can.{kind}", id=f"{msg.arbitration_id:#x}", dlc=len(data), why=why)
         if self.on_reject is not None:
             self.on_reject(kind, msg.arbitration_id, data)
-
-    # ------------------------------------------------------------------ logging
-
-    def _log_limited(self, event: str, **fields: Any) -> None:
-        now = time.monotonic()
-        last = self._last_log.get(event)
-        if last is not None and now - last < LOG_INTERVAL:
-            self._suppressed[event] = self._suppressed.get(event, 0) + 1
-            return
-        self._last_log[event] = now
-        self._log.warning(event, suppressed=self._suppressed.pop(event, 0), **fields)

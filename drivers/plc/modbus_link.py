@@ -26,6 +26,7 @@ from pymodbus.pdu import ModbusPDU
 
 from drivers.plc.link import PlcLink
 from drivers.plc.regmap import RegisterMap
+from drivers.ratelimit import RateLimitedWarnings
 
 HEARTBEAT = "ctrl_heartbeat"
 LOG_INTERVAL = 1.0  # at most one log line per error kind per second: a dead PLC polled at 20 Hz
@@ -69,6 +70,7 @@ class ModbusPlcLink(PlcLink):
         self.backoff_max = backoff_max
         self._clock = clock
         self._log = (logger or structlog.get_logger(__name__)).bind(plc=f"{host}:{port}")
+        self._limited = RateLimitedWarnings(self._log, LOG_INTERVAL)
 
         self._client: AsyncModbusTcpClient | None = None
         self._desired: dict[str, Any] = {}
@@ -84,8 +86,6 @@ class ModbusPlcLink(PlcLink):
         self._closing = False
         self._reported: bool | None = None
         self._poll_failing = False
-        self._last_log: dict[str, float] = {}
-        self._suppressed: dict[str, int] = {}
 
     # ------------------------------------------------------------------ interface
 
@@ -170,7 +170,8 @@ class ModbusPlcLink(PlcLink):
             ok, error = False, f"connect: {exc}"
         if not ok:
             self.stats.last_error = error
-            self._log_limited("plc.connect_failed", error=error, reconnects=self.stats.reconnects)
+            self._limited.warning("plc.connect_failed", error=error,
+                                  reconnects=self.stats.reconnects)
             return False
         # Re-send the whole output block on every new connection: the PLC may have restarted.
         self._acked_version = -1
@@ -255,7 +256,7 @@ class ModbusPlcLink(PlcLink):
         self.stats.poll_errors += 1
         self.stats.last_error = error
         self._poll_failing = True
-        self._log_limited("plc.poll_error", error=error, poll_errors=self.stats.poll_errors)
+        self._limited.warning("plc.poll_error", error=error, poll_errors=self.stats.poll_errors)
 
     async def _write(self, *, force: bool) -> float | None:
         async with self._write_lock:
@@ -283,14 +284,14 @@ class ModbusPlcLink(PlcLink):
             except (ModbusException, OSError, TimeoutError) as exc:
                 self.stats.write_errors += 1
                 self.stats.last_error = f"write: {exc}"
-                self._log_limited("plc.write_error", error=str(exc))
+                self._limited.warning("plc.write_error", error=str(exc))
                 return None
             t = self._clock()
             if rr.isError():
                 name = self._count_exception(rr)
                 self.stats.write_errors += 1
                 self.stats.last_error = f"write: exception {name}"
-                self._log_limited("plc.write_error", exception=name)
+                self._limited.warning("plc.write_error", exception=name)
                 return None  # _acked_version unchanged: the next cycle writes again
             self.stats.writes += 1
             self._acked_version = version
@@ -324,12 +325,3 @@ class ModbusPlcLink(PlcLink):
         self.stats.exceptions[name] = self.stats.exceptions.get(name, 0) + 1
         return name
 
-    def _log_limited(self, event: str, **fields: Any) -> None:
-        now = time.monotonic()
-        last = self._last_log.get(event)
-        if last is not None and now - last < LOG_INTERVAL:
-            self._suppressed[event] = self._suppressed.get(event, 0) + 1
-            return
-        self._last_log[event] = now
-        suppressed = self._suppressed.pop(event, 0)
-        self._log.warning(event, suppressed=suppressed, **fields)
