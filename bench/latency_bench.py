@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import random
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,8 +55,9 @@ class StopProbe:
         model.set_outputs = spy  # type: ignore[method-assign]
 
 
-def load_thread(group: str, fps: int, stop: threading.Event, sent: list[int]) -> None:
-    """Background traffic from other nodes: J1939 frames the station does not know."""
+def load_process(group: str, fps: int, stop: Any, sent: Any) -> None:
+    """Background traffic from other nodes: J1939 frames the station does not know. Its own
+    process, so that it does not steal the simulated PLC's interpreter lock."""
     bus = can.Bus(interface="udp_multicast", channel=group)
     burst = max(1, fps // 100)
     n = 0
@@ -69,7 +70,7 @@ def load_thread(group: str, fps: int, stop: threading.Event, sent: list[int]) ->
                 n += 1
             time.sleep(max(0.0, 0.01 - (time.monotonic() - t)))
     finally:
-        sent.append(n)
+        sent.value = n
         bus.shutdown()
 
 
@@ -92,9 +93,10 @@ async def main(trials: int, load_fps: int, poll_ms: float) -> None:
             cfg.write_text(cfg.read_text().replace("poll_period_s = 0.01",
                                                    f"poll_period_s = {poll_ms / 1000}"))
             daemon = DaemonProcess(cfg, tmp / "swapd.log")
-            stop_load = threading.Event()
-            sent: list[int] = []
-            loader = threading.Thread(target=load_thread, args=(group, load_fps, stop_load, sent))
+            stop_load = multiprocessing.Event()
+            sent = multiprocessing.Value("q", 0)
+            loader = multiprocessing.Process(target=load_process,
+                                             args=(group, load_fps, stop_load, sent))
             injector = can.Bus(interface="udp_multicast", channel=group)
             daemon.start()
             loader.start()
@@ -132,7 +134,7 @@ async def main(trials: int, load_fps: int, poll_ms: float) -> None:
                 daemon.terminate()
             load_s = time.monotonic() - t_load0
     print(f"swapd PLC poll period {poll_ms:.0f} ms; CAN: 23 packs "
-          f"(~{23 * 22} frames/s) + background {sent[0] / load_s:.0f} frames/s")
+          f"(~{23 * 22} frames/s) + background {sent.value / load_s:.0f} frames/s")
     for f in failures:
         print("FAILED TRIAL:", f)
     for kind, xs in results.items():

@@ -78,11 +78,13 @@ def apply_pack_message(image: ProcessImage, msg: Decoded, t: float) -> None:
             rep.current_a = round(float(s["PackCurrent"]), 1)
             rep.min_cell_temp_c = float(s["MinCellTemp"])
             rep.max_cell_temp_c = float(s["MaxCellTemp"])
+            rep.peak_cell_temp_c = max(rep.peak_cell_temp_c or -273.0, rep.max_cell_temp_c)
         elif msg.name == "PackCells":
             rep.max_cell_v = float(s["MaxCellVoltage"])
             rep.min_cell_v = float(s["MinCellVoltage"])
             rep.insulation_kohm = float(s["InsulationResistance"])
             rep.faults = frozenset(v for k, v in FAULT_FLAGS.items() if s.get(k))
+            rep.faults_latched |= rep.faults
             rep.state = PACK_STATE_NAMES.get(int(s["PackState"]), "unknown")
         else:
             return
@@ -206,6 +208,8 @@ class Daemon:
             self._recovering = False
             await self._explain_restart()
         await self.apply(self.core.update(self.image, self.clock()))
+        for rep in self.image.packs.values():  # the scan has judged them
+            rep.peak_cell_temp_c, rep.faults_latched = None, frozenset()
         if self._reset_pending and self.image.plc_read_at is not None:
             self._reset_pending = False
             try:

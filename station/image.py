@@ -31,6 +31,10 @@ class PackReport:
     insulation_kohm: float | None = None
     faults: frozenset[str] = frozenset()
     state: str | None = None
+    # Latched since the core's last scan, so that a reading that lasted one frame between two
+    # scans (a hot cell, a fault flag) is still judged; the daemon clears them after a scan.
+    peak_cell_temp_c: float | None = None
+    faults_latched: frozenset[str] = frozenset()
     first_seen: float = 0.0
     last_seen: dict[str, float] = field(default_factory=dict)  # message name -> time
 

@@ -88,15 +88,15 @@ def pack_events(image: ProcessImage, cfg: StationConfig, rates: TempRiseTracker,
 def _event_of(sa: int, rep: PackReport, cfg: StationConfig, rate: float | None
               ) -> PackEvent | None:
     slot = slot_of_sa(sa)
-    flags = rep.faults & EMERGENCY_FLAGS
+    flags = (rep.faults | rep.faults_latched) & EMERGENCY_FLAGS
+    temp = max(t for t in (rep.max_cell_temp_c, rep.peak_cell_temp_c, -273.0) if t is not None)
     if flags:
         return PackEvent(sa, slot, rep.serial, "fault_flag",
                          "BMS reports " + ", ".join(sorted(flags)))
     lim = cfg.chemistry.get(rep.chemistry or "")
-    if lim is not None and rep.max_cell_temp_c is not None and \
-            rep.max_cell_temp_c >= lim.alarm_temp_c:
+    if lim is not None and temp >= lim.alarm_temp_c:
         return PackEvent(sa, slot, rep.serial, "over_temp",
-                         f"cell temperature {rep.max_cell_temp_c:.0f} C at or above "
+                         f"cell temperature {temp:.0f} C at or above "
                          f"{lim.alarm_temp_c:.0f} C ({rep.chemistry})")
     limit = cfg.pack_safety.max_temp_rise_c_per_min * cfg.sequence.speed_factor
     if rate is not None and rate > limit:
