@@ -259,6 +259,7 @@ class Daemon:
             assert d.outputs is not None
             self.link.set_outputs(d.outputs)
             self._spawn(self._write_now())
+            await asyncio.sleep(0)  # let the write reach the socket before the fsync below
         for sa in d.isolate_packs:
             self.bus.send("PackControl", {"ControlCommand": CONTROL_COMMANDS["isolate"],
                                           "ChargeCurrentLimit": 0, "ChargeVoltageLimit": 0,
