@@ -310,7 +310,10 @@ def table_markdown() -> str:
         "controller isolates the pack (PackControl `isolate`: contactors open, no charging), "
         "locks its rack slot out of pack selection and raises an alarm (journal `alarm` event, "
         "error log line). If the pack is the car's or one the swap moves, "
-        "`pack_event_near_swap` aborts the swap as well.",
+        "`pack_event_near_swap` aborts the swap as well. A pack on the shuttle or the "
+        "stacker is unplugged and silent on CAN: its events are seen once it is in a slot "
+        "or in the car. A slot locked out stays so until the daemon restarts (no operator "
+        "command clears it yet).",
         "",
         "## Swap-step failures",
         "",
