@@ -104,6 +104,8 @@ class CanPacks:
         self.controls = 0
         self.bad_frames: Counter[str] = Counter()
         self._control_pgn = self.protocol.pgn_of("PackControl")
+        self._request_pgn = self.protocol.pgn_of("Request")
+        self._name_of_pgn = {self.protocol.pgn_of(n): n for n in (*SLOW, *FAST)}
         self._bus: can.BusABC | None = None
         self._notifier: can.Notifier | None = None
         self._task: asyncio.Task[None] | None = None
@@ -167,6 +169,16 @@ class CanPacks:
             for name in names:
                 self._send(name, signals[name], sa)
 
+    def _answer_request(self, pgn: int, destination: int | None) -> None:
+        """J1939 Request: the addressed packs (0xFF: all) send the PGN asked for at once."""
+        name = self._name_of_pgn.get(pgn)
+        if name is None or self.silent:
+            return
+        for sa, pack in self.model.can_packs().items():
+            if destination not in (None, 0xFF, sa) or self.model.faults.can_silenced(sa):
+                continue
+            self._send(name, pack_signals(pack)[name], sa)
+
     def _send(self, name: str, values: dict[str, Any], sa: int) -> None:
         if self._bus is None:
             return
@@ -196,6 +208,9 @@ class CanPacks:
             dec = self.protocol.decode(can_id, data)
         except FrameError as exc:
             self.bad_frames[exc.kind] += 1
+            return
+        if dec.pgn == self._request_pgn:
+            self._answer_request(int(dec.signals["RequestedPgn"]), dec.destination)
             return
         if dec.pgn != self._control_pgn:
             return

@@ -44,6 +44,7 @@ log = structlog.get_logger("swapd")
 
 TICK_S = 0.05  # scan at least this often, for timeouts and staleness
 CHARGE_PERIOD_S = 1.0  # PackControl refresh (packs stop charging after 3 s without it)
+REQUEST_REPEAT_S = 0.5  # at most one identity request per pack (or broadcast) this often
 FAULT_FLAGS = {
     "FaultOverTemp": "over_temp", "FaultOverVoltage": "over_voltage",
     "FaultUnderVoltage": "under_voltage", "FaultInsulation": "insulation",
@@ -162,6 +163,9 @@ class Daemon:
         self._wake = asyncio.Event()
         self._last_scan = clock()
         self._background: set[asyncio.Task[None]] = set()
+        self._requested: dict[int, float] = {}
+        self._identity_pgns = (self.protocol.pgn_of("PackIdentity"),
+                               self.protocol.pgn_of("PackHealth"))
         self._stop_level = self.core.outputs["stop_request"]
         self._reset_pending = (state == State.STOPPED and reason is None
                                and cfg.operation.reset_on_start)
@@ -196,7 +200,19 @@ class Daemon:
 
     def _on_message(self, msg: Decoded, t: float) -> None:
         apply_pack_message(self.image, msg, t)
+        rep = self.image.packs.get(msg.source)
+        if rep is not None and not rep.identified:
+            self._request_identity(msg.source, t)
         self._wake.set()
+
+    def _request_identity(self, da: int, t: float) -> None:
+        """Ask a pack (0xFF: every pack) for its identity now instead of waiting for its
+        1 s period: at start-up, and for a pack heard but not yet identified."""
+        if t - self._requested.get(da, -1e9) < REQUEST_REPEAT_S:
+            return
+        self._requested[da] = t
+        for pgn in self._identity_pgns:
+            self.bus.send("Request", {"RequestedPgn": pgn}, da=da)
 
     def _on_reject(self, kind: str, can_id: int, data: bytes) -> None:
         self.image.can_frames_rejected += 1
@@ -318,6 +334,11 @@ class Daemon:
     async def _charging_loop(self) -> None:
         last: dict[int, str] = {}
         counter = 0
+        for _ in range(20):  # the bus opens in its own task: ask every pack once it is up
+            await asyncio.sleep(0.05)
+            if self.bus.is_open:
+                self._request_identity(0xFF, self.clock())
+                break
         while True:
             await asyncio.sleep(CHARGE_PERIOD_S)
             counter = (counter + 1) % 251  # 0..250: J1939 reserves 251..255

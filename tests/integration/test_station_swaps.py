@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
@@ -84,3 +85,33 @@ async def test_malformed_can_frames_are_counted_and_the_swap_completes(station: 
     assert station.ended()[0]["outcome"] == "completed"
     stats = station.daemon.bus.stats
     assert stats["bad_length"] >= 1 and stats["unknown_id"] >= 1
+
+
+async def test_identity_request_is_answered(station: Station) -> None:
+    """J1939 Request (PGN 0xEA00): a pack answers every request with its PackIdentity, on
+    top of its 1 s period, so a (re)started controller knows its rack at once."""
+    import can
+
+    from drivers.bms.protocol import STATION_SA, PackProtocol, rack_sa
+
+    proto = PackProtocol()
+    bus = can.Bus(interface="virtual", channel=station.daemon.cfg.can.channel)
+    try:
+        await station.wait_for(lambda: rack_sa(1) in station.daemon.image.packs, timeout=10)
+        ident, data = proto.encode("Request", {"RequestedPgn": proto.pgn_of("PackIdentity")},
+                                   sa=STATION_SA, da=rack_sa(2))
+        for _ in range(10):
+            bus.send(can.Message(arbitration_id=ident, data=data, is_extended_id=True))
+        answers = 0
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 0.5  # the periodic identity alone gives at most 1 in this time
+        while loop.time() < end:
+            msg = bus.recv(timeout=0)
+            if msg is None:
+                await asyncio.sleep(0.005)
+                continue
+            d = proto.decode(msg.arbitration_id, bytes(msg.data))
+            answers += d.name == "PackIdentity" and d.source == rack_sa(2)
+        assert answers >= 10
+    finally:
+        bus.shutdown()
