@@ -334,11 +334,6 @@ class Daemon:
     async def _charging_loop(self) -> None:
         last: dict[int, str] = {}
         counter = 0
-        for _ in range(20):  # the bus opens in its own task: ask every pack once it is up
-            await asyncio.sleep(0.05)
-            if self.bus.is_open:
-                self._request_identity(0xFF, self.clock())
-                break
         while True:
             await asyncio.sleep(CHARGE_PERIOD_S)
             counter = (counter + 1) % 251  # 0..250: J1939 reserves 251..255
@@ -353,6 +348,14 @@ class Daemon:
                     last[pc.slot] = pc.command
                     log.info("charging.change", slot=pc.slot, command=pc.command,
                              reason=pc.reason)
+
+    async def _ask_every_pack(self) -> None:
+        """The bus opens in its own task: once it is up, ask every pack who it is."""
+        for _ in range(40):
+            await asyncio.sleep(0.05)
+            if self.bus.is_open:
+                self._request_identity(0xFF, self.clock())
+                return
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval_s or 5.0
@@ -383,6 +386,7 @@ class Daemon:
                 mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
             )
             await api.start()
+        self._spawn(self._ask_every_pack())  # a one-shot: not among the tasks that must run
         self.notifier.ready(f"{self.core.state.label}")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
