@@ -23,15 +23,54 @@ class StationSection(_Section):
     name: str = "Simulated swap station"
 
 
-class PlcSection(_Section):
-    protocol: Literal["modbus"] = "modbus"
+class ModbusSection(_Section):
+    """`[plc.modbus]`: the Modbus TCP link (drivers/plc/modbus_link.py)."""
+
     host: str = "127.0.0.1"
     port: int = Field(5020, ge=1, le=65535)
-    register_map: Path | None = None  # None: the map shipped with the package
+    register_map: Path | None = None  # None: the addressing shipped with the package
     poll_period_s: float = Field(0.02, gt=0, le=1.0)
-    heartbeat_period_s: float = Field(0.1, gt=0, le=1.0)
     timeout_s: float = Field(1.0, gt=0)
+
+
+# Protocol name -> its config section. The link implementations are found by the same
+# names in drivers/plc/registry.py.
+PLC_PROTOCOL_SECTIONS: dict[str, type[_Section]] = {"modbus": ModbusSection}
+
+
+class PlcSection(_Section):
+    protocol: Literal["modbus"] = "modbus"
+    contract: Path | None = None  # None: the PLC contract shipped with the package
+    heartbeat_period_s: float = Field(0.1, gt=0, le=1.0)
     stale_after_s: float = Field(0.5, gt=0, description="PLC inputs older than this are unsafe")
+    modbus: ModbusSection | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _protocol_keys(cls, data: object) -> object:
+        """A key or section of a protocol other than the chosen one is an error naming it."""
+        if not isinstance(data, dict):
+            return data
+        chosen = data.get("protocol", "modbus")
+        for name, section in PLC_PROTOCOL_SECTIONS.items():
+            if name != chosen and data.get(name) is not None:
+                raise ValueError(f"[plc.{name}] is the section of protocol {name!r}, but "
+                                 f"plc.protocol is {chosen!r}")
+            for key in section.model_fields:
+                if key in data and key not in cls.model_fields:
+                    raise ValueError(f"{key!r} is a key of protocol {name!r}: it belongs in "
+                                     f"[plc.{name}]")
+        return data
+
+    def link_section(self) -> _Section:
+        """The chosen protocol's section (its defaults when the file has none)."""
+        section = getattr(self, self.protocol)
+        return section if section is not None else PLC_PROTOCOL_SECTIONS[self.protocol]()
+
+    @property
+    def endpoint(self) -> str:
+        s = self.link_section()
+        return f"{self.protocol}://{getattr(s, 'host', '?')}:{getattr(s, 'port', '?')}"
 
 
 class CanSection(_Section):
@@ -39,26 +78,7 @@ class CanSection(_Section):
     channel: str = "swapstation"
     bitrate: int | None = Field(250_000, gt=0)  # GB/T 27930; socketcan takes it from ip link
     udp_port: int | None = Field(None, ge=1, le=65535, description="udp_multicast only")
-    dbc: Path | None = None  # None: the DBC shipped with the package
-    status_timeout_s: float = Field(0.5, gt=0)
-    identity_timeout_s: float = Field(3.0, gt=0)
-
-
-class StepTimeouts(_Section):
-    """Seconds (real time, before speed_factor) each step may take before the swap aborts."""
-
-    identify: float = Field(60.0, gt=0)
-    position: float = Field(45.0, gt=0)
-    lift: float = Field(30.0, gt=0)
-    unlock: float = Field(45.0, gt=0)
-    remove: float = Field(36.0, gt=0)
-    store: float = Field(45.0, gt=0)
-    fetch: float = Field(45.0, gt=0)
-    install: float = Field(36.0, gt=0)
-    lock: float = Field(45.0, gt=0)
-    check: float = Field(30.0, gt=0)
-    lower: float = Field(30.0, gt=0)
-    release: float = Field(60.0, gt=0)
+    dbc: Path | None = None  # None: the DBC shipped with the package (it sets the timeouts)
 
 
 class SequenceSection(_Section):
@@ -74,7 +94,9 @@ class SequenceSection(_Section):
     lock_angle_deg: tuple[float, float] = (80.0, 100.0)
     unlock_torque_nm: tuple[float, float] = (80.0, 100.0)
     unlock_angle_deg: tuple[float, float] = (680.0, 760.0)
-    timeouts: StepTimeouts = StepTimeouts()
+    # step name -> seconds (real time, before speed_factor) it may take before the swap
+    # aborts; a step not named keeps its default from its row in station/sequence.py
+    timeouts: dict[str, float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _windows(self) -> SequenceSection:
@@ -83,12 +105,23 @@ class SequenceSection(_Section):
             lo, hi = getattr(self, name)
             if lo >= hi:
                 raise ValueError(f"{name}: lower bound {lo} must be below upper bound {hi}")
+        from station.sequence import STEPS_BY_NAME  # the rows name the steps
+
+        for step, seconds in self.timeouts.items():
+            if step not in STEPS_BY_NAME:
+                raise ValueError(f"timeouts.{step}: no such step (steps: "
+                                 + ", ".join(STEPS_BY_NAME) + ")")
+            if seconds <= 0:
+                raise ValueError(f"timeouts.{step}: {seconds} s must be above 0")
         return self
 
     def timeout(self, step: str) -> float:
         """Real seconds. Never below 1 s, so that on a sped-up simulator a communication
         timeout (plc.stale_after_s, a silent pack) is still judged before a step timeout."""
-        return max(float(getattr(self.timeouts, step)) / self.speed_factor, 1.0)
+        from station.sequence import STEPS_BY_NAME
+
+        seconds = self.timeouts.get(step, STEPS_BY_NAME[step].timeout_s)
+        return max(float(seconds) / self.speed_factor, 1.0)
 
 
 class ChemistryLimits(_Section):
@@ -113,13 +146,22 @@ def _default_chemistries() -> dict[str, ChemistryLimits]:
 class SelectionSection(_Section):
     min_soc_pct: float = Field(80.0, ge=0, le=100)
     min_soh_pct: float = Field(70.0, ge=0, le=100)
-    charge_target_soc_pct: float = Field(100.0, gt=0, le=100)
     # vehicle pack family -> families it accepts; a family absent here accepts only itself
     compatible_families: dict[str, list[int]] = Field(default_factory=dict)
 
     def accepts(self, vehicle_family: int, pack_family: int) -> bool:
         allowed = self.compatible_families.get(str(vehicle_family), [vehicle_family])
         return pack_family in allowed
+
+
+class ChargingSection(_Section):
+    target_soc_pct: float = Field(100.0, gt=0, le=100)
+    station_power_cap_kw: float = Field(
+        500.0, gt=0, description="the charge power granted to all rack packs never exceeds it")
+    max_pack_current_a: float = Field(500.0, gt=0, description="charger output per slot")
+    stalled_after_s: float = Field(
+        60.0, gt=0, description="a pack granted current that draws none this long: alarm")
+    stalled_current_a: float = Field(1.0, gt=0, description="below this, a pack draws none")
 
 
 class CheckSection(_Section):
@@ -172,6 +214,7 @@ class StationConfig(_Section):
     sequence: SequenceSection = SequenceSection()
     chemistry: dict[str, ChemistryLimits] = Field(default_factory=_default_chemistries)
     selection: SelectionSection = SelectionSection()
+    charging: ChargingSection = ChargingSection()
     check: CheckSection = CheckSection()
     pack_safety: PackSafetySection = PackSafetySection()
     interlocks: InterlockSection = InterlockSection()

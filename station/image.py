@@ -1,20 +1,125 @@
-"""The process image: the core's only view of the world, with when each part was last heard.
+"""The process image: the core's only view of the world, in the core's own words.
 
-Drivers write into it (through the daemon); the core reads it. Every input carries the
-monotonic time it was read so that stale input can be treated as unsafe.
+Drivers translate wire data into it (the Modbus/OPC UA link decodes the PLC contract's
+signals, the CAN adapter decodes the packs' DBC messages); the core reads it and never
+sees a register, a node, a CAN identifier or a DBC name. Every input carries the monotonic
+time it arrived so that stale input can be treated as unsafe.
+
+Vocabulary owned here:
+- `Location`: where a pack is connected (the vehicle bay, or rack slot n).
+- `PackData`: the kinds of pack data, each with its own freshness limit (`PackTimeouts`).
+- `PackFault`, `PackState`: what a BMS may report about itself.
+- `CmdStatus`, `StopRequest`: the values of the PLC contract's enumerated signals, by name.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any
+
+
+@dataclass(frozen=True, order=True)
+class Location:
+    """Where a pack is plugged in: slot 0 is the vehicle's battery bay, 1..n the rack."""
+
+    slot: int
+
+    def __post_init__(self) -> None:
+        if self.slot < 0:
+            raise ValueError(f"location slot {self.slot} below 0")
+
+    @classmethod
+    def rack(cls, slot: int) -> Location:
+        if slot < 1:
+            raise ValueError(f"rack slot {slot} below 1")
+        return cls(slot)
+
+    @property
+    def is_bay(self) -> bool:
+        return self.slot == 0
+
+    @property
+    def rack_slot(self) -> int | None:
+        return None if self.slot == 0 else self.slot
+
+    def __str__(self) -> str:
+        return "vehicle bay" if self.slot == 0 else f"rack slot {self.slot}"
+
+
+BAY = Location(0)
+
+
+class PackData(StrEnum):
+    """Kinds of pack data; each has its own freshness limit."""
+
+    IDENTITY = "identity"  # serial, family, chemistry, rated energy
+    HEALTH = "health"  # cycle count, SOH
+    STATUS = "status"  # SOC, voltage, current, temperatures
+    CELLS = "cells"  # cell voltage extremes, insulation, fault flags, pack state
+    LIMITS = "limits"  # the pack's own charge limits and cell count
+
+
+@dataclass(frozen=True)
+class PackTimeouts:
+    """Seconds after which each kind of pack data no longer counts (from the pack protocol)."""
+
+    identity: float
+    health: float
+    status: float
+    cells: float
+    limits: float
+
+    def of(self, kind: PackData) -> float:
+        return float(getattr(self, kind.value))
+
+
+class PackFault(StrEnum):
+    OVER_TEMP = "over_temp"
+    OVER_VOLTAGE = "over_voltage"
+    UNDER_VOLTAGE = "under_voltage"
+    INSULATION = "insulation"
+    THERMAL_ALARM = "thermal_alarm"
+    INTERNAL = "internal"
+
+
+class PackState(StrEnum):
+    IDLE = "idle"
+    CHARGING = "charging"
+    ISOLATED = "isolated"
+    DISCHARGING = "discharging"
+    UNKNOWN = "unknown"
+
+
+class CmdStatus(StrEnum):
+    """PLC contract enumeration `cmd_status`."""
+
+    IDLE = "idle"
+    BUSY = "busy"
+    DONE = "done"
+    ERROR = "error"
+
+
+class StopRequest(StrEnum):
+    """PLC contract enumeration `stop_request` (IEC 60204-1 stop categories)."""
+
+    NONE = "none"
+    CAT1 = "cat1"  # controlled stop, then power removed
+    CAT2 = "cat2"  # controlled stop, power kept
+
+    @property
+    def severity(self) -> int:
+        return {"none": 0, "cat2": 1, "cat1": 2}[self.value]
+
+
+NO_COMMAND = "NONE"  # the contract's command name for "no command"
 
 
 @dataclass
 class PackReport:
-    """What one pack's BMS last said, at one source address (vehicle bay or rack slot)."""
+    """What one pack's BMS last said, at one location."""
 
-    source: int
+    location: Location
     serial: int | None = None
     family: int | None = None
     chemistry: str | None = None
@@ -29,18 +134,26 @@ class PackReport:
     max_cell_v: float | None = None
     min_cell_v: float | None = None
     insulation_kohm: float | None = None
-    faults: frozenset[str] = frozenset()
-    state: str | None = None
+    faults: frozenset[PackFault] = frozenset()
+    state: PackState | None = None
+    # The pack's own charge limits (GB/T 27930 BCP): the controller grants the lower of
+    # these and its chemistry profile's.
+    max_charge_voltage_v: float | None = None
+    max_charge_current_a: float | None = None
+    cell_count: int | None = None
     # Latched since the core's last scan, so that a reading that lasted one frame between two
-    # scans (a hot cell, a fault flag) is still judged; the daemon clears them after a scan.
+    # scans (a hot cell, a fault flag) is still judged; cleared by `ProcessImage.scanned()`.
     peak_cell_temp_c: float | None = None
-    faults_latched: frozenset[str] = frozenset()
+    faults_latched: frozenset[PackFault] = frozenset()
     first_seen: float = 0.0
-    last_seen: dict[str, float] = field(default_factory=dict)  # message name -> time
+    last_seen: dict[PackData, float] = field(default_factory=dict)
 
-    def seen_since(self, t: float, *messages: str) -> bool:
-        """True if every named message was received at or after t."""
-        return all(self.last_seen.get(m, -1.0) >= t for m in messages)
+    def seen_since(self, t: float, *kinds: PackData) -> bool:
+        """True if every named kind of data was received at or after t."""
+        return all(self.last_seen.get(k, float("-inf")) >= t for k in kinds)
+
+    def age(self, kind: PackData, now: float) -> float:
+        return now - self.last_seen.get(kind, float("-inf"))
 
     @property
     def identified(self) -> bool:
@@ -49,11 +162,17 @@ class PackReport:
 
 @dataclass
 class ProcessImage:
-    plc: dict[str, Any] = field(default_factory=dict)
+    pack_timeouts: PackTimeouts
+    plc: dict[str, Any] = field(default_factory=dict)  # contract signal name -> value
     plc_read_at: float | None = None  # monotonic time of the last good read of the PLC inputs
     plc_connected: bool = False
-    packs: dict[int, PackReport] = field(default_factory=dict)  # by CAN source address
+    packs: dict[Location, PackReport] = field(default_factory=dict)
     can_frames_rejected: int = 0
 
-    def pack(self, source: int) -> PackReport | None:
-        return self.packs.get(source)
+    def fresh(self, rep: PackReport, kind: PackData, now: float) -> bool:
+        return rep.age(kind, now) <= self.pack_timeouts.of(kind)
+
+    def scanned(self) -> None:
+        """The core has judged the latched readings: start latching anew."""
+        for rep in self.packs.values():
+            rep.peak_cell_temp_c, rep.faults_latched = None, frozenset()

@@ -1,0 +1,177 @@
+"""Every decision of the station is a typed event: one class per kind.
+
+The core returns events in its `Decision`; the daemon's event bus hands them to the
+journal first (the record: nothing is commanded that is not journaled), then to the other
+sinks (logs, the demo's progress view, telemetry, metrics). `kind` is the stable name used
+in the journal and on the wire; `data` is the event as a JSON-ready dict.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from station.plan import PackInfo
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    kind: ClassVar[str] = "event"
+    t: float  # monotonic seconds
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @property
+    def swap_ref(self) -> str | None:
+        return getattr(self, "swap_id", None)
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, PackInfo):
+        return v.as_dict()
+    if isinstance(v, frozenset | set | tuple):
+        return sorted(v) if isinstance(v, frozenset | set) else list(v)
+    return v
+
+
+@dataclass(frozen=True, kw_only=True)
+class StateChanged(Event):
+    kind: ClassVar[str] = "state"
+    old: str
+    new: str
+    number: int
+    reason: str | None
+    swap_id: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwapStarted(Event):
+    kind: ClassVar[str] = "swap_started"
+    swap_id: str
+    vehicle_token: int
+    pack_out: PackInfo
+    pack_in: PackInfo
+    store_slot: int
+    fetch_slot: int
+    origin: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepStarted(Event):
+    kind: ClassVar[str] = "step_started"
+    swap_id: str
+    step: str
+    command: str | None
+    seq: int | None
+    param: int | None
+    resumed: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepDone(Event):
+    kind: ClassVar[str] = "step_done"
+    swap_id: str
+    step: str
+    confirmed_by: str  # plc | sensors | read-back
+
+
+@dataclass(frozen=True, kw_only=True)
+class SwapEnded(Event):
+    kind: ClassVar[str] = "swap_ended"
+    swap_id: str
+    outcome: str  # completed | aborted | stopped
+    reason: str | None
+    step: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fault(Event):
+    kind: ClassVar[str] = "fault"
+    code: str
+    reason: str
+    swap_id: str | None
+    step: str | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Inhibit(Event):
+    kind: ClassVar[str] = "inhibit"
+    reason: str | None  # None: the inhibit is lifted
+    vehicle_token: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class Alarm(Event):
+    """A pack event (thermal, insulation, BMS flag) or a pack that does not behave."""
+
+    kind: ClassVar[str] = "alarm"
+    location: str
+    slot: int | None
+    serial: int | None
+    alarm: str  # fault_flag | over_temp | temp_rise | insulation | charge_stalled
+    reason: str
+    action: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Recovery(Event):
+    """What a restart mid-swap found on the first PLC read-back."""
+
+    kind: ClassVar[str] = "recovery"
+    swap_id: str
+    step: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandReceived(Event):
+    kind: ClassVar[str] = "command_received"
+    request_id: str
+    command: str
+    origin: str
+    args: dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandAccepted(Event):
+    kind: ClassVar[str] = "command_accepted"
+    request_id: str
+    command: str
+    origin: str
+    state: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class CommandRefused(Event):
+    kind: ClassVar[str] = "command_refused"
+    request_id: str
+    command: str
+    origin: str
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackCommandChanged(Event):
+    """What the station asks of one pack changed (charging, isolation): journaled on change;
+    the PackControl refresh that carries it is not an event."""
+
+    kind: ClassVar[str] = "pack_command"
+    location: str
+    slot: int | None
+    serial: int | None
+    command: str
+    current_limit_a: float
+    voltage_limit_v: float
+    power_kw: float
+    reason: str
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.kind: cls for cls in (
+        StateChanged, SwapStarted, StepStarted, StepDone, SwapEnded, Fault, Inhibit, Alarm,
+        Recovery, CommandReceived, CommandAccepted, CommandRefused, PackCommandChanged,
+    )
+}
