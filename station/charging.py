@@ -1,65 +1,123 @@
-"""Charging plan for the rack: which pack may charge, with which limits. Pure logic.
+"""Charging plan for the rack: which pack may charge, with which limits, under the station's
+power cap. Pure logic, run in the core's scan.
 
 A pack charges when it is identified, fresh on CAN, fault-free, not isolated, below the
-target SOC and inside its chemistry's charge temperature window. This is where sodium-ion
-shows its cold-weather advantage: at -10 C it charges while an LFP pack beside it waits.
+target SOC and inside its chemistry's charge temperature window. Its limits are the lower
+of what the pack itself reports (PackLimits: maximum charge voltage and current, cell
+count) and its chemistry profile's (cut-off cell voltage x the pack's cell count, C-rate),
+and the charger's per-slot maximum. A pack that has not reported its limits does not
+charge: the controller never guesses a cell count.
+
+The station power cap bounds the sum of the power granted (current limit x voltage limit,
+the most the pack can draw under the grant). Packs are served in order of how close they
+are to becoming ready for the next swap (the fewest SOC points short of the selection
+minimum first; packs already ready but below the target come after all others), then by
+slot; the last one served gets what is left of the cap.
+
+This is where sodium-ion shows its cold-weather advantage: at -10 C it charges while an LFP
+pack beside it waits.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.bms.protocol import rack_sa
 from station.config import StationConfig
-from station.image import PackReport, ProcessImage
+from station.image import Location, PackReport, PackState, ProcessImage
+from station.pack_commands import PackCommandKind
 from station.selection import rack_packs
 
-CELLS_IN_SERIES = {"nmc": 96, "lfp": 120, "sodium_ion": 112}  # nominal, for the voltage limit
+MIN_GRANT_A = 1.0  # below this a grant is not worth opening the contactors for
 
 
 @dataclass(frozen=True)
-class PackControl:
-    slot: int
-    source: int
-    command: str  # charge_enable | charge_disable
+class ChargeGrant:
+    location: Location
+    serial: int | None
+    command: PackCommandKind  # CHARGE_ENABLE | CHARGE_DISABLE
     current_limit_a: float
     voltage_limit_v: float
     reason: str
 
+    @property
+    def power_kw(self) -> float:
+        return round(self.current_limit_a * self.voltage_limit_v / 1000.0, 2)
 
-def charge_decision(rep: PackReport, cfg: StationConfig) -> tuple[bool, str]:
+
+def charge_limits(rep: PackReport, cfg: StationConfig) -> tuple[float, float] | str:
+    """(current A, voltage V) this pack may charge with now, or why it may not charge."""
     if rep.chemistry is None or rep.chemistry not in cfg.chemistry:
-        return False, f"no limits for chemistry {rep.chemistry}"
+        return f"no limits for chemistry {rep.chemistry}"
     lim = cfg.chemistry[rep.chemistry]
     if rep.faults:
-        return False, "faults: " + ", ".join(sorted(rep.faults))
-    if rep.state == "isolated":
-        return False, "isolated"
-    if rep.soc_pct is not None and rep.soc_pct >= cfg.selection.charge_target_soc_pct:
-        return False, "full"
+        return "faults: " + ", ".join(sorted(rep.faults))
+    if rep.state == PackState.ISOLATED:
+        return "isolated"
+    if rep.soc_pct is not None and rep.soc_pct >= cfg.charging.target_soc_pct:
+        return "full"
     t_lo = rep.min_cell_temp_c if rep.min_cell_temp_c is not None else -273.0
     t_hi = rep.max_cell_temp_c if rep.max_cell_temp_c is not None else 1000.0
     if t_lo < lim.charge_temp_min_c:
-        return False, f"too cold ({t_lo} C < {lim.charge_temp_min_c} C)"
+        return f"too cold ({t_lo:g} C < {lim.charge_temp_min_c:g} C)"
     if t_hi > lim.charge_temp_max_c:
-        return False, f"too warm ({t_hi} C > {lim.charge_temp_max_c} C)"
-    return True, "charging"
+        return f"too warm ({t_hi:g} C > {lim.charge_temp_max_c:g} C)"
+    if rep.cell_count is None or rep.max_charge_voltage_v is None or \
+            rep.max_charge_current_a is None:
+        return "pack has not reported its charge limits"
+    voltage = min(lim.charge_cutoff_cell_v * rep.cell_count, rep.max_charge_voltage_v)
+    nominal_v = rep.voltage_v if rep.voltage_v and rep.voltage_v > 1.0 else voltage
+    capacity_ah = (rep.rated_energy_kwh or 0.0) * 1000.0 / nominal_v
+    current = min(capacity_ah * lim.max_charge_c_rate, rep.max_charge_current_a,
+                  cfg.charging.max_pack_current_a)
+    if current < MIN_GRANT_A:
+        return "no charge current allowed"
+    return round(current, 1), round(voltage, 1)
+
+
+def _priority(rep: PackReport, slot: int, cfg: StationConfig) -> tuple[int, float, int]:
+    soc = rep.soc_pct or 0.0
+    short = cfg.selection.min_soc_pct - soc
+    if short > 0:
+        return 0, short, slot  # not ready yet: the closest to ready first
+    return 1, cfg.charging.target_soc_pct - soc, slot  # ready: topping up comes last
 
 
 def plan_charging(image: ProcessImage, cfg: StationConfig, now: float,
-                  locked_out: frozenset[int] = frozenset()) -> list[PackControl]:
-    out = []
+                  excluded: dict[int, str] | None = None) -> list[ChargeGrant]:
+    """A grant (enable with limits, or disable with the reason) for every rack pack heard;
+    `excluded` slots (locked out, stalled) get a disable with the reason given."""
+    excluded = excluded or {}
+    budget_kw = cfg.charging.station_power_cap_kw
+    out: list[ChargeGrant] = []
+    wanting: list[tuple[tuple[int, float, int], int, PackReport, float, float]] = []
     for slot, rep in rack_packs(image, cfg, now).items():
-        ok, why = charge_decision(rep, cfg)
-        if slot in locked_out:
-            ok, why = False, "slot locked out after a pack event"
-        chem = rep.chemistry or ""
-        lim = cfg.chemistry.get(chem)
-        if not ok or lim is None:
-            out.append(PackControl(slot, rack_sa(slot), "charge_disable", 0.0, 0.0, why))
+        loc = Location.rack(slot)
+        limits = excluded[slot] if slot in excluded else charge_limits(rep, cfg)
+        if isinstance(limits, str):
+            out.append(ChargeGrant(loc, rep.serial, PackCommandKind.CHARGE_DISABLE, 0.0, 0.0,
+                                   limits))
             continue
-        capacity_ah = (rep.rated_energy_kwh or 0.0) * 1000.0 / max(rep.voltage_v or 400.0, 1.0)
-        current = round(min(capacity_ah * lim.max_charge_c_rate, 500.0), 1)
-        voltage = round(lim.charge_cutoff_cell_v * CELLS_IN_SERIES.get(chem, 96), 1)
-        out.append(PackControl(slot, rack_sa(slot), "charge_enable", current, voltage, why))
+        current, voltage = limits
+        wanting.append((_priority(rep, slot, cfg), slot, rep, current, voltage))
+    for _, slot, rep, current, voltage in sorted(wanting, key=lambda w: w[0]):
+        loc = Location.rack(slot)
+        affordable = budget_kw * 1000.0 / voltage
+        if affordable < MIN_GRANT_A:
+            out.append(ChargeGrant(loc, rep.serial, PackCommandKind.CHARGE_DISABLE, 0.0, 0.0,
+                                   f"station power cap {cfg.charging.station_power_cap_kw:g} kW"
+                                   " reached"))
+            continue
+        granted = min(current, float(int(affordable * 10)) / 10.0)  # round down: never over
+        reason = "charging" if granted == current else \
+            f"charging, limited by the station power cap ({granted:g} of {current:g} A)"
+        grant = ChargeGrant(loc, rep.serial, PackCommandKind.CHARGE_ENABLE, granted, voltage,
+                            reason)
+        budget_kw -= granted * voltage / 1000.0
+        out.append(grant)
+    out.sort(key=lambda g: g.location)
     return out
+
+
+def granted_power_kw(grants: list[ChargeGrant]) -> float:
+    return sum(g.current_limit_a * g.voltage_limit_v / 1000.0 for g in grants
+               if g.command == PackCommandKind.CHARGE_ENABLE)

@@ -8,6 +8,8 @@ import signal
 import sys
 from pathlib import Path
 
+import structlog
+
 from station.config import ConfigError, StationConfig, load_config
 from station.logs import configure_logging
 
@@ -55,7 +57,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swapd: {exc}", file=sys.stderr)
         return 2
     configure_logging(cfg.log.level, cfg.log.format)
-    return asyncio.run(_run(cfg))
+    try:
+        return asyncio.run(_run(cfg))
+    except Exception:  # in the log's format (one JSON object per line), not a bare traceback
+        structlog.get_logger("swapd").exception("swapd.crashed")
+        return 1
 
 
 async def _run(cfg: StationConfig) -> int:

@@ -1,9 +1,14 @@
-"""The station's mind: PackML mode, swap sequence and interlocks, without any I/O.
+"""The station's mind: PackML mode, swap sequence, interlocks and charging, without any I/O.
 
 `StationCore.update(image, now)` is one scan: read the process image, evaluate the
-interlocks, advance the mode and the sequence, and return what to record (events) and
-what to write (PLC outputs). The daemon journals the events before it writes the outputs,
-so nothing is commanded that has not been recorded. Time is passed in (monotonic seconds).
+interlocks, advance the mode and the sequence, plan the rack's charging, and return what to
+record (typed events) and what to do (PLC outputs by contract signal name, pack commands,
+pack data requests). The daemon journals the events before it carries out the rest, so
+nothing is commanded that has not been recorded (a stop request and a pack isolation go out
+first: they are safe whatever follows). Time is passed in (monotonic seconds).
+
+The core imports nothing from drivers/ and reads no file (a test enforces it): it speaks
+the vocabulary of station/image.py and the step rows of station/sequence.py.
 """
 
 from __future__ import annotations
@@ -11,39 +16,54 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.bms.protocol import VEHICLE_PACK_SA
-from drivers.plc.regmap import load_register_map
 from station import interlocks
+from station.charging import ChargeGrant, plan_charging
 from station.config import StationConfig
-from station.image import ProcessImage
+from station.events import (
+    Alarm,
+    Event,
+    Fault,
+    Inhibit,
+    PackCommandChanged,
+    StateChanged,
+    StepDone,
+    StepStarted,
+    SwapEnded,
+    SwapStarted,
+)
+from station.image import (
+    BAY,
+    NO_COMMAND,
+    CmdStatus,
+    Location,
+    PackData,
+    ProcessImage,
+    StopRequest,
+)
+from station.pack_commands import PackCommand, PackCommandKind, PackRequest
 from station.pack_safety import PackEvent, TempRiseTracker, pack_events
 from station.packml import Cmd, PackMLMachine, State, TransitionRefused
 from station.plan import PackInfo, SwapPlan
 from station.selection import Choice, choose_pack
-from station.sequence import SEQUENCE, Step, StepView
+from station.sequence import CHECK_KINDS, SEQUENCE, Step, StepView
 
-CMD_IDLE, CMD_BUSY, CMD_DONE, CMD_ERROR = 0, 1, 2, 3
-PLC_ERRORS = {
-    0: "none", 1: "unknown command", 2: "refused", 3: "mechanism fault",
-    4: "timeout in the PLC", 5: "bad parameter", 6: "stopped",
-}
-STOP_NONE, STOP_CAT1, STOP_CAT2 = 0, 1, 2
 SENSOR_GRACE_S = 0.5  # PLC said done; the sensors must agree within this
 STOP_CONFIRM_S = 1.0  # Aborting/Stopping/Holding wait this long at most for the PLC to go idle
-
-
-@dataclass(frozen=True)
-class Event:
-    kind: str  # state, swap_started, step_started, step_done, swap_ended, fault, inhibit
-    data: dict[str, Any]
+STALL_FLOOR_S = 5.0  # never judge a stalled charge faster than a few PackControl periods
+IDENTIFY_KINDS = (PackData.IDENTITY, PackData.HEALTH, PackData.LIMITS)
 
 
 @dataclass
 class Decision:
     events: list[Event] = field(default_factory=list)
-    outputs: dict[str, int] | None = None  # the whole desired output set, when it changed
+    outputs: dict[str, Any] | None = None  # the whole desired output set, when it changed
     command_issued: bool = False  # a new PLC command: write at once
-    isolate_packs: list[int] = field(default_factory=list)  # CAN source addresses to isolate
+    pack_commands: list[PackCommand] = field(default_factory=list)
+    pack_requests: list[PackRequest] = field(default_factory=list)
+
+    @property
+    def isolations(self) -> list[PackCommand]:
+        return [c for c in self.pack_commands if c.command == PackCommandKind.ISOLATE]
 
 
 @dataclass(frozen=True)
@@ -58,20 +78,16 @@ class CommandRefused(Exception):
     pass
 
 
-def default_command_codes() -> dict[str, int]:
-    return {name: c.code for name, c in load_register_map().commands.items()}
-
-
 class StationCore:
     def __init__(
         self, cfg: StationConfig, *, next_swap_number: int = 1,
         initial_state: State = State.STOPPED, reason: str | None = None,
-        command_codes: dict[str, int] | None = None,
         resume: ResumePoint | None = None,
         disabled_interlocks: frozenset[str] = frozenset(),
+        charge_period_s: float = 1.0,
     ) -> None:
         self.cfg = cfg
-        self.command_codes = command_codes or default_command_codes()
+        self.charge_period_s = charge_period_s  # PackControl refresh period of the protocol
         self.machine = PackMLMachine(initial_state)
         self.reason: str | None = reason
         self.plan: SwapPlan | None = None
@@ -79,9 +95,10 @@ class StationCore:
         self.step_started_at = 0.0
         self.swap_number = next_swap_number
         self.seq: int | None = None
-        self.outputs: dict[str, int] = {
-            "cmd_code": 0, "cmd_param1": 0, "cmd_param2": 0, "cmd_seq": 0,
-            "stop_request": STOP_CAT1 if initial_state == State.ABORTED else STOP_NONE,
+        self.outputs: dict[str, Any] = {
+            "cmd_code": NO_COMMAND, "cmd_param1": 0, "cmd_param2": 0, "cmd_seq": 0,
+            "stop_request": StopRequest.CAT1 if initial_state == State.ABORTED
+            else StopRequest.NONE,
         }
         self._outputs_dirty = True
         self._done_seen_at: float | None = None
@@ -95,18 +112,23 @@ class StationCore:
         self.active_interlocks: list[str] = []
         self.disabled_interlocks = disabled_interlocks  # only the dead-code test sets this
         self.locked_out_slots: dict[int, str] = {}  # slot -> why (a pack event)
-        self._handled_pack_events: set[tuple[int, int | None, str]] = set()
-        self._isolate: list[int] = []
+        self._handled_pack_events: set[tuple[Location, int | None, str]] = set()
+        self._pack_commands: list[PackCommand] = []
+        self._pack_requests: list[PackRequest] = []
         self._pack_events: tuple[PackEvent, ...] = ()
         self._temps = TempRiseTracker()
         self._candidate: SwapPlan | None = None
         self._pending: list[Event] = []
         self._command_issued = False
-        self._image = ProcessImage()
+        self._image: ProcessImage | None = None
+        self._next_charge_plan = float("-inf")
+        self.charging: dict[Location, ChargeGrant] = {}  # the grants last sent
+        self._stall: dict[tuple[Location, int | None], float] = {}  # since when no current
+        self._stalled: dict[tuple[Location, int | None], float] = {}  # alarmed; retry at
         if resume is not None:
             self.machine.state = State.HELD
             self.plan, self.step_index = resume.plan, resume.step_index
-            self.outputs["stop_request"] = STOP_CAT2
+            self.outputs["stop_request"] = StopRequest.CAT2
 
     # ---- views -------------------------------------------------------------------------
     @property
@@ -132,6 +154,8 @@ class StationCore:
             "reason": self.reason,
             "start_inhibited": self._inhibit,
             "locked_out_slots": dict(self.locked_out_slots),
+            "charging_power_kw": round(sum(g.power_kw for g in self.charging.values()
+                                           if g.command == PackCommandKind.CHARGE_ENABLE), 1),
         }
 
     # ---- operator commands -------------------------------------------------------------
@@ -140,6 +164,9 @@ class StationCore:
         if not self.machine.allowed(cmd):
             raise CommandRefused(str(TransitionRefused(self.state, cmd)))
         if cmd in (Cmd.RESET, Cmd.CLEAR, Cmd.START, Cmd.UNHOLD, Cmd.UNSUSPEND):
+            if self._image is None or self._image.plc_read_at is None:
+                raise CommandRefused(f"{cmd.value} refused: interlocks active: "
+                                     "plc_inputs_stale (no PLC input read yet)")
             blocking = [il.id for il, _, _ in self._tripped(now)]
             if blocking:
                 raise CommandRefused(f"{cmd.value} refused: interlocks active: "
@@ -153,9 +180,11 @@ class StationCore:
         if cmd == Cmd.ABORT:
             self._abort(f"abort by {origin}", now)
         elif cmd == Cmd.STOP:
-            self._stop_motion(STOP_CAT2, f"stop by {origin}", now, Cmd.STOP, "stopped")
-        elif cmd == Cmd.HOLD:
-            self._stop_motion(STOP_CAT2, f"hold by {origin}", now, Cmd.HOLD, None)
+            self._stop_motion(StopRequest.CAT2, f"stop by {origin}", now, Cmd.STOP, "stopped")
+        elif cmd in (Cmd.HOLD, Cmd.SUSPEND):
+            # Both stop the machine (category 2): a PLC left running a step while the swap
+            # is paused would finish it unsupervised, and the resume would send it again.
+            self._stop_motion(StopRequest.CAT2, f"{cmd.value} by {origin}", now, cmd, None)
         else:
             self._transition(cmd, now, f"{cmd.value} by {origin}")
         return self._flush()
@@ -163,6 +192,12 @@ class StationCore:
     # ---- the scan ----------------------------------------------------------------------
     def update(self, image: ProcessImage, now: float) -> Decision:
         self._image = image
+        self._scan(image, now)
+        self._charging(image, now)
+        self._ask_unidentified(image)
+        return self._flush()
+
+    def _scan(self, image: ProcessImage, now: float) -> None:
         hb = image.plc.get("plc_heartbeat")
         if image.plc_read_at is not None and hb != self._hb_value:
             self._hb_value, self._hb_changed_at = hb, image.plc_read_at
@@ -172,19 +207,19 @@ class StationCore:
         for il, reaction, detail in tripped:
             if reaction == interlocks.Reaction.ABORT:
                 self._abort(f"interlock {il.id}: {detail}", now, code=il.id)
-                return self._flush()
+                return None
         for il, reaction, detail in tripped:
             if reaction == interlocks.Reaction.HOLD and self.machine.allowed(Cmd.HOLD):
-                self._emit("fault", t=now, code=il.id, reason=detail,
-                           swap_id=self.plan.swap_id if self.plan else None,
-                           step=self.step.name if self.step else None)
-                self._stop_motion(STOP_CAT2, f"interlock {il.id}: {detail}", now, Cmd.HOLD,
+                self._emit(Fault(t=now, code=il.id, reason=detail,
+                                 swap_id=self.plan.swap_id if self.plan else None,
+                                 step=self.step.name if self.step else None))
+                self._stop_motion(StopRequest.CAT2, f"interlock {il.id}: {detail}", now, Cmd.HOLD,
                                   None)
-                return self._flush()
+                return None
         inhibited = bool(tripped)
         st = self.state
         if st == State.RESETTING and not inhibited and self._plc_quiet(image):
-            self.outputs["stop_request"] = STOP_NONE
+            self.outputs["stop_request"] = StopRequest.NONE
             self._outputs_dirty = True
             self._transition(Cmd.SC, now, None)
             self.reason = None
@@ -203,27 +238,27 @@ class StationCore:
             if self._plc_quiet(image) or now - self._acting_since > STOP_CONFIRM_S:
                 self._transition(Cmd.SC, now, self.reason)
         elif st == State.CLEARING:
-            self.outputs["stop_request"] = STOP_NONE
+            self.outputs["stop_request"] = StopRequest.NONE
             self._outputs_dirty = True
             self._transition(Cmd.SC, now, self.reason)
         elif st in (State.UNHOLDING, State.UNSUSPENDING):
-            self.outputs["stop_request"] = STOP_NONE
+            self.outputs["stop_request"] = StopRequest.NONE
             self._outputs_dirty = True
             self._transition(Cmd.SC, now, None)
             self.reason = None
             if self.step_index is not None:
                 self._resume_step(image, now)
-        return self._flush()
+        return None
 
     def _resume_step(self, image: ProcessImage, now: float) -> None:
         """Unhold: a step whose result the sensors already show counts as done (it finished
         while we were away); otherwise its command goes again with a new sequence number."""
         assert self.plan is not None and self.step_index is not None
         step = SEQUENCE[self.step_index]
-        view = StepView(image, self.plan, self.cfg, now)
+        view = StepView(image, self.plan, self.cfg, now, now)
         if step.command is not None and step.complete(view) and step.fault(view) is None:
-            self._emit("step_started", t=now, swap_id=self.plan.swap_id, step=step.name,
-                       command=None, seq=None, param=None, resumed=True)
+            self._emit(StepStarted(t=now, swap_id=self.plan.swap_id, step=step.name,
+                                   command=None, seq=None, param=None, resumed=True))
             self.step_started_at = now
             self._step_done(image, now, confirmed_by="read-back")
         else:
@@ -231,6 +266,8 @@ class StationCore:
 
     # ---- internals ---------------------------------------------------------------------
     def _tripped(self, now: float) -> list[tuple[interlocks.Interlock, interlocks.Reaction, str]]:
+        if self._image is None:
+            return []
         inp = interlocks.Inputs(
             self._image, self.cfg, now, self._hb_changed_at, self.state,
             self.step.name if self.step else None, self.plan, self._pack_events,
@@ -241,26 +278,102 @@ class StationCore:
         """Isolate, lock out and alarm on every new pack event, whatever the state."""
         self._pack_events = tuple(pack_events(image, self.cfg, self._temps, now))
         for ev in self._pack_events:
-            key = (ev.source, ev.serial, ev.kind)
+            key = (ev.location, ev.serial, ev.kind)
             if key in self._handled_pack_events:
                 continue
             self._handled_pack_events.add(key)
-            self._isolate.append(ev.source)
-            if ev.slot is not None:
-                self.locked_out_slots[ev.slot] = ev.detail
-            self._emit("alarm", t=now, source=ev.source, slot=ev.slot, serial=ev.serial,
-                       kind=ev.kind, reason=f"pack {ev.serial} in {ev.where}: {ev.detail}",
-                       action="isolated" + (f", slot {ev.slot} locked out" if ev.slot else ""))
+            self._pack_commands.append(PackCommand(ev.location, PackCommandKind.ISOLATE))
+            slot = ev.location.rack_slot
+            if slot is not None:
+                self.locked_out_slots[slot] = ev.detail
+            self._emit(Alarm(t=now, location=str(ev.location), slot=slot, serial=ev.serial,
+                             alarm=ev.kind, reason=f"pack {ev.serial} in {ev.location}: "
+                             f"{ev.detail}",
+                             action="isolated" + (f", slot {slot} locked out" if slot else "")))
+
+    # ---- charging, in the scan ----------------------------------------------------------
+    def _charging(self, image: ProcessImage, now: float) -> None:
+        """Every charge period: a grant for every rack pack, sent as PackControl (the packs
+        stop charging without its refresh); journaled when a pack's grant changes."""
+        if now < self._next_charge_plan or image.plc_read_at is None:
+            return
+        self._next_charge_plan = now + self.charge_period_s
+        excluded = {s: f"slot locked out after a pack event: {why}"
+                    for s, why in self.locked_out_slots.items()}
+        excluded.update(self._stalls(image, now))
+        grants = plan_charging(image, self.cfg, now, excluded)
+        for g in grants:
+            self._pack_commands.append(PackCommand(g.location, g.command, g.current_limit_a,
+                                                   g.voltage_limit_v))
+            last = self.charging.get(g.location)
+            if last is None or (last.serial, last.command, last.current_limit_a,
+                                last.voltage_limit_v) != (g.serial, g.command,
+                                                          g.current_limit_a, g.voltage_limit_v):
+                self._emit(PackCommandChanged(
+                    t=now, location=str(g.location), slot=g.location.rack_slot,
+                    serial=g.serial, command=g.command.value,
+                    current_limit_a=g.current_limit_a, voltage_limit_v=g.voltage_limit_v,
+                    power_kw=g.power_kw, reason=g.reason))
+            self.charging[g.location] = g
+        heard = {g.location for g in grants}
+        for loc in [loc for loc in self.charging if loc not in heard]:
+            del self.charging[loc]  # the pack left or went silent: nothing granted to it
+
+    def _stalls(self, image: ProcessImage, now: float) -> dict[int, str]:
+        """A pack granted charge current that draws none for longer than stalled_after_s is
+        an alarm, not a silent wait; it is left out and retried after ten times as long."""
+        c = self.cfg.charging
+        limit = max(c.stalled_after_s / self.cfg.sequence.speed_factor, STALL_FLOOR_S)
+        out: dict[int, str] = {}
+        for loc, g in self.charging.items():
+            rep = image.packs.get(loc)
+            key = (loc, g.serial)
+            slot = loc.rack_slot
+            if rep is None or slot is None or rep.serial != g.serial:
+                self._stall.pop(key, None)
+                continue
+            retry_at = self._stalled.get(key)
+            if retry_at is not None and now < retry_at:
+                out[slot] = "charging stalled: no current drawn; retry later"
+                continue
+            drawing = rep.current_a is not None and rep.current_a >= c.stalled_current_a
+            if g.command != PackCommandKind.CHARGE_ENABLE or drawing:
+                self._stall.pop(key, None)
+                continue
+            since = self._stall.setdefault(key, now)
+            if now - since > limit:
+                self._stall.pop(key, None)
+                first = key not in self._stalled
+                self._stalled[key] = now + 10 * limit
+                out[slot] = "charging stalled: no current drawn; retry later"
+                if first:
+                    self._emit(Alarm(
+                        t=now, location=str(loc), slot=slot, serial=g.serial,
+                        alarm="charge_stalled",
+                        reason=f"pack {g.serial} in {loc}: granted {g.current_limit_a:g} A up "
+                        f"to {g.voltage_limit_v:g} V but drawing {rep.current_a} A for more "
+                        f"than {c.stalled_after_s:g} s (SOC {rep.soc_pct} %, "
+                        f"{rep.voltage_v} V)",
+                        action="charge disabled; retried later"))
+        return out
+
+    def _ask_unidentified(self, image: ProcessImage) -> None:
+        """A pack heard but not yet identified (or without its charge limits) is asked at
+        once (the CAN side rate-limits the requests) instead of waiting for its period."""
+        for loc, rep in image.packs.items():
+            if not rep.identified or rep.cell_count is None:
+                self._pack_requests.append(PackRequest(loc, IDENTIFY_KINDS))
 
     def _plc_quiet(self, image: ProcessImage) -> bool:
-        return image.plc_read_at is not None and image.plc.get("cmd_status") != CMD_BUSY
+        return image.plc_read_at is not None and image.plc.get("cmd_status") != CmdStatus.BUSY
 
-    def _emit(self, event_kind: str, **data: Any) -> None:
-        self._pending.append(Event(event_kind, data))
+    def _emit(self, event: Event) -> None:
+        self._pending.append(event)
 
     def _flush(self) -> Decision:
-        d = Decision(events=self._pending, isolate_packs=self._isolate)
-        self._pending, self._isolate = [], []
+        d = Decision(events=self._pending, pack_commands=self._pack_commands,
+                     pack_requests=self._pack_requests)
+        self._pending, self._pack_commands, self._pack_requests = [], [], []
         if self._outputs_dirty:
             d.outputs = dict(self.outputs)
             self._outputs_dirty = False
@@ -274,14 +387,14 @@ class StationCore:
         self._acting_since = now
         if reason is not None:
             self.reason = reason
-        self._emit("state", t=now, old=old.label, new=new.label, number=int(new), reason=reason,
-                   swap_id=self.plan.swap_id if self.plan else None)
+        self._emit(StateChanged(t=now, old=old.label, new=new.label, number=int(new),
+                                reason=reason, swap_id=self.plan.swap_id if self.plan else None))
 
     def _end_swap(self, outcome: str, reason: str | None, now: float) -> None:
         if self.plan is None:
             return
-        self._emit("swap_ended", t=now, swap_id=self.plan.swap_id, outcome=outcome,
-                   reason=reason, step=self.step.name if self.step else None)
+        self._emit(SwapEnded(t=now, swap_id=self.plan.swap_id, outcome=outcome,
+                             reason=reason, step=self.step.name if self.step else None))
         if outcome == "completed":
             self.plan, self.step_index = None, None
 
@@ -289,8 +402,8 @@ class StationCore:
         """The read-back shows the held swap's last step already done (the car has left):
         record it completed and stop; nothing moves."""
         assert self.plan is not None and self.step is not None
-        self._emit("step_done", t=now, swap_id=self.plan.swap_id, step=self.step.name,
-                   confirmed_by="read-back")
+        self._emit(StepDone(t=now, swap_id=self.plan.swap_id, step=self.step.name,
+                            confirmed_by="read-back"))
         self._end_swap("completed", reason, now)
         self.plan, self.step_index = None, None
         self._transition(Cmd.STOP, now, reason)
@@ -304,16 +417,16 @@ class StationCore:
     def _abort(self, reason: str, now: float, code: str = "abort") -> None:
         if self.state in (State.ABORTING, State.ABORTED):
             return
-        self._emit("fault", t=now, code=code, reason=reason,
-                   swap_id=self.plan.swap_id if self.plan else None,
-                   step=self.step.name if self.step else None)
-        self.outputs["stop_request"] = STOP_CAT1
+        self._emit(Fault(t=now, code=code, reason=reason,
+                         swap_id=self.plan.swap_id if self.plan else None,
+                         step=self.step.name if self.step else None))
+        self.outputs["stop_request"] = StopRequest.CAT1
         self._outputs_dirty = True
         self._end_swap("aborted", reason, now)
         self._transition(Cmd.ABORT, now, reason)
         self.plan, self.step_index = None, None
 
-    def _stop_motion(self, cat: int, reason: str, now: float, cmd: Cmd,
+    def _stop_motion(self, cat: StopRequest, reason: str, now: float, cmd: Cmd,
                      outcome: str | None) -> None:
         self.outputs["stop_request"] = cat
         self._outputs_dirty = True
@@ -334,12 +447,12 @@ class StationCore:
             self._vehicle_token = token
             self._identify_started_at = image.plc_read_at or now
         assert self._identify_started_at is not None
-        rep = image.packs.get(VEHICLE_PACK_SA)
+        rep = image.packs.get(BAY)
         # The bay pack must be one first heard after the last vehicle left (not the pack we
         # installed in it) and its status fresh.
         if not image.plc.get("vehicle_ready") or rep is None or not rep.identified or \
                 rep.first_seen < self._vehicle_gone_at or \
-                now - rep.last_seen.get("PackStatus", -1e9) > self.cfg.can.status_timeout_s:
+                not image.fresh(rep, PackData.STATUS, now):
             return  # identification still running
         assert rep.serial is not None and rep.family is not None and rep.chemistry is not None
         if inhibited:
@@ -363,22 +476,24 @@ class StationCore:
     def _start_swap(self, plan: SwapPlan, now: float, origin: str) -> None:
         self.swap_number += 1
         self.plan, self._candidate = plan, None
-        self._emit("swap_started", t=now, swap_id=plan.swap_id, vehicle_token=plan.vehicle_token,
-                   pack_out=plan.pack_out.as_dict(), pack_in=plan.pack_in.as_dict(),
-                   store_slot=plan.store_slot, fetch_slot=plan.fetch_slot, origin=origin)
-        self._emit("step_started", t=plan.identify_started_at, swap_id=plan.swap_id,
-                   step="identify", command=None, seq=None)
-        self._emit("step_done", t=now, swap_id=plan.swap_id, step="identify")
+        self._emit(SwapStarted(t=now, swap_id=plan.swap_id, vehicle_token=plan.vehicle_token,
+                               pack_out=plan.pack_out, pack_in=plan.pack_in,
+                               store_slot=plan.store_slot, fetch_slot=plan.fetch_slot,
+                               origin=origin))
+        self._emit(StepStarted(t=plan.identify_started_at, swap_id=plan.swap_id,
+                               step="identify", command=None, seq=None, param=None))
+        self._emit(StepDone(t=now, swap_id=plan.swap_id, step="identify",
+                            confirmed_by="sensors"))
         self._transition(Cmd.START, now, f"vehicle {plan.vehicle_token} identified ({origin})")
 
     def _set_inhibit(self, reason: str | None, now: float) -> None:
         if reason != self._inhibit:
             self._inhibit = reason
-            self._emit("inhibit", t=now, reason=reason, vehicle_token=self._vehicle_token)
+            self._emit(Inhibit(t=now, reason=reason, vehicle_token=self._vehicle_token))
 
-    def _next_seq(self, image: ProcessImage) -> int:
+    def _next_seq(self, image: ProcessImage | None) -> int:
         if self.seq is None:
-            ack = int(image.plc.get("cmd_ack_seq", 0) or 0)
+            ack = int(image.plc.get("cmd_ack_seq", 0) or 0) if image is not None else 0
             self.seq = ack
         self.seq = self.seq % 0xFFFF + 1  # 1..65535, never 0
         return self.seq
@@ -393,35 +508,36 @@ class StationCore:
         if step.command is not None:
             seq = self._next_seq(self._image)
             self.outputs.update(
-                cmd_code=self._command_code(step.command), cmd_param1=step.param(self.plan),
-                cmd_param2=0, cmd_seq=seq,
+                cmd_code=step.command, cmd_param1=step.param(self.plan), cmd_param2=0,
+                cmd_seq=seq,
             )
             self._outputs_dirty = True
             self._command_issued = True
-        self._emit("step_started", t=now, swap_id=self.plan.swap_id, step=step.name,
-                   command=step.command, seq=seq, param=step.param(self.plan))
-
-    def _command_code(self, name: str) -> int:
-        return self.command_codes[name]
+        else:
+            # A step the controller does itself reads packs: ask for what it needs now,
+            # so that nothing heard before the step counts (the check: the installed pack).
+            self._pack_requests.append(PackRequest(BAY, CHECK_KINDS))
+        self._emit(StepStarted(t=now, swap_id=self.plan.swap_id, step=step.name,
+                               command=step.command, seq=seq, param=step.param(self.plan)))
 
     def _step_done(self, image: ProcessImage, now: float, confirmed_by: str = "plc") -> None:
         step, plan = self.step, self.plan
         assert step is not None and plan is not None and self.step_index is not None
         t_done = image.plc_read_at if step.command and image.plc_read_at else now
-        self._emit("step_done", t=t_done, swap_id=plan.swap_id, step=step.name,
-                   confirmed_by=confirmed_by)
+        self._emit(StepDone(t=t_done, swap_id=plan.swap_id, step=step.name,
+                            confirmed_by=confirmed_by))
         if self.step_index + 1 < len(SEQUENCE):
             self._begin_step(self.step_index + 1, now)
         else:
             self._end_swap("completed", None, now)
-            self.outputs.update(cmd_code=0, cmd_param1=0, cmd_param2=0)
+            self.outputs.update(cmd_code=NO_COMMAND, cmd_param1=0, cmd_param2=0)
             self._outputs_dirty = True
             self._transition(Cmd.SC, now, None)
 
     def _execute(self, image: ProcessImage, now: float) -> None:
         step, plan = self.step, self.plan
         assert step is not None and plan is not None and self.step_index is not None
-        view = StepView(image, plan, self.cfg, self.step_started_at)
+        view = StepView(image, plan, self.cfg, self.step_started_at, now)
         elapsed = now - self.step_started_at
         done = False
         if step.command is None:
@@ -437,12 +553,11 @@ class StationCore:
                     return self._abort(
                         f"{step.name}: PLC did not take {step.command} (seq {self.seq}) within "
                         f"{self.cfg.sequence.handshake_timeout_s} s", now, code="plc_no_answer")
-            elif status == CMD_ERROR:
-                code = int(image.plc.get("cmd_error_code", 0) or 0)
-                return self._abort(
-                    f"{step.name}: PLC error {code} ({PLC_ERRORS.get(code, 'unknown')}) on "
-                    f"{step.command}", now, code="plc_error")
-            elif status == CMD_DONE:
+            elif status == CmdStatus.ERROR:
+                err = image.plc.get("cmd_error_code", "unknown")
+                return self._abort(f"{step.name}: PLC error {err} on {step.command}", now,
+                                   code="plc_error")
+            elif status == CmdStatus.DONE:
                 fault = step.fault(view)
                 if fault:
                     return self._abort(f"{step.name}: {fault}", now, code=f"{step.name}_failed")

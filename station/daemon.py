@@ -16,25 +16,31 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
+from drivers.plc.registry import create_link
 
+from drivers.bms.adapter import BmsAdapter
 from drivers.bms.canbus import PackBus
-from drivers.bms.protocol import (
-    CHEMISTRY_CODES,
-    CONTROL_COMMANDS,
-    PACK_STATE_NAMES,
-    Decoded,
-    PackProtocol,
-)
+from drivers.bms.commander import PackCommander
+from drivers.bms.protocol import Decoded, PackProtocol
 from drivers.plc.link import PlcLink
-from drivers.plc.modbus_link import ModbusPlcLink
-from drivers.plc.regmap import load_register_map
-from station.charging import plan_charging
+from station.commands import CommandEntry, CommandRequest, CommandResult, Origin
 from station.config import StationConfig
-from station.core import CommandRefused, Decision, Event, ResumePoint, StationCore
-from station.image import PackReport, ProcessImage
+from station.core import IDENTIFY_KINDS, CommandRefused, Decision, ResumePoint, StationCore
+from station.eventbus import EventBus
+from station.events import (
+    Event,
+    Fault,
+    Recovery,
+    StateChanged,
+    StepStarted,
+    SwapEnded,
+    SwapStarted,
+)
+from station.image import ProcessImage, StopRequest
 from station.journal import Journal
 from station.local_api import LocalApiServer, handle_request
 from station.logs import bind_swap
+from station.pack_commands import PackCommandKind, PackRequest
 from station.packml import Cmd, State
 from station.plan import PackInfo, SwapPlan
 from station.sd_notify import SystemdNotifier
@@ -43,53 +49,6 @@ from station.sequence import SEQUENCE, step_index
 log = structlog.get_logger("swapd")
 
 TICK_S = 0.05  # scan at least this often, for timeouts and staleness
-CHARGE_PERIOD_S = 1.0  # PackControl refresh (packs stop charging after 3 s without it)
-REQUEST_REPEAT_S = 0.5  # at most one identity request per pack (or broadcast) this often
-FAULT_FLAGS = {
-    "FaultOverTemp": "over_temp", "FaultOverVoltage": "over_voltage",
-    "FaultUnderVoltage": "under_voltage", "FaultInsulation": "insulation",
-    "ThermalAlarm": "thermal_alarm", "FaultInternal": "internal",
-}
-
-
-def apply_pack_message(image: ProcessImage, msg: Decoded, t: float) -> None:
-    """Fold one decoded BMS message into the process image."""
-    s = msg.signals
-    rep = image.packs.get(msg.source)
-    if msg.name == "PackIdentity":
-        serial = int(s["PackSerial"])
-        if rep is None or rep.serial != serial:
-            rep = PackReport(source=msg.source, first_seen=t)  # another pack at this address
-            image.packs[msg.source] = rep
-        rep.serial = serial
-        rep.family = int(s["PackFamily"])
-        code = int(s["Chemistry"])
-        rep.chemistry = CHEMISTRY_CODES.get(code, f"code_{code:#x}")
-        rep.rated_energy_kwh = float(s["RatedEnergy"])
-    else:
-        if rep is None:
-            rep = PackReport(source=msg.source, first_seen=t)
-            image.packs[msg.source] = rep
-        if msg.name == "PackHealth":
-            rep.cycle_count = int(s["CycleCount"])
-            rep.soh_pct = float(s["SOH"])
-        elif msg.name == "PackStatus":
-            rep.soc_pct = round(float(s["SOC"]), 1)
-            rep.voltage_v = float(s["PackVoltage"])
-            rep.current_a = round(float(s["PackCurrent"]), 1)
-            rep.min_cell_temp_c = float(s["MinCellTemp"])
-            rep.max_cell_temp_c = float(s["MaxCellTemp"])
-            rep.peak_cell_temp_c = max(rep.peak_cell_temp_c or -273.0, rep.max_cell_temp_c)
-        elif msg.name == "PackCells":
-            rep.max_cell_v = float(s["MaxCellVoltage"])
-            rep.min_cell_v = float(s["MinCellVoltage"])
-            rep.insulation_kohm = float(s["InsulationResistance"])
-            rep.faults = frozenset(v for k, v in FAULT_FLAGS.items() if s.get(k))
-            rep.faults_latched |= rep.faults
-            rep.state = PACK_STATE_NAMES.get(int(s["PackState"]), "unknown")
-        else:
-            return
-    rep.last_seen[msg.name] = t
 
 
 CLEAN_END_STATES = (None, "Idle", "Resetting", "Complete", "Completing")
@@ -135,22 +94,23 @@ class Daemon:
     ) -> None:
         self.cfg = cfg
         self.clock = clock
-        self.observer = observer
-        self.image = ProcessImage()
-        self.rmap = load_register_map(cfg.plc.register_map)
         self.protocol = PackProtocol(cfg.can.dbc)
+        self.adapter = BmsAdapter(self.protocol)
+        self.image = ProcessImage(pack_timeouts=self.adapter.timeouts())
         self.journal = Journal(cfg.journal.path)
+        self.events = EventBus(self.journal)
+        self.events.subscribe("log", self._log_event)
+        if observer is not None:
+            self.events.subscribe("observer", observer)
         state, reason, resume = self._recover()
         self._recovering = resume is not None
         self.core = StationCore(
             cfg, next_swap_number=self.journal.next_swap_number(), initial_state=state,
-            reason=reason, command_codes={n: c.code for n, c in self.rmap.commands.items()},
-            resume=resume,
+            reason=reason, resume=resume,
+            charge_period_s=self.adapter.control_period_s(),
         )
-        self.link: PlcLink = link or ModbusPlcLink(
-            cfg.plc.host, cfg.plc.port, self.rmap, poll_period=cfg.plc.poll_period_s,
-            heartbeat_period=cfg.plc.heartbeat_period_s, timeout=cfg.plc.timeout_s, clock=clock,
-        )
+        self.commands = CommandEntry(self.core, self.journal, self.apply, clock)
+        self.link: PlcLink = link or create_link(cfg.plc, clock=clock)
         self.link.on_inputs = self._on_inputs
         self.link.on_connection = self._on_connection
         bus_kwargs = ({"port": cfg.can.udp_port}
@@ -159,14 +119,12 @@ class Daemon:
                            bitrate=cfg.can.bitrate, clock=clock, bus_kwargs=bus_kwargs)
         self.bus.on_message = self._on_message
         self.bus.on_reject = self._on_reject
+        self.packs = PackCommander(self.bus, self.adapter)
         self.notifier = SystemdNotifier()
         self._wake = asyncio.Event()
         self._last_scan = clock()
         self._background: set[asyncio.Task[None]] = set()
-        self._requested: dict[int, float] = {}
-        self._identity_pgns = (self.protocol.pgn_of("PackIdentity"),
-                               self.protocol.pgn_of("PackHealth"))
-        self._stop_level = self.core.outputs["stop_request"]
+        self._stop_level = StopRequest(self.core.outputs["stop_request"]).severity
         self._reset_pending = (state == State.STOPPED and reason is None
                                and cfg.operation.reset_on_start)
 
@@ -199,20 +157,8 @@ class Daemon:
         self._wake.set()
 
     def _on_message(self, msg: Decoded, t: float) -> None:
-        apply_pack_message(self.image, msg, t)
-        rep = self.image.packs.get(msg.source)
-        if rep is not None and not rep.identified:
-            self._request_identity(msg.source, t)
-        self._wake.set()
-
-    def _request_identity(self, da: int, t: float) -> None:
-        """Ask a pack (0xFF: every pack) for its identity now instead of waiting for its
-        1 s period: at start-up, and for a pack heard but not yet identified."""
-        if t - self._requested.get(da, -1e9) < REQUEST_REPEAT_S:
-            return
-        self._requested[da] = t
-        for pgn in self._identity_pgns:
-            self.bus.send("Request", {"RequestedPgn": pgn}, da=da)
+        if self.adapter.apply(self.image, msg, t) is not None:
+            self._wake.set()
 
     def _on_reject(self, kind: str, can_id: int, data: bytes) -> None:
         self.image.can_frames_rejected += 1
@@ -224,14 +170,12 @@ class Daemon:
             self._recovering = False
             await self._explain_restart()
         await self.apply(self.core.update(self.image, self.clock()))
-        for rep in self.image.packs.values():  # the scan has judged them
-            rep.peak_cell_temp_c, rep.faults_latched = None, frozenset()
+        self.image.scanned()  # the latched one-frame readings have been judged
         if self._reset_pending and self.image.plc_read_at is not None:
             self._reset_pending = False
-            try:
-                await self.command(Cmd.RESET, origin="start-up")
-            except CommandRefused as exc:
-                log.warning("startup.reset_refused", reason=str(exc))
+            result = await self.submit(CommandRequest("reset", Origin.STARTUP, "start-up"))
+            if not result.accepted:
+                log.warning("startup.reset_refused", reason=result.reason)
 
     async def _explain_restart(self) -> None:
         """First PLC read-back after a restart mid-swap: say what we found; abort when the
@@ -258,35 +202,47 @@ class Daemon:
         reason = (f"restart during {step.name}: {found}; check the machine, then unhold to "
                   "resume or abort")
         self.core.reason = reason
-        await self.apply(Decision(events=[Event("recovery", {
-            "t": now, "swap_id": plan.swap_id, "step": step.name, "reason": reason})]))
+        await self.apply(Decision(events=[Recovery(t=now, swap_id=plan.swap_id,
+                                                   step=step.name, reason=reason)]))
+
+    async def submit(self, req: CommandRequest) -> CommandResult:
+        """Every command, whoever sends it, goes through the one entry."""
+        return await self.commands.submit(req)
 
     async def command(self, cmd: Cmd, origin: str = "operator") -> None:
-        """An operator command; raises station.core.CommandRefused with the reason."""
-        await self.apply(self.core.command(cmd, self.clock(), origin))
+        """A local command (tests, benches); raises station.core.CommandRefused."""
+        result = await self.submit(CommandRequest(cmd.value, Origin.LOCAL, origin))
+        if not result.accepted:
+            raise CommandRefused(result.reason or "refused")
 
     async def apply(self, d: Decision) -> None:
         # A stop request and a pack isolation are safe whatever follows: they go out before
         # the journal's fsync. Everything else is journaled before it is commanded.
-        stopping = d.outputs is not None and d.outputs["stop_request"] > self._stop_level
-        if d.outputs is not None:
-            self._stop_level = d.outputs["stop_request"]
+        level = (StopRequest(d.outputs["stop_request"]).severity
+                 if d.outputs is not None else self._stop_level)
+        stopping = level > self._stop_level
+        self._stop_level = level
         if stopping:
             assert d.outputs is not None
             self.link.set_outputs(d.outputs)
             self._spawn(self._write_now())
             await asyncio.sleep(0)  # let the write reach the socket before the fsync below
-        for sa in d.isolate_packs:
-            self.bus.send("PackControl", {"ControlCommand": CONTROL_COMMANDS["isolate"],
-                                          "ChargeCurrentLimit": 0, "ChargeVoltageLimit": 0,
-                                          "ControlCounter": 0}, da=sa)
-        self.journal.record(d.events)
-        for ev in d.events:
-            self._log_event(ev)
-            if self.observer:
-                self.observer(ev)
+        for cmd in d.isolations:
+            self.packs.send(cmd)
+        for ev in d.events:  # context for every line the scan task logs from here on
+            if isinstance(ev, StepStarted | SwapStarted):
+                bind_swap(ev.swap_id, getattr(ev, "step", None))
+            elif isinstance(ev, SwapEnded) or (
+                    isinstance(ev, StateChanged) and ev.new in ("Idle", "Aborted")):
+                bind_swap(None, None)
+        self.events.publish(d.events)
         if d.outputs is not None and not stopping:
             self.link.set_outputs(d.outputs)
+        for cmd in d.pack_commands:
+            if cmd.command != PackCommandKind.ISOLATE:
+                self.packs.send(cmd)
+        for req in d.pack_requests:
+            self.packs.request(req)
         if d.command_issued and self.core.plan and self.core.step:
             # Written at once, but never awaited by the scan: a PLC that stops answering
             # must not stop the scan from judging it stale.
@@ -305,19 +261,18 @@ class Daemon:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    def _log_event(self, ev: Event) -> None:
-        d = ev.data
-        if ev.kind in ("step_started", "swap_started"):
-            bind_swap(d.get("swap_id"), d.get("step"))
-        fields = {k: v for k, v in d.items() if k not in ("t", "swap_id", "step")}
-        if ev.kind == "fault":
+    @staticmethod
+    def _log_event(ev: Event) -> None:
+        """The log sink: one line per event, errors for faults and alarms."""
+        fields = {k: v for k, v in ev.data.items() if k != "t"}
+        if isinstance(ev, Fault):
             log.error("swap.fault", **fields)
-        elif ev.kind == "state":
+        elif ev.kind == "alarm":
+            log.error("pack.alarm", **fields)
+        elif isinstance(ev, StateChanged):
             log.info("packml.state", **fields)
         else:
-            log.info(f"swap.{ev.kind}", **fields)
-        if ev.kind == "swap_ended" or (ev.kind == "state" and d["new"] in ("Idle", "Aborted")):
-            bind_swap(None, None)
+            log.info(f"event.{ev.kind}", **fields)
 
     async def _scan_loop(self) -> None:
         while True:
@@ -331,30 +286,12 @@ class Daemon:
                 await self.apply(self.core.abort("internal error in the scan (see the log)",
                                                  self.clock(), code="internal_error"))
 
-    async def _charging_loop(self) -> None:
-        last: dict[int, str] = {}
-        counter = 0
-        while True:
-            await asyncio.sleep(CHARGE_PERIOD_S)
-            counter = (counter + 1) % 251  # 0..250: J1939 reserves 251..255
-            for pc in plan_charging(self.image, self.cfg, self.clock(),
-                                    locked_out=frozenset(self.core.locked_out_slots)):
-                self.bus.send("PackControl", {
-                    "ControlCommand": CONTROL_COMMANDS[pc.command],
-                    "ChargeCurrentLimit": pc.current_limit_a,
-                    "ChargeVoltageLimit": pc.voltage_limit_v, "ControlCounter": counter,
-                }, da=pc.source)
-                if last.get(pc.slot) != pc.command:
-                    last[pc.slot] = pc.command
-                    log.info("charging.change", slot=pc.slot, command=pc.command,
-                             reason=pc.reason)
-
     async def _ask_every_pack(self) -> None:
         """The bus opens in its own task: once it is up, ask every pack who it is."""
         for _ in range(40):
             await asyncio.sleep(0.05)
             if self.bus.is_open:
-                self._request_identity(0xFF, self.clock())
+                self.packs.request(PackRequest(None, IDENTIFY_KINDS))
                 return
 
     async def _watchdog_loop(self) -> None:
@@ -369,20 +306,20 @@ class Daemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         log.info("swapd.start", station=self.cfg.station.id, state=self.core.state.label,
-                 plc=f"{self.cfg.plc.host}:{self.cfg.plc.port}",
+                 plc=self.cfg.plc.endpoint,
                  can=f"{self.cfg.can.interface}:{self.cfg.can.channel}")
+        self.events.start()
         tasks = [
             asyncio.create_task(self.link.run(), name="plc"),
             asyncio.create_task(self.bus.run(), name="can"),
             asyncio.create_task(self._scan_loop(), name="scan"),
-            asyncio.create_task(self._charging_loop(), name="charging"),
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
         api = None
         if self.cfg.api.socket is not None:
             api = LocalApiServer(
                 self.cfg.api.socket,
-                functools.partial(handle_request, status=self.core.status, command=self.command),
+                functools.partial(handle_request, status=self.core.status, submit=self.submit),
                 mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
             )
             await api.start()
@@ -406,5 +343,6 @@ class Daemon:
                 log.error("swapd.stop_stuck", tasks=[t.get_name() for t in stuck])
             await self.link.close()
             await self.bus.close()
+            await self.events.close()
             self.journal.close()
             log.info("swapd.stopped", state=self.core.state.label)

@@ -11,12 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
 from station.config import StationConfig
-from station.image import ProcessImage
+from station.image import BAY, Location, PackData, ProcessImage
 from station.pack_safety import PackEvent
 from station.packml import State
 from station.plan import SwapPlan
+from station.sequence import SEQUENCE, STEPS_BY_NAME, Car, Step, Talker, steps_where
 
 
 class Reaction(Enum):
@@ -62,6 +62,11 @@ class Interlock:
     # sight (stale input) only blocks the unhold too: nothing moves, and a restart starts blind.
     paused: Reaction | None = None
 
+    def __post_init__(self) -> None:
+        unknown = set(self.steps or ()) - set(STEPS_BY_NAME)
+        if unknown:  # a misspelt step would silently never apply
+            raise ValueError(f"interlock {self.id}: no such step(s) {sorted(unknown)}")
+
     def reaction(self, state: State, step: str | None) -> Reaction | None:
         if state in MOTION or state in PAUSED:
             if self.steps is not None and (step is None or step not in self.steps):
@@ -102,10 +107,8 @@ def _vehicle_moved(i: Inputs) -> str | None:
     return None
 
 
-LIFTED_STEPS = frozenset({"unlock", "remove", "store", "fetch", "install", "lock", "check"})
-LOWERED_STEPS = frozenset({"position", "release"})
-SHUTTLE_HOME_STEPS = frozenset({"position", "lift", "store", "fetch", "check", "lower",
-                                "release"})
+def _row(i: Inputs) -> Step | None:
+    return STEPS_BY_NAME.get(i.step) if i.step is not None else None
 
 
 def _lift_mismatch(i: Inputs) -> str | None:
@@ -113,9 +116,11 @@ def _lift_mismatch(i: Inputs) -> str | None:
     h = i.num("lift_height")
     if h > s.swap_height_mm + il.lift_overtravel_mm:
         return f"lift over-travel: {h:.0f} mm, swap height {s.swap_height_mm:.0f} mm"
-    if i.step in LIFTED_STEPS and abs(h - s.swap_height_mm) > s.height_tolerance_mm:
+    row = _row(i)
+    car = row.car if row is not None else None
+    if car == Car.LIFTED and abs(h - s.swap_height_mm) > s.height_tolerance_mm:
         return f"lift at {h:.0f} mm during {i.step}, must stay at {s.swap_height_mm:.0f} mm"
-    if i.step in LOWERED_STEPS and h > s.height_tolerance_mm:
+    if car == Car.DOWN and h > s.height_tolerance_mm:
         return f"lift at {h:.0f} mm during {i.step}, must be down"
     return None
 
@@ -125,30 +130,15 @@ def _shuttle_mismatch(i: Inputs) -> str | None:
     pos = i.num("shuttle_position")
     if pos > il.shuttle_car_mm + il.shuttle_tolerance_mm:
         return f"shuttle over-travel: {pos:.0f} mm, rail end {il.shuttle_car_mm:.0f} mm"
-    if i.step in SHUTTLE_HOME_STEPS and pos > il.shuttle_tolerance_mm:
+    row = _row(i)
+    if row is not None and row.shuttle_home and pos > il.shuttle_tolerance_mm:
         return f"shuttle at {pos:.0f} mm during {i.step}, must be home"
     return None
 
 
-# step -> what the presence sensors must say throughout it:
-# (vehicle bay, shuttle, store slot occupied, fetch slot occupied); None = changes in the step
-PRESENCE: dict[str, tuple[bool | None, bool | None, bool | None, bool | None]] = {
-    "position": (True, False, False, True),
-    "lift": (True, False, False, True),
-    "unlock": (True, False, False, True),
-    "remove": (None, None, False, True),
-    "store": (False, None, None, True),
-    "fetch": (False, None, True, None),
-    "install": (None, None, True, False),
-    "lock": (True, False, True, False),
-    "check": (True, False, True, False),
-    "lower": (True, False, True, False),
-    "release": (None, False, True, False),
-}
-
-
 def _pack_presence(i: Inputs) -> str | None:
-    if i.plan is None or i.step not in PRESENCE:
+    row = _row(i)
+    if i.plan is None or row is None:
         return None
     occ = i.image.plc.get("rack_slot_occupied", [])
 
@@ -159,7 +149,9 @@ def _pack_presence(i: Inputs) -> str | None:
             bool(i.image.plc.get("shuttle_pack_present")),
             slot(i.plan.store_slot), slot(i.plan.fetch_slot))
     names = ("vehicle bay", "shuttle", f"slot {i.plan.store_slot}", f"slot {i.plan.fetch_slot}")
-    for want, got, name in zip(PRESENCE[i.step], seen, names, strict=True):
+    p = row.presence
+    wants = (p.bay, p.shuttle, p.store_slot, p.fetch_slot)
+    for want, got, name in zip(wants, seen, names, strict=True):
         if want is not None and want != got:
             return f"{name}: pack {'present' if got else 'absent'} during {i.step}"
     return None
@@ -169,30 +161,26 @@ def _pack_event_near_swap(i: Inputs) -> str | None:
     """A thermal or insulation event on the car's pack or on a pack the swap moves."""
     if i.plan is None:
         return None
-    near = {VEHICLE_PACK_SA, rack_sa(i.plan.store_slot), rack_sa(i.plan.fetch_slot)}
+    near = {BAY, Location.rack(i.plan.store_slot), Location.rack(i.plan.fetch_slot)}
     for ev in i.pack_events:
-        if ev.source in near:
-            return f"pack {ev.serial} in {ev.where}: {ev.detail}"
+        if ev.location in near:
+            return f"pack {ev.serial} in {ev.location}: {ev.detail}"
     return None
 
 
-VEHICLE_PACK_TALKS = frozenset({"position", "lift", "unlock"})
-FETCH_PACK_TALKS = frozenset({"position", "lift", "unlock", "remove", "store"})
-
-
 def _pack_silent(i: Inputs) -> str | None:
-    if i.plan is None:
+    row = _row(i)
+    if i.plan is None or row is None:
         return None
     limit = i.cfg.interlocks.pack_silent_s
     checks = []
-    if i.step in VEHICLE_PACK_TALKS:
-        checks.append((VEHICLE_PACK_SA, "vehicle pack"))
-    if i.step in FETCH_PACK_TALKS:
-        checks.append((rack_sa(i.plan.fetch_slot), f"pack in slot {i.plan.fetch_slot}"))
-    for sa, name in checks:
-        rep = i.image.packs.get(sa)
-        last = rep.last_seen.get("PackStatus", -1e9) if rep else -1e9
-        if i.now - last > limit:
+    if Talker.VEHICLE in row.talkers:
+        checks.append((BAY, "vehicle pack"))
+    if Talker.FETCH in row.talkers:
+        checks.append((Location.rack(i.plan.fetch_slot), f"pack in slot {i.plan.fetch_slot}"))
+    for loc, name in checks:
+        rep = i.image.packs.get(loc)
+        if rep is None or rep.age(PackData.STATUS, i.now) > limit:
             return f"{name} silent on CAN for more than {limit:g} s"
     return None
 
@@ -218,7 +206,7 @@ INTERLOCKS: tuple[Interlock, ...] = (
               _flag_false("smoke_clear", "smoke detector tripped"), R.ABORT, faults=("smoke",)),
     Interlock("vehicle_moved", "vehicle moving on a positioned or lifted platform: car falls "
               "or shuttle hits it", _vehicle_moved, R.ABORT,
-              steps=frozenset({"lift", *LIFTED_STEPS, "lower"}), at_rest=None,
+              steps=steps_where(lambda s: s.car_positioned), at_rest=None,
               faults=("vehicle_moved",)),
     Interlock("lift_position_mismatch", "lift over-travel, or not at swap height while the "
               "shuttle works under the car", _lift_mismatch, R.ABORT,
@@ -228,18 +216,17 @@ INTERLOCKS: tuple[Interlock, ...] = (
               faults=("shuttle_misplaced",)),
     Interlock("pack_presence_mismatch", "a pack where the step says none may be (collision) "
               "or none where one must be (dropped pack)", _pack_presence, R.ABORT,
-              steps=frozenset(PRESENCE), at_rest=None,
+              at_rest=None,
               faults=("pack_present_ghost", "pack_missing_sensor")),
     Interlock("pack_event_near_swap", "thermal runaway or insulation fault on the car's pack "
               "or a pack being moved (GB 38031-2025)", _pack_event_near_swap, R.ABORT,
               at_rest=None,
               faults=("pack_over_temp", "pack_temp_rise", "pack_fault", "pack_insulation_low")),
     Interlock("pack_silent", "a pack in use silent on CAN: its state is unknown",
-              _pack_silent, R.ABORT, steps=FETCH_PACK_TALKS | VEHICLE_PACK_TALKS,
+              _pack_silent, R.ABORT, steps=steps_where(lambda s: bool(s.talkers)),
               at_rest=None, faults=("can_silent",), paused=R.INHIBIT),
 )
 
-INTERLOCK_IDS = tuple(il.id for il in INTERLOCKS)
 SIGHT_INTERLOCKS = frozenset({"plc_inputs_stale", "plc_heartbeat_lost"})
 
 
@@ -293,7 +280,7 @@ def table_markdown() -> str:
     ]
     for il in INTERLOCKS:
         steps = "all" if il.steps is None else ", ".join(
-            s for s in _STEP_ORDER if s in il.steps)
+            s.name for s in SEQUENCE if s.name in il.steps)
         rest = il.at_rest.value if il.at_rest else "-"
         faults = ", ".join(f"`{f}`" for f in il.faults) or "- (unit tests)"
         held = (il.paused or (R.INHIBIT if il.in_motion == R.HOLD else il.in_motion)).value
@@ -334,10 +321,6 @@ def table_markdown() -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-_STEP_ORDER = ("position", "lift", "unlock", "remove", "store", "fetch", "install", "lock",
-               "check", "lower", "release")
 
 
 if __name__ == "__main__":

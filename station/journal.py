@@ -1,8 +1,12 @@
-"""The journal: every swap, step, fault and state change, in SQLite (WAL), written before
-the controller acts on it.
+"""The journal: every swap, step, fault, state change, command and pack command, in SQLite
+(WAL), written before the controller acts on it.
 
 One transaction per scan decision keeps the fsync count low (dead time matters) while
 still committing each decision before its outputs reach the PLC.
+
+The `events` table is also the outbox of every sink that must not lose an event (the cloud
+link): each such sink has a delivery cursor, the last event id it has confirmed, and reads
+the events after it. No second copy of the data is kept.
 """
 
 from __future__ import annotations
@@ -16,7 +20,17 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from station.core import Event
+from station.events import (
+    Alarm,
+    CommandAccepted,
+    CommandRefused,
+    Event,
+    Fault,
+    StepDone,
+    StepStarted,
+    SwapEnded,
+    SwapStarted,
+)
 from station.sequence import STEP_NAMES
 
 SCHEMA = """
@@ -41,6 +55,13 @@ CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     wall REAL, mono REAL, kind TEXT, data TEXT
 );
+CREATE TABLE IF NOT EXISTS sink_cursors (
+    sink TEXT PRIMARY KEY, event_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS commands (
+    request_id TEXT PRIMARY KEY, command TEXT, origin TEXT, accepted INTEGER, reason TEXT,
+    state TEXT, wall REAL
+);
 """
 
 
@@ -58,64 +79,95 @@ class Journal:
         self.db.close()
 
     # ---- writing ----------------------------------------------------------------------
-    def record(self, events: Iterable[Event]) -> None:
-        """Write one decision's events in one transaction."""
+    def record(self, events: Iterable[Event]) -> list[int]:
+        """Write one decision's events in one transaction; returns their event ids."""
         events = list(events)
         if not events:
-            return
+            return []
         wall = time.time()
         with self.db:  # BEGIN ... COMMIT
             self.db.execute("BEGIN")
-            for ev in events:
-                self._record_one(ev, wall)
+            return [self._record_one(ev, wall) for ev in events]
 
-    def _record_one(self, ev: Event, wall: float) -> None:
+    def _record_one(self, ev: Event, wall: float) -> int:
         d = ev.data
         t = d.get("t")
-        self.db.execute(
+        cur = self.db.execute(
             "INSERT INTO events (wall, mono, kind, data) VALUES (?, ?, ?, ?)",
             (wall, t, ev.kind, json.dumps(d, default=str)),
         )
-        if ev.kind == "swap_started":
-            self.db.execute(
-                "INSERT INTO swaps (swap_id, vehicle_token, started_wall, started_mono, "
-                "pack_out, pack_in, store_slot, fetch_slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (d["swap_id"], d["vehicle_token"], wall, t, json.dumps(d["pack_out"]),
-                 json.dumps(d["pack_in"]), d["store_slot"], d["fetch_slot"]),
-            )
-        elif ev.kind == "step_started":
-            self.db.execute(
-                "INSERT INTO steps (swap_id, step, command, seq, param, started_mono, note)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (d["swap_id"], d["step"], d.get("command"), d.get("seq"), d.get("param"), t,
-                 "resumed" if d.get("resumed") else None),
-            )
-            self.db.execute("UPDATE swaps SET last_step = ? WHERE swap_id = ?",
-                            (d["step"], d["swap_id"]))
-        elif ev.kind == "step_done":
-            self.db.execute(_LATEST.format(col="done_mono"), (t, d["swap_id"], d["step"]))
-        elif ev.kind == "swap_ended":
-            self.db.execute(
-                "UPDATE swaps SET ended_mono = ?, outcome = ?, reason = ? WHERE swap_id = ?",
-                (t, d["outcome"], d.get("reason"), d["swap_id"]),
-            )
-        elif ev.kind == "alarm":
-            self.db.execute(
-                "INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
-                "VALUES (?, ?, NULL, NULL, ?, ?)",
-                (wall, t, f"alarm_{d['kind']}", f"{d['reason']} ({d['action']})"),
-            )
-        elif ev.kind == "fault":
-            self.db.execute(
-                "INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                (wall, t, d.get("swap_id"), d.get("step"), d["code"], d["reason"]),
-            )
+        event_id = int(cur.lastrowid or 0)
+        self._index(ev, t, wall)
+        return event_id
+
+    def _index(self, ev: Event, t: float | None, wall: float) -> None:
+        """The tables that recovery, the summary, billing and idempotent commands query,
+        kept beside the event log."""
+        x = self.db.execute
+        match ev:
+            case SwapStarted():
+                x("INSERT INTO swaps (swap_id, vehicle_token, started_wall, started_mono, "
+                  "pack_out, pack_in, store_slot, fetch_slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  (ev.swap_id, ev.vehicle_token, wall, t, json.dumps(ev.pack_out.as_dict()),
+                   json.dumps(ev.pack_in.as_dict()), ev.store_slot, ev.fetch_slot))
+            case StepStarted():
+                x("INSERT INTO steps (swap_id, step, command, seq, param, started_mono, note)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (ev.swap_id, ev.step, ev.command, ev.seq, ev.param, t,
+                   "resumed" if ev.resumed else None))
+                x("UPDATE swaps SET last_step = ? WHERE swap_id = ?", (ev.step, ev.swap_id))
+            case StepDone():
+                x(_LATEST.format(col="done_mono"), (t, ev.swap_id, ev.step))
+            case SwapEnded():
+                x("UPDATE swaps SET ended_mono = ?, outcome = ?, reason = ? WHERE swap_id = ?",
+                  (t, ev.outcome, ev.reason, ev.swap_id))
+            case Alarm():
+                x("INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
+                  "VALUES (?, ?, NULL, NULL, ?, ?)",
+                  (wall, t, f"alarm_{ev.alarm}", f"{ev.reason} ({ev.action})"))
+            case Fault():
+                x("INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  (wall, t, ev.swap_id, ev.step, ev.code, ev.reason))
+            case CommandAccepted() | CommandRefused():
+                accepted = isinstance(ev, CommandAccepted)
+                x("INSERT OR IGNORE INTO commands (request_id, command, origin, accepted, "
+                  "reason, state, wall) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (ev.request_id, ev.command, ev.origin, int(accepted),
+                   None if accepted else getattr(ev, "reason", None),
+                   getattr(ev, "state", None), wall))
+            case _:
+                pass
 
     def step_commanded(self, swap_id: str, step: str, t_write: float) -> None:
         """The PLC acknowledged the write of this step's command at t_write."""
         with self.db:
             self.db.execute(_LATEST.format(col="commanded_mono"), (t_write, swap_id, step))
+
+    # ---- delivery cursors: the journal as the outbox of a sink -------------------------
+    def cursor(self, sink: str) -> int:
+        """The last event id `sink` has confirmed (0: none yet)."""
+        row = self.db.execute("SELECT event_id FROM sink_cursors WHERE sink = ?",
+                              (sink,)).fetchone()
+        return 0 if row is None else int(row["event_id"])
+
+    def confirm(self, sink: str, event_id: int) -> None:
+        """`sink` has delivered every event up to event_id; a cursor never moves back."""
+        with self.db:
+            self.db.execute(
+                "INSERT INTO sink_cursors (sink, event_id) VALUES (?, ?) ON CONFLICT(sink) "
+                "DO UPDATE SET event_id = MAX(event_id, excluded.event_id)", (sink, event_id))
+
+    def events_after(self, event_id: int, limit: int = 1000) -> list[sqlite3.Row]:
+        """Journaled events after event_id, oldest first: (id, wall, mono, kind, data)."""
+        return self.db.execute(
+            "SELECT id, wall, mono, kind, data FROM events WHERE id > ? ORDER BY id LIMIT ?",
+            (event_id, limit)).fetchall()
+
+    def command_result(self, request_id: str) -> sqlite3.Row | None:
+        """The recorded result of a command request, for an idempotent answer."""
+        return self.db.execute("SELECT * FROM commands WHERE request_id = ?",
+                               (request_id,)).fetchone()
 
     # ---- reading ----------------------------------------------------------------------
     def next_swap_number(self) -> int:

@@ -10,8 +10,8 @@ Access control is the socket file's permissions: the server creates it with `mod
 group may command the station. The peer's pid, uid and gid (SO_PEERCRED) go to the
 handler so that the daemon can journal who sent each command.
 
-`handle_request` is the daemon-side handler (status and the PackML commands) written
-against two callables, so it runs over a bare `StationCore` in tests as over the daemon.
+`handle_request` is the daemon-side handler (status and the PackML commands): transport
+only, it hands every command to the daemon's one command entry (station/commands.py).
 `request` is the client side, used by ``swapctl``.
 
 This module imports nothing heavy at import time: ``swapctl`` loads it on every call.
@@ -30,11 +30,12 @@ import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from station.packml import Cmd
+if TYPE_CHECKING:
+    from station.commands import CommandRequest, CommandResult
 
 log = structlog.get_logger("local_api")
 
@@ -47,7 +48,6 @@ MAX_RESPONSE = 16 * 1024 * 1024  # what the client accepts in one answer line
 _READ_CHUNK = 64 * 1024
 CLOSE_GRACE_S = 2.0  # close() waits this long for handlers still running
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
-_CMD_BY_WORD: dict[str, Cmd] = {w: Cmd(w) for w in COMMANDS if w != "status"}
 
 
 class LocalApiError(Exception):
@@ -321,27 +321,33 @@ async def handle_request(
     peer: PeerCred,
     *,
     status: Callable[[], dict[str, Any]],
-    command: Callable[[Cmd, str], Awaitable[None]],
+    submit: Callable[[CommandRequest], Awaitable[CommandResult]],
 ) -> dict[str, Any]:
-    """Answer one request: "status", or a PackML command carried out by `command`
-    (e.g. Daemon.command), which raises station.core.CommandRefused with the reason.
+    """Answer one request: "status", or a PackML command handed to the daemon's one
+    command entry (`submit`, station.commands), which decides and journals it. Transport
+    only: this function decides nothing. An optional "request_id" makes a retry safe: the
+    same id gets the same answer and nothing is done twice.
 
-    Wire it as ``functools.partial(handle_request, status=core.status, command=...)``."""
-    # Imported here, not at the top: station.core pulls in pydantic and cantools, which
-    # would slow every swapctl call down by a quarter of a second.
-    from station.core import CommandRefused
+    Wire it as ``functools.partial(handle_request, status=core.status, submit=...)``."""
+    # Imported here, not at the top: station.commands pulls in the core, pydantic and more,
+    # which would slow every swapctl call down.
+    from station.commands import CommandRequest, Origin
 
     word = req.get("cmd")
     if word == "status":
         return {"ok": True, "status": status()}
-    cmd = _CMD_BY_WORD.get(word) if isinstance(word, str) else None
-    if cmd is None:
+    if not isinstance(word, str) or word not in COMMANDS:
         return _error(f"unknown cmd {word!r}")
-    try:
-        await command(cmd, f"swapctl uid {peer.uid} pid {peer.pid}")
-    except CommandRefused as exc:
-        return {"ok": False, "error": str(exc), "status": status()}
-    return {"ok": True, "status": status()}
+    sender = f"swapctl uid {peer.uid} pid {peer.pid}"
+    rid = req.get("request_id")
+    creq = (CommandRequest(word, Origin.LOCAL, sender) if rid is None else
+            CommandRequest(word, Origin.LOCAL, sender, request_id=rid))
+    result = await submit(creq)
+    if not result.accepted:
+        return {"ok": False, "error": result.reason, "status": status(),
+                "request_id": result.request_id, "repeated": result.repeated}
+    return {"ok": True, "status": status(), "request_id": result.request_id,
+            "repeated": result.repeated}
 
 
 # ---- the client ----------------------------------------------------------------------------

@@ -12,28 +12,23 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from drivers.bms.protocol import VEHICLE_PACK_SA, slot_of_sa
 from station.config import StationConfig
-from station.image import PackReport, ProcessImage
+from station.image import Location, PackData, PackFault, PackReport, ProcessImage
 
-EMERGENCY_FLAGS = frozenset({"over_temp", "over_voltage", "under_voltage", "insulation",
-                             "thermal_alarm"})
+EMERGENCY_FLAGS = frozenset({PackFault.OVER_TEMP, PackFault.OVER_VOLTAGE,
+                             PackFault.UNDER_VOLTAGE, PackFault.INSULATION,
+                             PackFault.THERMAL_ALARM})
 
 
 @dataclass(frozen=True)
 class PackEvent:
-    source: int
-    slot: int | None  # rack slot, None for the vehicle bay
+    location: Location
     serial: int | None
     kind: str  # fault_flag | over_temp | temp_rise | insulation
     detail: str
 
-    @property
-    def where(self) -> str:
-        return "vehicle bay" if self.source == VEHICLE_PACK_SA else f"rack slot {self.slot}"
 
-
-Key = tuple[int, int | None]  # (source address, serial): another pack at an address starts anew
+Key = tuple[Location, int | None]  # (location, serial): another pack there starts anew
 
 
 class TempRiseTracker:
@@ -72,40 +67,39 @@ def pack_events(image: ProcessImage, cfg: StationConfig, rates: TempRiseTracker,
     """Every pack event visible now (fresh reports only: a silent pack is another matter)."""
     out: list[PackEvent] = []
     window = rise_window_s(cfg)
-    for sa, rep in image.packs.items():
-        if now - rep.last_seen.get("PackStatus", -1e9) > cfg.can.status_timeout_s and \
-                now - rep.last_seen.get("PackCells", -1e9) > cfg.can.status_timeout_s:
+    for loc, rep in image.packs.items():
+        if not image.fresh(rep, PackData.STATUS, now) and \
+                not image.fresh(rep, PackData.CELLS, now):
             continue
-        key = (sa, rep.serial)
+        key = (loc, rep.serial)
         if rep.max_cell_temp_c is not None:
-            rates.add(key, rep.last_seen.get("PackStatus", now), rep.max_cell_temp_c, window)
-        ev = _event_of(sa, rep, cfg, rates.rate_per_min(key, window))
+            rates.add(key, rep.last_seen.get(PackData.STATUS, now), rep.max_cell_temp_c, window)
+        ev = _event_of(loc, rep, cfg, rates.rate_per_min(key, window))
         if ev is not None:
             out.append(ev)
     return out
 
 
-def _event_of(sa: int, rep: PackReport, cfg: StationConfig, rate: float | None
+def _event_of(loc: Location, rep: PackReport, cfg: StationConfig, rate: float | None
               ) -> PackEvent | None:
-    slot = slot_of_sa(sa)
     flags = (rep.faults | rep.faults_latched) & EMERGENCY_FLAGS
     temp = max(t for t in (rep.max_cell_temp_c, rep.peak_cell_temp_c, -273.0) if t is not None)
     if flags:
-        return PackEvent(sa, slot, rep.serial, "fault_flag",
+        return PackEvent(loc, rep.serial, "fault_flag",
                          "BMS reports " + ", ".join(sorted(flags)))
     lim = cfg.chemistry.get(rep.chemistry or "")
     if lim is not None and temp >= lim.alarm_temp_c:
-        return PackEvent(sa, slot, rep.serial, "over_temp",
+        return PackEvent(loc, rep.serial, "over_temp",
                          f"cell temperature {temp:.0f} C at or above "
                          f"{lim.alarm_temp_c:.0f} C ({rep.chemistry})")
     limit = cfg.pack_safety.max_temp_rise_c_per_min * cfg.sequence.speed_factor
     if rate is not None and rate > limit:
-        return PackEvent(sa, slot, rep.serial, "temp_rise",
+        return PackEvent(loc, rep.serial, "temp_rise",
                          f"temperature rising {rate / cfg.sequence.speed_factor:.1f} C/min, "
                          f"limit {cfg.pack_safety.max_temp_rise_c_per_min:.1f} C/min")
     if rep.insulation_kohm is not None and \
             rep.insulation_kohm < cfg.pack_safety.min_insulation_kohm:
-        return PackEvent(sa, slot, rep.serial, "insulation",
+        return PackEvent(loc, rep.serial, "insulation",
                          f"insulation {rep.insulation_kohm:.0f} kOhm below "
                          f"{cfg.pack_safety.min_insulation_kohm:.0f} kOhm")
     return None

@@ -82,11 +82,6 @@ for _s in State:
     if _s not in (S.ABORTING, S.ABORTED):
         TRANSITIONS[(_s, Cmd.ABORT)] = S.ABORTING
 
-ACTING_STATES = frozenset(
-    {S.CLEARING, S.STARTING, S.STOPPING, S.ABORTING, S.HOLDING, S.UNHOLDING,
-     S.SUSPENDING, S.UNSUSPENDING, S.RESETTING, S.COMPLETING, S.EXECUTE}
-)
-
 
 class TransitionRefused(ValueError):
     def __init__(self, state: State, cmd: Cmd) -> None:

@@ -7,9 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from drivers.bms.protocol import rack_sa
 from station.config import StationConfig
-from station.image import PackReport, ProcessImage
+from station.image import Location, PackData, PackReport, PackState, ProcessImage
 from station.plan import PackInfo
 
 
@@ -32,10 +31,10 @@ def rack_packs(image: ProcessImage, cfg: StationConfig, now: float) -> dict[int,
     for slot in range(1, min(slots, len(occupied)) + 1):
         if not occupied[slot - 1]:
             continue
-        rep = image.packs.get(rack_sa(slot))
+        rep = image.packs.get(Location.rack(slot))
         if rep is None or not rep.identified:
             continue
-        if now - rep.last_seen.get("PackStatus", -1e9) > cfg.can.status_timeout_s:
+        if not image.fresh(rep, PackData.STATUS, now):
             continue
         out[slot] = rep
     return out
@@ -54,7 +53,7 @@ def why_unfit(rep: PackReport, vehicle_family: int, cfg: StationConfig) -> str |
         return f"family {rep.family} not accepted by a family-{vehicle_family} vehicle"
     if rep.faults:
         return "faults: " + ", ".join(sorted(rep.faults))
-    if rep.state == "isolated":
+    if rep.state == PackState.ISOLATED:
         return "isolated"
     if rep.soc_pct is None or rep.soc_pct < cfg.selection.min_soc_pct:
         return f"SOC {rep.soc_pct} % below {cfg.selection.min_soc_pct} %"

@@ -1,20 +1,27 @@
 """The swap sequence as data: one row per step.
 
-Each step names the PLC command it issues (or none, for steps the controller does itself),
-the parameter it sends, the sensor condition that must hold for the step to count as done
-(the controller never trusts a bare "done" from the PLC), and a check for a hard failure
-that ends the swap at once. Timeouts come from the configuration under the step's name.
+Everything about a step lives in its row, and nothing else in the project names a step
+without coming through `SEQUENCE`: the PLC command it issues (or none, for steps the
+controller does itself), the parameter it sends, the sensor condition that must hold for
+the step to count as done (the controller never trusts a bare "done" from the PLC), a check
+for a hard failure that ends the swap at once, and the facts the interlocks judge the
+machine by during the step: what the presence sensors must read, whether the car must be
+lifted or down and the shuttle home, which packs must be talking on CAN, and its default
+timeout. The interlock table, the config's timeouts and the documents derive from these.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
-from drivers.bms.protocol import VEHICLE_PACK_SA
-from station.config import StationConfig
-from station.image import ProcessImage
+from station.image import BAY, PackData, ProcessImage
 from station.plan import SwapPlan
+
+if TYPE_CHECKING:
+    from station.config import StationConfig
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class StepView:
     plan: SwapPlan
     cfg: StationConfig
     started_at: float  # monotonic time the step began (its command was issued)
+    now: float
 
     def plc(self, name: str, default: object = None) -> object:
         return self.image.plc.get(name, default)
@@ -37,12 +45,42 @@ Predicate = Callable[[StepView], bool]
 FaultCheck = Callable[[StepView], str | None]
 
 
+class Car(StrEnum):
+    """Where the lift must hold the car throughout a step (None in a row: it moves)."""
+
+    DOWN = "down"
+    LIFTED = "lifted"
+
+
+class Talker(StrEnum):
+    """A pack that must be heard on CAN throughout a step."""
+
+    VEHICLE = "vehicle pack"
+    FETCH = "pack to fetch"
+
+
+@dataclass(frozen=True)
+class Presence:
+    """What the presence sensors must read throughout a step; None: changes in the step."""
+
+    bay: bool | None
+    shuttle: bool | None
+    store_slot: bool | None
+    fetch_slot: bool | None
+
+
 @dataclass(frozen=True)
 class Step:
     name: str
-    command: str | None
+    command: str | None  # PLC contract command name
     description: str
     complete: Predicate
+    presence: Presence
+    timeout_s: float  # default, real seconds before speed_factor; [sequence.timeouts] overrides
+    car: Car | None = None
+    car_positioned: bool = True  # the car must not move on the platform (after POSITION)
+    shuttle_home: bool = False
+    talkers: frozenset[Talker] = frozenset()
     fault: FaultCheck = lambda v: None
     param: Callable[[SwapPlan], int] = lambda p: 0
 
@@ -99,16 +137,20 @@ def _bolt_window_fault(run: str) -> FaultCheck:
     return check
 
 
+CHECK_KINDS = (PackData.IDENTITY, PackData.STATUS, PackData.CELLS)
+
+
 def _installed_pack_heard(v: StepView) -> bool:
-    """The bay pack's fast messages arrived since the step began (identity is slow, 1 s:
-    its serial, checked below, tells the installed pack from the one that left)."""
-    rep = v.image.packs.get(VEHICLE_PACK_SA)
-    return rep is not None and rep.identified and \
-        rep.seen_since(v.started_at, "PackStatus", "PackCells")
+    """The bay pack's identity, status and cells all arrived since the check began (after
+    the install): an identity heard before, or older than its timeout, is the pack that left
+    and must not count. The core asks for the identity (J1939 Request) when the step starts."""
+    rep = v.image.packs.get(BAY)
+    return rep is not None and rep.identified and rep.seen_since(v.started_at, *CHECK_KINDS) \
+        and v.image.fresh(rep, PackData.IDENTITY, v.now)
 
 
 def _check_pack_fault(v: StepView) -> str | None:
-    rep = v.image.packs.get(VEHICLE_PACK_SA)
+    rep = v.image.packs.get(BAY)
     if rep is None or not _installed_pack_heard(v):
         return None  # not heard yet: the step waits, its timeout bounds it
     if rep.serial != v.plan.pack_in.serial:
@@ -122,7 +164,7 @@ def _check_pack_fault(v: StepView) -> str | None:
 
 
 def _check_pack_ok(v: StepView) -> bool:
-    rep = v.image.packs.get(VEHICLE_PACK_SA)
+    rep = v.image.packs.get(BAY)
     return (
         rep is not None
         and _installed_pack_heard(v)
@@ -133,48 +175,58 @@ def _check_pack_ok(v: StepView) -> bool:
     )
 
 
+P = Presence
 SEQUENCE: tuple[Step, ...] = (
-    Step("position", "POSITION", "centre the vehicle on the platform", _positioned),
-    Step("lift", "LIFT", "lift the vehicle to swap height", _lifted),
-    Step(
-        "unlock", "UNLOCK", "shuttle docks under the car and loosens every bolt",
-        lambda v: v.num("bolts_tight") == 0 and _lifted(v), fault=_bolt_window_fault("unlock"),
-    ),
-    Step(
-        "remove", "REMOVE", "depleted pack lowered onto the shuttle and carried to the stacker",
-        lambda v: bool(v.plc("shuttle_pack_present")) and not v.plc("vehicle_pack_present")
-        and _shuttle_home(v),
-    ),
-    Step(
-        "store", "STORE", "stacker stores the depleted pack in its rack slot",
-        lambda v: _slot_occupied(v, v.plan.store_slot) and not v.plc("shuttle_pack_present"),
-        param=lambda p: p.store_slot,
-    ),
-    Step(
-        "fetch", "FETCH", "stacker takes the charged pack onto the shuttle",
-        lambda v: not _slot_occupied(v, v.plan.fetch_slot) and bool(v.plc("shuttle_pack_present")),
-        param=lambda p: p.fetch_slot,
-    ),
-    Step(
-        "install", "INSTALL", "shuttle raises the charged pack into the vehicle",
-        lambda v: bool(v.plc("vehicle_pack_present")) and not v.plc("shuttle_pack_present"),
-    ),
-    Step(
-        "lock", "LOCK", "every bolt tightened inside its torque and angle window",
-        lambda v: v.num("bolts_tight") == v.num("bolt_count") > 0 and _shuttle_home(v),
-        fault=_bolt_window_fault("lock"),
-    ),
-    Step(
-        "check", None, "the vehicle wakes; the new pack's BMS must report healthy",
-        _check_pack_ok, fault=_check_pack_fault,
-    ),
-    Step("lower", "LOWER", "lower the vehicle to the ground", _lowered),
-    Step("release", "RELEASE", "the vehicle drives out", lambda v: not v.plc("vehicle_present")),
+    Step("position", "POSITION", "centre the vehicle on the platform", _positioned,
+         P(True, False, False, True), 45.0, car=Car.DOWN, car_positioned=False,
+         shuttle_home=True, talkers=frozenset({Talker.VEHICLE, Talker.FETCH})),
+    Step("lift", "LIFT", "lift the vehicle to swap height", _lifted,
+         P(True, False, False, True), 30.0, shuttle_home=True,
+         talkers=frozenset({Talker.VEHICLE, Talker.FETCH})),
+    Step("unlock", "UNLOCK", "shuttle docks under the car and loosens every bolt",
+         lambda v: v.num("bolts_tight") == 0 and _lifted(v),
+         P(True, False, False, True), 45.0, car=Car.LIFTED,
+         talkers=frozenset({Talker.VEHICLE, Talker.FETCH}), fault=_bolt_window_fault("unlock")),
+    Step("remove", "REMOVE",
+         "depleted pack lowered onto the shuttle and carried to the stacker",
+         lambda v: bool(v.plc("shuttle_pack_present")) and not v.plc("vehicle_pack_present")
+         and _shuttle_home(v),
+         P(None, None, False, True), 36.0, car=Car.LIFTED, talkers=frozenset({Talker.FETCH})),
+    Step("store", "STORE", "stacker stores the depleted pack in its rack slot",
+         lambda v: _slot_occupied(v, v.plan.store_slot) and not v.plc("shuttle_pack_present"),
+         P(False, None, None, True), 45.0, car=Car.LIFTED, shuttle_home=True,
+         talkers=frozenset({Talker.FETCH}), param=lambda p: p.store_slot),
+    Step("fetch", "FETCH", "stacker takes the charged pack onto the shuttle",
+         lambda v: not _slot_occupied(v, v.plan.fetch_slot)
+         and bool(v.plc("shuttle_pack_present")),
+         P(False, None, True, None), 45.0, car=Car.LIFTED, shuttle_home=True,
+         param=lambda p: p.fetch_slot),
+    Step("install", "INSTALL", "shuttle raises the charged pack into the vehicle",
+         lambda v: bool(v.plc("vehicle_pack_present")) and not v.plc("shuttle_pack_present"),
+         P(None, None, True, False), 36.0, car=Car.LIFTED),
+    Step("lock", "LOCK", "every bolt tightened inside its torque and angle window",
+         lambda v: v.num("bolts_tight") == v.num("bolt_count") > 0 and _shuttle_home(v),
+         P(True, False, True, False), 45.0, car=Car.LIFTED, fault=_bolt_window_fault("lock")),
+    Step("check", None, "the vehicle wakes; the new pack's BMS must report healthy",
+         _check_pack_ok, P(True, False, True, False), 30.0, car=Car.LIFTED,
+         shuttle_home=True, fault=_check_pack_fault),
+    Step("lower", "LOWER", "lower the vehicle to the ground", _lowered,
+         P(True, False, True, False), 30.0, shuttle_home=True),
+    Step("release", "RELEASE", "the vehicle drives out", lambda v: not v.plc("vehicle_present"),
+         P(None, False, True, False), 60.0, car=Car.DOWN, car_positioned=False,
+         shuttle_home=True),
 )
 
-STEP_NAMES: tuple[str, ...] = ("identify", *(s.name for s in SEQUENCE))
+STEPS_BY_NAME: dict[str, Step] = {s.name: s for s in SEQUENCE}
+
+STEP_NAMES: tuple[str, ...] = ("identify", *STEPS_BY_NAME)
 """Every step of a swap, in order; identify runs before the swap starts (it picks the pack)."""
 
 
 def step_index(name: str) -> int:
-    return [s.name for s in SEQUENCE].index(name)
+    return list(STEPS_BY_NAME).index(name)
+
+
+def steps_where(pred: Callable[[Step], bool]) -> frozenset[str]:
+    """Names of the steps whose row satisfies pred (for the interlock table)."""
+    return frozenset(s.name for s in SEQUENCE if pred(s))
