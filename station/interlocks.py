@@ -16,7 +16,7 @@ from station.image import BAY, Location, PackData, ProcessImage
 from station.pack_safety import PackEvent
 from station.packml import State
 from station.plan import SwapPlan
-from station.sequence import SEQUENCE, STEPS_BY_NAME, Car, Step, Talker, steps_where
+from station.sequence import STEPS_BY_NAME, Car, Step, Talker, steps_where
 
 
 class Reaction(Enum):
@@ -246,84 +246,3 @@ def evaluate(inputs: Inputs, disabled: frozenset[str] = frozenset()
         if detail is not None:
             out.append((il, reaction, detail))
     return out
-
-
-def table_markdown() -> str:
-    """docs/interlocks.md, generated from INTERLOCKS (a test keeps the file in step)."""
-    lines = [
-        "# Interlocks",
-        "",
-        "Generated from `station/interlocks.py` by `python -m station.interlocks`; "
-        "a test fails when this file and the table differ.",
-        "",
-        "The controller is supervision, not the safety barrier: the safety PLC and its relays "
-        "are. Each interlock is evaluated on every change of the process image and on every "
-        "scan tick (at least every 50 ms), before any command is written. Reactions:",
-        "",
-        "- **abort**: category-1 stop requested from the PLC (`stop_request` = 1); the swap "
-        "ends as aborted; PackML Aborting -> Aborted, which stays until an operator clears it "
-        "(`swapctl clear`, refused while the condition holds), then resets (`swapctl reset`).",
-        "- **hold**: category-2 stop (`stop_request` = 2); PackML Holding -> Held; the swap "
-        "resumes at the interrupted step (its command sent again with a new sequence number) "
-        "only when an operator unholds (`swapctl unhold`, refused while the condition holds). "
-        "No hold resumes by itself.",
-        "- **inhibit**: at rest (Idle, Stopped, Aborted, ...) no swap starts and no reset, "
-        "clear or unhold is accepted while the condition holds.",
-        "",
-        "An interlock with steps applies in motion only while the swap is in one of them. "
-        "*Motion* means Starting, Execute, Completing, Holding, Unholding, Suspending, "
-        "Unsuspending. *Held* is a Held or Suspended swap (also the state a restart mid-swap "
-        "lands in). Fault names are the simulator's (`swap-sim fault set NAME`).",
-        "",
-        "| id | hazard | in motion | held | steps | at rest | simulator faults |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for il in INTERLOCKS:
-        steps = "all" if il.steps is None else ", ".join(
-            s.name for s in SEQUENCE if s.name in il.steps)
-        rest = il.at_rest.value if il.at_rest else "-"
-        faults = ", ".join(f"`{f}`" for f in il.faults) or "- (unit tests)"
-        held = (il.paused or (R.INHIBIT if il.in_motion == R.HOLD else il.in_motion)).value
-        lines.append(f"| `{il.id}` | {il.hazard} | {il.in_motion.value} | {held} | {steps} | "
-                     f"{rest} | {faults} |")
-    lines += [
-        "",
-        "## Pack events (any pack, any state)",
-        "",
-        "A pack event is a BMS emergency flag (over_temp, over_voltage, under_voltage, "
-        "insulation, thermal_alarm), a cell temperature at or above its chemistry's "
-        "`alarm_temp_c`, a temperature rising faster than `pack_safety.max_temp_rise_c_per_min`,"
-        " or insulation below `pack_safety.min_insulation_kohm`. On every pack event the "
-        "controller isolates the pack (PackControl `isolate`: contactors open, no charging), "
-        "locks its rack slot out of pack selection and raises an alarm (journal `alarm` event, "
-        "error log line). If the pack is the car's or one the swap moves, "
-        "`pack_event_near_swap` aborts the swap as well. A pack on the shuttle or the "
-        "stacker is unplugged and silent on CAN: its events are seen once it is in a slot "
-        "or in the car. A slot locked out stays so until the daemon restarts (no operator "
-        "command clears it yet).",
-        "",
-        "## Swap-step failures",
-        "",
-        "Also aborts, with the step and the reason journaled: a step over its timeout "
-        "(`step_timeout`); the PLC not echoing a command's sequence number within "
-        "`sequence.handshake_timeout_s` (`plc_no_answer`); the PLC reporting an error "
-        "(`plc_error`); the PLC reporting done while the sensors disagree "
-        "(`sensor_disagrees`); a bolt outside its torque/angle window, or not reported, after "
-        "UNLOCK or LOCK (`unlock_failed`, `lock_failed`; simulator faults `bolt_torque_fail`, "
-        "`bolt_not_reported`); the installed pack failing the post-swap BMS check "
-        "(`check_failed`).",
-        "",
-        "## The controller's heartbeat",
-        "",
-        "The controller increments `ctrl_heartbeat` every 100 ms. The PLC must stop all "
-        "motion when it has not changed for its timeout (simulator: 1 s), so a dead or hung "
-        "controller stops the machine; see docs/plc-interface.md.",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-if __name__ == "__main__":
-    from pathlib import Path
-
-    Path("docs/interlocks.md").write_text(table_markdown())

@@ -9,23 +9,34 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
+from drivers.bms.adapter import BmsAdapter
+from drivers.bms.protocol import PackProtocol
 from station.config import StationConfig
 from station.core import Decision, StationCore
-from station.image import PackReport, ProcessImage
+from station.events import Event
+from station.image import BAY, Location, PackData, PackReport, PackState, ProcessImage
 from station.packml import Cmd, State
 
-NAMES = {1: "POSITION", 2: "LIFT", 3: "UNLOCK", 4: "REMOVE", 5: "STORE", 6: "FETCH",
-         7: "INSTALL", 8: "LOCK", 9: "LOWER", 10: "RELEASE"}
+TIMEOUTS = BmsAdapter(PackProtocol()).timeouts()  # the pack protocol's own freshness limits
+CELLS = {"nmc": 108, "lfp": 120, "sodium_ion": 112}
+CUTOFF = {"nmc": 4.2, "lfp": 3.65, "sodium_ion": 3.95}
 
 
-def pack(sa: int, serial: int, family: int = 20, chem: str = "nmc", soc: float = 95.0,
+def new_image() -> ProcessImage:
+    return ProcessImage(pack_timeouts=TIMEOUTS)
+
+
+def pack(loc: Location, serial: int, family: int = 20, chem: str = "nmc", soc: float = 95.0,
          t: float = 0.0, **kw: Any) -> PackReport:
-    rep = PackReport(source=sa, serial=serial, family=family, chemistry=chem, soc_pct=soc,
-                     soh_pct=95.0, rated_energy_kwh=75.0, voltage_v=400.0, min_cell_temp_c=24,
-                     max_cell_temp_c=26, insulation_kohm=5000, state="idle", first_seen=t,
-                     **kw)
-    rep.last_seen = {m: t for m in ("PackIdentity", "PackHealth", "PackStatus", "PackCells")}
+    fields: dict[str, Any] = dict(
+        serial=serial, family=family, chemistry=chem, soc_pct=soc, soh_pct=95.0,
+        rated_energy_kwh=75.0, voltage_v=400.0, current_a=0.0, min_cell_temp_c=24,
+        max_cell_temp_c=26, insulation_kohm=5000, state=PackState.IDLE, first_seen=t,
+        cell_count=CELLS[chem], max_charge_voltage_v=round(CELLS[chem] * CUTOFF[chem], 1),
+        max_charge_current_a=250.0)
+    fields.update(kw)
+    rep = PackReport(location=loc, **fields)
+    rep.last_seen = {k: t for k in PackData}
     return rep
 
 
@@ -34,19 +45,22 @@ class ScriptedPlc:
     """behaviour[command name] in: done (default), error, busy, silent, no_sensor."""
 
     behaviour: dict[str, str] = field(default_factory=dict)
-    image: ProcessImage = field(default_factory=ProcessImage)
+    image: ProcessImage = field(default_factory=new_image)
     bolt_torque: float = 120.0
     unlock_torque: float = 90.0
     check_pack_ok: bool = True
     last_seq: int = 0
     freeze: bool = False  # the PLC stops answering: inputs go stale
     freeze_heartbeat: bool = False  # the PLC answers but its program is stuck
-    silent: set[int] = field(default_factory=set)  # CAN sources that stopped talking
+    silent: set[Location] = field(default_factory=set)  # packs that stopped talking
     wake_pack: bool = True  # the installed pack talks after LOCK (False: check step waits)
+    identity_burst: bool = True  # the woken pack sends its identity at once (False: only
+    # when asked or on its 1 s period; the scripted bus answers a request at the next tick)
+    refused: int = 0  # commands refused because another was still running
 
     def __post_init__(self) -> None:
         self.image.plc = {
-            "plc_heartbeat": 0, "cmd_ack_seq": 0, "cmd_status": 0, "cmd_error_code": 0,
+            "plc_heartbeat": 0, "cmd_ack_seq": 0, "cmd_status": "idle", "cmd_error_code": "none",
             "estop_ok": True, "safety_plc_ok": True, "light_curtain_clear": True,
             "doors_closed": True, "smoke_clear": True, "vehicle_present": True,
             "vehicle_ready": True, "vehicle_token": 7, "position_offset_x": 40.0,
@@ -58,49 +72,66 @@ class ScriptedPlc:
         }
         self.image.plc_read_at = 0.0
         self.image.packs = {
-            rack_sa(1): pack(rack_sa(1), 1001, 20, "nmc", 90.0),
-            rack_sa(2): pack(rack_sa(2), 1002, 20, "lfp", 97.0),
-            rack_sa(3): pack(rack_sa(3), 1003, 25, "sodium_ion", 99.0),
-            VEHICLE_PACK_SA: pack(VEHICLE_PACK_SA, 2001, 20, "nmc", 12.0),
+            Location.rack(1): pack(Location.rack(1), 1001, 20, "nmc", 90.0),
+            Location.rack(2): pack(Location.rack(2), 1002, 20, "lfp", 97.0),
+            Location.rack(3): pack(Location.rack(3), 1003, 25, "sodium_ion", 99.0),
+            BAY: pack(BAY, 2001, 20, "nmc", 12.0),
         }
+        self.asked: list[Any] = []  # pack requests the core made
+        self._installed: PackReport | None = None  # its identity not heard yet
 
-    def tick(self, outputs: dict[str, int] | None, now: float) -> None:
+    def tick(self, outputs: dict[str, Any] | None, now: float,
+             requests: list[Any] | None = None) -> None:
         p = self.image.plc
         if self.freeze:
             return
         if not self.freeze_heartbeat:
             p["plc_heartbeat"] = (p["plc_heartbeat"] + 1) % 65536
         self.image.plc_read_at = now
-        for sa, rep in self.image.packs.items():
-            if sa in self.silent:
+        asked = {r.location for r in requests or () if PackData.IDENTITY in r.kinds}
+        self.asked.extend(requests or ())
+        if self._installed is not None and (BAY in asked or None in asked):
+            # the installed pack answers the request: its own identity replaces the old one
+            self.image.packs[BAY], self._installed = self._installed, None
+        for loc, rep in self.image.packs.items():
+            if loc in self.silent:
                 continue
-            for m in rep.last_seen:
-                rep.last_seen[m] = now
-        if outputs is not None and outputs.get("stop_request") and p["cmd_status"] == 1:
-            p["cmd_status"], p["cmd_error_code"] = 3, 6  # a stop request ends the command
+            for kind in rep.last_seen:
+                # identity is slow (1 s): heard at once only when asked or in a burst
+                if kind != PackData.IDENTITY or self.identity_burst or loc in asked \
+                        or None in asked:
+                    rep.last_seen[kind] = now
+        if outputs is not None and outputs.get("stop_request") != "none" and \
+                p["cmd_status"] == "busy":
+            p["cmd_status"], p["cmd_error_code"] = "error", "stopped"  # a stop ends it
         if outputs is None or outputs["cmd_seq"] == self.last_seq:
             return
         self.last_seq = outputs["cmd_seq"]
-        name = NAMES.get(outputs["cmd_code"], "?")
+        name = str(outputs["cmd_code"])
+        if p["cmd_status"] == "busy":  # the contract: one command at a time
+            self.refused += 1
+            p["cmd_ack_seq"] = self.last_seq
+            p["cmd_status"], p["cmd_error_code"] = "error", "refused"
+            return
         how = self.behaviour.get(name, "done")
         if how == "silent":
             return
         p["cmd_ack_seq"] = self.last_seq
         if how == "busy":
-            p["cmd_status"] = 1
+            p["cmd_status"] = "busy"
             return
         if how == "error":
-            p["cmd_status"], p["cmd_error_code"] = 3, 3
+            p["cmd_status"], p["cmd_error_code"] = "error", "mechanism_fault"
             return
-        p["cmd_status"] = 2
+        p["cmd_status"] = "done"
         if how != "no_sensor":
             self._move(name, outputs["cmd_param1"], now)
 
     def wake(self, now: float) -> None:
         """The car wakes its electronics: the installed pack talks at the bay address."""
         rep = self.fetched
-        rep.source, rep.first_seen = VEHICLE_PACK_SA, now
-        self.image.packs[VEHICLE_PACK_SA] = rep
+        rep.location, rep.first_seen = BAY, now
+        self.image.packs[BAY] = rep
 
     def _move(self, name: str, slot: int, now: float) -> None:
         p, packs = self.image.plc, self.image.packs
@@ -115,16 +146,16 @@ class ScriptedPlc:
         elif name == "REMOVE":
             p["vehicle_pack_present"], p["shuttle_pack_present"] = False, True
             p["shuttle_position"] = 0
-            self.removed = packs.pop(VEHICLE_PACK_SA)
+            self.removed = packs.pop(BAY)
         elif name == "STORE":
             p["rack_slot_occupied"][slot - 1] = True
             p["shuttle_pack_present"] = False
-            self.removed.source = rack_sa(slot)
-            packs[rack_sa(slot)] = self.removed
+            self.removed.location = Location.rack(slot)
+            packs[Location.rack(slot)] = self.removed
         elif name == "FETCH":
             p["rack_slot_occupied"][slot - 1] = False
             p["shuttle_pack_present"] = True
-            self.fetched = packs.pop(rack_sa(slot))
+            self.fetched = packs.pop(Location.rack(slot))
         elif name == "INSTALL":
             p["vehicle_pack_present"], p["shuttle_pack_present"] = True, False
             p["shuttle_position"] = 3000
@@ -133,11 +164,20 @@ class ScriptedPlc:
             p["bolt_torque"] = [self.bolt_torque] * 10 + [0.0, 0.0]
             p["bolt_angle"] = [90.0] * 10 + [0.0, 0.0]
             rep = self.fetched
-            rep.source, rep.first_seen = VEHICLE_PACK_SA, now
+            rep.location, rep.first_seen = BAY, now
             if not self.check_pack_ok:
                 rep.faults = frozenset({"internal"})  # not an emergency: the check catches it
-            if self.wake_pack:
-                packs[VEHICLE_PACK_SA] = rep
+            if self.wake_pack and self.identity_burst:
+                packs[BAY] = rep
+            elif self.wake_pack:
+                # Status and cells come from the new pack at once, but the bay's identity is
+                # still the one heard from the pack that left, until the new one sends its own.
+                stale = PackReport(**{**rep.__dict__, "serial": self.removed.serial,
+                                      "family": self.removed.family,
+                                      "chemistry": self.removed.chemistry})
+                stale.last_seen = {**rep.last_seen,
+                                   PackData.IDENTITY: self.removed.last_seen[PackData.IDENTITY]}
+                packs[BAY], self._installed = stale, rep
         elif name == "LOWER":
             p["lift_height"] = 0
         elif name == "RELEASE":
@@ -149,7 +189,7 @@ class Run:
     core: StationCore
     plc: ScriptedPlc
     now: float = 0.0
-    events: list = field(default_factory=list)
+    events: list[Event] = field(default_factory=list)
 
     def step(self, dt: float = 0.05, n: int = 1) -> None:
         for _ in range(n):
@@ -159,7 +199,8 @@ class Run:
 
     def _take(self, d: Decision) -> None:
         self.events.extend(d.events)
-        self.plc.tick(d.outputs if d.outputs is not None else self.core.outputs, self.now)
+        self.plc.tick(d.outputs if d.outputs is not None else self.core.outputs, self.now,
+                      d.pack_requests)
 
     def cmd(self, c: Cmd) -> None:
         self._take(self.core.command(c, self.now))

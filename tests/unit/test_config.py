@@ -14,7 +14,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_and_example_files_load() -> None:
-    assert StationConfig().plc.port == 5020
+    plc = StationConfig().plc
+    assert plc.protocol == "modbus" and plc.link_section().port == 5020  # type: ignore[attr-defined]
     cfg = load_config(ROOT / "deploy" / "swapd.toml")
     assert cfg.can.interface == "udp_multicast"
     assert cfg.chemistry["sodium_ion"].charge_temp_min_c < 0
@@ -23,8 +24,16 @@ def test_defaults_and_example_files_load() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ('[plc]\nport = "five"\n', "plc.port: Input should be a valid integer"),
+        ('[plc.modbus]\nport = "five"\n', "plc.modbus.port: Input should be a valid integer"),
         ("[plc]\nprot = 502\n", "plc.prot: unknown key"),
+        ("[plc.modbus]\nprot = 502\n", "plc.modbus.prot: unknown key"),
+        ("[plc]\nport = 502\n", "'port' is a key of protocol 'modbus': it belongs in "
+         "[plc.modbus]"),
+        ('[plc]\nprotocol = "profinet"\n', "plc.protocol: Input should be 'modbus'"),
+        ("[sequence.timeouts]\nlfit = 30\n", "timeouts.lfit: no such step"),
+        ("[sequence.timeouts]\nlift = 0\n", "timeouts.lift: 0"),
+        ("[charging]\nstation_power_cap_kw = -5\n", "charging.station_power_cap_kw"),
+        ("[can]\nidentity_timeout_s = 3\n", "can.identity_timeout_s: unknown key"),
         ("[can]\ninterface = \"pcan\"\n", "can.interface: Input should be"),
         ("[sequence]\nlock_torque_nm = [130, 110]\n", "lock_torque_nm: lower bound"),
         ("[selection]\nmin_soc_pct = 120\n", "selection.min_soc_pct"),
@@ -51,9 +60,33 @@ def _swapd(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_daemon_refuses_to_start_on_bad_file(tmp_path: Path) -> None:
     f = tmp_path / "bad.toml"
-    f.write_text("[plc]\nport = 70000\nbogus = true\n")
+    f.write_text("[plc.modbus]\nport = 70000\nbogus = true\n")
     r = _swapd("--config", str(f))
     assert r.returncode == 2
-    assert "plc.port" in r.stderr and "plc.bogus: unknown key" in r.stderr
+    assert "plc.modbus.port" in r.stderr and "plc.modbus.bogus: unknown key" in r.stderr
     r = _swapd("--config", str(tmp_path / "missing.toml"))
     assert r.returncode == 2 and "not found" in r.stderr
+
+
+def test_step_timeouts_default_from_the_step_rows_and_override_by_name() -> None:
+    from station.config import SequenceSection
+    from station.sequence import STEPS_BY_NAME
+
+    seq = SequenceSection(timeouts={"lift": 12.0})
+    assert seq.timeout("lift") == 12.0
+    assert seq.timeout("release") == STEPS_BY_NAME["release"].timeout_s
+
+
+def test_a_section_or_key_of_another_protocol_is_named(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from station import config
+
+    class OtherSection(config.ModbusSection):
+        endpoint: str = "opc.tcp://plc:4840"
+
+    monkeypatch.setitem(config.PLC_PROTOCOL_SECTIONS, "other", OtherSection)
+    with pytest.raises(ValueError, match="section of protocol 'other', but plc.protocol is "
+                                         "'modbus'"):
+        StationConfig.model_validate({"plc": {"protocol": "modbus", "other": {}}})
+    with pytest.raises(ValueError, match="'endpoint' is a key of protocol 'other'"):
+        StationConfig.model_validate({"plc": {"endpoint": "opc.tcp://x:4840"}})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from station.config import SequenceSection, StationConfig
+from station.image import BAY, PackData
 from station.packml import Cmd, State
 from station.sequence import SEQUENCE, STEP_NAMES
 from tests.unit.core_harness import ScriptedPlc, make_run
@@ -48,10 +49,10 @@ def test_plc_error_on_each_step_aborts_with_reason(step: str) -> None:
     cmd = next(s.command for s in SEQUENCE if s.name == step)
     run = make_run(behaviour={cmd: "error"})
     run.until(lambda: run.core.state == State.ABORTED)
-    assert step in run.core.reason and "PLC error 3" in run.core.reason
+    assert step in run.core.reason and "PLC error mechanism_fault" in run.core.reason
     ended = run.kinds("swap_ended")[0]
     assert ended["outcome"] == "aborted" and ended["step"] == step
-    assert run.core.outputs["stop_request"] == 1
+    assert run.core.outputs["stop_request"] == "cat1"
     assert run.kinds("fault")[0]["code"] == "plc_error"
 
 
@@ -98,7 +99,7 @@ def test_check_step_rejects_unhealthy_pack() -> None:
 def test_check_step_rejects_low_insulation() -> None:
     run = make_run()
     run.until(lambda: run.core.step is not None and run.core.step.name == "check")
-    run.plc.image.packs[0xF4].insulation_kohm = 90.0  # above the pack-event limit? no: 100
+    run.plc.image.packs[BAY].insulation_kohm = 90.0  # above the pack-event limit? no: 100
     run.until(lambda: run.core.state == State.ABORTED)
     assert "insulation 90 kOhm below 100 kOhm" in run.core.reason
 
@@ -107,7 +108,7 @@ def test_check_step_times_out_when_pack_silent() -> None:
     cfg = StationConfig(sequence=SequenceSection(speed_factor=10.0))
     run = make_run(cfg)
     run.until(lambda: run.core.step is not None and run.core.step.name == "check")
-    run.plc.image.packs.pop(0xF4, None)
+    run.plc.image.packs.pop(BAY, None)
     run.until(lambda: run.core.state == State.ABORTED)
     assert run.core.reason.startswith("check: timed out")
 
@@ -115,7 +116,7 @@ def test_check_step_times_out_when_pack_silent() -> None:
 def test_no_compatible_pack_inhibits_start_with_reason() -> None:
     def all_family_25(plc: ScriptedPlc) -> None:
         for rep in plc.image.packs.values():
-            if rep.source != 0xF4:
+            if rep.location != BAY:
                 rep.family = 25
 
     run = make_run(prepare=all_family_25)
@@ -137,7 +138,7 @@ def test_stop_command_ends_swap_and_requests_category_2_stop() -> None:
     run = make_run()
     run.until(lambda: run.core.step is not None and run.core.step.name == "unlock")
     run.cmd(Cmd.STOP)
-    assert run.core.outputs["stop_request"] == 2
+    assert run.core.outputs["stop_request"] == "cat2"
     run.step(n=3)
     assert run.core.state == State.STOPPED
     assert run.kinds("swap_ended")[0]["outcome"] == "stopped"
@@ -148,3 +149,57 @@ def test_unlock_outside_torque_window_aborts() -> None:
     run.until(lambda: run.core.state == State.ABORTED)
     assert run.core.reason.startswith("unlock: bolt outside unlock torque/angle window")
     assert run.kinds("fault")[0]["code"] == "unlock_failed"
+
+
+def test_check_does_not_trust_an_identity_heard_before_the_install() -> None:
+    """Defect: with a BMS that sends no identity burst, `check` compared the expected serial
+    with the removed pack's identity (heard before the install, older than its timeout) and
+    aborted with the right pack in the car. It must ask for the identity instead."""
+    run = make_run(identity_burst=False)
+    run.until(lambda: bool(run.kinds("swap_ended")))
+    assert run.kinds("swap_ended")[0]["outcome"] == "completed", run.core.reason
+    check_start = next(e["t"] for e in run.kinds("step_started") if e["step"] == "check")
+    assert any(r.location == BAY and PackData.IDENTITY in r.kinds
+               for r in run.plc.asked), "the core never asked the installed pack who it is"
+    assert run.plc.image.packs[BAY].serial == 1002
+    assert run.plc.image.packs[BAY].last_seen[PackData.IDENTITY] >= check_start
+
+
+def test_check_ignores_an_identity_older_than_its_timeout() -> None:
+    """The installed pack never answers: the check times out (it never passes on the old
+    pack's identity, nor aborts on it as the wrong pack)."""
+    cfg = StationConfig(sequence=SequenceSection(speed_factor=10.0))
+    run = make_run(cfg, identity_burst=False)
+    run.plc.tick = _deaf(run.plc)  # type: ignore[method-assign]
+    run.until(lambda: run.core.state == State.ABORTED, limit=5000)
+    assert run.core.reason.startswith("check: timed out"), run.core.reason
+
+
+def _deaf(plc: ScriptedPlc):  # type: ignore[no-untyped-def]
+    tick = plc.tick
+
+    def no_requests(outputs, now, requests=None):  # type: ignore[no-untyped-def]
+        return tick(outputs, now, None)
+
+    return no_requests
+
+
+def test_suspend_stops_the_plc_and_unsuspend_resumes_the_step() -> None:
+    """Defect: Suspend sent no stop request, so the PLC went on with the step, and Unsuspend
+    sent the step's command again with a new sequence number while the old one still ran
+    (the PLC refuses it: one command at a time)."""
+    run = make_run(behaviour={"LIFT": "busy"})
+    run.until(lambda: run.core.step is not None and run.core.step.name == "lift"
+              and run.plc.image.plc["cmd_status"] == "busy")
+    run.cmd(Cmd.SUSPEND)
+    assert run.core.outputs["stop_request"] == "cat2"
+    run.until(lambda: run.core.state == State.SUSPENDED)
+    assert run.plc.image.plc["cmd_status"] == "error"  # the PLC ended the step: stopped
+    assert run.plc.image.plc["cmd_error_code"] == "stopped"
+    run.plc.behaviour.clear()
+    run.cmd(Cmd.UNSUSPEND)
+    run.until(lambda: bool(run.kinds("swap_ended")))
+    assert run.plc.refused == 0
+    assert run.kinds("swap_ended")[0]["outcome"] == "completed", run.core.reason
+    lifts = [e for e in run.kinds("step_started") if e["step"] == "lift"]
+    assert len(lifts) == 2 and lifts[0]["seq"] != lifts[1]["seq"]

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import pytest
 
-from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
 from station.core import CommandRefused, StationCore
-from station.interlocks import INTERLOCKS, PRESENCE, Interlock, Reaction
+from station.image import BAY, Location
+from station.interlocks import INTERLOCKS, Interlock, Reaction
+from station.pack_commands import PackCommand, PackCommandKind
 from station.packml import Cmd, State
-from station.sequence import SEQUENCE
+from station.sequence import SEQUENCE, STEPS_BY_NAME
 from tests.unit.core_harness import Run, ScriptedPlc, make_run
 
 STEPS = [s.name for s in SEQUENCE]
@@ -43,7 +44,8 @@ def trip(run: Run, il_id: str, step: str) -> None:
         p["shuttle_position"] = 3200.0
     elif il_id == "pack_presence_mismatch":
         assert plan is not None
-        want = PRESENCE[step]
+        pr = STEPS_BY_NAME[step].presence
+        want = (pr.bay, pr.shuttle, pr.store_slot, pr.fetch_slot)
         i = next(k for k, w in enumerate(want) if w is not None)
         if i == 0:
             p["vehicle_pack_present"] = not want[0]
@@ -54,14 +56,14 @@ def trip(run: Run, il_id: str, step: str) -> None:
             p["rack_slot_occupied"][slot - 1] = not want[i]
     elif il_id == "pack_event_near_swap":
         assert plan is not None
-        for sa in (VEHICLE_PACK_SA, rack_sa(plan.fetch_slot), rack_sa(plan.store_slot)):
-            if sa in plc.image.packs:
-                plc.image.packs[sa].max_cell_temp_c = 75.0
+        for loc in (BAY, Location.rack(plan.fetch_slot), Location.rack(plan.store_slot)):
+            if loc in plc.image.packs:
+                plc.image.packs[loc].max_cell_temp_c = 75.0
                 return
         raise AssertionError("no pack near the swap to heat")
     elif il_id == "pack_silent":
         assert plan is not None
-        plc.silent |= {VEHICLE_PACK_SA, rack_sa(plan.fetch_slot)}
+        plc.silent |= {BAY, Location.rack(plan.fetch_slot)}
     else:
         raise AssertionError(f"no test trigger for interlock {il_id}")
 
@@ -118,10 +120,10 @@ def test_interlock_matrix(il_id: str, step: str) -> None:
     assert run.kinds("fault")[0]["step"] == step
     assert run.core.reason.startswith(f"interlock {il_id}")
     if il.in_motion == Reaction.ABORT:
-        assert run.core.outputs["stop_request"] == 1
+        assert run.core.outputs["stop_request"] == "cat1"
         assert run.kinds("swap_ended")[0]["outcome"] == "aborted"
     else:
-        assert run.core.outputs["stop_request"] == 2
+        assert run.core.outputs["stop_request"] == "cat2"
         assert not run.kinds("swap_ended")  # held, not ended
         with pytest.raises(CommandRefused, match=il_id):
             run.cmd(Cmd.UNHOLD)  # refused while the cause is still there
@@ -178,7 +180,7 @@ def test_abort_then_clear_and_reset_returns_to_idle() -> None:
 def test_rack_pack_event_isolates_and_locks_out_without_stopping_the_swap() -> None:
     run = make_run()
     run.until(lambda: run.core.step is not None and run.core.step.name == "lift")
-    run.plc.image.packs[rack_sa(3)].faults = frozenset({"thermal_alarm"})  # not in this swap
+    run.plc.image.packs[Location.rack(3)].faults = frozenset({"thermal_alarm"})  # not in this swap
     run.step(n=2)
     alarms = run.kinds("alarm")
     assert alarms and alarms[0]["slot"] == 3 and "isolated" in alarms[0]["action"]
@@ -190,18 +192,19 @@ def test_rack_pack_event_isolates_and_locks_out_without_stopping_the_swap() -> N
 def test_pack_event_emits_isolation_command_once() -> None:
     core = StationCore(make_run().core.cfg)
     plc = ScriptedPlc()
-    plc.image.packs[rack_sa(1)].max_cell_temp_c = 80.0
+    plc.image.packs[Location.rack(1)].max_cell_temp_c = 80.0
     d1 = core.update(plc.image, 0.0)
     d2 = core.update(plc.image, 0.05)
-    assert d1.isolate_packs == [rack_sa(1)] and d2.isolate_packs == []
+    isolate = PackCommand(Location.rack(1), PackCommandKind.ISOLATE)
+    assert d1.isolations == [isolate] and d2.isolations == []
 
 
 def test_temperature_rise_rate_is_a_pack_event() -> None:
     run = make_run(prepare=lambda plc: plc.image.plc.update(vehicle_present=False))
-    rep = run.plc.image.packs[rack_sa(1)]
+    rep = run.plc.image.packs[Location.rack(1)]
     for _ in range(400):  # +1 C every 2 s of packs' time = 30 C/min > 10 C/min
         run.step(dt=0.1)
         rep.max_cell_temp_c = 26.0 + int(run.now / 2.0)
         if run.kinds("alarm"):
             break
-    assert run.kinds("alarm")[0]["kind"] == "temp_rise"
+    assert run.kinds("alarm")[0]["alarm"] == "temp_rise"

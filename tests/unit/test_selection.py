@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from drivers.bms.protocol import rack_sa
 from station.config import SelectionSection, StationConfig
-from station.image import ProcessImage
+from station.image import Location, ProcessImage
 from station.selection import Choice, NoChoice, choose_pack
-from tests.unit.core_harness import pack
+from tests.unit.core_harness import new_image, pack
 
 NOW = 10.0
 
 
 def image(*packs: tuple[int, int, str, float], occupied: list[bool] | None = None,
           **kw: object) -> ProcessImage:
-    img = ProcessImage()
+    img = new_image()
     n = 6
     occ = occupied if occupied is not None else [False] * n
     for slot, fam, chem, soc in packs:
-        img.packs[rack_sa(slot)] = pack(rack_sa(slot), 5000 + slot, fam, chem, soc, t=NOW, **kw)
+        img.packs[Location.rack(slot)] = pack(Location.rack(slot), 5000 + slot, fam, chem, soc, t=NOW, **kw)
         occ[slot - 1] = True
     img.plc = {"rack_slot_count": n, "rack_slot_occupied": occ}
     return img
@@ -54,7 +53,7 @@ def test_faulty_isolated_low_soh_or_hot_packs_not_chosen() -> None:
                {"soh_pct": 50.0}, {"max_cell_temp_c": 70.0}):
         img = image((1, 20, "nmc", 99.0))
         for k, v in kw.items():
-            setattr(img.packs[rack_sa(1)], k, v)
+            setattr(img.packs[Location.rack(1)], k, v)
         assert isinstance(choose_pack(img, cfg, 20, NOW), NoChoice), kw
 
 
@@ -72,6 +71,6 @@ def test_no_free_slot_is_reported() -> None:
 
 def test_unheard_rack_packs_are_waited_for_not_reported_missing() -> None:
     img = image((1, 20, "nmc", 50.0), (2, 20, "nmc", 99.0))
-    del img.packs[rack_sa(2)]  # occupied, not heard on CAN yet
+    del img.packs[Location.rack(2)]  # occupied, not heard on CAN yet
     c = choose_pack(img, StationConfig(), 20, NOW)
     assert isinstance(c, NoChoice) and c.reason == "waiting for 1 rack pack(s) to report on CAN"

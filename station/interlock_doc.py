@@ -1,0 +1,126 @@
+"""docs/interlocks.md, generated from the interlock table and the step rows (a test keeps
+the file in step): `python -m station.interlock_doc`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from station.interlocks import INTERLOCKS, R
+from station.sequence import SEQUENCE
+
+DOC = Path("docs/interlocks.md")
+
+
+def table_markdown() -> str:
+    """docs/interlocks.md, generated from INTERLOCKS (a test keeps the file in step)."""
+    lines = [
+        "# Interlocks",
+        "",
+        "Generated from `station/interlocks.py` and the step rows of `station/sequence.py` by "
+        "`python -m station.interlock_doc`; "
+        "a test fails when this file and the table differ.",
+        "",
+        "The controller is supervision, not the safety barrier: the safety PLC and its relays "
+        "are. Each interlock is evaluated on every change of the process image and on every "
+        "scan tick (at least every 50 ms), before any command is written. Reactions:",
+        "",
+        "- **abort**: category-1 stop requested from the PLC (`stop_request` = 1); the swap "
+        "ends as aborted; PackML Aborting -> Aborted, which stays until an operator clears it "
+        "(`swapctl clear`, refused while the condition holds), then resets (`swapctl reset`).",
+        "- **hold**: category-2 stop (`stop_request` = 2); PackML Holding -> Held; the swap "
+        "resumes at the interrupted step (its command sent again with a new sequence number) "
+        "only when an operator unholds (`swapctl unhold`, refused while the condition holds). "
+        "No hold resumes by itself.",
+        "- **inhibit**: at rest (Idle, Stopped, Aborted, ...) no swap starts and no reset, "
+        "clear or unhold is accepted while the condition holds.",
+        "",
+        "An interlock with steps applies in motion only while the swap is in one of them. "
+        "*Motion* means Starting, Execute, Completing, Holding, Unholding, Suspending, "
+        "Unsuspending. *Held* is a Held or Suspended swap (also the state a restart mid-swap "
+        "lands in). Fault names are the simulator's (`swap-sim fault set NAME`).",
+        "",
+        "| id | hazard | in motion | held | steps | at rest | simulator faults |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for il in INTERLOCKS:
+        steps = "all" if il.steps is None else ", ".join(
+            s.name for s in SEQUENCE if s.name in il.steps)
+        rest = il.at_rest.value if il.at_rest else "-"
+        faults = ", ".join(f"`{f}`" for f in il.faults) or "- (unit tests)"
+        held = (il.paused or (R.INHIBIT if il.in_motion == R.HOLD else il.in_motion)).value
+        lines.append(f"| `{il.id}` | {il.hazard} | {il.in_motion.value} | {held} | {steps} | "
+                     f"{rest} | {faults} |")
+    lines += [
+        "",
+        "## Pack events (any pack, any state)",
+        "",
+        "A pack event is a BMS emergency flag (over_temp, over_voltage, under_voltage, "
+        "insulation, thermal_alarm), a cell temperature at or above its chemistry's "
+        "`alarm_temp_c`, a temperature rising faster than `pack_safety.max_temp_rise_c_per_min`,"
+        " or insulation below `pack_safety.min_insulation_kohm`. On every pack event the "
+        "controller isolates the pack (PackControl `isolate`: contactors open, no charging), "
+        "locks its rack slot out of pack selection and raises an alarm (journal `alarm` event, "
+        "error log line). If the pack is the car's or one the swap moves, "
+        "`pack_event_near_swap` aborts the swap as well. A pack on the shuttle or the "
+        "stacker is unplugged and silent on CAN: its events are seen once it is in a slot "
+        "or in the car. A slot locked out stays so until the daemon restarts (no operator "
+        "command clears it yet).",
+        "",
+        "## Swap-step failures",
+        "",
+        "Also aborts, with the step and the reason journaled: a step over its timeout "
+        "(`step_timeout`); the PLC not echoing a command's sequence number within "
+        "`sequence.handshake_timeout_s` (`plc_no_answer`); the PLC reporting an error "
+        "(`plc_error`); the PLC reporting done while the sensors disagree "
+        "(`sensor_disagrees`); a bolt outside its torque/angle window, or not reported, after "
+        "UNLOCK or LOCK (`unlock_failed`, `lock_failed`; simulator faults `bolt_torque_fail`, "
+        "`bolt_not_reported`); the installed pack failing the post-swap BMS check "
+        "(`check_failed`).",
+        "",
+        "## The controller's heartbeat",
+        "",
+        "The controller increments `ctrl_heartbeat` every 100 ms. The PLC must stop all "
+        "motion when it has not changed for its timeout (simulator: 1 s), so a dead or hung "
+        "controller stops the machine; see docs/plc-interface.md.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+
+def steps_markdown() -> str:
+    """What each step's row tells the interlocks (station/sequence.py)."""
+    def yn(v: bool | None) -> str:
+        return "-" if v is None else ("pack" if v else "empty")
+
+    lines = [
+        "## What each step requires",
+        "",
+        "From the step rows of `station/sequence.py`: the interlocks above judge the machine "
+        "by these. Presence columns say what the sensors must read throughout the step "
+        "(`-`: it changes in the step); *car* is where the lift must hold it; *talking* are "
+        "the packs that must be heard on CAN (`pack_silent`); the timeout is the default of "
+        "`[sequence.timeouts]` (real seconds, divided by `sequence.speed_factor`, never "
+        "below 1 s).",
+        "",
+        "| step | PLC command | bay | shuttle | store slot | fetch slot | car | car may move "
+        "| shuttle home | talking | timeout s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in SEQUENCE:
+        p = s.presence
+        talk = ", ".join(sorted(t.value for t in s.talkers)) or "-"
+        lines.append(
+            f"| {s.name} | {s.command or '- (controller)'} | {yn(p.bay)} | {yn(p.shuttle)} | "
+            f"{yn(p.store_slot)} | {yn(p.fetch_slot)} | {s.car.value if s.car else 'moves'} | "
+            f"{'no' if s.car_positioned else 'yes'} | {'yes' if s.shuttle_home else 'no'} | "
+            f"{talk} | {s.timeout_s:g} |")
+    return "\n".join(lines) + "\n"
+
+
+def document() -> str:
+    return table_markdown() + "\n" + steps_markdown()
+
+
+if __name__ == "__main__":
+    DOC.write_text(document())
