@@ -24,7 +24,7 @@ from station.events import CommandAccepted, CommandReceived, CommandRefused
 from station.journal import Journal
 from station.packml import Cmd
 
-REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 COMMAND_WORDS: tuple[str, ...] = tuple(c.value for c in Cmd if c is not Cmd.SC)
 
 
@@ -66,7 +66,7 @@ class CommandEntry:
         self.core, self.journal, self.apply, self.clock = core, journal, apply, clock
 
     async def submit(self, req: CommandRequest) -> CommandResult:
-        if not isinstance(req.request_id, str) or not REQUEST_ID.match(req.request_id):
+        if not isinstance(req.request_id, str) or not REQUEST_ID.fullmatch(req.request_id):
             # Not journaled under this id: it could not be looked up again.
             return CommandResult(str(req.request_id)[:64], str(req.command)[:32], False,
                                  "request id must be 1-64 characters of A-Z a-z 0-9 . _ : -",

@@ -18,8 +18,10 @@ from typing import Any
 
 import pytest
 
+from station.commands import CommandEntry, CommandRequest, CommandResult
 from station.config import StationConfig
-from station.core import StationCore
+from station.core import Decision, StationCore
+from station.journal import Journal
 from station.local_api import (
     COMMANDS,
     MAX_LINE,
@@ -308,20 +310,27 @@ def test_command_words_are_the_packml_commands() -> None:
 
 
 class CoreRig:
-    """A StationCore as the daemon would hand it to handle_request (status, command)."""
+    """A StationCore behind the one command entry, as the daemon hands it to handle_request
+    (status, submit)."""
 
     def __init__(self) -> None:
         self.core = StationCore(StationConfig())
         self.now = 0.0
         self.origins: list[str] = []
+        self._dir = tempfile.TemporaryDirectory(prefix="swapapi-j-")
+        self.journal = Journal(Path(self._dir.name) / "j.sqlite")
+        self.entry = CommandEntry(self.core, self.journal, self._apply, lambda: self.now)
 
-    async def command(self, cmd: Cmd, origin: str) -> None:
-        self.origins.append(origin)
-        self.core.command(cmd, self.now, origin)
+    async def _apply(self, d: Decision) -> None:
+        self.journal.record(d.events)
+
+    async def command(self, req: CommandRequest) -> CommandResult:
+        self.origins.append(req.sender)
+        return await self.entry.submit(req)
 
     async def ask(self, word: str, peer: PeerCred) -> dict[str, Any]:
         return await handle_request({"cmd": word}, peer, status=self.core.status,
-                                    command=self.command)
+                                    submit=self.command)
 
 
 PEER = PeerCred(pid=4242, uid=1001, gid=1001)
@@ -352,8 +361,8 @@ async def test_reset_refused_while_interlocks_are_active() -> None:
 async def test_command_not_allowed_in_the_state_is_refused() -> None:
     rig = CoreRig()
     resp = await rig.ask("unhold", PEER)
-    assert resp == {"ok": False, "error": "unhold is not allowed in Stopped",
-                    "status": rig.core.status()}
+    assert resp["ok"] is False and resp["error"] == "unhold is not allowed in Stopped"
+    assert resp["status"] == rig.core.status()
 
 
 async def test_abort_accepted_and_attributed_to_the_peer() -> None:
@@ -370,17 +379,29 @@ async def test_handler_rejects_words_outside_the_vocabulary() -> None:
     rig = CoreRig()
     for word in ("state_complete", "launch", None):
         resp = await handle_request({"cmd": word}, PEER, status=rig.core.status,
-                                    command=rig.command)
+                                    submit=rig.command)
         assert resp["ok"] is False and "unknown cmd" in resp["error"]
     assert rig.origins == []
 
 
 async def test_server_and_handler_together(sock_path: Path) -> None:
     rig = CoreRig()
-    handler = functools.partial(handle_request, status=rig.core.status, command=rig.command)
+    handler = functools.partial(handle_request, status=rig.core.status, submit=rig.command)
     async with LocalApiServer(sock_path, handler):
         refused = await request(sock_path, {"cmd": "reset"})
         accepted = await request(sock_path, {"cmd": "abort"})
     assert refused["ok"] is False and "interlocks active" in refused["error"]
     assert accepted["ok"] is True and accepted["status"]["packml_state"] == "Aborting"
     assert rig.origins == [f"swapctl uid {os.getuid()} pid {os.getpid()}"] * 2
+
+
+async def test_the_same_request_id_gets_the_same_answer_and_acts_once() -> None:
+    rig = CoreRig()
+    first = await handle_request({"cmd": "abort", "request_id": "op-17"}, PEER,
+                                 status=rig.core.status, submit=rig.command)
+    again = await handle_request({"cmd": "abort", "request_id": "op-17"}, PEER,
+                                 status=rig.core.status, submit=rig.command)
+    assert first["ok"] is True and first["repeated"] is False
+    assert again["ok"] is True and again["repeated"] is True
+    kinds = [r["kind"] for r in rig.journal.events_after(0)]
+    assert kinds.count("command_accepted") == 1 and kinds.count("state") == 1
