@@ -36,7 +36,7 @@ def test_voltage_limit_uses_the_cell_count_the_pack_reports() -> None:
     stopped charging at ~48 % SOC while still 'charging'."""
     rep = pack(Location.rack(1), 1, chem="nmc", soc=40.0, cell_count=108,
                max_charge_voltage_v=460.0)
-    current, voltage = charge_limits(rep, StationConfig())  # type: ignore[misc]
+    _, voltage = charge_limits(rep, StationConfig())  # type: ignore[misc]
     assert voltage == pytest.approx(4.20 * 108)
 
 

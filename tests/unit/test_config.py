@@ -85,8 +85,8 @@ def test_a_section_or_key_of_another_protocol_is_named(
         endpoint: str = "opc.tcp://plc:4840"
 
     monkeypatch.setitem(config.PLC_PROTOCOL_SECTIONS, "other", OtherSection)
-    with pytest.raises(ValueError, match="section of protocol 'other', but plc.protocol is "
-                                         "'modbus'"):
+    with pytest.raises(ValueError, match=r"section of protocol 'other', but plc\.protocol is "
+                                         r"'modbus'"):
         StationConfig.model_validate({"plc": {"protocol": "modbus", "other": {}}})
     with pytest.raises(ValueError, match="'endpoint' is a key of protocol 'other'"):
         StationConfig.model_validate({"plc": {"endpoint": "opc.tcp://x:4840"}})

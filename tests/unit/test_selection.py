@@ -16,7 +16,8 @@ def image(*packs: tuple[int, int, str, float], occupied: list[bool] | None = Non
     n = 6
     occ = occupied if occupied is not None else [False] * n
     for slot, fam, chem, soc in packs:
-        img.packs[Location.rack(slot)] = pack(Location.rack(slot), 5000 + slot, fam, chem, soc, t=NOW, **kw)
+        loc = Location.rack(slot)
+        img.packs[loc] = pack(loc, 5000 + slot, fam, chem, soc, t=NOW, **kw)
         occ[slot - 1] = True
     img.plc = {"rack_slot_count": n, "rack_slot_occupied": occ}
     return img
