@@ -22,21 +22,14 @@ import asyncio
 import multiprocessing
 import random
 import statistics
-import sys
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
 import can
 
 from drivers.bms.protocol import VEHICLE_PACK_SA, PackProtocol
-from sim_hw.config import CanConfig, ModbusConfig, SimConfig
-from sim_hw.config import StationConfig as SimStationCfg
 from sim_hw.station_sim import SimStation
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.integration.daemon_proc import DaemonProcess, multicast_group, write_config
+from station.rig import DaemonProcess, ProcessRig
 
 
 class StopProbe:
@@ -80,59 +73,52 @@ def pct(xs: list[float], p: float) -> float:
 
 
 async def main(trials: int, load_fps: int, poll_ms: float) -> None:
-    group = multicast_group()
-    sim_cfg = SimConfig(speed=1.0, vehicles=1, modbus=ModbusConfig(port=0),
-                        can=CanConfig(interface="udp_multicast", channel=group),
-                        station=SimStationCfg(slots=23))
     proto = PackProtocol()
-    with tempfile.TemporaryDirectory() as tmp_s:
-        tmp = Path(tmp_s)
-        async with SimStation(sim_cfg) as sim:
-            probe = StopProbe(sim)
-            cfg = write_config(tmp, sim.modbus_port, group, 1.0)
-            cfg.write_text(cfg.read_text().replace("poll_period_s = 0.01",
-                                                   f"poll_period_s = {poll_ms / 1000}"))
-            daemon = DaemonProcess(cfg, tmp / "swapd.log")
-            stop_load = multiprocessing.Event()
-            sent = multiprocessing.Value("q", 0)
-            loader = multiprocessing.Process(target=load_process,
-                                             args=(group, load_fps, stop_load, sent))
-            injector = can.Bus(interface="udp_multicast", channel=group)
-            daemon.start()
-            loader.start()
-            t_load0 = time.monotonic()
-            results: dict[str, list[float]] = {"estop_modbus": [], "overtemp_can": []}
-            failures: list[str] = []
-            try:
-                for kind in ("estop_modbus", "overtemp_can"):
-                    for _ in range(trials):
-                        await ready_in_position(daemon)
-                        await asyncio.sleep(random.uniform(0.0, 0.05))
-                        probe.t_stop = None
-                        if kind == "estop_modbus":
-                            t0 = time.monotonic()
-                            sim.faults.set("estop")
-                        else:
-                            ident, data = hot_frame(proto, sim)
-                            t0 = time.monotonic()
-                            injector.send(can.Message(arbitration_id=ident, data=data,
-                                                      is_extended_id=True))
-                        while probe.t_stop is None and time.monotonic() - t0 < 5.0:
-                            await asyncio.sleep(0.0005)
-                        if probe.t_stop is None:
-                            failures.append(f"{kind}: no stop within 5 s; daemon "
-                                            f"{await daemon.status()}")
-                        else:
-                            results[kind].append((probe.t_stop - t0) * 1000)
-                        if kind == "estop_modbus":
-                            sim.faults.clear("estop")
-                        await recover(daemon)
-            finally:
-                stop_load.set()
-                loader.join()
-                injector.shutdown()
-                daemon.terminate()
-            load_s = time.monotonic() - t_load0
+    async with ProcessRig(speed=1.0, vehicles=1, sim={"station": {"slots": 23}},
+                          poll_period_s=poll_ms / 1000, start_daemon=False,
+                          name="latency") as rig:
+        sim, daemon, group = rig.sim, rig.daemon, rig.channel
+        probe = StopProbe(sim)
+        stop_load = multiprocessing.Event()
+        sent = multiprocessing.Value("q", 0)
+        loader = multiprocessing.Process(target=load_process,
+                                         args=(group, load_fps, stop_load, sent))
+        injector = can.Bus(interface="udp_multicast", channel=group)
+        daemon.start()
+        loader.start()
+        t_load0 = time.monotonic()
+        results: dict[str, list[float]] = {"estop_modbus": [], "overtemp_can": []}
+        failures: list[str] = []
+        try:
+            for kind in ("estop_modbus", "overtemp_can"):
+                for _ in range(trials):
+                    await ready_in_position(daemon)
+                    await asyncio.sleep(random.uniform(0.0, 0.05))
+                    probe.t_stop = None
+                    if kind == "estop_modbus":
+                        t0 = time.monotonic()
+                        sim.faults.set("estop")
+                    else:
+                        ident, data = hot_frame(proto, sim)
+                        t0 = time.monotonic()
+                        injector.send(can.Message(arbitration_id=ident, data=data,
+                                                  is_extended_id=True))
+                    while probe.t_stop is None and time.monotonic() - t0 < 5.0:
+                        await asyncio.sleep(0.0005)
+                    if probe.t_stop is None:
+                        failures.append(f"{kind}: no stop within 5 s; daemon "
+                                        f"{await daemon.status()}")
+                    else:
+                        results[kind].append((probe.t_stop - t0) * 1000)
+                    if kind == "estop_modbus":
+                        sim.faults.clear("estop")
+                    await recover(daemon)
+        finally:
+            stop_load.set()
+            loader.join()
+            injector.shutdown()
+            daemon.terminate()
+        load_s = time.monotonic() - t_load0
     print(f"swapd PLC poll period {poll_ms:.0f} ms; CAN: 23 packs "
           f"(~{23 * 22} frames/s) + background {sent.value / load_s:.0f} frames/s")
     for f in failures:

@@ -22,45 +22,29 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import psutil
 
-from sim_hw.config import CanConfig, ModbusConfig, SimConfig
-from sim_hw.station_sim import SimStation
-from station.config import CanSection, JournalSection, PlcSection, SequenceSection, StationConfig
-from station.daemon import Daemon
 from station.logs import configure_logging
+from station.rig import ProcessRig, Rig
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 async def dead_time(swaps: int, speed: float) -> None:
-    channel = f"bench-{uuid.uuid4().hex[:8]}"
-    sim_cfg = SimConfig(speed=speed, vehicles=swaps, modbus=ModbusConfig(port=0),
-                        can=CanConfig(interface="virtual", channel=channel))
-    with tempfile.TemporaryDirectory() as tmp:
-        async with SimStation(sim_cfg) as sim:
-            cfg = StationConfig(plc=PlcSection(port=sim.modbus_port),
-                                can=CanSection(interface="virtual", channel=channel),
-                                sequence=SequenceSection(speed_factor=speed),
-                                journal=JournalSection(path=Path(tmp) / "j.sqlite"))
-            ended: list[str] = []
-            daemon = Daemon(cfg, observer=lambda e: ended.append(e.kind)
-                            if e.kind == "swap_ended" else None)
-            stop = asyncio.Event()
-            task = asyncio.create_task(daemon.run(stop))
-            deadline = time.monotonic() + swaps * 144 * 3 / speed + 30
-            while ended.count("swap_ended") < swaps and time.monotonic() < deadline:
-                await asyncio.sleep(0.05)
-            summary = daemon.journal.summary(speed)
-            log = list(sim.command_log)
-            stop.set()
-            await task
-    print(f"\n[1] dead time per swap, PLC poll period {cfg.plc.poll_period_s * 1000:.0f} ms, "
+    ended: list[str] = []
+    async with Rig(speed=speed, vehicles=swaps, poll_period_s=None, capture_log=False,
+                   name="bench", observer=lambda e: ended.append(e.kind)
+                   if e.kind == "swap_ended" else None) as rig:
+        deadline = time.monotonic() + swaps * 144 * 3 / speed + 30
+        while ended.count("swap_ended") < swaps and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        summary = rig.daemon.journal.summary(speed)
+        log = list(rig.sim.command_log)
+        poll_period_s = rig.modbus.poll_period_s
+    print(f"\n[1] dead time per swap, PLC poll period {poll_period_s * 1000:.0f} ms, "
           f"{summary['swaps_completed']} swaps at speed x{speed:g}")
     d = summary["controller_dead_time_ms"]
     print("    daemon view (done reply received -> next command write acknowledged), ms/swap: "
@@ -91,52 +75,34 @@ def _rss_mb(proc: psutil.Process) -> float:
         return 0.0
 
 
-def two_process(swaps: int, speed: float, idle_s: float) -> None:
-    bindir = Path(sys.executable).parent
-    with tempfile.TemporaryDirectory() as tmp:
-        port = 15000 + os.getpid() % 1000
-        group = "239.74.163.9"
-        sim_toml = Path(tmp) / "sim.toml"
-        sim_toml.write_text(f'[sim]\nspeed = {speed}\nvehicles = {swaps}\n'
-                            f'[sim.modbus]\nport = {port}\n'
-                            f'[sim.can]\ninterface = "udp_multicast"\nchannel = "{group}"\n')
-        d_toml = Path(tmp) / "swapd.toml"
-        d_toml.write_text(f'[plc]\nport = {port}\n[can]\ninterface = "udp_multicast"\n'
-                          f'channel = "{group}"\n[sequence]\nspeed_factor = {speed}\n'
-                          f'[journal]\npath = "{tmp}/j.sqlite"\n[log]\nformat = "json"\n')
-        sim = subprocess.Popen([bindir / "swap-sim", "--config", sim_toml, "--log-level",
-                                "WARNING"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(1.5)
-        log_path = Path(tmp) / "swapd.log"
-        with log_path.open("w") as logf:
-            daemon = subprocess.Popen([bindir / "swapd", "--config", d_toml], stdout=logf,
-                                      stderr=logf)
-            proc = psutil.Process(daemon.pid)
-            peak = 0.0
-            deadline = time.monotonic() + swaps * 144 * 3 / speed + 30
-            while time.monotonic() < deadline:
-                peak = max(peak, _rss_mb(proc))
-                if log_path.read_text().count('"outcome"') >= swaps:
-                    break
-                time.sleep(0.1)
-            done = log_path.read_text().count('"outcome": "completed"')
-            time.sleep(2.0)
-            cpu0 = proc.cpu_times()
-            t0 = time.monotonic()
-            time.sleep(idle_s)
-            cpu1 = proc.cpu_times()
-            idle_cpu = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (
-                time.monotonic() - t0) * 100
+async def two_process(swaps: int, speed: float, idle_s: float) -> None:
+    async with ProcessRig(speed=speed, vehicles=swaps, poll_period_s=None,
+                          name="bench") as rig:
+        log_path = rig.daemon.log
+        assert rig.daemon.proc is not None
+        proc = psutil.Process(rig.daemon.proc.pid)
+        peak = 0.0
+        deadline = time.monotonic() + swaps * 144 * 3 / speed + 30
+        while time.monotonic() < deadline:
             peak = max(peak, _rss_mb(proc))
-            daemon.terminate()
-            daemon.wait(10)
-        sim.terminate()
-        sim.wait(10)
-    print(f"\n[2] two processes (swap-sim + swapd over Modbus TCP and udp_multicast CAN), "
+            if log_path.read_text().count('"outcome"') >= swaps:
+                break
+            await asyncio.sleep(0.1)
+        done = log_path.read_text().count('"outcome": "completed"')
+        await asyncio.sleep(2.0)
+        cpu0 = proc.cpu_times()
+        t0 = time.monotonic()
+        await asyncio.sleep(idle_s)
+        cpu1 = proc.cpu_times()
+        idle_cpu = ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (
+            time.monotonic() - t0) * 100
+        peak = max(peak, _rss_mb(proc))
+        poll_ms = rig.modbus.poll_period_s * 1000
+    print(f"\n[2] two processes (simulator + swapd over Modbus TCP and udp_multicast CAN), "
           f"{done}/{swaps} swaps completed")
     print(f"    swapd peak RSS {peak:.1f} MB (target < 120 MB)")
     print(f"[3] swapd CPU while the station is idle: {idle_cpu:.1f} % of one core over "
-          f"{idle_s:.0f} s (polling Modbus every 20 ms, CAN frames of 13 rack packs)")
+          f"{idle_s:.0f} s (polling Modbus every {poll_ms:.0f} ms, CAN frames of 13 rack packs)")
 
 
 def demo_rss(swaps: int, speed: float) -> None:
@@ -161,7 +127,7 @@ def main() -> None:
     configure_logging("warning", "json")
     print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}")
     asyncio.run(dead_time(args.swaps, args.speed))
-    two_process(min(args.swaps, 3), args.speed, args.idle_seconds)
+    asyncio.run(two_process(min(args.swaps, 3), args.speed, args.idle_seconds))
     demo_rss(min(args.swaps, 3), args.speed)
 
 

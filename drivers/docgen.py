@@ -1,6 +1,7 @@
 """Generate the interface contracts from the data files: `python -m drivers.docgen`.
 
-docs/plc-interface.md comes from the register map, docs/can-protocol.md from the DBC file.
+docs/plc-interface.md comes from the PLC contract and each protocol's addressing file,
+docs/can-protocol.md from the DBC file.
 Tables are generated; the prose that explains the rules around them lives here, next to
 the generator, so that both change in one place. `--check` exits 1 when a committed doc
 differs from what the generator writes now (tests/unit/test_docs.py does the same).
@@ -9,16 +10,16 @@ differs from what the generator writes now (tests/unit/test_docs.py does the sam
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cantools.database.can import Message
 from cantools.database.can.signal import Signal as CanSignal
 
+from drivers.bms.commander import REQUEST_REPEAT_S
 from drivers.bms.protocol import (
-    CHEMISTRY_CODES,
     PDU1_LIMIT,
     RACK_SA_BASE,
     STATION_SA,
@@ -26,8 +27,9 @@ from drivers.bms.protocol import (
     PackProtocol,
     split_id,
 )
-from drivers.plc.modbus_link import ModbusPlcLink
+from drivers.plc.contract import COMMAND_ENUM, ContractSignal, PlcContract, load_contract
 from drivers.plc.regmap import RegisterMap, Signal, load_register_map
+from station.config import ModbusSection
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 PLC_DOC = "plc-interface.md"
@@ -39,8 +41,9 @@ GENERATED_NOTE = (
     "> regenerate; `tests/unit/test_docs.py` fails when this file and the generator disagree.\n"
 )
 
-# What the PLC must check before it starts each command (cmd_status 3, cmd_error_code 2
-# "refused" when one does not hold). Every command of the map must have an entry.
+# What the PLC must check before it starts each command (cmd_status error, cmd_error_code
+# refused when one does not hold). Every command of the contract must have an entry.
+# Placeholders like {bad_parameter} are the contract's codes, filled in when rendering.
 COMMAND_PRECONDITIONS: dict[str, str] = {
     "NONE": "None; no motion. The PLC reports done at once.",
     "POSITION": "vehicle_present = 1 and vehicle_ready = 1; lift lowered (lift_height = 0).",
@@ -50,10 +53,10 @@ COMMAND_PRECONDITIONS: dict[str, str] = {
     "The shuttle docks under the car as part of the command.",
     "REMOVE": "vehicle_pack_present = 1; bolts_tight = 0; shuttle docked empty under the car. "
     "Re-issued after a stop once the pack is on the shuttle, it carries the pack home.",
-    "STORE": "cmd_param1 in 1..rack_slot_count (else error 5) and that slot empty; a pack on "
-    "the shuttle at home, or still on the stacker after a stopped STORE.",
-    "FETCH": "cmd_param1 in 1..rack_slot_count (else error 5); that slot holds a pack that is "
-    "not isolated; shuttle empty at home; stacker empty.",
+    "STORE": "cmd_param1 in 1..rack_slot_count (else error {bad_parameter}) and that slot "
+    "empty; a pack on the shuttle at home, or still on the stacker after a stopped STORE.",
+    "FETCH": "cmd_param1 in 1..rack_slot_count (else error {bad_parameter}); that slot holds "
+    "a pack that is not isolated; shuttle empty at home; stacker empty.",
     "INSTALL": "Vehicle lifted to swap height; vehicle_pack_present = 0; a pack on the "
     "shuttle at home.",
     "LOCK": "vehicle_pack_present = 1.",
@@ -61,31 +64,33 @@ COMMAND_PRECONDITIONS: dict[str, str] = {
     "RELEASE": "vehicle_present = 1; lift lowered (lift_height = 0).",
 }
 
-PLC_PROSE_HEAD = """\
-## Connection
+PLC_CONTRACT_SOURCE = "drivers/plc/contract.toml"
 
-- Modbus TCP, the PLC is the server (port 502 unless configured), unit id {unit_id}.
-- Every datum is a **holding register** (16 bit, big-endian): one function code pair
-  for both directions, which maps onto a single word area in any PLC.
-- The controller reads the input block `{in_first}-{in_last}` with **one FC3 request** every
-  poll period (configurable, {poll_ms} ms by default), and writes the output block
-  `{out_first}-{out_last}` with **one FC16 request** whenever a desired output changes and
-  at least every {hb_ms} ms (its heartbeat period). Every write carries the whole output
-  block.
-- Types: `u16` unsigned, `i16` two's complement, `bool` 0 or 1. Engineering value = raw
-  value x scale. An array `name[n]` of count N occupies N consecutive registers, `name[0]`
-  at the first address.
-- The controller stamps each read with the monotonic time the reply arrived. An input
-  block it could not read (timeout, exception reply, lost connection) is not replaced:
-  the controller's core sees the inputs age and treats stale inputs as unsafe.
+PLC_INTRO = """\
+This is the contract a PLC integrator programs the station PLC against, and the one the
+simulated PLC (`sim_hw`) serves: **contract version {version}**. The first part holds
+whatever the protocol: the signals with their engineering types and meaning, the
+enumerations, the commands, the command handshake, the heartbeats and stop requests. The
+second part says where each signal lives on the wire, one section per protocol:
+{addressing_list}.
+
+The controller side is `drivers/plc/link.py`, implemented once per protocol
+(`drivers/plc/registry.py`, chosen by `[plc] protocol`).
+"""
+
+SIGNALS_INTRO = """\
+Direction in: PLC -> controller; out: controller -> PLC. An array `name[N]` has N
+elements, `name[0]` first. An enumerated signal carries its value's code on the wire
+(tables under Enumerations and Commands); the controller speaks of it by the value's name.
 """
 
 COMMANDS_INTRO = """\
 `cmd_code` values. The PLC checks the preconditions itself (they are its own interlocks)
-and refuses a command with error 2 when one does not hold. Besides those in the table,
-every command requires `estop_ok`, `safety_plc_ok`, `light_curtain_clear`, `doors_closed`
-and `smoke_clear` = 1, `stop_request` = 0 and a live `ctrl_heartbeat`. "At home" means
-the shuttle at the stacker transfer point (`shuttle_position` = 0).
+and refuses a command with error {refused} when one does not hold. Besides those in the
+table, every command requires `estop_ok`, `safety_plc_ok`, `light_curtain_clear`,
+`doors_closed` and `smoke_clear` = 1, `stop_request` = {stop_none} and a live
+`ctrl_heartbeat`. "At home" means the shuttle at the stacker transfer point
+(`shuttle_position` = 0).
 """
 
 PLC_PROSE_TAIL = """\
@@ -94,26 +99,24 @@ PLC_PROSE_TAIL = """\
 The controller runs the swap one command at a time; the PLC carries each command out.
 
 1. The controller writes `cmd_code`, `cmd_param1`, `cmd_param2` **and a new `cmd_seq` in
-   the same FC16 request** (the whole output block), so the PLC can never see a new
+   one write** (one request carrying every output), so the PLC can never see a new
    sequence number with old parameters.
 2. The PLC takes a command only when `cmd_seq` changes to a value other than 0. It checks
    the preconditions (table above), then echoes the sequence number in `cmd_ack_seq`
-   with `cmd_status` = 1 (busy), or = 3 (error) with `cmd_error_code` set if it refuses.
-3. When the command ends the PLC sets `cmd_status` = 2 (done) or 3 (error, with
+   with `cmd_status` = {busy}, or = {error} with `cmd_error_code` set if it refuses.
+3. When the command ends the PLC sets `cmd_status` = {done} or {error} (with
    `cmd_error_code`). `cmd_ack_seq` keeps naming the command that status belongs to.
 4. The controller waits for `cmd_ack_seq` = its `cmd_seq`; a status that belongs to an
    older sequence number is never taken for the new command. A command not acknowledged
    or not finished within the step's timeout fails the step.
 5. One command at a time: a new `cmd_seq` while a command is busy ends the running one
-   with error 6 and refuses the new one with error 2.
+   with error {stopped} and refuses the new one with error {refused}.
 
 Sequence numbers run 1..65535 and wrap to 1: the controller **skips 0** and **never
 reuses a sequence number back to back**, so every command is a change the PLC can see.
-A block re-sent unchanged (heartbeat, reconnection) never starts anything.
+Outputs re-sent unchanged (heartbeat, reconnection) never start anything.
 
-Error codes (`cmd_error_code`): 0 none, 1 unknown command, 2 refused (a precondition does
-not hold, or a stop request is set), 3 mechanism fault, 4 timeout in the PLC, 5 bad
-parameter, 6 stopped by a stop request, safety or heartbeat loss.
+Why a command failed is `cmd_error_code` (enumeration `cmd_error` above).
 
 **The controller verifies each step on the sensors as well as on "done".** A command
 counts as completed only when the PLC reports done *and* the inputs agree: after LIFT the
@@ -124,50 +127,78 @@ after LOCK every bolt is tight with its torque and angle inside the window, and 
 
 ## Heartbeats
 
-- `ctrl_heartbeat` (controller -> PLC) is incremented by the controller every {hb_ms} ms and
-  written with the output block; it wraps from 65535 to 0. **The PLC must stop all motion
-  (a category-2 stop at least) when `ctrl_heartbeat` has not changed for its timeout
-  (default 1 s)**, end a running command with error 6, and take no new command until the
-  counter moves again. A controller that hangs stops writing, which is the point.
-- `plc_heartbeat` (PLC -> controller) is incremented by the PLC at least every 100 ms and
-  wraps from 65535 to 0. When it has not changed for the controller's timeout (default
-  1 s), the controller treats every PLC input as stale, requests a stop and holds the
-  swap; it does not trust a PLC that answers Modbus requests but no longer scans.
+- `ctrl_heartbeat` (controller -> PLC) is incremented by the controller at least every
+  {hb_ms} ms and written with the other outputs; it wraps from 65535 to 0. **The PLC must
+  stop all motion (a category-2 stop at least) when `ctrl_heartbeat` has not changed for
+  {ctrl_timeout}**, end a running command with error {stopped}, and take no new command
+  until the counter moves again. A controller that hangs stops writing, which is the point.
+- `plc_heartbeat` (PLC -> controller) is incremented by the PLC at least every
+  {plc_hb_ms} ms and wraps from 65535 to 0. When it has not changed for {plc_timeout}, the
+  controller treats every PLC input as stale, requests a stop and holds the swap; it does
+  not trust a PLC that answers requests but no longer scans.
 
 ## Stop requests
 
 `stop_request` is a level, held for as long as the controller wants the machine stopped:
-0 none, 1 IEC 60204-1 category-1 stop (controlled stop, then power removed from the
-drives), 2 category-2 stop (controlled stop, power kept, for example to hold the lift).
-While it is not 0 the PLC ends the running command with error 6 and refuses new commands
-with error 2. Setting it back to 0 restarts nothing: the controller issues a new command
-(new sequence number) when it decides to continue. The request is supervision, not a
-safety function: e-stop, light curtains and interlocks stay in the safety PLC, which stops
-the machine whatever this register says.
+{stop_none} no stop, {cat1} an IEC 60204-1 category-1 stop (controlled stop, then power
+removed from the drives), {cat2} a category-2 stop (controlled stop, power kept, for
+example to hold the lift). While it is not {stop_none} the PLC ends the running command
+with error {stopped} and refuses new commands with error {refused}. Setting it back to
+{stop_none} restarts nothing: the controller issues a new command (new sequence number)
+when it decides to continue. The request is supervision, not a safety function: e-stop,
+light curtains and interlocks stay in the safety PLC, which stops the machine whatever
+this signal says.
 
 ## What a PLC integrator must implement
 
-- Serve the map exactly: input block `{in_first}-{in_last}` and output block
-  `{out_first}-{out_last}` as holding registers, unit id {unit_id}; reserved input addresses
-  read as 0. Accept FC3 anywhere in both blocks and FC16 (and FC6) in the output block.
-- **Refuse writes to inputs** with exception 02 (ILLEGAL DATA ADDRESS); answer requests
-  outside the map with exception 02 as well.
+- Serve the addressing of the protocol in use exactly (its section below).
 - Run the handshake above: take a command only on a change of `cmd_seq` to a value
-  other than 0, check the **preconditions of each command** and refuse with error 2 (or
-  5 for a bad parameter), report busy / done / error in the same scan as the change.
+  other than 0, check the **preconditions of each command** and refuse with error
+  {refused} (or {bad_parameter} for a bad parameter), report busy / done / error in the
+  same scan as the change.
 - **Refuse every command while `stop_request` is set**, and end a running one with
-  error 6.
-- Supervise `ctrl_heartbeat` (stop on 1 s without change) and increment `plc_heartbeat`
-  every scan batch, at least every 100 ms.
+  error {stopped}.
+- Supervise `ctrl_heartbeat` (stop on {ctrl_timeout} without change) and increment
+  `plc_heartbeat` every scan batch, at least every {plc_hb_ms} ms.
 - After a PLC start-up, take the `cmd_seq` found in the controller's first write as
-  already seen: do not run it, report `cmd_ack_seq` = 0 and `cmd_status` = 0. The
-  controller re-sends its whole output block after every reconnection, and a restarted
-  PLC must not mistake that for a new command.
-- Accept at least two simultaneous TCP connections, so that a reconnecting controller is
+  already seen: do not run it, report `cmd_ack_seq` = 0 and `cmd_status` = {idle}. The
+  controller re-sends all its outputs after every reconnection, and a restarted PLC must
+  not mistake that for a new command.
+- Accept at least two simultaneous connections, so that a reconnecting controller is
   served before the PLC notices that the old connection is dead.
 - Keep every safety function (e-stop chain, light curtains, area scanners, door locks,
   lift and shuttle interlocks) in safety-rated hardware. The controller supervises; it is
   not the safety barrier.
+"""
+
+MODBUS_PROSE_HEAD = """\
+### Connection
+
+- Modbus TCP, the PLC is the server (port 502 unless configured), unit id {unit_id}.
+- Every datum is a **holding register** (16 bit, big-endian): one function code pair
+  for both directions, which maps onto a single word area in any PLC.
+- The controller reads the input block `{in_first}-{in_last}` with **one FC3 request** every
+  poll period (`[plc.modbus] poll_period_s`, {poll_ms} ms by default), and writes the
+  output block `{out_first}-{out_last}` with **one FC16 request** whenever a desired output
+  changes and at least every {hb_ms} ms (its heartbeat period). Every write carries the
+  whole output block.
+- Register types: `u16` unsigned, `i16` two's complement, `bool` 0 or 1. Engineering value =
+  raw value x scale. An array `name[n]` of count N occupies N consecutive registers,
+  `name[0]` at the first address. An enumerated signal carries its value's code as `u16`.
+- The controller stamps each read with the monotonic time the reply arrived. An input
+  block it could not read (timeout, exception reply, lost connection) is not replaced:
+  the controller's core sees the inputs age and treats stale inputs as unsafe.
+"""
+
+MODBUS_PROSE_TAIL = """\
+### What a Modbus PLC must serve
+
+- Input block `{in_first}-{in_last}` and output block `{out_first}-{out_last}` as holding
+  registers, unit id {unit_id}, laid out as in the table; reserved input addresses read as
+  0. Accept FC3 anywhere in both blocks and FC16 (and FC6) in the output block.
+- **Refuse writes to inputs** with exception 02 (ILLEGAL DATA ADDRESS); answer requests
+  outside the map with exception 02 as well.
+- Take the whole output block of one FC16 request as one write (the handshake's step 1).
 """
 
 CAN_PROSE_HEAD = """\
@@ -204,28 +235,40 @@ SA: source address.
 CAN_PROSE_TAIL = """\
 ## Timeouts and start-up
 
-- The station treats a pack's status and cell messages (PackStatus, PackCells) as
-  missing after **{t_status} ms** without them, identity and health (PackIdentity,
-  PackHealth) after **{t_identity} ms**. Missing data is stale data, and stale data counts
-  as unsafe: a pack whose status is stale is not charged and not accepted after a swap.
+- Missing data is stale data, and stale data counts as unsafe: a pack whose status is
+  stale is not charged and not accepted after a swap. The station treats a pack's data as
+  missing after this long without the message that carries it:
+{pack_timeouts}
 - A pack **stops charging when it has not received PackControl for {t_control} ms**. The
   station sends PackControl on change and every {p_control} ms to each pack it charges.
-- A BMS sends **all its messages once at start-up** (when it wakes in the vehicle or is
-  connected in a rack slot), then at their periods, so the station can identify a pack
-  without waiting a full identity period.
-- The timeouts are in the DBC file (attribute `RxTimeoutMs`), next to the periods.
+- A BMS should send **all its messages once at start-up** (when it wakes in the vehicle or
+  is connected in a rack slot), then at their periods, so the station can identify a pack
+  without waiting a full identity period. The station does not count on it: some BMSs send
+  their identity only on its period, so it asks a pack it hears but cannot identify with a
+  J1939 Request (`Request`), at most once per pack and PGN every {request_repeat_ms} ms.
+- The periods and timeouts are in the DBC file (attributes `GenMsgCycleTime` and
+  `RxTimeoutMs`).
+
+## Charge limits
+
+Every pack states its own charge limits in `PackLimits` (like GB/T 27930's BCP): maximum
+charge voltage and current, cells in series and maximum cell charge voltage. The station
+grants a pack no more than these, whatever its chemistry profile would allow.
+
+## Value tables
+
+The enumerated signals' values, as the DBC file defines them (`VAL_`); the controller and
+the simulator read them from there.
+
+{value_tables}
 
 ## Chemistry codes
 
-`PackIdentity.Chemistry` uses the GB/T 27930 battery type codes. Codes the station takes:
-
-| code | chemistry | source |
-|---|---|---|
-{chemistry_rows}
-
+`PackIdentity.Chemistry` uses the GB/T 27930 battery type codes (see Value tables).
 GB/T 27930 has **no code for sodium-ion and no state-of-health field**: code 0x20 and the
-PackHealth message (SOH, cycle count) are this project's additions. Other codes are
-decoded, but the station has no profile for them and does not select such a pack.
+PackHealth message (SOH, cycle count) are this project's additions. Every code is
+decoded, but the station selects and charges only packs whose chemistry has a profile in
+its configuration (section `[chemistry]`).
 
 ## Rejected frames
 
@@ -297,12 +340,79 @@ def _addr_range(first: int, count: int) -> str:
 # ---------------------------------------------------------------------------- PLC
 
 
-def _signal_row(sig: Signal) -> list[str]:
+@dataclass(frozen=True)
+class PlcAddressing:
+    """One protocol's addressing of the contract: a section of the PLC doc of its own.
+    An OPC UA node map adds an entry to PLC_ADDRESSINGS with its renderer."""
+
+    title: str  # the section heading, e.g. "Modbus TCP addressing"
+    source: str  # the data file, relative to the repository
+    render: Callable[[PlcContract], str]  # the section's body (### subsections)
+
+
+def _direction(direction: str) -> str:
+    return "PLC -> controller" if direction == "in" else "controller -> PLC"
+
+
+def _contract_fmt(contract: PlcContract) -> dict[str, str]:
+    """Prose placeholders: timing figures and every enumerated value the prose names."""
+    t = contract.timing
+
+    def code(signal: str, name: str) -> str:
+        return f"`{name}` ({contract.encode_enum(signal, name)})"
+
+    fmt = {
+        "version": contract.version,
+        "hb_ms": _num(t.ctrl_heartbeat_period_ms),
+        "ctrl_timeout": _duration_ms(t.ctrl_heartbeat_timeout_ms),
+        "plc_hb_ms": _num(t.plc_heartbeat_period_ms),
+        "plc_timeout": _duration_ms(t.plc_heartbeat_timeout_ms),
+        "stop_none": code("stop_request", "none"),
+        "cat1": code("stop_request", "cat1"),
+        "cat2": code("stop_request", "cat2"),
+    }
+    for status in ("idle", "busy", "done", "error"):
+        fmt[status] = code("cmd_status", status)
+    for error in ("refused", "bad_parameter", "stopped"):
+        fmt[error] = code("cmd_error_code", error)
+    return fmt
+
+
+def _duration_ms(ms: int) -> str:
+    return f"{_num(ms / 1000)} s" if ms % 1000 == 0 else f"{ms} ms"
+
+
+def _contract_signal_row(contract: PlcContract, sig: ContractSignal) -> list[str]:
     name = f"`{sig.name}`" if sig.count == 1 else f"`{sig.name}[{sig.count}]`"
-    direction = "PLC -> controller" if sig.direction == "in" else "controller -> PLC"
+    if sig.enum == COMMAND_ENUM:
+        values = "command table"
+    elif sig.enum is not None:
+        values = f"enumeration `{sig.enum}`"
+    else:
+        values = ""
+    return [name, sig.type, sig.unit, sig.direction, values, sig.description]
+
+
+def _enum_section(contract: PlcContract, enum: str) -> str:
+    users = [f"`{s.name}`" for s in contract.signals.values() if s.enum == enum]
+    values = contract.enums[enum].values
+    return "\n".join([
+        f"### `{enum}`\n",
+        f"Values of {', '.join(users)}.\n",
+        _table(["Code", "Name", "Meaning"],
+               [[str(v.code), f"`{v.name}`", v.description] for v in values]),
+    ])
+
+
+def _register_row(sig: Signal) -> list[str]:
+    name = f"`{sig.name}`" if sig.count == 1 else f"`{sig.name}[{sig.count}]`"
     scale = "" if sig.type == "bool" else _num(sig.scale)
-    return [_addr_range(sig.address, sig.count), name, sig.type, scale, sig.unit,
-            direction, sig.description]
+    engineering: str = sig.spec.type
+    if sig.enum is not None:
+        engineering = "command code" if sig.enum.name == COMMAND_ENUM else \
+            f"code of `{sig.enum.name}`"
+    return [_addr_range(sig.address, sig.count), name, sig.type, scale, engineering,
+            sig.unit, _direction(sig.direction)]
 
 
 def _reserved_rows(start: int, length: int, used: set[int], direction: str) -> list[
@@ -317,52 +427,79 @@ def _reserved_rows(start: int, length: int, used: set[int], direction: str) -> l
         b = a
         while b + 1 < start + length and b + 1 not in used:
             b += 1
-        rows.append((a, [_addr_range(a, b - a + 1), "(reserved)", "u16", "", "", direction,
-                         "Not used in this map version; reads 0."]))
+        rows.append((a, [_addr_range(a, b - a + 1), "(reserved)", "u16", "", "", "",
+                         f"{direction}; not used in this map version, reads 0"]))
         a = b + 1
     return rows
 
 
-def render_plc_interface(rmap: RegisterMap | None = None) -> str:
-    """The PLC interface contract as Markdown."""
-    rmap = rmap or load_register_map()
-    # The cycle figures are the link's defaults, so the contract cannot promise other ones.
-    link_defaults = inspect.signature(ModbusPlcLink.__init__).parameters
+def render_modbus_addressing(contract: PlcContract, rmap: RegisterMap | None = None) -> str:
+    """The "Modbus TCP addressing" section of the PLC doc (without its heading)."""
+    rmap = rmap or load_register_map(contract=contract)
     fmt = {
-        "poll_ms": _num(link_defaults["poll_period"].default * 1000),
-        "hb_ms": _num(link_defaults["heartbeat_period"].default * 1000),
-        "unit_id": rmap.unit_id,
-        "in_first": rmap.input_start,
-        "in_last": rmap.input_start + rmap.input_length - 1,
-        "out_first": rmap.output_start,
-        "out_last": rmap.output_start + rmap.output_length - 1,
+        **_contract_fmt(contract),
+        # The poll period is configuration; the doc states its default.
+        "poll_ms": _num(ModbusSection.model_fields["poll_period_s"].default * 1000),
+        "unit_id": str(rmap.unit_id),
+        "in_first": str(rmap.input_start),
+        "in_last": str(rmap.input_start + rmap.input_length - 1),
+        "out_first": str(rmap.output_start),
+        "out_last": str(rmap.output_start + rmap.output_length - 1),
     }
-    missing = set(rmap.commands) - set(COMMAND_PRECONDITIONS)
-    if missing:
-        raise ValueError(f"no preconditions documented for commands {sorted(missing)}")
-
     used = {a for s in rmap.signals.values() for a in range(s.address, s.address + s.count)}
-    rows: list[tuple[int, list[str]]] = [(s.address, _signal_row(s))
+    rows: list[tuple[int, list[str]]] = [(s.address, _register_row(s))
                                          for s in rmap.signals.values()]
     rows += _reserved_rows(rmap.input_start, rmap.input_length, used, "PLC -> controller")
     rows += _reserved_rows(rmap.output_start, rmap.output_length, used, "controller -> PLC")
     rows.sort(key=lambda r: r[0])
+    return "\n".join([
+        MODBUS_PROSE_HEAD.format(**fmt),
+        "### Registers\n",
+        "What each signal means is in Signals above; here is where it lives and how it is "
+        "coded.\n",
+        _table(["Address", "Signal", "Register", "Scale", "Engineering", "Unit", "Direction"],
+               [r for _, r in rows]),
+        MODBUS_PROSE_TAIL.format(**fmt),
+    ])
 
-    out = ["# PLC interface: Modbus TCP register map\n",
-           GENERATED_NOTE.format(source="drivers/plc/maps/modbus_map.toml"),
-           "This is the contract a PLC integrator programs the station PLC against, and the "
-           "one the\nsimulated PLC (`sim_hw`) serves. The controller side is "
-           "`drivers/plc/modbus_link.py`.\n",
-           PLC_PROSE_HEAD.format(**fmt),
-           "## Registers\n",
-           _table(["Address", "Name", "Type", "Scale", "Unit", "Direction", "Meaning"],
-                  [r for _, r in rows]),
-           "## Commands\n",
-           COMMANDS_INTRO,
-           _table(["Code", "Name", "Meaning", "Preconditions (checked by the PLC)"],
-                  [[str(c.code), f"`{c.name}`", c.description, COMMAND_PRECONDITIONS[c.name]]
-                   for c in sorted(rmap.commands.values(), key=lambda c: c.code)]),
-           PLC_PROSE_TAIL.format(**fmt)]
+
+PLC_ADDRESSINGS: list[PlcAddressing] = [
+    PlcAddressing("Modbus TCP addressing", "drivers/plc/maps/modbus_map.toml",
+                  render_modbus_addressing),
+]
+
+
+def render_plc_interface(contract: PlcContract | None = None) -> str:
+    """The PLC interface contract as Markdown: the contract, then each protocol's addressing."""
+    contract = contract or load_contract()
+    missing = set(contract.commands) - set(COMMAND_PRECONDITIONS)
+    if missing:
+        raise ValueError(f"no preconditions documented for commands {sorted(missing)}")
+    fmt = _contract_fmt(contract)
+    sources = "` and `".join([PLC_CONTRACT_SOURCE] + [a.source for a in PLC_ADDRESSINGS])
+    addressing_list = ", ".join(a.title for a in PLC_ADDRESSINGS)
+    enums = [e for e in contract.enums if e != COMMAND_ENUM]
+
+    out = ["# PLC interface contract\n",
+           GENERATED_NOTE.format(source=sources),
+           PLC_INTRO.format(addressing_list=addressing_list, **fmt),
+           "## Signals\n",
+           SIGNALS_INTRO,
+           _table(["Name", "Type", "Unit", "Direction", "Values", "Meaning"],
+                  [_contract_signal_row(contract, s) for s in contract.signals.values()]),
+           "## Enumerations\n"]
+    out += [_enum_section(contract, e) for e in enums]
+    out += ["## Commands\n",
+            COMMANDS_INTRO.format(**fmt),
+            _table(["Code", "Name", "Meaning", "Preconditions (checked by the PLC)"],
+                   [[str(c.code), f"`{c.name}`", c.description,
+                     COMMAND_PRECONDITIONS[c.name].format(**fmt)]
+                    for c in sorted(contract.commands.values(), key=lambda c: c.code)]),
+            PLC_PROSE_TAIL.format(**fmt)]
+    for addressing in PLC_ADDRESSINGS:
+        out += [f"## {addressing.title}\n",
+                f"From `{addressing.source}`.\n",
+                addressing.render(contract)]
     return "\n".join(out)
 
 
@@ -417,12 +554,37 @@ def _message_section(msg: Message) -> str:
          for s in sorted(msg.signals, key=lambda s: s.start)],
     )
     parts = [f"### {msg.name}\n", (msg.comment or "").strip() + "\n", facts, signals]
-    for s in sorted(msg.signals, key=lambda s: s.start):
-        if s.choices:
-            parts.append(f"Values of `{s.name}`:\n")
-            parts.append(_table(["Value", "Name"],
-                                [[str(int(k)), f"`{v}`"] for k, v in s.choices.items()]))
+    tables = [s.name for s in sorted(msg.signals, key=lambda s: s.start) if s.choices]
+    if tables:
+        parts.append("Values: " + ", ".join(f"`{n}`" for n in tables)
+                     + " (see Value tables).\n")
     return "\n".join(parts)
+
+
+def _value_tables(protocol: PackProtocol, messages: Sequence[Message]) -> str:
+    out = []
+    for msg in messages:
+        for sig in sorted(msg.signals, key=lambda s: s.start):
+            if not sig.choices:
+                continue
+            table = protocol.choices(msg.name, sig.name)
+            out.append(f"`{msg.name}.{sig.name}`:\n")
+            out.append(_table(["Value", "Name"],
+                              [[str(code), f"`{name}`"] for code, name in table.items()]))
+    return "\n".join(out).rstrip("\n")
+
+
+def _pack_timeouts(protocol: PackProtocol, messages: Sequence[Message]) -> str:
+    """One nested list item per timeout: '  - **500 ms**: PackStatus, PackCells'."""
+    by_timeout: dict[float, list[str]] = {}
+    for msg in messages:
+        timeout = protocol.timeout_s(msg.name)
+        if "BMS" in msg.senders and timeout is not None:
+            by_timeout.setdefault(timeout, []).append(msg.name)
+    return "\n".join(
+        f"  - **{round(t * 1000)} ms**: " + ", ".join(names)
+        for t, names in sorted(by_timeout.items())
+    )
 
 
 def render_can_protocol(protocol: PackProtocol | None = None) -> str:
@@ -437,23 +599,21 @@ def render_can_protocol(protocol: PackProtocol | None = None) -> str:
           f"{_attr(m, 'RxTimeoutMs')} ms" if _attr(m, "RxTimeoutMs") else "none"]
          for m in messages],
     )
-    chemistry_rows = "\n".join(
-        f"| {code} (0x{code:02X}) | {name} | "
-        f"{'this project' if code == 0x20 else 'GB/T 27930-2015'} |"
-        for code, name in sorted(CHEMISTRY_CODES.items())
-    )
     by_name = {m.name: m for m in messages}
     fmt = {"pdu1": PDU1_LIMIT, "station": STATION_SA, "vehicle": VEHICLE_PACK_SA,
-           "rack": RACK_SA_BASE, "rack1": RACK_SA_BASE + 1, "chemistry_rows": chemistry_rows,
-           "t_status": _attr(by_name["PackStatus"], "RxTimeoutMs"),
-           "t_identity": _attr(by_name["PackIdentity"], "RxTimeoutMs"),
+           "rack": RACK_SA_BASE, "rack1": RACK_SA_BASE + 1,
+           "value_tables": _value_tables(protocol, protocol.db.messages),
+           "pack_timeouts": _pack_timeouts(protocol, protocol.db.messages),
+           "request_repeat_ms": round(REQUEST_REPEAT_S * 1000),
            "t_control": _attr(by_name["PackControl"], "RxTimeoutMs"),
            "p_control": by_name["PackControl"].cycle_time}
     out = ["# Pack CAN protocol\n",
            GENERATED_NOTE.format(source="drivers/bms/dbc/swap_pack.dbc"),
            "What the station controller and every pack BMS say to each other on the pack "
            "CAN bus. A pack\nvendor implements this; the controller side is "
-           "`drivers/bms/canbus.py` and\n`drivers/bms/protocol.py`.\n",
+           "`drivers/bms/canbus.py` (the bus),\n`drivers/bms/protocol.py` (frames and "
+           "the DBC), `drivers/bms/adapter.py` (messages into the\nstation's process image) "
+           "and `drivers/bms/commander.py` (PackControl and Request).\n",
            CAN_PROSE_HEAD.format(**fmt),
            "## Messages\n",
            "Period: how often the sender sends it. Timeout: after how long without it the "

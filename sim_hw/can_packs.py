@@ -1,14 +1,22 @@
 """The packs' BMS on a real python-can bus: cyclic frames out, PackControl in.
 
 Periods are wire periods in real time (not scaled by the simulation speed): a driver's
-500 ms timeout must mean the same against the simulator as against a real pack.
+500 ms timeout must mean the same against the simulator as against a real pack. They come
+from the DBC (GenMsgCycleTime of every message the BMS sends), as do the value tables that
+turn the pack model's names (chemistry, state, command) into codes and back.
+
+A BMS announces itself with all its messages at once when it wakes up or is connected,
+then keeps each message's period; a pack with `identity_burst` off leaves PackIdentity out
+of that burst (it comes on its period, or at once on a J1939 Request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -17,32 +25,51 @@ from typing import Any
 import can
 
 from drivers.bms.protocol import (
-    CHEMISTRY_BY_NAME,
     STATION_SA,
     FrameError,
     PackProtocol,
 )
 from sim_hw.config import CanConfig
 from sim_hw.mechanics import StationModel
-from sim_hw.packs import SimPack
+from sim_hw.packs import CHEMISTRIES, SimPack
 
 log = logging.getLogger(__name__)
 
-FAST_PERIOD_S = 0.1  # PackStatus, PackCells
-SLOW_PERIOD_S = 1.0  # PackIdentity, PackHealth
-FAST = ("PackStatus", "PackCells")
-SLOW = ("PackIdentity", "PackHealth")
-STATE_CODES = {"idle": 0, "charging": 1, "isolated": 2}
+BMS_NODE = "BMS"  # the DBC node whose messages a simulated pack sends
+IDENTITY = "PackIdentity"
+# the pack model's fault flag -> its PackCells bit (tests/unit/test_sim_can_packs.py checks
+# that it covers every flag of sim_hw/packs.py and every fault bit of the DBC)
+FAULT_BITS = {
+    "over_temp": "FaultOverTemp",
+    "over_voltage": "FaultOverVoltage",
+    "under_voltage": "FaultUnderVoltage",
+    "insulation": "FaultInsulation",
+    "thermal_alarm": "ThermalAlarm",
+    "internal": "FaultInternal",
+}
 
 
-def pack_signals(pack: SimPack) -> dict[str, dict[str, Any]]:
-    """The four cyclic messages of one pack, as DBC signal values."""
+@functools.cache
+def _default_protocol() -> PackProtocol:
+    return PackProtocol()
+
+
+def pack_signals(pack: SimPack, protocol: PackProtocol | None = None) -> dict[str, dict[str, Any]]:
+    """The cyclic messages of one pack, as DBC signal values (codes from the DBC's tables)."""
+    proto = protocol or _default_protocol()
     f = pack.faults
+    cells: dict[str, Any] = {
+        "MaxCellVoltage": round(pack.max_cell_v, 3),
+        "MinCellVoltage": round(pack.min_cell_v, 3),
+        "InsulationResistance": _clamp(round(pack.insulation_kohm), 0, 64255),
+    }
+    cells.update({bit: int(flag in f) for flag, bit in FAULT_BITS.items()})
+    cells["PackState"] = proto.codes("PackCells", "PackState")[pack.state]
     return {
         "PackIdentity": {
             "PackSerial": pack.serial,
             "PackFamily": pack.family,
-            "Chemistry": CHEMISTRY_BY_NAME[pack.chemistry],
+            "Chemistry": proto.codes("PackIdentity", "Chemistry")[pack.chemistry],
             "RatedEnergy": pack.rated_energy_kwh,
         },
         "PackHealth": {
@@ -58,23 +85,23 @@ def pack_signals(pack: SimPack) -> dict[str, dict[str, Any]]:
             "MinCellTemp": _clamp(round(pack.min_cell_temp_c), -40, 210),
             "MaxCellTemp": _clamp(round(pack.max_cell_temp_c), -40, 210),
         },
-        "PackCells": {
-            "MaxCellVoltage": round(pack.max_cell_v, 3),
-            "MinCellVoltage": round(pack.min_cell_v, 3),
-            "InsulationResistance": _clamp(round(pack.insulation_kohm), 0, 64255),
-            "FaultOverTemp": int("over_temp" in f),
-            "FaultOverVoltage": int("over_voltage" in f),
-            "FaultUnderVoltage": int("under_voltage" in f),
-            "FaultInsulation": int("insulation" in f),
-            "ThermalAlarm": int("thermal_alarm" in f),
-            "FaultInternal": int("internal" in f),
-            "PackState": STATE_CODES[pack.state],
+        "PackCells": cells,
+        "PackLimits": {  # rounded down to the resolution: never more than the pack takes
+            "MaxChargeVoltage": _floor(pack.max_charge_voltage_v, 0.1),
+            "MaxChargeCurrent": _floor(pack.max_charge_current_a, 0.1),
+            "CellCount": pack.series_cells,
+            "MaxCellChargeVoltage": _floor(pack.max_cell_charge_v, 0.001),
         },
     }
 
 
 def _clamp(v: float, lo: float, hi: float) -> float:
     return max(lo, min(hi, v))
+
+
+def _floor(v: float, step: float) -> float:
+    """v rounded down to a multiple of step (a float error short of one still counts)."""
+    return round(math.floor(v / step + 1e-6) * step, 6)
 
 
 def open_bus(cfg: CanConfig) -> can.BusABC:
@@ -103,14 +130,28 @@ class CanPacks:
         self.send_errors = 0
         self.controls = 0
         self.bad_frames: Counter[str] = Counter()
-        self._control_pgn = self.protocol.pgn_of("PackControl")
-        self._request_pgn = self.protocol.pgn_of("Request")
-        self._name_of_pgn = {self.protocol.pgn_of(n): n for n in (*SLOW, *FAST)}
+        proto = self.protocol
+        self._control_pgn = proto.pgn_of("PackControl")
+        self._request_pgn = proto.pgn_of("Request")
+        self._command_names = proto.choices("PackControl", "ControlCommand")
+        chemistries = proto.codes("PackIdentity", "Chemistry")
+        unknown = [c for c in CHEMISTRIES if c not in chemistries]
+        if unknown:
+            raise ValueError(f"PackIdentity.Chemistry: no code for {', '.join(unknown)}")
+        # message name -> period (s), in DBC order (PackIdentity first: a station that
+        # hears a new serial starts a new report before the status frames that follow)
+        self.periods: dict[str, float] = {}
+        for msg in proto.db.messages:
+            period = proto.period_s(msg.name)
+            if BMS_NODE in msg.senders and period is not None:
+                self.periods[msg.name] = period
+        self.tick_s = min(self.periods.values())
+        self._name_of_pgn = {proto.pgn_of(n): n for n in self.periods}
         self._bus: can.BusABC | None = None
         self._notifier: can.Notifier | None = None
         self._task: asyncio.Task[None] | None = None
         self._connected: dict[int, int] = {}  # source address -> serial
-        self._next_slow: dict[int, float] = {}
+        self._next_due: dict[int, dict[str, float]] = {}  # address -> message -> real time
 
     async def start(self) -> None:
         self._bus = open_bus(self.cfg)
@@ -138,34 +179,42 @@ class CanPacks:
         next_t = self.real_clock()
         while True:
             self.send_cycle(self.real_clock())
-            next_t += FAST_PERIOD_S
+            next_t += self.tick_s
             delay = next_t - self.real_clock()
-            if delay < -FAST_PERIOD_S:  # fell behind (a stalled loop): don't burst to catch up
+            if delay < -self.tick_s:  # fell behind (a stalled loop): don't burst to catch up
                 next_t = self.real_clock()
                 delay = 0.0
             await asyncio.sleep(max(0.0, delay))
 
     def send_cycle(self, real: float) -> None:
-        """One 100 ms cycle: fast frames for all, slow frames when due or newly connected."""
+        """One tick (the shortest period): every message that is due, for every pack; all
+        of a pack's messages when it has just woken up or been connected."""
         packs = {} if self.silent else self.model.can_packs()
         faults = self.model.faults
         packs = {sa: p for sa, p in packs.items() if not faults.can_silenced(sa)}
         for sa in list(self._connected):
             if sa not in packs:
                 del self._connected[sa]
-                self._next_slow.pop(sa, None)
+                self._next_due.pop(sa, None)
         for sa, pack in packs.items():
-            new = self._connected.get(sa) != pack.serial
-            if new:  # a BMS announces itself with everything at start-up
+            if self._connected.get(sa) != pack.serial:  # woken up, or another pack here
                 self._connected[sa] = pack.serial
-                self._next_slow[sa] = real
-            names: tuple[str, ...] = FAST
-            if real >= self._next_slow[sa] - 1e-3:
-                names = SLOW + FAST
-                self._next_slow[sa] += SLOW_PERIOD_S
-                if self._next_slow[sa] < real:
-                    self._next_slow[sa] = real + SLOW_PERIOD_S
-            signals = pack_signals(pack)
+                self._next_due[sa] = {
+                    name: real + period if name == IDENTITY and not pack.identity_burst
+                    else real
+                    for name, period in self.periods.items()
+                }
+            due = self._next_due[sa]
+            names = []
+            for name, period in self.periods.items():
+                if real >= due[name] - self.tick_s / 2:  # due before the next tick
+                    names.append(name)
+                    due[name] += period
+                    if due[name] < real:  # fell behind: keep the period from now
+                        due[name] = real + period
+            if not names:
+                continue
+            signals = pack_signals(pack, self.protocol)
             for name in names:
                 self._send(name, signals[name], sa)
 
@@ -177,7 +226,7 @@ class CanPacks:
         for sa, pack in self.model.can_packs().items():
             if destination not in (None, 0xFF, sa) or self.model.faults.can_silenced(sa):
                 continue
-            self._send(name, pack_signals(pack)[name], sa)
+            self._send(name, pack_signals(pack, self.protocol)[name], sa)
 
     def _send(self, name: str, values: dict[str, Any], sa: int) -> None:
         if self._bus is None:
@@ -219,8 +268,9 @@ class CanPacks:
         if pack is None or self.model.faults.can_deaf(da):
             return  # nobody at that address right now, or the network is down
         s = dec.signals
+        code = int(s["ControlCommand"])
         pack.apply_control(
-            int(s["ControlCommand"]),
+            self._command_names.get(code, f"code_{code}"),
             float(s["ChargeCurrentLimit"]),
             float(s["ChargeVoltageLimit"]),
             int(s["ControlCounter"]),

@@ -14,8 +14,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from drivers.bms.protocol import MAX_RACK_SLOTS
+from sim_hw.packs import CHEMISTRIES, Chemistry
 
-Chemistry = Literal["nmc", "lfp", "sodium_ion"]
 PackFamily = Literal[20, 25]
 
 # Register map arrays bound these: rack_slot_occupied has 30 entries, bolt_torque 12.
@@ -122,7 +122,7 @@ class SimConfig(_Strict):
             return list(self.rack_pack)
         rng = random.Random(f"rack-{self.seed}")
         base = rng.randrange(10_000_000, 90_000_000)
-        chemistries: tuple[Chemistry, ...] = ("nmc", "lfp", "sodium_ion")
+        chemistries: tuple[Chemistry, ...] = CHEMISTRIES
         families: tuple[PackFamily, ...] = (20, 25)
         return [
             RackPackConfig(

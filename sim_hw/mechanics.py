@@ -5,9 +5,11 @@ needed only where the contract speaks of real time (the controller heartbeat tim
 the packs' PackControl timeout, the command log for latency benchmarks). When `real` is
 omitted it is derived as now / speed, which keeps unit tests on one fake clock.
 
-The PLC side follows the register map contract: a new non-zero cmd_seq starts cmd_code;
-cmd_ack_seq echoes it with cmd_status 1 busy, then 2 done or 3 error + cmd_error_code.
-The sim PLC enforces its own interlocks (refusing with error 2), like a real one would:
+The PLC side follows the PLC contract (drivers/plc/contract.toml): a new non-zero cmd_seq
+starts cmd_code; cmd_ack_seq echoes it with cmd_status busy, then done or error +
+cmd_error_code. The model works with the raw codes of the wire, every one of them taken
+from the contract by name.
+The sim PLC enforces its own interlocks (refusing with error refused), like a real one would:
 the controller is supervision, not the safety barrier.
 """
 
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
+from drivers.plc.contract import load_contract
 from sim_hw.config import SimConfig
 from sim_hw.faults import FaultRegistry
 from sim_hw.motion import Motion, Phase, event, one_by_one, ramp, together, wait
@@ -26,15 +29,18 @@ from sim_hw.observer import Observer
 from sim_hw.packs import SimPack
 from sim_hw.vehicles import Vehicle, VehicleSource
 
-# Command codes and error codes: the [[command]] table and cmd_error_code of modbus_map.toml.
-COMMANDS = {
-    0: "NONE", 1: "POSITION", 2: "LIFT", 3: "UNLOCK", 4: "REMOVE", 5: "STORE", 6: "FETCH",
-    7: "INSTALL", 8: "LOCK", 9: "LOWER", 10: "RELEASE",
-}
-STATUS_IDLE, STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 0, 1, 2, 3
-ERR_NONE, ERR_UNKNOWN, ERR_REFUSED, ERR_MECHANISM, ERR_TIMEOUT, ERR_BAD_PARAM, ERR_STOPPED = (
-    range(7)
+# Every code the PLC side uses, from the contract's command table and enumerations.
+CONTRACT = load_contract()
+COMMANDS: dict[int, str] = {c.code: c.name for c in CONTRACT.commands.values()}
+STATUS_IDLE, STATUS_BUSY, STATUS_DONE, STATUS_ERROR = (
+    CONTRACT.encode_enum("cmd_status", n) for n in ("idle", "busy", "done", "error")
 )
+ERR_NONE, ERR_UNKNOWN, ERR_REFUSED, ERR_MECHANISM, ERR_TIMEOUT, ERR_BAD_PARAM, ERR_STOPPED = (
+    CONTRACT.encode_enum("cmd_error_code", n)
+    for n in ("none", "unknown_command", "refused", "mechanism_fault", "plc_timeout",
+              "bad_parameter", "stopped")
+)
+STOP_NONE = CONTRACT.encode_enum("stop_request", "none")
 
 POSITION_DONE_MM = 2.0  # POSITION leaves both offsets inside this
 LIFT_OFFSET_MAX_MM = 5.0  # LIFT refuses a car standing further off
@@ -57,7 +63,7 @@ class CommandRecord:
     taken_real: float
     ended_sim: float | None = None
     ended_real: float | None = None
-    status: int = STATUS_BUSY  # 1 busy, 2 done, 3 error
+    status: int = STATUS_BUSY  # the cmd_status code: busy, done or error
     error_code: int = ERR_NONE
     reason: str = ""  # why it was refused or stopped, for logs and tests
 
@@ -132,7 +138,7 @@ class StationModel:
         # command handshake
         self.ctrl_heartbeat: int | None = None
         self.heartbeat_changed_real: float | None = None
-        self.stop_request = 0
+        self.stop_request = STOP_NONE
         # None until the first write after start-up: that cmd_seq counts as already seen, so
         # a controller re-sending its last command after a PLC restart does not re-run it.
         self.last_seq: int | None = None
@@ -216,7 +222,7 @@ class StationModel:
             self.heartbeat_changed_real = real
         if "stop_request" in values:
             self.stop_request = int(values["stop_request"])
-        if self._running is not None and self.stop_request:
+        if self._running is not None and self.stop_request != STOP_NONE:
             self._end(ERR_STOPPED, self.now, real, f"stop_request {self.stop_request}")
         if "cmd_seq" not in values:
             return
@@ -227,7 +233,7 @@ class StationModel:
             self.last_seq = seq
             self._take(
                 seq,
-                int(values.get("cmd_code", 0)),
+                int(values.get("cmd_code", CONTRACT.command_code("NONE"))),
                 int(values.get("cmd_param1", 0)),
                 int(values.get("cmd_param2", 0)),
                 real,
@@ -243,7 +249,7 @@ class StationModel:
                     self.doors_closed, self.smoke_clear))
 
     def _motion_inhibit(self, real: float) -> str:
-        if self.stop_request:
+        if self.stop_request != STOP_NONE:
             return f"stop_request {self.stop_request}"
         if self.heartbeat_stale(real):
             return "controller heartbeat stale"
@@ -277,8 +283,8 @@ class StationModel:
         if why:
             self._end(ERR_REFUSED, self.now, real, why)
             return
-        err, why, phases = self._plan(code, p1)
-        if err:
+        err, why, phases = self._plan(COMMANDS[code], p1)
+        if err != ERR_NONE:
             self._end(err, self.now, real, why)
             return
         self._motion = Motion(self.now, self._duration(code), phases)
@@ -290,13 +296,13 @@ class StationModel:
         if rec is None:
             return
         rec.ended_sim, rec.ended_real, rec.error_code, rec.reason = t, real, err, why
-        rec.status = STATUS_ERROR if err else STATUS_DONE
+        rec.status = STATUS_ERROR if err != ERR_NONE else STATUS_DONE
         self._running, self._motion = None, None
         if rec.seq == self.cmd_ack_seq:
             self.cmd_status, self.cmd_error_code = rec.status, err
-        if not err:
+        if err == ERR_NONE:
             self._completed(rec, t)
-        verdict = f"error {err} ({why})" if err else "done"
+        verdict = f"error {err} ({why})" if err != ERR_NONE else "done"
         self._emit("command", f"cmd {rec.seq} {rec.name} {verdict}", rec=rec, t=t)
 
     def _duration(self, code: int) -> float:
@@ -304,19 +310,23 @@ class StationModel:
         return float(getattr(self.config.timing, name, 0.0))
 
     # ---------------------------------------------------------------- plans
-    def _plan(self, code: int, p1: int) -> tuple[int, str, list[Phase]]:
-        """Check the PLC's own interlocks for a command; (error, reason, phases)."""
-        planner = {
-            0: lambda: [], 1: self._plan_position, 2: self._plan_lift, 3: self._plan_unlock,
-            4: self._plan_remove, 7: self._plan_install, 8: self._plan_lock,
-            9: self._plan_lower, 10: self._plan_release,
+    def _plan(self, command: str, p1: int) -> tuple[int, str, list[Phase]]:
+        """Check the PLC's own interlocks for a command (by contract name);
+        (error code, reason, phases)."""
+        planner: dict[str, Callable[[], list[Phase] | str]] = {
+            "NONE": lambda: [], "POSITION": self._plan_position, "LIFT": self._plan_lift,
+            "UNLOCK": self._plan_unlock, "REMOVE": self._plan_remove,
+            "INSTALL": self._plan_install, "LOCK": self._plan_lock, "LOWER": self._plan_lower,
+            "RELEASE": self._plan_release,
         }
-        if code in (5, 6):
+        if command in ("STORE", "FETCH"):
             if not 1 <= p1 <= self.config.station.slots:
                 return ERR_BAD_PARAM, f"slot {p1} outside 1..{self.config.station.slots}", []
-            result = self._plan_store(p1) if code == 5 else self._plan_fetch(p1)
-        else:
-            result = planner[code]()
+            result = self._plan_store(p1) if command == "STORE" else self._plan_fetch(p1)
+        elif command in planner:
+            result = planner[command]()
+        else:  # a contract command this simulator does not implement
+            return ERR_UNKNOWN, f"{command} not implemented by the simulator", []
         if isinstance(result, str):
             return ERR_REFUSED, result, []
         return ERR_NONE, "", result

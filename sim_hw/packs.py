@@ -3,14 +3,29 @@
 Times: `dt` arguments are simulated seconds (charging follows the sped-up clock); `real`
 arguments are monotonic wall-clock seconds, because the 3 s PackControl timeout is a wire
 timeout that a faster simulation must not shorten.
+
+Charging is constant current, then constant voltage, as a real BMS and charger do: the
+current tapers above TAPER_FROM_PCT, and the terminal voltage (open-circuit voltage plus
+the cells' internal resistance times the current) never exceeds the lower of the station's
+voltage limit and the pack's own (series cells x cell limit, sent in PackLimits). When the
+voltage limit holds the current below the termination current the charge ends; if that
+limit had the cells at their charge voltage, the pack is full and its BMS sets SOC to
+100 %, as real BMSs recalibrate SOC at the end of a charge. A station voltage limit below
+that (a wrong cell count, say) ends the charge early, with the pack not full.
+
+Names (chemistries, states, commands, fault flags) are the DBC's value-table names; their
+codes are the CAN side's business (sim_hw/can_packs.py reads them from the DBC).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args
 
+# The chemistries the simulator models (each needs a cell model below); every one is a
+# name in the DBC's PackIdentity.Chemistry value table (tests/unit/test_sim_packs.py).
 Chemistry = Literal["nmc", "lfp", "sodium_ion"]
+CHEMISTRIES: tuple[Chemistry, ...] = get_args(Chemistry)
 PackState = Literal["idle", "charging", "isolated"]
 
 FAULTS = frozenset(
@@ -34,9 +49,17 @@ CELL_V: dict[str, tuple[float, float, float]] = {
     "sodium_ion": (3.1, 2.5, 3.95),
 }
 CELL_SPREAD_V = 0.004  # half the max-min spread of a balanced pack
+CELL_R_OHM = 0.0002  # internal resistance per series cell: terminal rise per ampere charged
+MAX_CHARGE_C_RATE = 1.0  # the pack's own charge current limit (PackLimits), in C
+TERMINATION_C_RATE = 0.05  # constant-voltage phase ends below C/20
+FULL_CELL_TOLERANCE_V = 0.005  # charge ended this close to the cell limit: the pack is full
 
-# ControlCommand values (DBC PackControl)
-CMD_KEEP, CMD_CHARGE_ENABLE, CMD_CHARGE_DISABLE, CMD_ISOLATE, CMD_CLEAR_ISOLATION = range(5)
+# ControlCommand names (DBC PackControl value table)
+CMD_KEEP = "keep"
+CMD_CHARGE_ENABLE = "charge_enable"
+CMD_CHARGE_DISABLE = "charge_disable"
+CMD_ISOLATE = "isolate"
+CMD_CLEAR_ISOLATION = "clear_isolation"
 
 
 @dataclass
@@ -63,6 +86,11 @@ class SimPack:
     forced_temp_c: float | None = None  # held at this temperature
     temp_rise_c_per_s: float = 0.0  # climbs at this rate (simulated seconds)
     fast_cool: bool = False  # a heat fault just cleared: cool back quickly
+    # False: this BMS does not announce its identity when it wakes up or is connected; it
+    # sends PackIdentity only on its period and when asked (J1939 Request). Real BMSs
+    # differ here, and a station must not take the last identity heard at a place for the
+    # pack that is there now.
+    identity_burst: bool = True
 
     @property
     def rated_energy_kwh(self) -> float:
@@ -81,6 +109,25 @@ class SimPack:
         return round(self.rated_voltage_v / CELL_V[self.chemistry][0])
 
     @property
+    def max_cell_charge_v(self) -> float:
+        """The cells' own charge voltage limit (PackLimits)."""
+        return CELL_V[self.chemistry][2]
+
+    @property
+    def max_charge_voltage_v(self) -> float:
+        """The pack's own charge voltage limit: series cells x cell limit (PackLimits)."""
+        return self.series_cells * self.max_cell_charge_v
+
+    @property
+    def max_charge_current_a(self) -> float:
+        """The pack's own charge current limit (PackLimits)."""
+        return self.rated_capacity_ah * MAX_CHARGE_C_RATE
+
+    @property
+    def termination_current_a(self) -> float:
+        return self.rated_capacity_ah * TERMINATION_C_RATE
+
+    @property
     def cell_voltage_v(self) -> float:
         """Open-circuit cell voltage, linear in SOC between the chemistry's limits."""
         _, empty, full = CELL_V[self.chemistry]
@@ -90,7 +137,7 @@ class SimPack:
     def max_cell_v(self) -> float:
         _, _, full = CELL_V[self.chemistry]
         # Charge current lifts the terminal voltage a little (internal resistance).
-        rise = 0.0002 * max(0.0, self.current_a)
+        rise = CELL_R_OHM * max(0.0, self.current_a)
         return min(full, self.cell_voltage_v + CELL_SPREAD_V + rise)
 
     @property
@@ -99,8 +146,13 @@ class SimPack:
         return max(empty, self.cell_voltage_v - CELL_SPREAD_V)
 
     @property
+    def open_circuit_voltage_v(self) -> float:
+        return self.series_cells * self.cell_voltage_v
+
+    @property
     def pack_voltage_v(self) -> float:
-        return self.series_cells * (self.cell_voltage_v + 0.0002 * max(0.0, self.current_a))
+        """Terminal voltage: open-circuit voltage plus the internal resistance's rise."""
+        return self.series_cells * (self.cell_voltage_v + CELL_R_OHM * max(0.0, self.current_a))
 
     @property
     def nominal_current_a(self) -> float:
@@ -112,13 +164,14 @@ class SimPack:
 
     def apply_control(
         self,
-        command: int,
+        command: str,
         current_limit_a: float,
         voltage_limit_v: float,
         counter: int,
         real: float,
     ) -> None:
-        """Take one PackControl frame heard at real time `real`."""
+        """Take one PackControl frame heard at real time `real`; `command` is its
+        ControlCommand by name (an unknown name is taken as keep)."""
         self.last_control_at = real
         self.control_counter = counter
         if command == CMD_CHARGE_ENABLE:
@@ -140,7 +193,9 @@ class SimPack:
             return
         if self.charge_enabled and not self.control_fresh(real):
             self.charge_enabled = False  # the station went silent: stop on our own
-        self.current_a = self._charge_current() if in_rack else 0.0
+        self.current_a, full = self._charge_current(dt) if in_rack else (0.0, False)
+        if full:
+            self.soc_pct = 100.0  # charged to the cell limit: the BMS recalibrates SOC
         if self.state != "isolated":
             self.state = "charging" if self.current_a > 0 else "idle"
         if self.current_a > 0:
@@ -166,16 +221,29 @@ class SimPack:
         self.min_cell_temp_c += (AMBIENT_C - self.min_cell_temp_c) * k
         self.min_cell_temp_c = min(self.min_cell_temp_c, self.max_cell_temp_c)
 
-    def _charge_current(self) -> float:
+    def _charge_current(self, dt: float) -> tuple[float, bool]:
+        """(charge current for the next dt, whether the charge just ended with the pack
+        full)."""
         if not self.charge_enabled or self.state == "isolated" or self.soc_pct >= 100.0:
-            return 0.0
-        limit_v = self.charge_voltage_limit_v
-        if limit_v > 0 and self.pack_voltage_v >= limit_v:
-            return 0.0
+            return 0.0, False
         current = self.nominal_current_a
-        if self.soc_pct > TAPER_FROM_PCT:  # constant-voltage phase: current tails off
+        if self.soc_pct > TAPER_FROM_PCT:  # current tails off near full
             current *= max(0.1, (100.0 - self.soc_pct) / (100.0 - TAPER_FROM_PCT))
-        return max(0.0, min(current, self.charge_current_limit_a))
+        current = min(current, self.charge_current_limit_a, self.max_charge_current_a)
+        # Constant voltage: the terminal voltage stays at or below the lower voltage limit,
+        # to the end of the step (the open-circuit voltage rises with the charge taken in).
+        limit_v = self.max_charge_voltage_v
+        if self.charge_voltage_limit_v > 0:
+            limit_v = min(limit_v, self.charge_voltage_limit_v)
+        _, empty, full = CELL_V[self.chemistry]
+        ocv_rise_per_a = (full - empty) * dt / 3600.0 / self.rated_capacity_ah  # per cell
+        cv_current = (limit_v / self.series_cells - self.cell_voltage_v) \
+            / (CELL_R_OHM + ocv_rise_per_a)
+        if cv_current < current:
+            if cv_current < self.termination_current_a:  # end of charge at this voltage
+                return 0.0, limit_v / self.series_cells >= full - FULL_CELL_TOLERANCE_V
+            current = cv_current
+        return max(0.0, current), False
 
     def summary(self) -> dict[str, object]:
         return {

@@ -1,10 +1,12 @@
 """The simulated PLC on the wire: a real pymodbus Modbus TCP server over the mechanics model.
 
-The register map is the contract: the input block is marked read-only, so pymodbus itself
-answers a write there with exception 02 ILLEGAL DATA ADDRESS; addresses outside both
-blocks are invalid and get the same exception. On every request the model is advanced to
-now and the input registers are refreshed in place before pymodbus builds the reply, so
-a read is never staler than the request.
+The register map (the contract's Modbus addressing, drivers/plc/regmap.py) lays the
+server out: the input block is marked read-only, so pymodbus itself answers a write there
+with exception 02 ILLEGAL DATA ADDRESS; addresses outside both blocks are invalid and get
+the same exception. Values go to and from the model as raw codes (the register map's
+"codes" vocabulary): the model takes every code from the contract. On every request the
+model is advanced to now and the input registers are refreshed in place before pymodbus
+builds the reply, so a read is never staler than the request.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.plc.regmap import RegisterMap
-from sim_hw.mechanics import StationModel
+from sim_hw.mechanics import CONTRACT, StationModel
 
 log = logging.getLogger(__name__)
 
-HEARTBEAT_PERIOD_S = 0.05  # plc_heartbeat steps every 50 ms (contract: at least every 100 ms)
+# plc_heartbeat steps every 50 ms (the contract: at least every plc_heartbeat_period_ms)
+HEARTBEAT_PERIOD_S = 0.05
 
 Clock = Callable[[], tuple[float, float]]
 """Returns (sim seconds, monotonic real seconds) for now."""
@@ -39,6 +42,16 @@ class PlcServer:
         host: str = "127.0.0.1",
         port: int = 5020,
     ) -> None:
+        if register_map.contract.enums != CONTRACT.enums:
+            # The model's codes come from the shipped contract; a map addressing another
+            # contract would have the model answer in codes the controller reads differently.
+            raise ValueError(f"{register_map.origin}: its contract "
+                             f"({register_map.contract.origin}) codes differ from the "
+                             "simulator's")
+        promised = register_map.contract.timing.plc_heartbeat_period_ms / 1000
+        if promised < HEARTBEAT_PERIOD_S:
+            raise ValueError(f"plc_heartbeat every {HEARTBEAT_PERIOD_S} s breaks the contract's "
+                             f"{promised} s")
         self.model = model
         self.map = register_map
         self.clock = clock
@@ -121,7 +134,7 @@ class PlcServer:
             off = address + i - self.map.output_start
             if 0 <= off < len(out):
                 out[off] = int(v)
-        values = self.map.decode_block(self.map.output_start, out, "out")
+        values = self.map.decode_block(self.map.output_start, out, "out", enums="codes")
         self.model.set_outputs(values, now, real)
         self._refresh_inputs(start_address, current_registers, real)
         return None
@@ -129,6 +142,7 @@ class PlcServer:
     def _refresh_inputs(self, start_address: int, registers: list[int], real: float) -> None:
         values = self.model.inputs()
         values["plc_heartbeat"] = int((real - self._real0) / HEARTBEAT_PERIOD_S) & 0xFFFF
-        block = self.map.encode_block(self.map.input_start, self.map.input_length, values)
+        block = self.map.encode_block(self.map.input_start, self.map.input_length, values,
+                                      enums="codes")
         off = self.map.input_start - start_address
         registers[off : off + len(block)] = block

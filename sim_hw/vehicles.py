@@ -7,10 +7,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sim_hw.config import SimConfig
-from sim_hw.packs import AMBIENT_C, Chemistry, SimPack
+from sim_hw.packs import AMBIENT_C, CHEMISTRIES, SimPack
 
 FIRST_ARRIVAL_S = 1.0
-CHEMISTRIES: tuple[Chemistry, ...] = ("nmc", "lfp", "sodium_ion")
 
 
 @dataclass

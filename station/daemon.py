@@ -16,13 +16,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
-from drivers.plc.registry import create_link
 
 from drivers.bms.adapter import BmsAdapter
 from drivers.bms.canbus import PackBus
 from drivers.bms.commander import PackCommander
 from drivers.bms.protocol import Decoded, PackProtocol
 from drivers.plc.link import PlcLink
+from drivers.plc.registry import create_link
 from station.commands import CommandEntry, CommandRequest, CommandResult, Origin
 from station.config import StationConfig
 from station.core import IDENTIFY_KINDS, CommandRefused, Decision, ResumePoint, StationCore
@@ -119,7 +119,7 @@ class Daemon:
                            bitrate=cfg.can.bitrate, clock=clock, bus_kwargs=bus_kwargs)
         self.bus.on_message = self._on_message
         self.bus.on_reject = self._on_reject
-        self.packs = PackCommander(self.bus, self.adapter)
+        self.packs = PackCommander(self.bus, self.adapter, clock=clock)
         self.notifier = SystemdNotifier()
         self._wake = asyncio.Event()
         self._last_scan = clock()

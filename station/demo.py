@@ -9,24 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from sim_hw.config import CanConfig, ModbusConfig, SimConfig
-from sim_hw.station_sim import SimStation
-from station.config import (
-    CanSection,
-    JournalSection,
-    PlcSection,
-    SequenceSection,
-    StationConfig,
-)
-from station.core import Event
-from station.daemon import Daemon
+from station.events import Event
 from station.packml import State
+from station.rig import Rig
 
 NOMINAL_SWAP_S = 144.0
 
@@ -113,47 +102,31 @@ async def run_demo(
     swaps: int, speed: float, summary_json: Path | None = None, journal: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
-    tmp = None
-    if journal is None:
-        tmp = tempfile.TemporaryDirectory(prefix="swapd-demo-")
-        journal = Path(tmp.name) / "journal.sqlite"
-    channel = f"swapd-demo-{os.getpid()}"
-    sim_cfg = SimConfig(speed=speed, vehicles=swaps, modbus=ModbusConfig(port=0),
-                        can=CanConfig(interface="virtual", channel=channel))
     print(f"swapd demo: {swaps} swaps, simulated time x{speed:g} "
           f"(a swap is ~{NOMINAL_SWAP_S:.0f} s simulated, ~{NOMINAL_SWAP_S / speed:.1f} s here)",
           file=out, flush=True)
-    try:
-        async with SimStation(sim_cfg) as sim:
-            cfg = StationConfig(
-                plc=PlcSection(port=sim.modbus_port),
-                can=CanSection(interface="virtual", channel=channel),
-                sequence=SequenceSection(speed_factor=speed),
-                journal=JournalSection(path=journal),
-            )
-            progress = Progress(out, speed)
-            daemon = Daemon(cfg, observer=progress)
-            stop = asyncio.Event()
-            task = asyncio.create_task(daemon.run(stop))
-            loop = asyncio.get_running_loop()
-            deadline = loop.time() + swaps * NOMINAL_SWAP_S * 4 / speed + 30
-            while progress.ended < swaps and loop.time() < deadline and not task.done():
-                if daemon.core.state in (State.ABORTED, State.STOPPED) and progress.ended:
-                    break
-                await asyncio.sleep(0.05)
-            if loop.time() >= deadline:
-                print("demo: time limit reached", file=out)
-            summary = daemon.journal.summary(speed)
-            summary["speed"] = speed
-            summary["swaps_requested"] = swaps
-            stop.set()
-            try:
-                await asyncio.wait_for(task, 15)
-            except TimeoutError:
-                print("demo: the daemon did not stop within 15 s", file=out)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
+    progress = Progress(out, speed)
+    # swapd's default PLC poll period, as on a station; the journal in a temporary
+    # directory of the rig unless one is given
+    async with Rig(speed=speed, vehicles=swaps, journal=journal, observer=progress,
+                   poll_period_s=None, capture_log=False, name="swapd-demo") as rig:
+        daemon, task = rig.daemon, rig.task
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + swaps * NOMINAL_SWAP_S * 4 / speed + 30
+        while progress.ended < swaps and loop.time() < deadline and not task.done():
+            if daemon.core.state in (State.ABORTED, State.STOPPED) and progress.ended:
+                break
+            await asyncio.sleep(0.05)
+        if loop.time() >= deadline:
+            print("demo: time limit reached", file=out)
+        summary: dict[str, Any] = daemon.journal.summary(speed)
+        summary["speed"] = speed
+        summary["swaps_requested"] = swaps
+        try:
+            await rig.stop(15)
+        except TimeoutError:
+            print("demo: the daemon did not stop within 15 s", file=out)
     print(format_summary(summary), file=out, flush=True)
     if summary_json is not None:
         summary_json.write_text(json.dumps(summary, indent=2, default=str))

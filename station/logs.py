@@ -34,6 +34,7 @@ _SHARED: list[Processor] = [
     structlog.processors.StackInfoRenderer(),
 ]
 
+_configured = False
 _console: logging.Handler | None = None  # the handler configure_logging installed
 
 
@@ -66,24 +67,29 @@ def formatter(fmt: str, colors: bool = False) -> structlog.stdlib.ProcessorForma
     return structlog.stdlib.ProcessorFormatter(foreign_pre_chain=_SHARED, processors=final)
 
 
-def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
+def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None, *,
+                      console: bool = True) -> None:
     """Route structlog and the standard library's logging to one handler on `stream`
     (default: the current stderr) in `fmt` (`json`, `console`, or `auto`: console on a
-    terminal). Calling it again replaces the previous set-up."""
-    global _console
-    tty = (stream or sys.stderr).isatty()
-    if fmt == "auto":
-        fmt = "console" if tty else "json"
-    handler: logging.Handler = (
-        _StderrHandler() if stream is None else logging.StreamHandler(stream))
-    handler.setFormatter(formatter(fmt, colors=tty))
+    terminal). Calling it again replaces the previous set-up. `console=False` installs no
+    handler (records reach the root logger's other handlers: a file, pytest's capture)."""
+    global _console, _configured
     root = logging.getLogger()
     if _console is not None:
         root.removeHandler(_console)
-    # Records that would otherwise reach no handler print bare on stderr (lastResort).
-    root.addHandler(handler)
+        _console = None
+    if console:
+        tty = (stream or sys.stderr).isatty()
+        if fmt == "auto":
+            fmt = "console" if tty else "json"
+        handler: logging.Handler = (
+            _StderrHandler() if stream is None else logging.StreamHandler(stream))
+        handler.setFormatter(formatter(fmt, colors=tty))
+        # On the root, so that no record is left to print bare on stderr (lastResort).
+        root.addHandler(handler)
+        _console = handler
     root.setLevel(getattr(logging, level.upper(), logging.INFO))
-    _console = handler
+    _configured = True
     logging.captureWarnings(True)  # warnings.warn() -> logger "py.warnings"
     structlog.configure(
         processors=[
@@ -99,15 +105,16 @@ def configure_logging(level: str = "info", fmt: str = "auto", stream: Any = None
 
 
 def is_configured() -> bool:
-    return _console is not None
+    return _configured
 
 
 def reset_logging() -> None:
     """Undo configure_logging: structlog's defaults, no handler of ours on the root."""
-    global _console
+    global _console, _configured
     if _console is not None:
         logging.getLogger().removeHandler(_console)
         _console = None
+    _configured = False
     logging.getLogger().setLevel(logging.WARNING)
     logging.captureWarnings(False)
     structlog.reset_defaults()
@@ -117,20 +124,24 @@ def reset_logging() -> None:
 def capture_to_file(path: Path, level: str = "info") -> Iterator[logging.Handler]:
     """Also write every log line of the block as JSON to `path`, at `level` or below the
     configured level, whichever lets more through; the console keeps its level.
-    configure_logging must have been called (it is called with its defaults if not)."""
-    if _console is None:
-        configure_logging()
-    assert _console is not None
+    If logging is not configured, it is for the block only, without a console handler
+    (under pytest the records still reach its log capture)."""
+    configured_here = not _configured
+    before = logging.getLogger().level
+    if configured_here:
+        configure_logging(level, console=False)
     console = _console
     root = logging.getLogger()
-    old_root, old_console = root.level, console.level
+    old_root = root.level
+    old_console = console.level if console is not None else logging.NOTSET
     want = getattr(logging, level.upper(), logging.INFO)
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(formatter("json"))
     handler.setLevel(min(want, old_root) if old_root else want)
     if old_root > want:
-        console.setLevel(max(old_root, old_console))
+        if console is not None:
+            console.setLevel(max(old_root, old_console))
         root.setLevel(want)
     root.addHandler(handler)
     try:
@@ -138,8 +149,13 @@ def capture_to_file(path: Path, level: str = "info") -> Iterator[logging.Handler
     finally:
         root.removeHandler(handler)
         handler.close()
-        root.setLevel(old_root)
-        console.setLevel(old_console)
+        if configured_here:
+            reset_logging()
+            root.setLevel(before)
+        else:
+            root.setLevel(old_root)
+            if console is not None:
+                console.setLevel(old_console)
 
 
 def bind_swap(swap_id: str | None, step: str | None) -> None:

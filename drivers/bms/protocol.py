@@ -3,6 +3,9 @@
 Frames are matched by PGN, not by whole identifier, because the source address says where
 a pack is connected (vehicle bay or rack slot) and a DBC carries one example address.
 The protocol is data: a new pack vendor is a new DBC file with the same message names.
+The DBC is the one source of the value tables (VAL_: chemistry codes, pack states, control
+commands), the periods (GenMsgCycleTime) and the timeouts (RxTimeoutMs); read them through
+`PackProtocol.choices`, `codes`, `period_s` and `timeout_s`, never retype them.
 """
 
 from __future__ import annotations
@@ -23,13 +26,6 @@ RACK_SA_BASE = 0x80  # rack slot n (1-based) answers at RACK_SA_BASE + n - 1
 MAX_RACK_SLOTS = 0x60
 
 PDU1_LIMIT = 0xF0  # PF below 0xF0: destination-specific (PS byte is the destination)
-
-CHEMISTRY_CODES: dict[int, str] = {3: "lfp", 6: "nmc", 0x20: "sodium_ion"}
-CHEMISTRY_BY_NAME: dict[str, int] = {v: k for k, v in CHEMISTRY_CODES.items()}
-
-PACK_STATE_NAMES = {0: "idle", 1: "charging", 2: "isolated", 3: "discharging"}
-CONTROL_COMMANDS = {"keep": 0, "charge_enable": 1, "charge_disable": 2, "isolate": 3,
-                    "clear_isolation": 4}
 
 
 class FrameError(ValueError):
@@ -97,10 +93,16 @@ class PackProtocol:
             self.db = db
         self._by_pgn: dict[int, Message] = {}
         self._fill_mask: dict[str, bytes] = {}
+        self._choices: dict[tuple[str, str], dict[int, str]] = {}
         for msg in self.db.messages:
             _, pgn, _, _ = split_id(msg.frame_id)
             self._by_pgn[pgn] = msg
             self._fill_mask[msg.name] = _unused_bits(msg)
+            for sig in msg.signals:
+                if sig.choices:
+                    self._choices[msg.name, sig.name] = {
+                        int(code): str(name) for code, name in sig.choices.items()
+                    }
 
     def message(self, name: str) -> Message:
         return self.db.get_message_by_name(name)
@@ -108,8 +110,31 @@ class PackProtocol:
     def pgn_of(self, name: str) -> int:
         return split_id(self.message(name).frame_id)[1]
 
-    def period_ms(self, name: str) -> int | None:
-        return self.message(name).cycle_time
+    def choices(self, message: str, signal: str) -> dict[int, str]:
+        """The DBC value table (VAL_) of one signal: code -> name. KeyError if it has none."""
+        table = self._choices.get((message, signal))
+        if table is None:
+            self.message(message).get_signal_by_name(signal)  # KeyError naming what is unknown
+            raise KeyError(f"{message}.{signal}: the DBC gives no value table")
+        return dict(table)
+
+    def codes(self, message: str, signal: str) -> dict[str, int]:
+        """The same value table the other way round: name -> code."""
+        return {name: code for code, name in self.choices(message, signal).items()}
+
+    def period_s(self, name: str) -> float | None:
+        """How often the sender sends the message (GenMsgCycleTime); None: on event only."""
+        ms = self.message(name).cycle_time
+        return ms / 1000.0 if ms else None
+
+    def timeout_s(self, name: str) -> float | None:
+        """After how long without the message the receiver treats its data as missing
+        (RxTimeoutMs); None when the DBC gives none."""
+        msg = self.message(name)
+        attrs = msg.dbc.attributes if msg.dbc is not None else {}
+        attr = attrs.get("RxTimeoutMs")
+        ms = int(attr.value) if attr is not None else 0
+        return ms / 1000.0 if ms else None
 
     def decode(self, can_id: int, data: bytes | bytearray) -> Decoded:
         """Decode one frame; raises FrameError for unknown ids, bad lengths or bad data."""

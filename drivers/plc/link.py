@@ -1,9 +1,16 @@
-"""The PLC link: what the station core's daemon needs from any PLC protocol.
+"""The PLC link: what the station daemon needs from any PLC protocol.
 
-Modbus TCP (modbus_link.py) and OPC UA implement the same small interface, so the same
-test suite runs over both. Inputs arrive through a callback with the monotonic time they
-were read, so the core can judge staleness; outputs are desired values, written on change
-(and every heartbeat period) by the link's own cycle, or at once with write_now().
+Modbus TCP (modbus_link.py) and OPC UA implement the same small interface, so one test
+suite (tests/integration/test_plc_links.py) runs over every implementation. The link
+speaks the PLC contract's vocabulary (drivers/plc/contract.toml): signals by contract
+name, enumerated signals by value name (`cmd_status` "busy", `cmd_code` "LIFT",
+`stop_request` "cat1"); where the signals live on the wire is the implementation's own
+business. Inputs arrive through a callback with the monotonic time they were read, so the
+core can judge staleness; outputs are desired values, written on change (and every
+heartbeat period) by the link's own cycle, or at once with write_now().
+
+Implementations are found by protocol name in drivers/plc/registry.py and built with
+`from_config`. Each method below says in which station (PackML) states the daemon uses it.
 """
 
 from __future__ import annotations
@@ -11,10 +18,19 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Self
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
+
+    from drivers.plc.contract import PlcContract
+    from station.config import PlcSection
 
 InputsCallback = Callable[[dict[str, Any], float], None]
-"""Called with (decoded input values by signal name, monotonic time of the read reply)."""
+"""Called with (decoded input values by contract signal name, monotonic time of the read)."""
+
+Clock = Callable[[], float]
+"""Monotonic seconds; stamps reads and write acknowledgements."""
 
 
 @dataclass
@@ -25,33 +41,75 @@ class LinkStats:
     write_errors: int = 0
     reconnects: int = 0
     last_error: str | None = None
-    exceptions: dict[str, int] = field(default_factory=dict)
+    exceptions: dict[str, int] = field(default_factory=dict)  # protocol error replies by name
 
 
 class PlcLink(abc.ABC):
-    """One connection to the station PLC."""
+    """One connection to the station PLC.
+
+    Callbacks, set by the daemon before run():
+    - `on_inputs(values, t)`: every good read of the inputs, in every station state (the
+      interlocks and the staleness check judge the PLC in all of them, Stopped and Aborted
+      included; Execute also completes steps on them, and a restart's recovery in Held
+      reads the machine back from them). Every input signal of the contract, decoded;
+      `t` is the monotonic time the reply arrived. A failed read delivers nothing: the
+      inputs age and the core treats them as stale. An exception raised here ends run().
+    - `on_connection(up)`: each change of the connection, in every state; a lost link makes
+      the inputs stale (Holding / Aborting from Execute).
+    """
 
     def __init__(self) -> None:
         self.on_inputs: InputsCallback | None = None
         self.on_connection: Callable[[bool], None] | None = None
         self.stats = LinkStats()
 
+    @classmethod
+    @abc.abstractmethod
+    def from_config(
+        cls, plc: PlcSection, section: BaseModel, contract: PlcContract, clock: Clock
+    ) -> Self:
+        """Build the link from the `[plc]` section, its protocol's own section
+        (`plc.link_section()`, e.g. `[plc.modbus]`) and the loaded contract; its addressing
+        file is the section's business. Every period and timeout comes from the sections.
+
+        Used once at daemon start-up, before any station state (registry.create_link)."""
+
     @property
     @abc.abstractmethod
-    def connected(self) -> bool: ...
+    def connected(self) -> bool:
+        """True while the link holds a working connection. Read in every state (status)."""
 
     @abc.abstractmethod
     async def run(self) -> None:
-        """Connect, then poll inputs and write outputs until cancelled; reconnect with back-off."""
+        """Connect, then poll inputs and write outputs until close(); reconnect with
+        back-off. Keeps `ctrl_heartbeat` going, which it owns, only while it runs.
+
+        Started at daemon start-up and running in every station state, from Stopped
+        through Execute to Aborted: the PLC is supervised and its heartbeat kept whatever
+        the state."""
 
     @abc.abstractmethod
     def set_outputs(self, values: dict[str, Any]) -> None:
-        """Merge desired output values (by signal name); written at the next write."""
+        """Merge desired output values (contract signal name -> value; enumerated signals by
+        value name) and write them at the link's next write. Raises ValueError, naming the
+        signal, for an unknown or input signal, `ctrl_heartbeat`, an unknown value name or
+        a value out of range, so a bad output fails in the caller.
+
+        Used in every state whose decision changes an output: Execute (cmd_code, params and
+        a new cmd_seq for each step), Stopping, Holding, Aborting (stop_request cat2 or
+        cat1), Resetting, Unholding, Clearing (stop_request none), and Held after a restart
+        (stop_request cat2)."""
 
     @abc.abstractmethod
     async def write_now(self) -> float | None:
-        """Write the desired outputs now; return the monotonic time the PLC acknowledged the
-        write, or None if it could not be written (the link keeps retrying)."""
+        """Write the desired outputs now; return the monotonic time the PLC acknowledged
+        the write, or None if it could not be written (not connected, error reply, timeout;
+        the link's cycle keeps retrying).
+
+        Used in Execute for every new command (the acknowledgement time is journaled as the
+        moment the step was commanded), and in Stopping, Holding and Aborting when the stop
+        request rises (it goes out before the journal's fsync)."""
 
     @abc.abstractmethod
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Stop run() and drop the connection. Used at daemon shutdown, from any state."""

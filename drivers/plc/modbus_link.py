@@ -8,6 +8,10 @@ while this cycle runs: a hung controller is a silent controller.
 
 Reconnection is done here with exponential back-off rather than by pymodbus, so the link
 knows and reports every loss (on_connection) and never sends into a half-made connection.
+
+Values cross the link in the contract's vocabulary: the register map (regmap.py) decodes
+the input block to contract values, enumerated signals by value name ("busy"), and encodes
+the outputs from them ("LIFT", "cat1").
 """
 
 from __future__ import annotations
@@ -15,25 +19,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable
+from typing import Any, Self
 
 import structlog
+from pydantic import BaseModel
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
 from pymodbus.pdu import ModbusPDU
 
-from drivers.plc.link import PlcLink
-from drivers.plc.regmap import RegisterMap
+from drivers.plc.contract import PlcContract
+from drivers.plc.link import Clock, PlcLink
+from drivers.plc.regmap import RegisterMap, load_register_map
 from drivers.ratelimit import RateLimitedWarnings
+from station.config import ModbusSection, PlcSection
 
 HEARTBEAT = "ctrl_heartbeat"
 LOG_INTERVAL = 1.0  # at most one log line per error kind per second: a dead PLC polled at 20 Hz
+# Reconnection back-off: first retry after BACKOFF_MIN_S, doubling up to BACKOFF_MAX_S.
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
 
 
 class ModbusPlcLink(PlcLink):
-    """PlcLink over Modbus TCP, driven by a register map.
+    """PlcLink over Modbus TCP, driven by a register map (the contract's Modbus addressing).
 
     Stats: `polls` / `writes` count good reads / acknowledged writes, `poll_errors` /
     `write_errors` failed ones (exception replies, timeouts, lost connection), `exceptions`
@@ -49,17 +59,18 @@ class ModbusPlcLink(PlcLink):
         port: int,
         rmap: RegisterMap,
         *,
-        poll_period: float = 0.02,
-        heartbeat_period: float = 0.1,
-        timeout: float = 1.0,
-        backoff_min: float = 0.1,
-        backoff_max: float = 5.0,
-        clock: Callable[[], float] = time.monotonic,
+        poll_period: float,
+        heartbeat_period: float,
+        timeout: float,
+        backoff_min: float = BACKOFF_MIN_S,
+        backoff_max: float = BACKOFF_MAX_S,
+        clock: Clock = time.monotonic,
         logger: Any = None,
     ) -> None:
         super().__init__()
-        if HEARTBEAT not in rmap.signals or rmap.signals[HEARTBEAT].direction != "out":
-            raise ValueError(f"register map has no output signal {HEARTBEAT}")
+        hb = rmap.signals.get(HEARTBEAT)
+        if hb is None or hb.direction != "out" or hb.enum is not None or hb.type == "bool":
+            raise ValueError(f"the contract has no numeric output signal {HEARTBEAT}")
         self.host = host
         self.port = port
         self.rmap = rmap
@@ -87,6 +98,23 @@ class ModbusPlcLink(PlcLink):
         self._reported: bool | None = None
         self._poll_failing = False
 
+    @classmethod
+    def from_config(
+        cls, plc: PlcSection, section: BaseModel, contract: PlcContract, clock: Clock
+    ) -> Self:
+        """`[plc]` gives the heartbeat period, `[plc.modbus]` the address, the register map
+        (None: the one shipped with the package) and the poll period and timeout."""
+        if not isinstance(section, ModbusSection):
+            raise TypeError(f"ModbusPlcLink needs a ModbusSection, not {type(section).__name__}")
+        rmap = load_register_map(section.register_map, contract=contract)
+        return cls(
+            section.host, section.port, rmap,
+            poll_period=section.poll_period_s,
+            heartbeat_period=plc.heartbeat_period_s,
+            timeout=section.timeout_s,
+            clock=clock,
+        )
+
     # ------------------------------------------------------------------ interface
 
     @property
@@ -94,17 +122,18 @@ class ModbusPlcLink(PlcLink):
         return self._client is not None and self._client.connected and not self._lost.is_set()
 
     def set_outputs(self, values: dict[str, Any]) -> None:
-        """Merge desired outputs; raises ValueError for unknown, input, out-of-range or
-        heartbeat signals (the link owns ctrl_heartbeat)."""
+        """Merge desired outputs (contract vocabulary); raises ValueError for unknown, input,
+        out-of-range or heartbeat signals (the link owns ctrl_heartbeat) and for an unknown
+        value name of an enumerated signal."""
         for name in values:
             sig = self.rmap.signals.get(name)
             if sig is None or sig.direction != "out":
-                raise ValueError(f"{name} is not an output of the register map")
+                raise ValueError(f"{name} is not an output signal of the PLC contract")
             if name == HEARTBEAT:
                 raise ValueError(f"{HEARTBEAT} is written by the link itself")
         merged = {**self._desired, **values}
         # Encode now so a bad value fails in the caller, not later in the link's cycle.
-        self.rmap.encode_block(self.rmap.output_start, self.rmap.output_length, merged)
+        self.rmap.encode_outputs(merged)
         if merged != self._desired:
             self._desired = merged
             self._version += 1
@@ -249,7 +278,7 @@ class ModbusPlcLink(PlcLink):
             self._poll_failing = False
             self._log.info("plc.poll_recovered", poll_errors=self.stats.poll_errors)
         if self.on_inputs is not None:
-            self.on_inputs(rmap.decode_block(rmap.input_start, regs, "in"), t)
+            self.on_inputs(rmap.decode_inputs(regs), t)
         return True
 
     def _poll_failed(self, error: str) -> None:
@@ -272,11 +301,7 @@ class ModbusPlcLink(PlcLink):
                 self._heartbeat = (self._heartbeat + 1) & 0xFFFF
                 self._heartbeat_due = now + self.heartbeat_period
             rmap = self.rmap
-            block = rmap.encode_block(
-                rmap.output_start,
-                rmap.output_length,
-                {**self._desired, HEARTBEAT: self._heartbeat},
-            )
+            block = rmap.encode_outputs({**self._desired, HEARTBEAT: self._heartbeat})
             try:
                 rr = await self._request(
                     client.write_registers(rmap.output_start, block, device_id=rmap.unit_id)

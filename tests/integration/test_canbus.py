@@ -7,6 +7,7 @@ import random
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import can
 import pytest
@@ -24,10 +25,11 @@ from drivers.bms.protocol import (
 pytestmark = pytest.mark.timeout(20)
 
 PROTO = PackProtocol()
+COMMANDS = PROTO.codes("PackControl", "ControlCommand")
 STATUS = {"SOC": 81.5, "PackVoltage": 402.3, "PackCurrent": -12.5, "MinCellTemp": 21,
           "MaxCellTemp": 24}
-CONTROL = {"ControlCommand": 1, "ChargeCurrentLimit": 10, "ChargeVoltageLimit": 400,
-           "ControlCounter": 1}
+CONTROL = {"ControlCommand": COMMANDS["charge_enable"], "ChargeCurrentLimit": 10,
+           "ChargeVoltageLimit": 400, "ControlCounter": 1}
 
 
 async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -124,8 +126,8 @@ async def test_own_address_and_other_destination_dropped_silently(rig: Rig) -> N
 
 
 async def test_send_puts_pack_control_on_the_bus(rig: Rig) -> None:
-    values = {"ControlCommand": 3, "ChargeCurrentLimit": 120.5, "ChargeVoltageLimit": 410.0,
-              "ControlCounter": 7}
+    values = {"ControlCommand": COMMANDS["isolate"], "ChargeCurrentLimit": 120.5,
+              "ChargeVoltageLimit": 410.0, "ControlCounter": 7}
     rig.bus.send("PackControl", values, da=rack_sa(2))
     msg = await asyncio.to_thread(rig.peer.recv, 2.0)
     assert msg is not None
@@ -135,7 +137,7 @@ async def test_send_puts_pack_control_on_the_bus(rig: Rig) -> None:
     decoded = PROTO.decode(msg.arbitration_id, msg.data)
     assert decoded.source == STATION_SA and decoded.destination == rack_sa(2)
     assert decoded.signals["ChargeCurrentLimit"] == pytest.approx(120.5)
-    assert decoded.signals["ControlCommand"] == 3
+    assert decoded.signals["ControlCommand"] == COMMANDS["isolate"]
     assert rig.bus.stats["sent"] == 1
 
 
@@ -206,7 +208,8 @@ async def test_udp_multicast_drops_own_echo() -> None:
                                     "InsulationResistance": 5000, "FaultOverTemp": 0,
                                     "FaultOverVoltage": 0, "FaultUnderVoltage": 0,
                                     "FaultInsulation": 0, "ThermalAlarm": 1,
-                                    "FaultInternal": 0, "PackState": 1})
+                                    "FaultInternal": 0,
+                                    "PackState": PROTO.codes("PackCells", "PackState")["charging"]})
         await wait_until(lambda: len(rig.messages) == 1)
         assert rig.messages[0][0].signals["ThermalAlarm"] == 1
         assert rig.messages[0][0].signals["MaxCellVoltage"] == pytest.approx(3.41)
@@ -229,3 +232,86 @@ async def test_failed_bus_is_reopened(rig: Rig) -> None:
 def test_socketcan_without_interface_explains_setup() -> None:
     with pytest.raises(can.CanInitializationError, match="ip link add dev vcan0 type vcan"):
         open_can_bus("socketcan", f"nocan{random.randint(0, 999)}", bitrate=250000)
+
+
+# ------------------------------------------------------------ the sim's packs, end to end
+
+
+@pytest.fixture
+async def station_and_packs(channel: str) -> AsyncIterator[tuple[Any, ...]]:
+    """The simulated packs on a virtual bus, and the station's side: PackBus -> BmsAdapter
+    -> ProcessImage, PackCommander for requests."""
+    from drivers.bms.adapter import BmsAdapter
+    from drivers.bms.commander import PackCommander
+    from sim_hw.can_packs import CanPacks
+    from sim_hw.config import CanConfig, SimConfig
+    from sim_hw.mechanics import StationModel
+    from station.image import ProcessImage
+
+    model = StationModel(SimConfig(vehicles=0))
+    packs = CanPacks(model, CanConfig(interface="virtual", channel=channel), PROTO)
+    adapter = BmsAdapter(PROTO)
+    image = ProcessImage(pack_timeouts=adapter.timeouts())
+    bus = PackBus("virtual", channel, PROTO)
+
+    def on_message(decoded: Decoded, t: float) -> None:
+        adapter.apply(image, decoded, t)
+
+    bus.on_message = on_message
+    commander = PackCommander(bus, adapter)
+    task = asyncio.create_task(bus.run())
+    await wait_until(lambda: bus.is_open)
+    try:
+        yield model, packs, image, commander
+    finally:
+        await packs.stop()
+        await bus.close()
+        await asyncio.wait_for(task, 2)
+
+
+async def test_sim_packs_fill_the_image_with_their_limits(
+    station_and_packs: tuple[Any, ...],
+) -> None:
+    from station.image import Location, PackData
+
+    model, packs, image, _ = station_and_packs
+    await packs.start()
+    slots = [s for s, p in model.rack.items() if p is not None]
+    await wait_until(lambda: all(
+        Location.rack(s) in image.packs
+        and PackData.LIMITS in image.packs[Location.rack(s)].last_seen for s in slots))
+    for slot in slots:
+        pack, rep = model.rack[slot], image.packs[Location.rack(slot)]
+        assert rep.serial == pack.serial and rep.chemistry == pack.chemistry
+        assert rep.cell_count == pack.series_cells
+        assert rep.max_charge_voltage_v is not None
+        assert pack.max_charge_voltage_v - 0.1 < rep.max_charge_voltage_v \
+            <= pack.max_charge_voltage_v
+        assert rep.max_charge_current_a is not None
+        assert pack.max_charge_current_a - 0.1 < rep.max_charge_current_a \
+            <= pack.max_charge_current_a
+
+
+async def test_a_pack_without_identity_burst_is_identified_on_request(
+    station_and_packs: tuple[Any, ...],
+) -> None:
+    """Another pack put where one was, whose BMS does not announce its identity: its data
+    land in the old pack's report until its identity comes; a Request brings it at once."""
+    from sim_hw.packs import SimPack
+    from station.image import Location, PackData
+    from station.pack_commands import PackRequest
+
+    model, packs, image, commander = station_and_packs
+    loc = Location.rack(2)
+    await packs.start()
+    await wait_until(lambda: loc in image.packs and image.packs[loc].identified)
+    old = image.packs[loc].serial
+    newcomer = SimPack(serial=0x0BADCAFE, family=20, chemistry="lfp", soc_pct=42.0,
+                       identity_burst=False)
+    model.rack[2] = newcomer
+    await wait_until(lambda: image.packs[loc].soc_pct == 42.0)  # its status is heard...
+    assert image.packs[loc].serial == old  # ... under the identity heard before
+    assert commander.request(PackRequest(loc, (PackData.IDENTITY,))) == 1
+    t0 = time.monotonic()
+    await wait_until(lambda: image.packs[loc].serial == newcomer.serial, timeout=2.0)
+    assert time.monotonic() - t0 < 0.5  # answered at once, not on its 1 s period

@@ -7,30 +7,17 @@ completed after a hold). Generated from the table, so a new interlock joins by i
 
 from __future__ import annotations
 
-import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from sim_hw.config import CanConfig, ModbusConfig, SimConfig
-from sim_hw.station_sim import SimStation
-from station.config import (
-    CanSection,
-    JournalSection,
-    OperationSection,
-    PlcSection,
-    SequenceSection,
-    StationConfig,
-)
-from station.core import Event
-from station.daemon import Daemon
 from station.interlocks import INTERLOCKS, PRESENCE, Interlock, Reaction
 from station.journal import Journal
 from station.packml import Cmd, State
 from station.plan import SwapPlan
+from station.rig import Rig
 from station.sequence import SEQUENCE
 
 SPEED = 100.0
@@ -67,57 +54,34 @@ CASES = [
 ]
 
 
-class Rig:
-    def __init__(self, sim: SimStation, daemon: Daemon, events: list[Event]) -> None:
-        self.sim, self.daemon, self.events = sim, daemon, events
-        self.core = daemon.core
-
-    async def until(self, pred: Any, timeout: float = 20.0, what: str = "") -> None:
-        loop = asyncio.get_running_loop()
-        end = loop.time() + timeout
-        while not pred():
-            assert loop.time() < end, f"timed out waiting for {what}: {self.core.status()}"
-            await asyncio.sleep(0.005)
+WAIT_S = 20.0
 
 
 @pytest.fixture
 async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
-    channel = f"mx-{uuid.uuid4().hex[:8]}"
     speed = SPEED_FOR.get(request.node.callspec.params.get("il_id", ""), SPEED)
-    sim_cfg = SimConfig(speed=speed, vehicles=1, modbus=ModbusConfig(port=0),
-                        can=CanConfig(interface="virtual", channel=channel))
-    async with SimStation(sim_cfg) as sim:
-        cfg = StationConfig(
-            plc=PlcSection(port=sim.modbus_port, poll_period_s=0.01),
-            can=CanSection(interface="virtual", channel=channel),
-            sequence=SequenceSection(speed_factor=speed),
-            journal=JournalSection(path=tmp_path / "journal.sqlite"),
-            operation=OperationSection(auto_start=False),  # the test starts the one swap
-        )
-        events: list[Event] = []
-        daemon = Daemon(cfg, observer=events.append)
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
-        yield Rig(sim, daemon, events)
-        stop.set()
-        await asyncio.wait_for(task, 10)
+    async with Rig(speed=speed, vehicles=1, workdir=tmp_path, name="mx",
+                   config={"operation": {"auto_start": False}}) as r:  # the test starts it
+        yield r
 
 
 @pytest.mark.parametrize(("il_id", "step"), CASES)
 async def test_interlock_over_real_protocols(rig: Rig, il_id: str, step: str) -> None:
     il = BY_ID[il_id]
     core = rig.core
-    await rig.until(lambda: core.ready_to_start, what="a vehicle to swap")
+    await rig.wait_for(lambda: core.ready_to_start, WAIT_S, what="a vehicle to swap")
     await rig.daemon.command(Cmd.START, origin="test")
-    await rig.until(lambda: (core.step is not None and core.step.name == step)
-                    or core.state in (State.ABORTED, State.HELD, State.STOPPED),
-                    what=f"step {step}")
+    await rig.wait_for(lambda: (core.step is not None and core.step.name == step)
+                       or core.state in (State.ABORTED, State.HELD, State.STOPPED),
+                       WAIT_S, what=f"step {step}")
     assert core.state == State.EXECUTE and core.plan is not None, core.status()
     name, value, target = fault_for(il, step, core.plan)
     rig.sim.faults.set(name, value=value, target=target)
 
     target_state = State.ABORTED if il.in_motion == Reaction.ABORT else State.HELD
-    await rig.until(lambda: core.state == target_state, what=f"{target_state.label}")
+    await rig.wait_for(lambda: core.state == target_state, WAIT_S, what=target_state.label)
+    await rig.wait_for(lambda: any(e.kind == "fault" for e in rig.events), WAIT_S,
+                       what="the fault event")  # events reach observers after the state
     faults = [e.data for e in rig.events if e.kind == "fault"]
     assert faults[0]["code"] == il_id, faults
     # A step shorter than the detection time (the CAN-only check step lasts 70 ms at 100x,
@@ -131,16 +95,18 @@ async def test_interlock_over_real_protocols(rig: Rig, il_id: str, step: str) ->
 
     rig.sim.faults.clear(name)
     if target_state == State.ABORTED:
-        await rig.until(lambda: not core.active_interlocks, what="the cause to clear")
+        await rig.wait_for(lambda: not core.active_interlocks, WAIT_S,
+                           what="the cause to clear")
         await rig.daemon.command(Cmd.CLEAR)
-        await rig.until(lambda: core.state == State.STOPPED, what="Stopped")
+        await rig.wait_for(lambda: core.state == State.STOPPED, WAIT_S, what="Stopped")
         await rig.daemon.command(Cmd.RESET)
-        await rig.until(lambda: core.state == State.IDLE, what="Idle")
+        await rig.wait_for(lambda: core.state == State.IDLE, WAIT_S, what="Idle")
     else:
-        await rig.until(lambda: not core.active_interlocks, what="the cause to clear")
+        await rig.wait_for(lambda: not core.active_interlocks, WAIT_S,
+                           what="the cause to clear")
         await rig.daemon.command(Cmd.UNHOLD)
-        await rig.until(lambda: any(e.kind == "swap_ended" for e in rig.events),
-                        what="the held swap to finish")
+        await rig.wait_for(lambda: any(e.kind == "swap_ended" for e in rig.events),
+                           WAIT_S, what="the held swap to finish")
         ended = next(e.data for e in rig.events if e.kind == "swap_ended")
         assert ended["outcome"] == "completed", ended
     assert rig.sim.observer.violations == []
@@ -159,17 +125,20 @@ async def test_bolt_out_of_window_or_unreported_aborts(
         rig: Rig, fault: str, value: Any, bolt: int, step: str) -> None:
     core = rig.core
     before = STEPS[STEPS.index(step) - 1]
-    await rig.until(lambda: core.ready_to_start, what="a vehicle to swap")
+    await rig.wait_for(lambda: core.ready_to_start, WAIT_S, what="a vehicle to swap")
     await rig.daemon.command(Cmd.START, origin="test")
-    await rig.until(lambda: core.step is not None and core.step.name == before, what=before)
+    await rig.wait_for(lambda: core.step is not None and core.step.name == before, WAIT_S,
+                       what=before)
     rig.sim.faults.set(fault, value=value, target=bolt)  # armed for the next bolt run
-    await rig.until(lambda: core.state == State.ABORTED, what="Aborted")
+    await rig.wait_for(lambda: core.state == State.ABORTED, WAIT_S, what="Aborted")
+    await rig.wait_for(lambda: any(e.kind == "fault" for e in rig.events), WAIT_S,
+                       what="the fault event")
     f = next(e.data for e in rig.events if e.kind == "fault")
     assert f["code"] == f"{step}_failed" and f["step"] == step, f
     assert f"bolt {bolt} " in f["reason"] and f"outside {step} torque/angle window" in f["reason"]
     rig.sim.faults.clear(fault)
     await rig.daemon.command(Cmd.CLEAR)
-    await rig.until(lambda: core.state == State.STOPPED, what="Stopped")
+    await rig.wait_for(lambda: core.state == State.STOPPED, WAIT_S, what="Stopped")
     await rig.daemon.command(Cmd.RESET)
-    await rig.until(lambda: core.state == State.IDLE, what="Idle")
+    await rig.wait_for(lambda: core.state == State.IDLE, WAIT_S, what="Idle")
     assert rig.sim.observer.violations == []

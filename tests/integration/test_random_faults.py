@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import uuid
-from pathlib import Path
-from tempfile import TemporaryDirectory
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sim_hw.config import CanConfig, ModbusConfig, SimConfig
-from sim_hw.station_sim import SimStation
-from station.config import CanSection, JournalSection, PlcSection, SequenceSection, StationConfig
-from station.core import CommandRefused, Event
-from station.daemon import Daemon
+from station.core import CommandRefused
 from station.packml import Cmd, State
+from station.rig import Rig
 
 SPEED = 100.0
 SWAPS = 3
@@ -36,48 +30,36 @@ schedule_st = st.lists(
 )
 
 
-async def run_schedule(schedule: list[tuple[str, float, float]], tmp: Path) -> dict[str, Any]:
-    channel = f"rf-{uuid.uuid4().hex[:8]}"
-    sim_cfg = SimConfig(speed=SPEED, vehicles=SWAPS, modbus=ModbusConfig(port=0),
-                        can=CanConfig(interface="virtual", channel=channel))
-    async with SimStation(sim_cfg) as sim:
-        cfg = StationConfig(plc=PlcSection(port=sim.modbus_port, poll_period_s=0.01),
-                            can=CanSection(interface="virtual", channel=channel),
-                            sequence=SequenceSection(speed_factor=SPEED),
-                            journal=JournalSection(path=tmp / "journal.sqlite"))
-        events: list[Event] = []
-        daemon = Daemon(cfg, observer=events.append)
-        stop = asyncio.Event()
-        task = asyncio.create_task(daemon.run(stop))
+async def run_schedule(schedule: list[tuple[str, float, float]]) -> dict[str, Any]:
+    # The rig's journal and log live in its own temporary directory (kept until the test
+    # ends, so that a failing example's artifacts can be saved).
+    async with Rig(speed=SPEED, vehicles=SWAPS, name="rf") as rig:
+        sim, daemon, events = rig.sim, rig.daemon, rig.events
         loop = asyncio.get_running_loop()
         t0 = loop.time()
         pending = sorted(schedule, key=lambda f: f[1])
         active: dict[str, float] = {}
-        try:
-            while loop.time() - t0 < 10.0:
-                now = loop.time() - t0
-                while pending and pending[0][1] <= now:
-                    name, _, dur = pending.pop(0)
-                    sim.faults.set(name)
-                    active[name] = now + dur
-                for name, until in list(active.items()):
-                    if now >= until:
-                        sim.faults.clear(name)
-                        del active[name]
-                ended = [e for e in events if e.kind == "swap_ended"]
-                state = daemon.core.state
-                if state == State.ABORTED or len(ended) >= SWAPS:
-                    break  # an abort needs people; or all swaps done
-                if state == State.HELD and not active and not pending and \
-                        not daemon.core.active_interlocks:
-                    with contextlib.suppress(CommandRefused):
-                        await daemon.command(Cmd.UNHOLD, origin="test operator")
-                await asyncio.sleep(0.01)
-            return {"events": events, "state": daemon.core.state, "reason": daemon.core.reason,
-                    "violations": list(sim.observer.violations)}
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 10)
+        while loop.time() - t0 < 10.0:
+            now = loop.time() - t0
+            while pending and pending[0][1] <= now:
+                name, _, dur = pending.pop(0)
+                sim.faults.set(name)
+                active[name] = now + dur
+            for name, until in list(active.items()):
+                if now >= until:
+                    sim.faults.clear(name)
+                    del active[name]
+            ended = rig.ended()
+            state = daemon.core.state
+            if state == State.ABORTED or len(ended) >= SWAPS:
+                break  # an abort needs people; or all swaps done
+            if state == State.HELD and not active and not pending and \
+                    not daemon.core.active_interlocks:
+                with contextlib.suppress(CommandRefused):
+                    await daemon.command(Cmd.UNHOLD, origin="test operator")
+            await asyncio.sleep(0.01)
+        return {"events": events, "state": daemon.core.state, "reason": daemon.core.reason,
+                "violations": list(sim.observer.violations)}
 
 
 @settings(max_examples=10, deadline=None, derandomize=True,
@@ -85,8 +67,7 @@ async def run_schedule(schedule: list[tuple[str, float, float]], tmp: Path) -> d
 @given(schedule=schedule_st)
 def test_random_fault_schedules_stay_safe_and_explained(
         schedule: list[tuple[str, float, float]]) -> None:
-    with TemporaryDirectory() as tmp:
-        r = asyncio.run(run_schedule(schedule, Path(tmp)))
+    r = asyncio.run(run_schedule(schedule))
     assert r["violations"] == [], r["violations"]
     for e in r["events"]:
         if e.kind == "swap_ended" and e.data["outcome"] != "completed":

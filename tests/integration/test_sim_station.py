@@ -16,7 +16,6 @@ from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusException
 
 from drivers.bms.protocol import (
-    CHEMISTRY_BY_NAME,
     STATION_SA,
     VEHICLE_PACK_SA,
     Decoded,
@@ -196,7 +195,8 @@ async def test_packs_talk_on_can_and_obey_packcontrol(sim: SimStation) -> None:
         ident = {f.source: f.signals for f in frames if f.name == "PackIdentity"}
         for slot in range(1, 13):
             assert ident[rack_sa(slot)]["PackSerial"] == truth["rack"][slot]
-        assert ident[rack_sa(1)]["Chemistry"] == CHEMISTRY_BY_NAME["nmc"]
+        nmc = PackProtocol().codes("PackIdentity", "Chemistry")["nmc"]
+        assert ident[rack_sa(1)]["Chemistry"] == nmc
         assert ident[rack_sa(2)]["PackFamily"] == 25
         assert ident[VEHICLE_PACK_SA]["PackSerial"] == truth["vehicle_bay"]
         status = [f.signals for f in frames if f.name == "PackStatus" and f.source == rack_sa(2)]

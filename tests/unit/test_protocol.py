@@ -11,8 +11,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.bms.protocol import (
-    CHEMISTRY_BY_NAME,
-    CHEMISTRY_CODES,
     STATION_SA,
     VEHICLE_PACK_SA,
     FrameError,
@@ -117,7 +115,60 @@ def test_addresses() -> None:
     assert rack_sa(1) == 0x80 and rack_sa(6) == 0x85
     assert slot_of_sa(0x85) == 6
     assert slot_of_sa(VEHICLE_PACK_SA) is None and slot_of_sa(STATION_SA) is None
-    assert CHEMISTRY_CODES[0x20] == "sodium_ion" and CHEMISTRY_BY_NAME["lfp"] == 3
+
+
+def test_value_tables_come_from_the_dbc() -> None:
+    chem = PROTO.choices("PackIdentity", "Chemistry")
+    assert chem[0x20] == "sodium_ion" and chem[3] == "lfp" and chem[6] == "nmc"
+    assert PROTO.codes("PackIdentity", "Chemistry")["lfp"] == 3
+    assert PROTO.choices("PackCells", "PackState") == {
+        0: "idle", 1: "charging", 2: "isolated", 3: "discharging"}
+    assert PROTO.codes("PackControl", "ControlCommand") == {
+        "keep": 0, "charge_enable": 1, "charge_disable": 2, "isolate": 3,
+        "clear_isolation": 4}
+    for msg in PROTO.db.messages:  # every VAL_ table of the DBC, and only those
+        for sig in msg.signals:
+            if sig.choices:
+                table = PROTO.choices(msg.name, sig.name)
+                assert table == {int(k): str(v) for k, v in sig.choices.items()}
+                assert PROTO.codes(msg.name, sig.name) == {v: k for k, v in table.items()}
+
+
+def test_a_value_table_is_a_copy() -> None:
+    PROTO.choices("PackIdentity", "Chemistry")[0x20] = "tampered"
+    assert PROTO.choices("PackIdentity", "Chemistry")[0x20] == "sodium_ion"
+
+
+def test_no_value_table_or_unknown_names_raise_key_error() -> None:
+    with pytest.raises(KeyError, match="no value table"):
+        PROTO.choices("PackStatus", "SOC")
+    with pytest.raises(KeyError):
+        PROTO.choices("PackStatus", "NoSuchSignal")
+    with pytest.raises(KeyError):
+        PROTO.codes("NoSuchMessage", "Chemistry")
+
+
+def test_periods_and_timeouts_come_from_the_dbc() -> None:
+    assert PROTO.period_s("PackStatus") == pytest.approx(0.1)
+    assert PROTO.period_s("PackLimits") == pytest.approx(1.0)
+    assert PROTO.period_s("Request") is None  # on event
+    assert PROTO.timeout_s("PackStatus") == pytest.approx(0.5)
+    assert PROTO.timeout_s("PackIdentity") == pytest.approx(3.0)
+    assert PROTO.timeout_s("PackLimits") == pytest.approx(3.0)
+    assert PROTO.timeout_s("Request") == pytest.approx(1.25)
+
+
+def test_pack_limits_message() -> None:
+    msg = PROTO.message("PackLimits")
+    assert PROTO.pgn_of("PackLimits") == 0xFF14 and msg.senders == ["BMS"]
+    assert msg.comment and all(s.comment for s in msg.signals)
+    values = {"MaxChargeVoltage": 453.6, "MaxChargeCurrent": 187.5, "CellCount": 108,
+              "MaxCellChargeVoltage": 4.2}
+    can_id, data = PROTO.encode("PackLimits", values, rack_sa(2))
+    assert can_id == 0x18FF1481
+    assert data == (4536).to_bytes(2, "little") + (1875).to_bytes(2, "little") + \
+        (108).to_bytes(2, "little") + (4200).to_bytes(2, "little")
+    assert PROTO.decode(can_id, data).signals == pytest.approx(values)
 
 
 def test_pack_matched_by_pgn_whatever_its_address() -> None:

@@ -9,10 +9,10 @@ import can
 import pytest
 
 from drivers.bms.protocol import STATION_SA, VEHICLE_PACK_SA, PackProtocol, rack_sa
-from sim_hw.can_packs import CanPacks, open_bus, pack_signals
+from sim_hw.can_packs import FAULT_BITS, CanPacks, open_bus, pack_signals
 from sim_hw.config import CanConfig, SimConfig
 from sim_hw.mechanics import StationModel
-from sim_hw.packs import SimPack
+from sim_hw.packs import FAULTS, SimPack
 
 PROTO = PackProtocol()
 
@@ -48,7 +48,10 @@ def drain(bus: can.BusABC) -> list[tuple[str, int, dict]]:
 def test_every_pack_state_encodes_and_decodes(chem: str, state: str) -> None:
     p = SimPack(serial=0xFFFFFFF0, family=25, chemistry=chem, soc_pct=100.0,  # type: ignore[arg-type]
                 state=state, faults={"thermal_alarm", "insulation"})  # type: ignore[arg-type]
-    for name, values in pack_signals(p).items():
+    signals = pack_signals(p, PROTO)
+    assert set(signals) == {"PackIdentity", "PackHealth", "PackStatus", "PackCells",
+                            "PackLimits"}
+    for name, values in signals.items():
         can_id, data = PROTO.encode(name, values, sa=0x80)
         dec = PROTO.decode(can_id, data)
         assert dec.source == 0x80
@@ -57,6 +60,42 @@ def test_every_pack_state_encodes_and_decodes(chem: str, state: str) -> None:
         if name == "PackCells":
             assert dec.signals["ThermalAlarm"] == 1 and dec.signals["FaultInsulation"] == 1
             assert dec.signals["FaultOverTemp"] == 0
+            assert PROTO.choices("PackCells", "PackState")[dec.signals["PackState"]] == state
+        if name == "PackIdentity":
+            assert PROTO.choices("PackIdentity", "Chemistry")[dec.signals["Chemistry"]] == chem
+
+
+@pytest.mark.parametrize(
+    ("chem", "volts", "amps", "cells", "cell_v"),
+    [("nmc", 453.6, 250.0, 108, 4.2), ("lfp", 438.0, 260.4, 120, 3.65),
+     ("sodium_ion", 446.3, 285.7, 113, 3.95)],  # family 25: 100 kWh, 1 C
+)
+def test_pack_limits_match_the_pack_model(
+    chem: str, volts: float, amps: float, cells: int, cell_v: float
+) -> None:
+    p = SimPack(serial=1, family=25, chemistry=chem)  # type: ignore[arg-type]
+    can_id, data = PROTO.encode("PackLimits", pack_signals(p, PROTO)["PackLimits"], sa=0x80)
+    s = PROTO.decode(can_id, data).signals
+    assert s["MaxChargeVoltage"] == pytest.approx(volts)  # 0.1 V, rounded down
+    assert s["MaxChargeVoltage"] <= p.max_charge_voltage_v
+    assert s["MaxChargeCurrent"] == pytest.approx(amps)
+    assert s["MaxChargeCurrent"] <= p.max_charge_current_a
+    assert s["CellCount"] == cells == p.series_cells
+    assert s["MaxCellChargeVoltage"] == pytest.approx(cell_v)
+
+
+def test_fault_bits_cover_every_simulated_flag_and_every_dbc_bit() -> None:
+    assert set(FAULT_BITS) == FAULTS
+    assert set(FAULT_BITS.values()) == {
+        s.name for s in PROTO.message("PackCells").signals if s.length == 1}
+
+
+def test_periods_come_from_the_dbc(channel: str) -> None:
+    cp = CanPacks(StationModel(SimConfig()), CanConfig(interface="virtual", channel=channel),
+                  PROTO)
+    assert cp.periods == {"PackIdentity": 1.0, "PackHealth": 1.0, "PackStatus": 0.1,
+                          "PackCells": 0.1, "PackLimits": 1.0}
+    assert cp.tick_s == 0.1
 
 
 def test_a_new_pack_announces_everything_then_keeps_its_periods(
@@ -69,9 +108,10 @@ def test_a_new_pack_announces_everything_then_keeps_its_periods(
         first = drain(listener)
         names = {(n, sa) for n, sa, _ in first}
         for slot in range(1, 13):
-            for n in ("PackIdentity", "PackHealth", "PackStatus", "PackCells"):
+            for n in ("PackIdentity", "PackHealth", "PackStatus", "PackCells", "PackLimits"):
                 assert (n, rack_sa(slot)) in names
-        assert len(first) == 12 * 4
+        assert len(first) == 12 * 5
+        assert first[0][0] == "PackIdentity"  # a new serial first, then its data
         cp.send_cycle(100.1)
         assert {n for n, _, _ in drain(listener)} == {"PackStatus", "PackCells"}
         for i in range(2, 10):
@@ -79,7 +119,7 @@ def test_a_new_pack_announces_everything_then_keeps_its_periods(
         drain(listener)
         cp.send_cycle(101.0)
         assert {n for n, _, _ in drain(listener)} == {
-            "PackIdentity", "PackHealth", "PackStatus", "PackCells"
+            "PackIdentity", "PackHealth", "PackStatus", "PackCells", "PackLimits"
         }
     finally:
         assert cp._bus is not None
@@ -89,7 +129,8 @@ def test_a_new_pack_announces_everything_then_keeps_its_periods(
 def test_packcontrol_reaches_the_addressed_pack_only(channel: str) -> None:
     model = StationModel(SimConfig())
     cp = CanPacks(model, CanConfig(interface="virtual", channel=channel), PROTO)
-    control = {"ControlCommand": 1, "ChargeCurrentLimit": 120.0,
+    control = {"ControlCommand": PROTO.codes("PackControl", "ControlCommand")["charge_enable"],
+               "ChargeCurrentLimit": 120.0,
                "ChargeVoltageLimit": 450.0, "ControlCounter": 7}
     can_id, data = PROTO.encode("PackControl", control, sa=STATION_SA, da=rack_sa(3))
     cp.handle_frame(can_id, data, True, 5.0)
@@ -115,3 +156,82 @@ def test_bad_frames_are_counted_not_raised(channel: str) -> None:
     cp.handle_frame(0x18AB0056, bytes(8), True, 0.0)  # unknown PGN
     cp._on_frame(can.Message(arbitration_id=0x18EF8056, data=b"\x01", is_extended_id=True))
     assert cp.bad_frames["bad_length"] == 2 and cp.bad_frames["unknown_id"] == 1
+
+
+def test_every_control_command_reaches_the_pack_by_name(channel: str) -> None:
+    model = StationModel(SimConfig())
+    cp = CanPacks(model, CanConfig(interface="virtual", channel=channel), PROTO)
+    pack = model.rack[2]
+    assert pack is not None
+    seen: list[str] = []
+    pack.apply_control = lambda command, *args: seen.append(command)  # type: ignore[method-assign]
+    for code, name in PROTO.choices("PackControl", "ControlCommand").items():
+        values = {"ControlCommand": code, "ChargeCurrentLimit": 0, "ChargeVoltageLimit": 0,
+                  "ControlCounter": code}
+        can_id, data = PROTO.encode("PackControl", values, sa=STATION_SA, da=rack_sa(2))
+        cp.handle_frame(can_id, data, True, 1.0)
+        assert seen[-1] == name
+
+
+def _request(pgn: int, da: int) -> tuple[int, bytes]:
+    return PROTO.encode("Request", {"RequestedPgn": pgn}, sa=STATION_SA, da=da)
+
+
+def test_a_request_is_answered_at_once_for_every_cyclic_message(
+    channel: str, listener: can.BusABC
+) -> None:
+    model = StationModel(SimConfig(vehicles=0))
+    cp = packs_on(channel, model)
+    try:
+        for name in ("PackIdentity", "PackHealth", "PackLimits", "PackStatus", "PackCells"):
+            cp.handle_frame(*_request(PROTO.pgn_of(name), rack_sa(3)), True, 1.0)
+            assert [(n, sa) for n, sa, _ in drain(listener)] == [(name, rack_sa(3))]
+        cp.handle_frame(*_request(PROTO.pgn_of("PackLimits"), 0xFF), True, 1.0)
+        got = drain(listener)
+        assert {n for n, _, _ in got} == {"PackLimits"} and len(got) == 12
+        cp.handle_frame(*_request(PROTO.pgn_of("PackControl"), 0xFF), True, 1.0)
+        assert drain(listener) == []  # not a BMS message
+    finally:
+        assert cp._bus is not None
+        cp._bus.shutdown()
+
+
+def test_a_pack_without_identity_burst_sends_identity_on_its_period_or_when_asked(
+    channel: str, listener: can.BusABC
+) -> None:
+    model = StationModel(SimConfig(vehicles=0))
+    quiet = model.rack[2]
+    assert quiet is not None
+    quiet.identity_burst = False
+    cp = packs_on(channel, model)
+    try:
+        cp.send_cycle(100.0)
+        first = {(n, sa) for n, sa, _ in drain(listener)}
+        assert ("PackIdentity", rack_sa(1)) in first  # the others still announce themselves
+        assert ("PackIdentity", rack_sa(2)) not in first
+        for n in ("PackHealth", "PackStatus", "PackCells", "PackLimits"):
+            assert (n, rack_sa(2)) in first
+        for i in range(1, 10):
+            cp.send_cycle(100.0 + i * 0.1)
+        assert ("PackIdentity", rack_sa(2)) not in {(n, sa) for n, sa, _ in drain(listener)}
+        cp.send_cycle(101.0)  # its period: one second after it came on the bus
+        assert ("PackIdentity", rack_sa(2)) in {(n, sa) for n, sa, _ in drain(listener)}
+
+        # Another pack put in its place (same option): nothing but its data at first...
+        model.rack[2] = SimPack(serial=0x0BADCAFE, family=20, chemistry="lfp",
+                                identity_burst=False)
+        cp.send_cycle(101.1)
+        names = [n for n, sa, _ in drain(listener) if sa == rack_sa(2)]
+        assert "PackIdentity" not in names and "PackStatus" in names
+        # ... unless the station asks, which it answers at once
+        cp.handle_frame(*_request(PROTO.pgn_of("PackIdentity"), rack_sa(2)), True, 101.15)
+        got = drain(listener)
+        assert [(n, sa) for n, sa, _ in got] == [("PackIdentity", rack_sa(2))]
+        assert got[0][2]["PackSerial"] == 0x0BADCAFE
+        for i in range(2, 12):  # 101.2 .. 102.1
+            cp.send_cycle(101.0 + i * 0.1)
+        ids = [s for n, sa, s in drain(listener) if n == "PackIdentity" and sa == rack_sa(2)]
+        assert len(ids) == 1 and ids[0]["PackSerial"] == 0x0BADCAFE  # at 102.1
+    finally:
+        assert cp._bus is not None
+        cp._bus.shutdown()

@@ -73,6 +73,10 @@ soc = 91.5
             "chemistry = 'nmc'\nsoc = 50\n",
             "sim.rack_pack.0.slot",
         ),
+        (  # a DBC chemistry the simulator has no cell model for
+            "[[sim.rack_pack]]\nslot = 1\nserial = 1\nfamily = 20\nchemistry = 'lto'\nsoc = 50\n",
+            "sim.rack_pack.0.chemistry",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
@@ -115,3 +119,10 @@ def test_cli_config_error_exits_2_naming_the_key(
     assert "sim.modbus.port" in capsys.readouterr().err
     assert main(["--speed", "0"]) == 2
     assert "sim.speed" in capsys.readouterr().err
+
+
+def test_generated_rack_uses_every_simulated_chemistry() -> None:
+    from sim_hw.packs import CHEMISTRIES
+
+    rack = SimConfig(seed=3).initial_rack()
+    assert {p.chemistry for p in rack} == set(CHEMISTRIES)

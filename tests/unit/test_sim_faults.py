@@ -395,7 +395,8 @@ def test_can_silent_and_network_down_silence_the_packs() -> None:
     m.faults.set("network_down")
     assert sources(cp, bus, 1.5) == set()
     can_id, data = cp.protocol.encode(
-        "PackControl", {"ControlCommand": CMD_CHARGE_ENABLE, "ChargeCurrentLimit": 100.0,
+        "PackControl", {"ControlCommand": cp.protocol.codes(
+            "PackControl", "ControlCommand")[CMD_CHARGE_ENABLE], "ChargeCurrentLimit": 100.0,
                         "ChargeVoltageLimit": 500.0, "ControlCounter": 1},
         sa=0x56, da=rack_sa(2))
     cp.handle_frame(can_id, data, True, 1.5)

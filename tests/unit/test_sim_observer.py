@@ -191,7 +191,8 @@ def test_charging_an_isolated_pack(monkeypatch: pytest.MonkeyPatch) -> None:
     c.step(10)
     assert pack.state == "charging" and m.observer.violations == []
     pack.apply_control(CMD_ISOLATE, 0, 0, 2, c.t)
-    monkeypatch.setattr(pack, "_charge_current", lambda: 100.0)  # a BMS that ignores it
+    # a BMS that ignores it
+    monkeypatch.setattr(pack, "_charge_current", lambda dt: (100.0, False))
     c.step(10)
     pack.apply_control(CMD_KEEP, 0, 0, 3, c.t)
     c.step(10)

@@ -1,0 +1,210 @@
+"""The BMS adapter: decoded pack messages in the DBC's words -> the process image in the core's.
+
+This is the one place that knows both vocabularies: which DBC message carries which kind
+of pack data (`PackData`), which fault bit means which `PackFault`, how the value tables
+name pack states and chemistries, and which source address is which `Location`. The core
+sees locations, kinds and faults only; the value tables, periods and timeouts are read from
+the DBC (through `PackProtocol`), never retyped here.
+"""
+
+from __future__ import annotations
+
+from drivers.bms.protocol import (
+    MAX_RACK_SLOTS,
+    RACK_SA_BASE,
+    VEHICLE_PACK_SA,
+    Decoded,
+    PackProtocol,
+    rack_sa,
+    slot_of_sa,
+)
+from station.image import (
+    BAY,
+    Location,
+    PackData,
+    PackFault,
+    PackReport,
+    PackState,
+    PackTimeouts,
+    ProcessImage,
+)
+from station.pack_commands import PackCommandKind
+
+# DBC message -> the kind of pack data it carries (each kind has its own timeout).
+MESSAGE_KINDS: dict[str, PackData] = {
+    "PackIdentity": PackData.IDENTITY,
+    "PackHealth": PackData.HEALTH,
+    "PackStatus": PackData.STATUS,
+    "PackCells": PackData.CELLS,
+    "PackLimits": PackData.LIMITS,
+}
+KIND_MESSAGES: dict[PackData, str] = {kind: name for name, kind in MESSAGE_KINDS.items()}
+
+# PackCells fault bit (DBC signal) -> what the core calls it.
+FAULT_SIGNALS: dict[str, PackFault] = {
+    "FaultOverTemp": PackFault.OVER_TEMP,
+    "FaultOverVoltage": PackFault.OVER_VOLTAGE,
+    "FaultUnderVoltage": PackFault.UNDER_VOLTAGE,
+    "FaultInsulation": PackFault.INSULATION,
+    "ThermalAlarm": PackFault.THERMAL_ALARM,
+    "FaultInternal": PackFault.INTERNAL,
+}
+
+STAT_KEYS = ("applied", "not_a_pack", "not_pack_data")
+
+
+class BmsAdapter:
+    """Folds decoded BMS messages into a `ProcessImage`; maps addresses to locations.
+
+    Construction checks the DBC against what the adapter and the core need (every kind's
+    message with a timeout, every fault bit, every pack state and command name in the value
+    tables) and raises ValueError naming what is missing: a DBC the station cannot read
+    stops it at start-up, not at the first odd frame.
+    """
+
+    def __init__(self, protocol: PackProtocol) -> None:
+        self.protocol = protocol
+        self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._chemistry = protocol.choices("PackIdentity", "Chemistry")
+        known_states = {s.value for s in PackState}
+        self._states: dict[int, PackState] = {}
+        for code, name in protocol.choices("PackCells", "PackState").items():
+            if name not in known_states:
+                raise ValueError(f"PackCells.PackState: value {code} {name!r} is no PackState")
+            self._states[code] = PackState(name)
+        commands = protocol.codes("PackControl", "ControlCommand")
+        missing = [k.value for k in PackCommandKind if k.value not in commands]
+        if missing:
+            raise ValueError(f"PackControl.ControlCommand: no value for {', '.join(missing)}")
+        self.command_codes: dict[PackCommandKind, int] = {
+            k: commands[k.value] for k in PackCommandKind
+        }
+        cells = {s.name for s in protocol.message("PackCells").signals}
+        missing = [n for n in FAULT_SIGNALS if n not in cells]
+        if missing:
+            raise ValueError(f"PackCells: no fault bit {', '.join(missing)}")
+        self._timeouts = PackTimeouts(**{
+            kind.value: self._timeout(name) for name, kind in MESSAGE_KINDS.items()
+        })
+        self._pgns = {kind: protocol.pgn_of(name) for kind, name in KIND_MESSAGES.items()}
+        period = protocol.period_s("PackControl")
+        if period is None:
+            raise ValueError("PackControl: the DBC gives no GenMsgCycleTime")
+        self._control_period = period
+        self._control_timeout = self._timeout("PackControl")
+        if self._control_timeout <= self._control_period:
+            raise ValueError(f"PackControl: timeout {self._control_timeout} s not above its "
+                             f"period {self._control_period} s")
+
+    def _timeout(self, message: str) -> float:
+        t = self.protocol.timeout_s(message)
+        if t is None:
+            raise ValueError(f"{message}: the DBC gives no RxTimeoutMs")
+        return t
+
+    # ---- vocabulary ---------------------------------------------------------------------
+    def timeouts(self) -> PackTimeouts:
+        """Freshness limit of each kind of pack data, from the DBC's RxTimeoutMs."""
+        return self._timeouts
+
+    def control_period_s(self) -> float:
+        """How often the station sends PackControl to each pack it charges (the DBC's
+        GenMsgCycleTime of PackControl); a pack stops charging after control_timeout_s()."""
+        return self._control_period
+
+    def control_timeout_s(self) -> float:
+        """After how long without PackControl a pack stops charging (RxTimeoutMs)."""
+        return self._control_timeout
+
+    def location_of(self, sa: int) -> Location | None:
+        """Where the pack at a source address sits; None for an address that is no pack's."""
+        if sa == VEHICLE_PACK_SA:
+            return BAY
+        slot = slot_of_sa(sa)
+        return None if slot is None else Location.rack(slot)
+
+    def address_of(self, location: Location) -> int:
+        """The source address of the pack at a location."""
+        if location.is_bay:
+            return VEHICLE_PACK_SA
+        if location.slot > MAX_RACK_SLOTS:
+            raise ValueError(f"{location}: no address (rack slots go from 1 to "
+                             f"{MAX_RACK_SLOTS}, at {RACK_SA_BASE:#x} up)")
+        return rack_sa(location.slot)
+
+    @staticmethod
+    def kind_of(message: str) -> PackData | None:
+        """The kind of pack data a DBC message carries; None for one that carries none."""
+        return MESSAGE_KINDS.get(message)
+
+    @staticmethod
+    def message_of(kind: PackData) -> str:
+        """The DBC message that carries a kind of pack data."""
+        return KIND_MESSAGES[kind]
+
+    def pgn_of(self, kind: PackData) -> int:
+        """The PGN of the message that carries a kind of pack data (for a J1939 Request)."""
+        return self._pgns[kind]
+
+    def chemistry_name(self, code: int) -> str:
+        """The DBC's name of a chemistry code; `code_0x..` for a code it does not name."""
+        return self._chemistry.get(code, f"code_{code:#x}")
+
+    # ---- folding messages into the image ------------------------------------------------
+    def apply(self, image: ProcessImage, msg: Decoded, t: float) -> Location | None:
+        """Fold one decoded BMS message, received at monotonic time t, into the image.
+
+        Returns the location it is about; None when nothing was folded in: a frame from an
+        address that is no pack location, or a message that carries no pack data (both
+        counted in `stats`). A PackIdentity with another serial than the report at its
+        location holds means another pack is there now: its report starts anew.
+        """
+        loc = self.location_of(msg.source)
+        if loc is None:
+            self.stats["not_a_pack"] += 1
+            return None
+        kind = MESSAGE_KINDS.get(msg.name)
+        if kind is None:
+            self.stats["not_pack_data"] += 1
+            return None
+        s = msg.signals
+        rep = image.packs.get(loc)
+        if kind is PackData.IDENTITY:
+            serial = int(s["PackSerial"])
+            if rep is None or rep.serial != serial:
+                rep = PackReport(location=loc, first_seen=t)  # another pack at this location
+                image.packs[loc] = rep
+            rep.serial = serial
+            rep.family = int(s["PackFamily"])
+            rep.chemistry = self.chemistry_name(int(s["Chemistry"]))
+            rep.rated_energy_kwh = float(s["RatedEnergy"])
+        else:
+            if rep is None:
+                rep = PackReport(location=loc, first_seen=t)
+                image.packs[loc] = rep
+            if kind is PackData.HEALTH:
+                rep.cycle_count = int(s["CycleCount"])
+                rep.soh_pct = float(s["SOH"])
+            elif kind is PackData.STATUS:
+                rep.soc_pct = round(float(s["SOC"]), 1)
+                rep.voltage_v = float(s["PackVoltage"])
+                rep.current_a = round(float(s["PackCurrent"]), 1)
+                rep.min_cell_temp_c = float(s["MinCellTemp"])
+                rep.max_cell_temp_c = float(s["MaxCellTemp"])
+                peak = rep.peak_cell_temp_c
+                rep.peak_cell_temp_c = (rep.max_cell_temp_c if peak is None
+                                        else max(peak, rep.max_cell_temp_c))
+            elif kind is PackData.CELLS:
+                rep.max_cell_v = float(s["MaxCellVoltage"])
+                rep.min_cell_v = float(s["MinCellVoltage"])
+                rep.insulation_kohm = float(s["InsulationResistance"])
+                rep.faults = frozenset(f for name, f in FAULT_SIGNALS.items() if s.get(name))
+                rep.faults_latched |= rep.faults
+                rep.state = self._states.get(int(s["PackState"]), PackState.UNKNOWN)
+            else:  # PackData.LIMITS
+                rep.max_charge_voltage_v = float(s["MaxChargeVoltage"])
+                rep.max_charge_current_a = float(s["MaxChargeCurrent"])
+                rep.cell_count = int(s["CellCount"])
+        rep.last_seen[kind] = t
+        self.stats["applied"] += 1
+        return loc

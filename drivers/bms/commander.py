@@ -1,0 +1,73 @@
+"""The one sender of PackControl and J1939 Request frames: the core's pack commands on CAN.
+
+`PackCommander.send` turns a `PackCommand` into PackControl to the pack's address, with the
+rolling ControlCounter the DBC describes (kept per destination: each pack sees 0, 1, 2, ...
+250, 0 in the frames addressed to it). `PackCommander.request` turns a `PackRequest` into
+one J1939 Request per kind of data asked for, at most one per destination and PGN every
+REQUEST_REPEAT_S, so that a pack heard at every frame but not yet identified is not
+flooded with requests.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from drivers.bms.adapter import BmsAdapter
+from drivers.bms.canbus import GLOBAL_DA, PackBus
+from station.pack_commands import PackCommand, PackRequest
+
+REQUEST_REPEAT_S = 0.5  # at most one Request per (destination, PGN) this often
+COUNTER_SIGNAL = ("PackControl", "ControlCounter")
+
+
+class PackCommander:
+    """Sends the core's pack commands and data requests on the pack bus."""
+
+    def __init__(
+        self,
+        bus: PackBus,
+        adapter: BmsAdapter,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        request_repeat_s: float = REQUEST_REPEAT_S,
+    ) -> None:
+        self.bus = bus
+        self.adapter = adapter
+        self.request_repeat_s = request_repeat_s
+        self._clock = clock
+        counter = adapter.protocol.message(COUNTER_SIGNAL[0]).get_signal_by_name(
+            COUNTER_SIGNAL[1])
+        self.counter_max = int(counter.maximum if counter.maximum is not None else 250)
+        self._counters: dict[int, int] = {}  # destination -> ControlCounter of its next frame
+        self._requested: dict[tuple[int, int], float] = {}  # (destination, PGN) -> last sent
+
+    def send(self, cmd: PackCommand) -> None:
+        """PackControl to the pack at cmd.location. Bus errors are counted by the bus, not
+        raised; a limit out of the DBC's range is the caller's bug and raises."""
+        da = self.adapter.address_of(cmd.location)
+        counter = self._counters.get(da, 0)
+        self.bus.send("PackControl", {
+            "ControlCommand": self.adapter.command_codes[cmd.command],
+            "ChargeCurrentLimit": cmd.current_limit_a,
+            "ChargeVoltageLimit": cmd.voltage_limit_v,
+            "ControlCounter": counter,
+        }, da=da)
+        self._counters[da] = 0 if counter >= self.counter_max else counter + 1
+
+    def request(self, req: PackRequest, now: float | None = None) -> int:
+        """J1939 Request for each kind in req.kinds, to the pack at req.location (None:
+        every pack, destination 0xFF). A (destination, PGN) asked for less than
+        request_repeat_s ago is skipped. Returns how many Requests went out."""
+        t = self._clock() if now is None else now
+        da = GLOBAL_DA if req.location is None else self.adapter.address_of(req.location)
+        sent = 0
+        for kind in dict.fromkeys(req.kinds):  # each kind once, in the order asked
+            pgn = self.adapter.pgn_of(kind)
+            last = self._requested.get((da, pgn))
+            if last is not None and t - last < self.request_repeat_s:
+                continue
+            self._requested[da, pgn] = t
+            self.bus.send("Request", {"RequestedPgn": pgn}, da=da)
+            sent += 1
+        return sent

@@ -1,0 +1,269 @@
+"""The BMS adapter: decoded DBC messages folded into the process image in the core's words."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from drivers.bms.adapter import FAULT_SIGNALS, MESSAGE_KINDS, BmsAdapter
+from drivers.bms.protocol import (
+    MAX_RACK_SLOTS,
+    STATION_SA,
+    VEHICLE_PACK_SA,
+    PackProtocol,
+    rack_sa,
+)
+from station.image import (
+    BAY,
+    Location,
+    PackData,
+    PackFault,
+    PackState,
+    PackTimeouts,
+    ProcessImage,
+)
+from station.pack_commands import PackCommandKind
+
+P = PackProtocol()
+SLOT3 = Location.rack(3)
+
+IDENTITY = {"PackSerial": 7, "PackFamily": 20, "Chemistry": 0x20, "RatedEnergy": 75.0}
+HEALTH = {"CycleCount": 412, "SOH": 93.5, "RatedVoltage": 350.0, "RatedCapacity": 214.2}
+STATUS = {"SOC": 81.25, "PackVoltage": 402.3, "PackCurrent": -12.5, "MinCellTemp": 21,
+          "MaxCellTemp": 26}
+CELLS = {"MaxCellVoltage": 3.412, "MinCellVoltage": 3.398, "InsulationResistance": 5000,
+         **dict.fromkeys(FAULT_SIGNALS, 0), "PackState": 1}
+LIMITS = {"MaxChargeVoltage": 446.3, "MaxChargeCurrent": 214.2, "CellCount": 113,
+          "MaxCellChargeVoltage": 3.95}
+
+
+@pytest.fixture
+def adapter() -> BmsAdapter:
+    return BmsAdapter(P)
+
+
+@pytest.fixture
+def image(adapter: BmsAdapter) -> ProcessImage:
+    return ProcessImage(pack_timeouts=adapter.timeouts())
+
+
+def feed(adapter: BmsAdapter, img: ProcessImage, name: str, values: dict[str, Any], t: float,
+         sa: int = VEHICLE_PACK_SA, da: int | None = None) -> Location | None:
+    can_id, data = P.encode(name, values, sa=sa, da=da)
+    return adapter.apply(img, P.decode(can_id, data), t)
+
+
+def test_timeouts_come_from_the_dbc(adapter: BmsAdapter) -> None:
+    assert adapter.timeouts() == PackTimeouts(identity=3.0, health=3.0, status=0.5,
+                                              cells=0.5, limits=3.0)
+    for name, kind in MESSAGE_KINDS.items():
+        assert adapter.timeouts().of(kind) == P.timeout_s(name)
+
+
+def test_locations_and_addresses(adapter: BmsAdapter) -> None:
+    assert adapter.location_of(VEHICLE_PACK_SA) == BAY
+    assert adapter.location_of(0x80) == Location.rack(1)
+    assert adapter.location_of(rack_sa(13)) == Location.rack(13)
+    assert adapter.location_of(rack_sa(MAX_RACK_SLOTS)) == Location.rack(MAX_RACK_SLOTS)
+    for sa in (STATION_SA, 0x00, 0x7F, 0x80 + MAX_RACK_SLOTS, 0xF3, 0xFE, 0xFF):
+        assert adapter.location_of(sa) is None, hex(sa)
+    assert adapter.address_of(BAY) == 0xF4
+    assert adapter.address_of(Location.rack(1)) == 0x80
+    for sa in [VEHICLE_PACK_SA, *range(0x80, 0x80 + MAX_RACK_SLOTS)]:
+        loc = adapter.location_of(sa)
+        assert loc is not None and adapter.address_of(loc) == sa
+    with pytest.raises(ValueError, match="no address"):
+        adapter.address_of(Location.rack(MAX_RACK_SLOTS + 1))
+
+
+def test_each_kind_lands_in_its_location_and_fields(
+    adapter: BmsAdapter, image: ProcessImage
+) -> None:
+    assert feed(adapter, image, "PackIdentity", IDENTITY, 1.0, sa=rack_sa(3)) == SLOT3
+    assert feed(adapter, image, "PackHealth", HEALTH, 1.1, sa=rack_sa(3)) == SLOT3
+    assert feed(adapter, image, "PackStatus", STATUS, 1.2, sa=rack_sa(3)) == SLOT3
+    assert feed(adapter, image, "PackCells", CELLS, 1.3, sa=rack_sa(3)) == SLOT3
+    assert feed(adapter, image, "PackLimits", LIMITS, 1.4, sa=rack_sa(3)) == SLOT3
+    assert list(image.packs) == [SLOT3]
+    rep = image.packs[SLOT3]
+    assert rep.location == SLOT3 and rep.first_seen == 1.0
+    assert (rep.serial, rep.family, rep.chemistry) == (7, 20, "sodium_ion")
+    assert rep.rated_energy_kwh == pytest.approx(75.0)
+    assert rep.cycle_count == 412 and rep.soh_pct == pytest.approx(93.5)
+    assert rep.soc_pct == 81.2 or rep.soc_pct == 81.3  # 0.1 % resolution on the wire
+    assert rep.voltage_v == pytest.approx(402.3) and rep.current_a == -12.5
+    assert (rep.min_cell_temp_c, rep.max_cell_temp_c) == (21.0, 26.0)
+    assert rep.max_cell_v == pytest.approx(3.412) and rep.min_cell_v == pytest.approx(3.398)
+    assert rep.insulation_kohm == 5000.0
+    assert rep.faults == frozenset() and rep.state is PackState.CHARGING
+    assert rep.max_charge_voltage_v == pytest.approx(446.3)
+    assert rep.max_charge_current_a == pytest.approx(214.2)
+    assert rep.cell_count == 113
+    assert rep.identified
+    assert rep.last_seen == {PackData.IDENTITY: 1.0, PackData.HEALTH: 1.1,
+                             PackData.STATUS: 1.2, PackData.CELLS: 1.3,
+                             PackData.LIMITS: 1.4}
+    assert adapter.stats["applied"] == 5
+
+
+def test_freshness_stamps_follow_each_kind(adapter: BmsAdapter, image: ProcessImage) -> None:
+    feed(adapter, image, "PackIdentity", IDENTITY, 1.0)
+    feed(adapter, image, "PackStatus", STATUS, 1.0)
+    feed(adapter, image, "PackStatus", STATUS, 2.0)
+    rep = image.packs[BAY]
+    assert rep.last_seen[PackData.STATUS] == 2.0 and rep.last_seen[PackData.IDENTITY] == 1.0
+    assert PackData.LIMITS not in rep.last_seen
+    assert image.fresh(rep, PackData.STATUS, 2.5)
+    assert not image.fresh(rep, PackData.STATUS, 2.6)
+    assert image.fresh(rep, PackData.IDENTITY, 4.0) and not image.fresh(rep, PackData.IDENTITY,
+                                                                          4.1)
+    assert not image.fresh(rep, PackData.LIMITS, 2.0)  # never heard
+    assert rep.seen_since(1.5, PackData.STATUS) and not rep.seen_since(1.5, PackData.IDENTITY)
+
+
+def test_unknown_chemistry_code_and_pack_state(adapter: BmsAdapter, image: ProcessImage) -> None:
+    feed(adapter, image, "PackIdentity", {**IDENTITY, "Chemistry": 0x42}, 1.0)
+    assert image.packs[BAY].chemistry == "code_0x42"
+    feed(adapter, image, "PackIdentity", {**IDENTITY, "Chemistry": 6}, 1.1)
+    assert image.packs[BAY].chemistry == "nmc"
+    # PackState's range is 0..3; a BMS may still send a value the table does not name
+    can_id, data = P.encode("PackCells", CELLS, sa=VEHICLE_PACK_SA)
+    dec = P.decode(can_id, data[:7] + b"\x09")
+    adapter.apply(image, dec, 1.2)
+    assert image.packs[BAY].state is PackState.UNKNOWN
+
+
+def test_every_dbc_pack_state_maps_to_the_core(adapter: BmsAdapter, image: ProcessImage) -> None:
+    for code, name in P.choices("PackCells", "PackState").items():
+        feed(adapter, image, "PackCells", {**CELLS, "PackState": code}, 1.0)
+        assert image.packs[BAY].state is PackState(name)
+
+
+def test_fault_mapping_covers_every_fault_bit_of_the_dbc() -> None:
+    bits = {s.name for s in P.message("PackCells").signals if s.length == 1}
+    assert set(FAULT_SIGNALS) == bits
+    assert set(FAULT_SIGNALS.values()) == set(PackFault)  # and every core fault has its bit
+
+
+@pytest.mark.parametrize(("signal", "fault"), sorted(FAULT_SIGNALS.items()))
+def test_each_fault_bit_alone(adapter: BmsAdapter, image: ProcessImage, signal: str,
+                              fault: PackFault) -> None:
+    feed(adapter, image, "PackCells", {**CELLS, signal: 1}, 1.0)
+    assert image.packs[BAY].faults == {fault}
+
+
+def test_faults_and_peak_temperature_latch_until_the_core_has_scanned(
+    adapter: BmsAdapter, image: ProcessImage
+) -> None:
+    feed(adapter, image, "PackIdentity", IDENTITY, 1.0)
+    feed(adapter, image, "PackStatus", {**STATUS, "MaxCellTemp": 75}, 1.1)
+    feed(adapter, image, "PackStatus", {**STATUS, "MaxCellTemp": 26}, 1.2)
+    feed(adapter, image, "PackCells", {**CELLS, "ThermalAlarm": 1}, 1.1)
+    feed(adapter, image, "PackCells", {**CELLS, "FaultInternal": 1}, 1.2)
+    rep = image.packs[BAY]
+    assert rep.max_cell_temp_c == 26.0 and rep.peak_cell_temp_c == 75.0
+    assert rep.faults == {PackFault.INTERNAL}
+    assert rep.faults_latched == {PackFault.THERMAL_ALARM, PackFault.INTERNAL}
+    image.scanned()
+    assert rep.peak_cell_temp_c is None and rep.faults_latched == frozenset()
+    feed(adapter, image, "PackStatus", {**STATUS, "MinCellTemp": -20, "MaxCellTemp": -5}, 1.3)
+    feed(adapter, image, "PackStatus", {**STATUS, "MinCellTemp": -20, "MaxCellTemp": -9}, 1.4)
+    assert rep.peak_cell_temp_c == -5.0  # a peak below 0 C is a peak too
+    feed(adapter, image, "PackCells", CELLS, 1.5)
+    assert rep.faults == frozenset() and rep.faults_latched == frozenset()
+
+
+def test_a_new_serial_at_a_location_starts_a_new_report(
+    adapter: BmsAdapter, image: ProcessImage
+) -> None:
+    feed(adapter, image, "PackIdentity", IDENTITY, 1.0)
+    feed(adapter, image, "PackStatus", STATUS, 1.1)
+    feed(adapter, image, "PackLimits", LIMITS, 1.1)
+    rep = image.packs[BAY]
+    assert rep.serial == 7 and rep.chemistry == "sodium_ion" and rep.max_cell_temp_c == 26
+    feed(adapter, image, "PackIdentity", IDENTITY, 1.5)  # the same pack: same report
+    assert image.packs[BAY] is rep and rep.first_seen == 1.0
+    feed(adapter, image, "PackIdentity", {"PackSerial": 8, "PackFamily": 25, "Chemistry": 3,
+                                          "RatedEnergy": 100.0}, 2.0)
+    rep2 = image.packs[BAY]
+    assert rep2 is not rep and rep2.location == BAY
+    assert (rep2.serial, rep2.family, rep2.chemistry) == (8, 25, "lfp")
+    assert rep2.max_cell_temp_c is None and rep2.max_charge_voltage_v is None
+    assert rep2.first_seen == 2.0 and rep2.last_seen == {PackData.IDENTITY: 2.0}
+
+
+def test_data_before_identity_starts_an_unidentified_report(
+    adapter: BmsAdapter, image: ProcessImage
+) -> None:
+    assert feed(adapter, image, "PackStatus", STATUS, 3.0, sa=rack_sa(2)) == Location.rack(2)
+    rep = image.packs[Location.rack(2)]
+    assert not rep.identified and rep.first_seen == 3.0 and rep.serial is None
+    feed(adapter, image, "PackIdentity", IDENTITY, 3.1, sa=rack_sa(2))
+    assert image.packs[Location.rack(2)] is not rep  # no serial before: a new report
+    assert image.packs[Location.rack(2)].identified
+
+
+def test_a_frame_from_no_pack_address_is_ignored_and_counted(
+    adapter: BmsAdapter, image: ProcessImage
+) -> None:
+    assert feed(adapter, image, "PackStatus", STATUS, 1.0, sa=0x42) is None
+    assert feed(adapter, image, "PackIdentity", IDENTITY, 1.0, sa=0xFE) is None
+    assert image.packs == {}
+    assert adapter.stats["not_a_pack"] == 2 and adapter.stats["applied"] == 0
+
+
+def test_a_message_without_pack_data_is_ignored_and_counted(
+    adapter: BmsAdapter, image: ProcessImage
+) -> None:
+    # a pack address sending a station message (a misconfigured node): no report, no stamp
+    control = {"ControlCommand": 1, "ChargeCurrentLimit": 10, "ChargeVoltageLimit": 400,
+               "ControlCounter": 1}
+    assert feed(adapter, image, "PackControl", control, 1.0, sa=rack_sa(1),
+                da=STATION_SA) is None
+    assert feed(adapter, image, "Request", {"RequestedPgn": 0xFF10}, 1.0,
+                sa=VEHICLE_PACK_SA, da=0xFF) is None
+    assert image.packs == {}
+    assert adapter.stats["not_pack_data"] == 2
+
+
+def test_message_of_kind_and_pgns(adapter: BmsAdapter) -> None:
+    for kind in PackData:
+        name = adapter.message_of(kind)
+        assert adapter.kind_of(name) is kind
+        assert adapter.pgn_of(kind) == P.pgn_of(name)
+    assert adapter.pgn_of(PackData.LIMITS) == 0xFF14
+    assert adapter.kind_of("PackControl") is None
+
+
+def test_every_pack_command_has_its_dbc_code(adapter: BmsAdapter) -> None:
+    codes = P.codes("PackControl", "ControlCommand")
+    assert adapter.command_codes == {k: codes[k.value] for k in PackCommandKind}
+
+
+def _dbc_variant(tmp_path: Path, old: str, new: str) -> PackProtocol:
+    from importlib import resources
+
+    text = resources.files("drivers.bms.dbc").joinpath("swap_pack.dbc").read_text()
+    assert old in text
+    path = tmp_path / "variant.dbc"
+    path.write_text(text.replace(old, new))
+    return PackProtocol(path)
+
+
+def test_a_dbc_the_adapter_cannot_read_fails_at_start(tmp_path: Path) -> None:
+    no_timeout = _dbc_variant(tmp_path, 'BA_ "RxTimeoutMs" BO_ 2566853760 3000;\n', "")
+    with pytest.raises(ValueError, match="PackLimits: the DBC gives no RxTimeoutMs"):
+        BmsAdapter(no_timeout)
+    odd_state = _dbc_variant(tmp_path, '3 "discharging"', '3 "sleeping"')
+    with pytest.raises(ValueError, match="sleeping"):
+        BmsAdapter(odd_state)
+    no_isolate = _dbc_variant(tmp_path, '3 "isolate"', '3 "open"')
+    with pytest.raises(ValueError, match="isolate"):
+        BmsAdapter(no_isolate)
+
+
+def test_pack_control_period_and_timeout_come_from_the_dbc(adapter: BmsAdapter) -> None:
+    assert adapter.control_period_s() == P.period_s("PackControl") == 1.0
+    assert adapter.control_timeout_s() == P.timeout_s("PackControl") == 3.0
