@@ -105,7 +105,6 @@ class StationCore:
         self._acting_since = 0.0
         self._vehicle_token = 0
         self._identify_started_at: float | None = None
-        self._vehicle_gone_at = float("-inf")
         self._inhibit: str | None = None
         self._hb_value: object = None
         self._hb_changed_at: float | None = None
@@ -438,21 +437,22 @@ class StationCore:
     def _idle(self, image: ProcessImage, now: float, inhibited: bool) -> None:
         token = int(image.plc.get("vehicle_token", 0) or 0)
         if not image.plc.get("vehicle_present") or token == 0:
-            if self._vehicle_token:
-                self._vehicle_gone_at = now
             self._vehicle_token, self._identify_started_at = 0, None
             self._set_inhibit(None, now)
             return
-        if token != self._vehicle_token:
+        if token != self._vehicle_token:  # another vehicle: whatever the bay said is old
             self._vehicle_token = token
             self._identify_started_at = image.plc_read_at or now
         assert self._identify_started_at is not None
         rep = image.packs.get(BAY)
-        # The bay pack must be one first heard after the last vehicle left (not the pack we
-        # installed in it) and its status fresh.
-        if not image.plc.get("vehicle_ready") or rep is None or not rep.identified or \
-                rep.first_seen < self._vehicle_gone_at or \
-                not image.fresh(rep, PackData.STATUS, now):
+        # The bay pack's identity must have been heard since this vehicle arrived (not the
+        # pack we installed in the one before, whether or not we saw that one leave), and
+        # its status fresh; until then it is asked for it.
+        if rep is None or not rep.identified or \
+                not rep.seen_since(self._identify_started_at, PackData.IDENTITY):
+            self._pack_requests.append(PackRequest(BAY, IDENTIFY_KINDS))
+            return
+        if not image.plc.get("vehicle_ready") or not image.fresh(rep, PackData.STATUS, now):
             return  # identification still running
         assert rep.serial is not None and rep.family is not None and rep.chemistry is not None
         if inhibited:
@@ -545,6 +545,8 @@ class StationCore:
             if fault:
                 return self._abort(f"{step.name}: {fault}", now, code=f"{step.name}_failed")
             done = step.complete(view)
+            if not done:  # keep asking until the installed pack has said who it is
+                self._pack_requests.append(PackRequest(BAY, CHECK_KINDS))
         else:
             ack = image.plc.get("cmd_ack_seq")
             status = image.plc.get("cmd_status")

@@ -137,6 +137,12 @@ def _bolt_window_fault(run: str) -> FaultCheck:
     return check
 
 
+def _vehicle_gone(v: StepView) -> bool:
+    """The swap's own vehicle has left: the platform is empty, or the PLC's reader shows
+    another vehicle (on a fast simulator the next one may arrive before we look again)."""
+    return not v.plc("vehicle_present") or int(v.num("vehicle_token")) != v.plan.vehicle_token
+
+
 CHECK_KINDS = (PackData.IDENTITY, PackData.STATUS, PackData.CELLS)
 
 
@@ -212,7 +218,7 @@ SEQUENCE: tuple[Step, ...] = (
          shuttle_home=True, fault=_check_pack_fault),
     Step("lower", "LOWER", "lower the vehicle to the ground", _lowered,
          P(True, False, True, False), 30.0, shuttle_home=True),
-    Step("release", "RELEASE", "the vehicle drives out", lambda v: not v.plc("vehicle_present"),
+    Step("release", "RELEASE", "the vehicle drives out", _vehicle_gone,
          P(None, False, True, False), 60.0, car=Car.DOWN, car_positioned=False,
          shuttle_home=True),
 )

@@ -57,6 +57,7 @@ class ScriptedPlc:
     identity_burst: bool = True  # the woken pack sends its identity at once (False: only
     # when asked or on its 1 s period; the scripted bus answers a request at the next tick)
     refused: int = 0  # commands refused because another was still running
+    next_vehicle: bool = False  # the next car is on the platform the moment one leaves
 
     def __post_init__(self) -> None:
         self.image.plc = {
@@ -79,6 +80,7 @@ class ScriptedPlc:
         }
         self.asked: list[Any] = []  # pack requests the core made
         self._installed: PackReport | None = None  # its identity not heard yet
+        self._next_pack: PackReport | None = None  # the next car's pack, talking once asked
 
     def tick(self, outputs: dict[str, Any] | None, now: float,
              requests: list[Any] | None = None) -> None:
@@ -90,6 +92,10 @@ class ScriptedPlc:
         self.image.plc_read_at = now
         asked = {r.location for r in requests or () if PackData.IDENTITY in r.kinds}
         self.asked.extend(requests or ())
+        if self._next_pack is not None and (BAY in asked or None in asked):
+            self._next_pack.first_seen = now
+            self.image.packs[BAY], self._next_pack = self._next_pack, None
+            self.silent.discard(BAY)
         if self._installed is not None and (BAY in asked or None in asked):
             # the installed pack answers the request: its own identity replaces the old one
             self.image.packs[BAY], self._installed = self._installed, None
@@ -180,6 +186,12 @@ class ScriptedPlc:
                 packs[BAY], self._installed = stale, rep
         elif name == "LOWER":
             p["lift_height"] = 0
+        elif name == "RELEASE" and self.next_vehicle:
+            # the next car drives on as this one leaves: the platform never reads empty, the
+            # bay still holds what the last car's pack said, the new pack is not heard yet
+            p["vehicle_token"] += 1
+            self.silent.add(BAY)
+            self._next_pack = pack(BAY, 2002, 20, "lfp", 8.0, t=now)
         elif name == "RELEASE":
             p["vehicle_present"], p["vehicle_token"] = False, 0
 

@@ -203,3 +203,16 @@ def test_suspend_stops_the_plc_and_unsuspend_resumes_the_step() -> None:
     assert run.kinds("swap_ended")[0]["outcome"] == "completed", run.core.reason
     lifts = [e for e in run.kinds("step_started") if e["step"] == "lift"]
     assert len(lifts) == 2 and lifts[0]["seq"] != lifts[1]["seq"]
+
+
+def test_release_completes_when_the_next_car_arrives_before_the_platform_reads_empty() -> None:
+    """Defect (`swapd demo --speed 500`): the next car arrived within one poll of the last
+    one leaving, the platform never read empty, and release aborted with "PLC reported done
+    but the sensors disagree". Then the bay still held the pack installed in the car that
+    left: it must not be taken for the new car's pack."""
+    run = make_run(next_vehicle=True)
+    run.until(lambda: len(run.kinds("swap_started")) == 2, limit=4000)
+    first, second = run.kinds("swap_ended")[0], run.kinds("swap_started")[1]
+    assert first["outcome"] == "completed", run.core.reason
+    assert second["vehicle_token"] == 8
+    assert second["pack_out"]["serial"] == 2002  # the new car's pack, not 1002 we installed
