@@ -24,6 +24,7 @@ from typing import Any
 
 import can
 
+from drivers.bms.adapter import FAULT_SIGNALS
 from drivers.bms.protocol import (
     STATION_SA,
     FrameError,
@@ -37,16 +38,9 @@ log = logging.getLogger(__name__)
 
 BMS_NODE = "BMS"  # the DBC node whose messages a simulated pack sends
 IDENTITY = "PackIdentity"
-# the pack model's fault flag -> its PackCells bit (tests/unit/test_sim_can_packs.py checks
-# that it covers every flag of sim_hw/packs.py and every fault bit of the DBC)
-FAULT_BITS = {
-    "over_temp": "FaultOverTemp",
-    "over_voltage": "FaultOverVoltage",
-    "under_voltage": "FaultUnderVoltage",
-    "insulation": "FaultInsulation",
-    "thermal_alarm": "ThermalAlarm",
-    "internal": "FaultInternal",
-}
+# the pack model's fault flag -> its PackCells bit: the inverse of the controller's own
+# translation (drivers/bms/adapter.py), so the two sides cannot name a bit differently
+FAULT_BITS: dict[str, str] = {fault.value: bit for bit, fault in FAULT_SIGNALS.items()}
 
 
 @functools.cache

@@ -118,7 +118,6 @@ class Daemon:
         self.bus = PackBus(cfg.can.interface, cfg.can.channel, self.protocol,
                            bitrate=cfg.can.bitrate, clock=clock, bus_kwargs=bus_kwargs)
         self.bus.on_message = self._on_message
-        self.bus.on_reject = self._on_reject
         self.packs = PackCommander(self.bus, self.adapter, clock=clock)
         self.notifier = SystemdNotifier()
         self._wake = asyncio.Event()
@@ -152,16 +151,12 @@ class Daemon:
         self._wake.set()
 
     def _on_connection(self, up: bool) -> None:
-        self.image.plc_connected = up
         log.info("plc.connection", connected=up)
         self._wake.set()
 
     def _on_message(self, msg: Decoded, t: float) -> None:
         if self.adapter.apply(self.image, msg, t) is not None:
             self._wake.set()
-
-    def _on_reject(self, kind: str, can_id: int, data: bytes) -> None:
-        self.image.can_frames_rejected += 1
 
     # ---- the scan ---------------------------------------------------------------------
     async def scan(self) -> None:

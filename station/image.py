@@ -165,9 +165,7 @@ class ProcessImage:
     pack_timeouts: PackTimeouts
     plc: dict[str, Any] = field(default_factory=dict)  # contract signal name -> value
     plc_read_at: float | None = None  # monotonic time of the last good read of the PLC inputs
-    plc_connected: bool = False
     packs: dict[Location, PackReport] = field(default_factory=dict)
-    can_frames_rejected: int = 0
 
     def fresh(self, rep: PackReport, kind: PackData, now: float) -> bool:
         return rep.age(kind, now) <= self.pack_timeouts.of(kind)

@@ -299,6 +299,9 @@ class _Harness:
         self.poll_period_s = poll_period_s
         self._sim_overrides = sim
         self._config_overrides = config
+        self.channel = (multicast_group() if self.can_interface == "udp_multicast"
+                        else f"{name}-{uuid.uuid4().hex[:10]}")
+        self.sim_config = self.build_sim_config()
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"swapd-{name}-")
@@ -306,9 +309,6 @@ class _Harness:
         self.workdir = workdir
         self.journal_path = journal or workdir / JOURNAL_FILE
         self.log_path: Path | None = None
-        self.channel = (multicast_group() if self.can_interface == "udp_multicast"
-                        else f"{name}-{uuid.uuid4().hex[:10]}")
-        self.sim_config = self.build_sim_config()
         self._sim: SimStation | None = None
         self._config: StationConfig | None = None
         self._sim_snapshot: dict[str, Any] | None = None

@@ -13,12 +13,12 @@ from typing import Any
 
 import pytest
 
-from station.interlocks import INTERLOCKS, PRESENCE, Interlock, Reaction
+from station.interlocks import INTERLOCKS, Interlock, Reaction
 from station.journal import Journal
 from station.packml import Cmd, State
 from station.plan import SwapPlan
 from station.rig import Rig
-from station.sequence import SEQUENCE
+from station.sequence import SEQUENCE, STEPS_BY_NAME
 
 SPEED = 100.0
 # A pack is judged silent after 1 s real: its steps must last longer than that.
@@ -31,7 +31,8 @@ VEHICLE_TALKS = {"position", "lift", "unlock", "check", "lower", "release"}
 def fault_for(il: Interlock, step: str, plan: SwapPlan) -> tuple[str, Any, Any]:
     """(fault name, value, target) that provokes this interlock at this step."""
     if il.id == "pack_presence_mismatch":
-        want = PRESENCE[step]
+        p = STEPS_BY_NAME[step].presence  # what the presence sensors must read
+        want = (p.bay, p.shuttle, p.store_slot, p.fetch_slot)
         i = next(k for k, w in enumerate(want) if w is not None)
         target: Any = ("vehicle", "shuttle", plan.store_slot, plan.fetch_slot)[i]
         return ("pack_missing_sensor" if want[i] else "pack_present_ghost", None, target)

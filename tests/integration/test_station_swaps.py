@@ -93,11 +93,13 @@ async def test_identity_request_is_answered(station: Station) -> None:
     import can
 
     from drivers.bms.protocol import STATION_SA, PackProtocol, rack_sa
+    from station.image import Location
 
     proto = PackProtocol()
     bus = can.Bus(interface="virtual", channel=station.daemon.cfg.can.channel)
     try:
-        await station.wait_for(lambda: rack_sa(1) in station.daemon.image.packs, timeout=10)
+        await station.wait_for(lambda: Location.rack(1) in station.daemon.image.packs,
+                               timeout=10)
         ident, data = proto.encode("Request", {"RequestedPgn": proto.pgn_of("PackIdentity")},
                                    sa=STATION_SA, da=rack_sa(2))
         for _ in range(10):

@@ -17,10 +17,12 @@ from pathlib import Path
 import pytest
 
 from station import swapctl
+from station.commands import CommandEntry, CommandRequest, CommandResult
 from station.config import StationConfig
-from station.core import StationCore
+from station.core import Decision, StationCore
+from station.journal import Journal
 from station.local_api import LocalApiServer, handle_request
-from station.packml import Cmd, State
+from station.packml import State
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -44,13 +46,18 @@ class Rig:
     def __init__(self, path: Path) -> None:
         self.core = StationCore(StationConfig())
         self.origins: list[str] = []
+        self.journal = Journal(path.parent / "journal.sqlite")
+        self.entry = CommandEntry(self.core, self.journal, self._apply, lambda: 0.0)
         handler = functools.partial(handle_request, status=self.core.status,
-                                    command=self.command)
+                                    submit=self.submit)
         self.server = LocalApiServer(path, handler)
 
-    async def command(self, cmd: Cmd, origin: str) -> None:
-        self.origins.append(origin)
-        self.core.command(cmd, 0.0, origin)
+    async def _apply(self, d: Decision) -> None:
+        self.journal.record(d.events)
+
+    async def submit(self, req: CommandRequest) -> CommandResult:
+        self.origins.append(req.sender)
+        return await self.entry.submit(req)
 
 
 @pytest.fixture
