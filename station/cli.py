@@ -32,6 +32,25 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def check_files(cfg: StationConfig) -> None:
+    """The data files the configuration names (PLC contract, protocol addressing, DBC) load
+    and agree; raises ConfigError naming the file and the problem."""
+    import time
+
+    from drivers.bms.adapter import BmsAdapter
+    from drivers.bms.protocol import PackProtocol
+    from drivers.plc.registry import create_link
+
+    try:
+        create_link(cfg.plc, clock=time.monotonic)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"[plc]: {exc}") from exc
+    try:
+        BmsAdapter(PackProtocol(cfg.can.dbc))
+    except Exception as exc:  # cantools raises several types on a malformed DBC
+        raise ConfigError(f"[can] dbc: {exc}") from exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "demo":
@@ -44,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_demo(args.swaps, args.speed, args.summary_json, args.journal))
     if args.cmd == "check-config":
         try:
-            load_config(args.file)
+            check_files(load_config(args.file))
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -53,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     path = getattr(args, "config_sub", None) or args.config
     try:
         cfg = load_config(path)
+        check_files(cfg)
     except ConfigError as exc:
         print(f"swapd: {exc}", file=sys.stderr)
         return 2

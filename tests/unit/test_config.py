@@ -90,3 +90,17 @@ def test_a_section_or_key_of_another_protocol_is_named(
         StationConfig.model_validate({"plc": {"protocol": "modbus", "other": {}}})
     with pytest.raises(ValueError, match="'endpoint' is a key of protocol 'other'"):
         StationConfig.model_validate({"plc": {"endpoint": "opc.tcp://x:4840"}})
+
+
+def test_a_broken_contract_or_dbc_file_stops_the_daemon(tmp_path: Path) -> None:
+    bad_map = tmp_path / "map.toml"
+    bad_map.write_text("[device]\nunit_id = 1\n")
+    f = tmp_path / "swapd.toml"
+    f.write_text(f'[plc.modbus]\nregister_map = "{bad_map}"\n')
+    r = _swapd("check-config", str(f))
+    assert r.returncode == 2 and "[plc]" in r.stderr and "map.toml" in r.stderr
+    bad_dbc = tmp_path / "bad.dbc"
+    bad_dbc.write_text("VERSION \"x\"\nBO_ nonsense\n")
+    f.write_text(f'[can]\ndbc = "{bad_dbc}"\n')
+    r = _swapd("--config", str(f))
+    assert r.returncode == 2 and "[can] dbc" in r.stderr
