@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -85,6 +85,103 @@ class RackPackConfig(_Strict):
     soc: float = Field(ge=0, le=100)
 
 
+# ---- arrivals: the vehicles that come to the station over a day ----------------------
+
+HOURS_PER_DAY = 24
+
+# The "peaks" demand profile: relative demand for each hour of the day (index 0 = 00:00 to
+# 01:00). A commuter pattern: a quiet night, a morning peak 07-09, a steady day, an evening
+# peak 17-19 (the highest), tailing off to midnight. Shares, not counts:
+# peaks_rate_per_hour() scales them to a daily total.
+PEAKS_SHAPE: tuple[float, ...] = (
+    1.0, 0.6, 0.5, 0.5, 0.7, 1.5,  # 00-06
+    3.0, 6.5, 7.5, 5.5, 4.0, 4.0,  # 06-12: morning peak 07-09
+    4.5, 4.0, 3.8, 4.2, 5.5, 7.5,  # 12-18: evening peak from 17
+    8.0, 6.5, 4.5, 3.0, 2.0, 1.4,  # 18-24
+)
+
+
+def peaks_rate_per_hour(vehicles_per_day: float = 400.0) -> list[float]:
+    """The "peaks" profile: vehicles per hour for each hour of the day (24 values summing
+    to `vehicles_per_day`), in the shape of PEAKS_SHAPE."""
+    total = sum(PEAKS_SHAPE)
+    return [vehicles_per_day * s / total for s in PEAKS_SHAPE]
+
+
+def _default_chemistry_share() -> dict[Chemistry, float]:
+    return {"nmc": 0.5, "lfp": 0.35, "sodium_ion": 0.15}
+
+
+class ScheduledArrival(_Strict):
+    """One car coming to the station: when it joins the queue and what it brings."""
+
+    at_s: float = Field(ge=0)  # sim seconds since start (0 = 00:00 of the first day)
+    family: PackFamily
+    chemistry: Chemistry
+    soc: float = Field(ge=0, le=100)
+    temp_c: float = Field(ge=-40, le=80)  # the pack's hottest cell on arrival
+
+
+class ArrivalsConfig(_Strict):
+    """`[sim.arrivals]`: cars come on a schedule and queue for the platform.
+
+    Without this table the simulator keeps its original behaviour: one car
+    `arrival_gap_s` after each departure. With it, cars join a queue at their arrival times;
+    the first in line drives onto the platform when it is free (`arrival_gap_s` after the
+    last car left). A car still in the queue `patience_s` after it came leaves unserved
+    (turned away); a car on the platform stays until its swap is done.
+
+    profile   "poisson": a non-homogeneous Poisson process, `rate_per_hour[h]` cars per
+              hour during hour h of each day, drawn from the seed for `hours` hours
+              (sim_hw.vehicles.arrival_schedule); "saturated": a car is always waiting (a
+              new one joins whenever the queue empties), for `hours` hours: the station's
+              capacity. An explicit `schedule` replaces either.
+    family_share, chemistry_share   the mix of arriving cars (weights, normalised)
+    soc_pct   arriving SOC, uniform in [lo, hi]
+    temp_c    a warm pack's temperature on arrival, uniform in [lo, hi] (just driven)
+    cold_share, cold_temp_c   the share of cars whose pack arrives cold-soaked (a winter
+              day), at a temperature uniform in cold_temp_c
+    """
+
+    profile: Literal["poisson", "saturated"] = "poisson"
+    rate_per_hour: list[float] = Field(
+        default_factory=peaks_rate_per_hour, min_length=HOURS_PER_DAY,
+        max_length=HOURS_PER_DAY)
+    hours: float = Field(default=24.0, gt=0)
+    patience_s: float | None = Field(default=900.0, gt=0)  # None: nobody leaves the queue
+    family_share: dict[str, float] = Field(default_factory=lambda: {"20": 0.5, "25": 0.5})
+    chemistry_share: dict[Chemistry, float] = Field(default_factory=_default_chemistry_share)
+    soc_pct: tuple[float, float] = (5.0, 30.0)
+    temp_c: tuple[float, float] = (28.0, 33.0)
+    cold_share: float = Field(default=0.0, ge=0, le=1)
+    cold_temp_c: tuple[float, float] = (-15.0, -12.0)
+    schedule: list[ScheduledArrival] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check(self) -> ArrivalsConfig:
+        if any(r < 0 for r in self.rate_per_hour):
+            raise ValueError("rate_per_hour: rates must be >= 0")
+        families = set(get_args(PackFamily))
+        for key, w in self.family_share.items():
+            if not key.isdigit() or int(key) not in families:
+                raise ValueError(f"family_share.{key}: not a pack family "
+                                 f"({', '.join(str(f) for f in sorted(families))})")
+            if w < 0:
+                raise ValueError(f"family_share.{key}: weight {w} must be >= 0")
+        if sum(self.family_share.values()) <= 0:
+            raise ValueError("family_share: needs a positive weight")
+        if any(w < 0 for w in self.chemistry_share.values()) or \
+                sum(self.chemistry_share.values()) <= 0:
+            raise ValueError("chemistry_share: weights must be >= 0, one positive")
+        for name, (lo, hi), (low, high) in (("soc_pct", self.soc_pct, (0, 100)),
+                                            ("temp_c", self.temp_c, (-40, 80)),
+                                            ("cold_temp_c", self.cold_temp_c, (-40, 80))):
+            if not low <= lo <= hi <= high:
+                raise ValueError(f"{name}: [{lo}, {hi}] must be a range inside "
+                                 f"[{low}, {high}]")
+        return self
+
+
 class SimConfig(_Strict):
     speed: float = Field(default=1.0, gt=0)
     seed: int = 1
@@ -98,6 +195,8 @@ class SimConfig(_Strict):
     station: StationConfig = Field(default_factory=StationConfig)
     timing: TimingConfig = Field(default_factory=TimingConfig)
     rack_pack: list[RackPackConfig] = Field(default_factory=list)
+    # None: one car arrival_gap_s after each departure (the original behaviour)
+    arrivals: ArrivalsConfig | None = None
 
     @model_validator(mode="after")
     def _check_rack(self) -> SimConfig:

@@ -577,7 +577,7 @@ class StationModel:
         }
         self.history.append(visit)
         self.vehicle = None
-        self.vehicles.departed(t)
+        self.vehicles.departed(t, visit, self.command_log)
         self._emit("departure", _describe_visit(visit), t=t, visit=visit)
 
     def _rack_families(self) -> list[int]:

@@ -13,9 +13,11 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from sim_hw.config import SimConfig
+from station.config import ModbusSection
 from station.events import Event
 from station.packml import State
-from station.rig import Rig
+from station.rig import Rig, speed_refusal
 
 NOMINAL_SWAP_S = 144.0
 
@@ -102,6 +104,10 @@ async def run_demo(
     swaps: int, speed: float, summary_json: Path | None = None, journal: Path | None = None,
     out: TextIO = sys.stdout,
 ) -> int:
+    refusal = speed_refusal(speed, SimConfig(speed=speed), ModbusSection().poll_period_s)
+    if refusal is not None:
+        print(f"swapd demo: {refusal}", file=sys.stderr)
+        return 2
     print(f"swapd demo: {swaps} swaps, simulated time x{speed:g} "
           f"(a swap is ~{NOMINAL_SWAP_S:.0f} s simulated, ~{NOMINAL_SWAP_S / speed:.1f} s here)",
           file=out, flush=True)

@@ -265,6 +265,33 @@ def copy_journal(src: Path, dst: Path) -> None:
                 shutil.copy2(p, Path(f"{dst}{suffix}"))
 
 
+class SpeedRefused(ValueError):
+    """A simulation speed the controller cannot honour; the message says the highest."""
+
+
+def highest_speed(sim: SimConfig, poll_period_s: float) -> tuple[float, str, float]:
+    """The highest simulation speed at which the controller can still watch the machine:
+    every PLC command step of the simulator must last at least two input periods (PLC
+    polls) of real time, so that the interlocks see the machine move within each step and
+    no sensor judgement is shorter than the inputs can be read. Returns (speed, the
+    shortest step, its simulated seconds)."""
+    from station.sequence import SEQUENCE
+
+    steps = [(s.name, float(getattr(sim.timing, s.name))) for s in SEQUENCE if s.command]
+    name, shortest = min(steps, key=lambda t: t[1])
+    return shortest / (2.0 * poll_period_s), name, shortest
+
+
+def speed_refusal(speed: float, sim: SimConfig, poll_period_s: float) -> str | None:
+    top, step, seconds = highest_speed(sim, poll_period_s)
+    if speed <= top:
+        return None
+    return (f"speed {speed:g} refused: the shortest simulated step ({step}, {seconds:g} s) "
+            f"would last {seconds / speed * 1000:.0f} ms, less than two PLC polls "
+            f"(2 x {poll_period_s * 1000:g} ms); the controller could not see the machine "
+            f"move within it. The highest speed this station can honour is {int(top):d}.")
+
+
 def _guard(fn: Callable[[], Any]) -> Any:
     try:
         return fn()
@@ -302,6 +329,11 @@ class _Harness:
         self.channel = (multicast_group() if self.can_interface == "udp_multicast"
                         else f"{name}-{uuid.uuid4().hex[:10]}")
         self.sim_config = self.build_sim_config()
+        poll = poll_period_s if poll_period_s is not None else \
+            ModbusSection.model_fields["poll_period_s"].default
+        refusal = speed_refusal(self.speed, self.sim_config, poll)
+        if refusal is not None:
+            raise SpeedRefused(refusal)
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         if workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix=f"swapd-{name}-")

@@ -117,3 +117,29 @@ async def test_identity_request_is_answered(station: Station) -> None:
         assert answers >= 10
     finally:
         bus.shutdown()
+
+
+async def test_stopping_mid_swap_ends_the_scan_at_once(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Stopping the daemon mid-swap must end the scan task with the rest: a scan that goes on
+    after the PLC link has closed journals a false plc_inputs_stale abort."""
+    from station.rig import Rig
+
+    for i in range(3):
+        async with Rig(speed=50, vehicles=1, workdir=tmp_path / f"r{i}") as rig:
+            await rig.wait_for(lambda: rig.core.step is not None
+                               and rig.core.step.name == "unlock", timeout=60)
+            journal = rig.daemon.journal
+            last = journal.events_after(0, limit=100000)[-1]["id"]
+        faults = [r for r in journal_rows(tmp_path / f"r{i}") if r["id"] > last
+                  and r["kind"] == "fault"]
+        assert faults == [], faults
+
+
+def journal_rows(workdir):  # type: ignore[no-untyped-def]
+    import sqlite3
+
+    paths = list(workdir.rglob("*.sqlite"))
+    assert paths, workdir
+    db = sqlite3.connect(paths[0])
+    db.row_factory = sqlite3.Row
+    return db.execute("SELECT id, kind FROM events ORDER BY id").fetchall()
