@@ -28,6 +28,7 @@ from station.config import StationConfig
 from station.core import IDENTIFY_KINDS, CommandRefused, Decision, ResumePoint, StationCore
 from station.eventbus import EventBus
 from station.events import (
+    Alarm,
     Event,
     Fault,
     Recovery,
@@ -262,7 +263,7 @@ class Daemon:
         fields = {k: v for k, v in ev.data.items() if k != "t"}
         if isinstance(ev, Fault):
             log.error("swap.fault", **fields)
-        elif ev.kind == "alarm":
+        elif isinstance(ev, Alarm):
             log.error("pack.alarm", **fields)
         elif isinstance(ev, StateChanged):
             log.info("packml.state", **fields)

@@ -15,7 +15,15 @@ from typing import Any, TextIO
 
 from sim_hw.config import SimConfig
 from station.config import ModbusSection
-from station.events import Event
+from station.events import (
+    Event,
+    Inhibit,
+    StateChanged,
+    StepDone,
+    StepStarted,
+    SwapEnded,
+    SwapStarted,
+)
 from station.packml import State
 from station.rig import Rig, speed_refusal
 
@@ -33,35 +41,36 @@ class Progress:
         self.numbers: dict[str, int] = {}
 
     def __call__(self, ev: Event) -> None:
-        d = ev.data
-        sid = str(d.get("swap_id"))
-        if ev.kind == "swap_started":
-            n = self.numbers.setdefault(sid, len(self.numbers) + 1)
-            po, pi = d["pack_out"], d["pack_in"]
-            self._p(f"\nSwap {n} ({sid}), vehicle {d['vehicle_token']}, pack family "
-                    f"{po['family']}\n"
-                    f"  out: pack {po['serial']} {po['chemistry'].upper()} "
-                    f"{po['soc_pct']:.1f} % -> rack slot {d['store_slot']}\n"
-                    f"  in:  pack {pi['serial']} {pi['chemistry'].upper()} "
-                    f"{pi['soc_pct']:.1f} % <- rack slot {d['fetch_slot']}")
-        elif ev.kind == "step_started":
-            self.started[(sid, d["step"])] = d["t"]
-            if d["step"] == "identify":
-                self.swap_started[sid] = d["t"]
-        elif ev.kind == "step_done":
-            t0 = self.started.get((sid, d["step"]), d["t"])
-            self._p(f"    {d['step']:<9} done {self._sim(d['t'] - t0):7.1f} s")
-        elif ev.kind == "swap_ended":
-            self.ended += 1
-            total = self._sim(d["t"] - self.swap_started.get(sid, d["t"]))
-            if d["outcome"] == "completed":
-                self._p(f"  completed in {total:.1f} s (simulated)")
-            else:
-                self._p(f"  {d['outcome'].upper()} at {d.get('step')}: {d.get('reason')}")
-        elif ev.kind == "inhibit" and d.get("reason"):
-            self._p(f"  start inhibited: {d['reason']}")
-        elif ev.kind == "state" and d["new"] in ("Aborted", "Stopped"):
-            self._p(f"  station {d['new']}: {d.get('reason')}")
+        match ev:
+            case SwapStarted():
+                n = self.numbers.setdefault(ev.swap_id, len(self.numbers) + 1)
+                po, pi = ev.pack_out, ev.pack_in
+                self._p(f"\nSwap {n} ({ev.swap_id}), vehicle {ev.vehicle_token}, pack family "
+                        f"{po.family}\n"
+                        f"  out: pack {po.serial} {po.chemistry.upper()} "
+                        f"{po.soc_pct:.1f} % -> rack slot {ev.store_slot}\n"
+                        f"  in:  pack {pi.serial} {pi.chemistry.upper()} "
+                        f"{pi.soc_pct:.1f} % <- rack slot {ev.fetch_slot}")
+            case StepStarted():
+                self.started[(ev.swap_id, ev.step)] = ev.t
+                if ev.step == "identify":
+                    self.swap_started[ev.swap_id] = ev.t
+            case StepDone():
+                t0 = self.started.get((ev.swap_id, ev.step), ev.t)
+                self._p(f"    {ev.step:<9} done {self._sim(ev.t - t0):7.1f} s")
+            case SwapEnded():
+                self.ended += 1
+                total = self._sim(ev.t - self.swap_started.get(ev.swap_id, ev.t))
+                if ev.outcome == "completed":
+                    self._p(f"  completed in {total:.1f} s (simulated)")
+                else:
+                    self._p(f"  {ev.outcome.upper()} at {ev.step}: {ev.reason}")
+            case Inhibit(reason=str() as reason):
+                self._p(f"  start inhibited: {reason}")
+            case StateChanged(new="Aborted" | "Stopped"):
+                self._p(f"  station {ev.new}: {ev.reason}")
+            case _:
+                pass
 
     def _sim(self, real_s: float) -> float:
         return real_s * self.speed
