@@ -14,12 +14,12 @@ on the wire. The station core's own vocabulary (station.image) uses the same nam
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, get_args
+
+from drivers.datafile import load_toml
 
 EngineeringType = Literal["bool", "int", "float"]
 Direction = Literal["in", "out"]
@@ -157,19 +157,7 @@ class PlcContract:
 
 def load_contract(path: str | Path | None = None) -> PlcContract:
     """Load and check a contract file; None loads the contract shipped with the package."""
-    if path is None:
-        text = resources.files("drivers.plc").joinpath(DEFAULT_CONTRACT).read_text()
-        origin = DEFAULT_CONTRACT
-    else:
-        origin = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise ContractError(f"{origin}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ContractError(f"{origin}: not valid TOML: {exc}") from exc
+    data, origin = load_toml(path, "drivers.plc", DEFAULT_CONTRACT, ContractError)
     return _build(data, origin)
 
 

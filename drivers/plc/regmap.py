@@ -17,13 +17,12 @@ Two vocabularies for enumerated signals (`cmd_status`, `cmd_error_code`, `cmd_co
 
 from __future__ import annotations
 
-import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, cast, get_args
 
+from drivers.datafile import load_toml
 from drivers.plc.contract import (
     UNKNOWN_PREFIX,
     Command,
@@ -216,19 +215,7 @@ def load_register_map(
     """Load a register map and check it against the contract. None loads the map shipped
     with the package; a contract of None the contract shipped with the package."""
     contract = contract or load_contract()
-    if path is None:
-        text = resources.files("drivers.plc.maps").joinpath(DEFAULT_MAP).read_text()
-        origin = DEFAULT_MAP
-    else:
-        origin = str(path)
-        try:
-            text = Path(path).read_text()
-        except OSError as exc:
-            raise RegisterMapError(f"{origin}: cannot read: {exc.strerror or exc}") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise RegisterMapError(f"{origin}: not valid TOML: {exc}") from exc
+    data, origin = load_toml(path, "drivers.plc.maps", DEFAULT_MAP, RegisterMapError)
     rmap = _build(data, origin, contract)
     _check_layout(rmap)
     return rmap
