@@ -3,8 +3,8 @@ power cap. Pure logic, run in the core's scan.
 
 A pack charges when it is identified, fresh on CAN, fault-free, not isolated, below the
 target SOC and inside its chemistry's charge temperature window. Its limits are the lower
-of what the pack itself reports (PackLimits: maximum charge voltage and current, cell
-count) and its chemistry profile's (cut-off cell voltage x the pack's cell count, C-rate),
+of what the pack itself reports (PackLimits: maximum charge voltage and current, maximum
+cell charge voltage, cell count) and its chemistry profile's (cut-off cell voltage x the pack's cell count, C-rate),
 and the charger's per-slot maximum. A pack that has not reported its limits does not
 charge: the controller never guesses a cell count.
 
@@ -64,7 +64,8 @@ def charge_limits(rep: PackReport, cfg: StationConfig) -> tuple[float, float] | 
     if rep.cell_count is None or rep.max_charge_voltage_v is None or \
             rep.max_charge_current_a is None:
         return "pack has not reported its charge limits"
-    voltage = min(lim.charge_cutoff_cell_v * rep.cell_count, rep.max_charge_voltage_v)
+    cell_v = min(lim.charge_cutoff_cell_v, rep.max_cell_charge_v or lim.charge_cutoff_cell_v)
+    voltage = min(cell_v * rep.cell_count, rep.max_charge_voltage_v)
     nominal_v = rep.voltage_v if rep.voltage_v and rep.voltage_v > 1.0 else voltage
     capacity_ah = (rep.rated_energy_kwh or 0.0) * 1000.0 / nominal_v
     current = min(capacity_ah * lim.max_charge_c_rate, rep.max_charge_current_a,

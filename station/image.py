@@ -141,6 +141,7 @@ class PackReport:
     max_charge_voltage_v: float | None = None
     max_charge_current_a: float | None = None
     cell_count: int | None = None
+    max_cell_charge_v: float | None = None
     # Latched since the core's last scan, so that a reading that lasted one frame between two
     # scans (a hot cell, a fault flag) is still judged; cleared by `ProcessImage.scanned()`.
     peak_cell_temp_c: float | None = None

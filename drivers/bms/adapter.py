@@ -205,6 +205,7 @@ class BmsAdapter:
                 rep.max_charge_voltage_v = float(s["MaxChargeVoltage"])
                 rep.max_charge_current_a = float(s["MaxChargeCurrent"])
                 rep.cell_count = int(s["CellCount"])
+                rep.max_cell_charge_v = float(s["MaxCellChargeVoltage"])
         rep.last_seen[kind] = t
         self.stats["applied"] += 1
         return loc

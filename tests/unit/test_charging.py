@@ -157,3 +157,10 @@ def test_a_pack_charging_without_current_is_an_alarm() -> None:
     assert "drawing 0.0 A" in alarms[0]["reason"]
     assert run.core.charging[Location.rack(1)].command == DISABLE
     assert run.core.charging[Location.rack(2)].command == ENABLE  # drawing: no alarm
+
+
+def test_the_packs_own_cell_voltage_limit_is_honoured() -> None:
+    rep = pack(Location.rack(1), 1, chem="nmc", soc=40.0, cell_count=108,
+               max_charge_voltage_v=500.0, max_cell_charge_v=4.10)
+    _, voltage = charge_limits(rep, StationConfig())  # type: ignore[misc]
+    assert voltage == pytest.approx(4.10 * 108)

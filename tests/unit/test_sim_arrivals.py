@@ -110,6 +110,9 @@ def test_queue_first_in_first_out_and_patience() -> None:
     r = src.report(85.0)  # car 2 left at 80 (patience 60 s), car 3 still waits
     assert (r["came"], r["turned_away"], r["waiting"], r["on_platform"]) == (3, 1, 1, True)
     assert src.records[1].left_at == 80.0 and src.records[1].outcome == "turned_away"
+    assert r["waiting_for_s"] == [55.0, 75.0]  # car 3 queued, car 1 on the platform
+    r = src.report(85.0, [Cmd(5.0), Cmd(20.0)])  # car 1's swap began at 20 s
+    assert r["waiting_for_s"] == [55.0] and r["platform_swap_started_at"] == 20.0
     # the car on the platform is swapped (first command at 20 s) and leaves at 160 s
     src.departed(160.0, {"pack_out": {}, "pack_in": {}}, [Cmd(5.0), Cmd(20.0), Cmd(150.0)])
     assert src.records[0].outcome == "served" and src.records[0].wait_s == 10.0
