@@ -4,9 +4,9 @@ power cap. Pure logic, run in the core's scan.
 A pack charges when it is identified, fresh on CAN, fault-free, not isolated, below the
 target SOC and inside its chemistry's charge temperature window. Its limits are the lower
 of what the pack itself reports (PackLimits: maximum charge voltage and current, maximum
-cell charge voltage, cell count) and its chemistry profile's (cut-off cell voltage x the pack's cell count, C-rate),
-and the charger's per-slot maximum. A pack that has not reported its limits does not
-charge: the controller never guesses a cell count.
+cell charge voltage, cell count) and its chemistry profile's (cut-off cell voltage x the
+pack's cell count, C-rate), and the charger's per-slot maximum. A pack that has not
+reported its limits does not charge: the controller never guesses a cell count.
 
 The station power cap bounds the sum of the power granted (current limit x voltage limit,
 the most the pack can draw under the grant). Packs are served in order of how close they
