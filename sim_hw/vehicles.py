@@ -91,6 +91,16 @@ class _Command(Protocol):
     taken_sim: float
 
 
+def _first_command_since(t: float, commands: Sequence[_Command]) -> float | None:
+    """When the PLC took its first command at or after `t` (None: none yet)."""
+    started = None
+    for rec in reversed(commands):
+        if rec.taken_sim < t:
+            break
+        started = rec.taken_sim
+    return started
+
+
 # ---- the arrival profile ---------------------------------------------------------------
 
 def arrival_times(rate_per_hour: Sequence[float], hours: float,
@@ -225,12 +235,7 @@ class VehicleSource:
             return
         car.left_at = t
         assert car.entered_at is not None
-        started = None
-        for rec in reversed(commands):  # the first command taken since it drove on
-            if rec.taken_sim < car.entered_at:
-                break
-            started = rec.taken_sim
-        car.swap_started_at = started
+        car.swap_started_at = _first_command_since(car.entered_at, commands)
         swapped = visit is None or (visit.get("pack_out") is not None
                                     and visit.get("pack_in") is not None)
         car.outcome = "served" if swapped else "left_unserved"
@@ -241,11 +246,16 @@ class VehicleSource:
         self._settle_safely(now)
         return list(self._queue)
 
-    def report(self, now: float) -> dict[str, Any]:
-        """The queue's figures up to `now` (sim seconds); {} without [sim.arrivals]."""
+    def report(self, now: float, commands: Sequence[_Command] = ()) -> dict[str, Any]:
+        """The queue's figures up to `now` (sim seconds); {} without [sim.arrivals].
+        `commands` (the PLC's command log) tells whether the swap of the car on the platform
+        has begun."""
         if self.arrivals is None:
             return {}
         self._settle_safely(now)
+        car = self._platform
+        platform_started = None if car is None or car.entered_at is None else \
+            _first_command_since(car.entered_at, commands)
         by = {o: 0 for o in ("served", "left_unserved", "turned_away")}
         for r in self.records:
             if r.outcome in by:
@@ -258,9 +268,10 @@ class VehicleSource:
             "waiting": len(self._queue),
             "on_platform": self._platform is not None,
             "waits_s": waits,
-            # cars still waiting now (queue or platform, swap not begun): how long so far
-            "waiting_for_s": [now - r.queued_at for r in (*self._queue, self._platform)
-                              if r is not None and r.swap_started_at is None],
+            # cars still waiting now (queue, or platform with the swap not begun): how long
+            "waiting_for_s": [now - r.queued_at for r in self._queue] + (
+                [now - car.queued_at] if car is not None and platform_started is None else []),
+            "platform_swap_started_at": platform_started,
             "patience_s": self.arrivals.patience_s,
         }
 
