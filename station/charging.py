@@ -11,8 +11,9 @@ reported its limits does not charge: the controller never guesses a cell count.
 The station power cap bounds the sum of the power granted (current limit x voltage limit,
 the most the pack can draw under the grant). Packs are served in order of how close they
 are to becoming ready for the next swap (the fewest SOC points short of the selection
-minimum first; packs already ready but below the target come after all others), then by
-slot; the last one served gets what is left of the cap.
+minimum first; packs already ready but below the target come after all others), among
+those first the packs that a car waiting on the platform for a charged pack could take,
+then by slot; the last one served gets what is left of the cap.
 
 This is where sodium-ion shows its cold-weather advantage: at -10 C it charges while an LFP
 pack beside it waits.
@@ -75,22 +76,28 @@ def charge_limits(rep: PackReport, cfg: StationConfig) -> tuple[float, float] | 
     return round(current, 1), round(voltage, 1)
 
 
-def _priority(rep: PackReport, slot: int, cfg: StationConfig) -> tuple[int, float, int]:
+def _priority(rep: PackReport, slot: int, cfg: StationConfig,
+              waiting_family: int | None) -> tuple[int, int, float, int]:
     soc = rep.soc_pct or 0.0
     short = cfg.selection.min_soc_pct - soc
+    # a pack the car waiting on the platform could take comes before any other
+    wanted = 0 if waiting_family is not None and rep.family is not None and \
+        cfg.selection.accepts(waiting_family, rep.family) else 1
     if short > 0:
-        return 0, short, slot  # not ready yet: the closest to ready first
-    return 1, cfg.charging.target_soc_pct - soc, slot  # ready: topping up comes last
+        return 0, wanted, short, slot  # not ready yet: the closest to ready first
+    return 1, wanted, cfg.charging.target_soc_pct - soc, slot  # ready: topping up last
 
 
 def plan_charging(image: ProcessImage, cfg: StationConfig, now: float,
-                  excluded: dict[int, str] | None = None) -> list[ChargeGrant]:
+                  excluded: dict[int, str] | None = None,
+                  waiting_family: int | None = None) -> list[ChargeGrant]:
     """A grant (enable with limits, or disable with the reason) for every rack pack heard;
-    `excluded` slots (locked out, stalled) get a disable with the reason given."""
+    `excluded` slots (locked out, stalled) get a disable with the reason given. Packs that
+    a car waiting for a charged pack (`waiting_family`) could take are served first."""
     excluded = excluded or {}
     budget_kw = cfg.charging.station_power_cap_kw
     out: list[ChargeGrant] = []
-    wanting: list[tuple[tuple[int, float, int], int, PackReport, float, float]] = []
+    wanting: list[tuple[tuple[int, int, float, int], int, PackReport, float, float]] = []
     for slot, rep in rack_packs(image, cfg, now).items():
         loc = Location.rack(slot)
         limits = excluded[slot] if slot in excluded else charge_limits(rep, cfg)
@@ -99,7 +106,8 @@ def plan_charging(image: ProcessImage, cfg: StationConfig, now: float,
                                    limits))
             continue
         current, voltage = limits
-        wanting.append((_priority(rep, slot, cfg), slot, rep, current, voltage))
+        wanting.append((_priority(rep, slot, cfg, waiting_family), slot, rep, current,
+                        voltage))
     for _, slot, rep, current, voltage in sorted(wanting, key=lambda w: w[0]):
         loc = Location.rack(slot)
         affordable = budget_kw * 1000.0 / voltage

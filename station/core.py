@@ -105,6 +105,7 @@ class StationCore:
         self._acting_since = 0.0
         self._vehicle_token = 0
         self._identify_started_at: float | None = None
+        self._waiting_family: int | None = None  # a car on the platform with no pack to get
         self._inhibit: str | None = None
         self._hb_value: object = None
         self._hb_changed_at: float | None = None
@@ -300,7 +301,7 @@ class StationCore:
         excluded = {s: f"slot locked out after a pack event: {why}"
                     for s, why in self.locked_out_slots.items()}
         excluded.update(self._stalls(image, now))
-        grants = plan_charging(image, self.cfg, now, excluded)
+        grants = plan_charging(image, self.cfg, now, excluded, self._waiting_family)
         for g in grants:
             self._pack_commands.append(PackCommand(g.location, g.command, g.current_limit_a,
                                                    g.voltage_limit_v))
@@ -438,10 +439,11 @@ class StationCore:
         token = int(image.plc.get("vehicle_token", 0) or 0)
         if not image.plc.get("vehicle_present") or token == 0:
             self._vehicle_token, self._identify_started_at = 0, None
+            self._waiting_family = None
             self._set_inhibit(None, now)
             return
         if token != self._vehicle_token:  # another vehicle: whatever the bay said is old
-            self._vehicle_token = token
+            self._vehicle_token, self._waiting_family = token, None
             self._identify_started_at = image.plc_read_at or now
         assert self._identify_started_at is not None
         rep = image.packs.get(BAY)
@@ -462,8 +464,10 @@ class StationCore:
                              excluded=frozenset(self.locked_out_slots))
         if not isinstance(choice, Choice):
             self._candidate = None
+            self._waiting_family = rep.family  # charging serves its family first
             self._set_inhibit(choice.reason, now)
             return
+        self._waiting_family = None
         self._set_inhibit(None, now)
         pack_out = PackInfo(rep.serial, rep.family, rep.chemistry, rep.soc_pct or 0.0,
                             rep.soh_pct, None)

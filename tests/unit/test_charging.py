@@ -164,3 +164,27 @@ def test_the_packs_own_cell_voltage_limit_is_honoured() -> None:
                max_charge_voltage_v=500.0, max_cell_charge_v=4.10)
     _, voltage = charge_limits(rep, StationConfig())  # type: ignore[misc]
     assert voltage == pytest.approx(4.10 * 108)
+
+
+def test_the_family_a_waiting_car_needs_is_charged_first() -> None:
+    """Found by the day benchmark: under a cap, the packs closest to ready were always those
+    of the other family, and the car on the platform waited while they sat ready."""
+    cfg = StationConfig(charging=ChargingSection(station_power_cap_kw=90.0))
+    img = rack({1: {"soc": 75.0}, 2: {"soc": 60.0}})
+    img.packs[Location.rack(2)].family = 25
+    plain = {g.location.slot: g for g in plan_charging(img, cfg, NOW)}
+    assert plain[1].reason == "charging" and "power cap" in plain[2].reason
+    waiting = {g.location.slot: g for g in plan_charging(img, cfg, NOW, waiting_family=25)}
+    assert waiting[2].reason == "charging" and "power cap" in waiting[1].reason
+
+
+def test_the_core_tells_charging_which_family_waits() -> None:
+    def no_charged_family_20(plc) -> None:  # type: ignore[no-untyped-def]
+        for loc, rep in plc.image.packs.items():
+            if loc.slot and rep.family == 20:
+                rep.soc_pct = 50.0
+
+    run = make_run(prepare=no_charged_family_20)
+    run.step(n=40)
+    assert "no charged pack for a family-20" in (run.core.status()["start_inhibited"] or "")
+    assert run.core._waiting_family == 20
