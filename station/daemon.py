@@ -231,7 +231,7 @@ class Daemon:
             elif isinstance(ev, SwapEnded) or (
                     isinstance(ev, StateChanged) and ev.new in ("Idle", "Aborted")):
                 bind_swap(None, None)
-        self.events.publish(d.events)
+        self.events.journal.record(d.events)  # the record first: one transaction, fsync
         if d.outputs is not None and not stopping:
             self.link.set_outputs(d.outputs)
         for cmd in d.pack_commands:
@@ -243,6 +243,7 @@ class Daemon:
             # Written at once, but never awaited by the scan: a PLC that stops answering
             # must not stop the scan from judging it stale.
             self._spawn(self._write_command(self.core.plan.swap_id, self.core.step.name))
+        self.events.dispatch(d.events)  # then the sinks, behind the write in the loop's queue
 
     async def _write_now(self) -> None:
         await self.link.write_now()

@@ -68,8 +68,14 @@ class EventBus:
         """Journal the events (one transaction), then queue them for every sink."""
         events = list(events)
         ids = self.journal.record(events)
+        self.dispatch(events)
+        return ids
+
+    def dispatch(self, events: list[Event]) -> None:
+        """Queue already journaled events for the sinks. The daemon calls it after it has
+        set its command going, so no sink runs between the journal and the PLC write."""
         if not events:
-            return ids
+            return
         for s in self._live:
             for ev in events:
                 if s.queue.qsize() >= self.max_queue:
@@ -78,7 +84,6 @@ class EventBus:
                 s.queue.put_nowait(ev)
         for d in self._durable:
             d.wake.set()
-        return ids
 
     def start(self) -> None:
         for s in self._live:

@@ -70,8 +70,12 @@ class PackTimeouts:
     cells: float
     limits: float
 
+    def __post_init__(self) -> None:
+        # looked up for every pack on every scan: a dict, not getattr on an enum's value
+        object.__setattr__(self, "_by_kind", {k: float(getattr(self, k.value)) for k in PackData})
+
     def of(self, kind: PackData) -> float:
-        return float(getattr(self, kind.value))
+        return self._by_kind[kind]  # type: ignore[attr-defined]
 
 
 class PackFault(StrEnum):
@@ -112,7 +116,8 @@ class StopRequest(StrEnum):
         return {"none": 0, "cat2": 1, "cat1": 2}[self.value]
 
 
-NO_COMMAND = "NONE"  # the contract's command name for "no command"
+NO_COMMAND = "NONE"
+_NEVER = float("-inf")  # the contract's command name for "no command"
 
 
 @dataclass
@@ -169,7 +174,7 @@ class ProcessImage:
     packs: dict[Location, PackReport] = field(default_factory=dict)
 
     def fresh(self, rep: PackReport, kind: PackData, now: float) -> bool:
-        return rep.age(kind, now) <= self.pack_timeouts.of(kind)
+        return now - rep.last_seen.get(kind, _NEVER) <= self.pack_timeouts.of(kind)
 
     def scanned(self) -> None:
         """The core has judged the latched readings: start latching anew."""
