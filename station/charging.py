@@ -67,8 +67,9 @@ def charge_limits(rep: PackReport, cfg: StationConfig) -> tuple[float, float] | 
         return "pack has not reported its charge limits"
     cell_v = min(lim.charge_cutoff_cell_v, rep.max_cell_charge_v or lim.charge_cutoff_cell_v)
     voltage = min(cell_v * rep.cell_count, rep.max_charge_voltage_v)
-    nominal_v = rep.voltage_v if rep.voltage_v and rep.voltage_v > 1.0 else voltage
-    capacity_ah = (rep.rated_energy_kwh or 0.0) * 1000.0 / nominal_v
+    # Rated values, not the present voltage: a limit that moved with every reading would be
+    # a new grant, journaled, every second.
+    capacity_ah = rep.rated_capacity_ah or (rep.rated_energy_kwh or 0.0) * 1000.0 / voltage
     current = min(capacity_ah * lim.max_charge_c_rate, rep.max_charge_current_a,
                   cfg.charging.max_pack_current_a)
     if current < MIN_GRANT_A:

@@ -129,6 +129,7 @@ class PackReport:
     family: int | None = None
     chemistry: str | None = None
     rated_energy_kwh: float | None = None
+    rated_capacity_ah: float | None = None
     cycle_count: int | None = None
     soh_pct: float | None = None
     soc_pct: float | None = None

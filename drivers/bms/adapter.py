@@ -185,6 +185,7 @@ class BmsAdapter:
             if kind is PackData.HEALTH:
                 rep.cycle_count = int(s["CycleCount"])
                 rep.soh_pct = float(s["SOH"])
+                rep.rated_capacity_ah = float(s["RatedCapacity"])
             elif kind is PackData.STATUS:
                 rep.soc_pct = round(float(s["SOC"]), 1)
                 rep.voltage_v = float(s["PackVoltage"])

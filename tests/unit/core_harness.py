@@ -30,7 +30,8 @@ def pack(loc: Location, serial: int, family: int = 20, chem: str = "nmc", soc: f
          t: float = 0.0, **kw: Any) -> PackReport:
     fields: dict[str, Any] = dict(
         serial=serial, family=family, chemistry=chem, soc_pct=soc, soh_pct=95.0,
-        rated_energy_kwh=75.0, voltage_v=400.0, current_a=0.0, min_cell_temp_c=24,
+        rated_energy_kwh=75.0, rated_capacity_ah=187.5, voltage_v=400.0, current_a=0.0,
+        min_cell_temp_c=24,
         max_cell_temp_c=26, insulation_kohm=5000, state=PackState.IDLE, first_seen=t,
         cell_count=CELLS[chem], max_charge_voltage_v=round(CELLS[chem] * CUTOFF[chem], 1),
         max_charge_current_a=250.0)

@@ -50,7 +50,7 @@ def test_the_lower_of_pack_and_profile_limits_wins() -> None:
                      max_charge_voltage_v=600.0, max_charge_current_a=900.0)
     current, voltage = charge_limits(high_pack, cfg)  # type: ignore[misc]
     assert voltage == pytest.approx(3.65 * 120)  # the chemistry profile is lower
-    assert current == pytest.approx(75.0 * 1000 / 400.0 * 1.0, abs=0.1)  # 1C of 187.5 Ah
+    assert current == pytest.approx(187.5)  # 1C of the rated 187.5 Ah
 
 
 @pytest.mark.parametrize(("change", "why"), [
@@ -134,7 +134,8 @@ def test_the_core_sends_grants_every_period_and_journals_only_changes() -> None:
     run = make_run(prepare=lambda plc: plc.image.plc.update(vehicle_present=False))
     run.plc.image.packs[Location.rack(1)].soc_pct = 40.0
     sent = []
-    for _ in range(60):  # 3 s at 50 ms
+    for i in range(60):  # 3 s at 50 ms, the pack's voltage rising as it charges
+        run.plc.image.packs[Location.rack(1)].voltage_v = 400.0 + i * 0.1
         run.now += 0.05
         d = run.core.update(run.plc.image, run.now)
         run._take(d)
