@@ -216,3 +216,19 @@ def test_release_completes_when_the_next_car_arrives_before_the_platform_reads_e
     assert first["outcome"] == "completed", run.core.reason
     assert second["vehicle_token"] == 8
     assert second["pack_out"]["serial"] == 2002  # the new car's pack, not 1002 we installed
+
+
+def test_an_abort_while_holding_raises_the_stop_category() -> None:
+    """Category 1 (stop, then power off) is more than category 2 (stop, power kept): an abort
+    that follows a hold is a stronger stop, which the daemon sends before the journal's
+    fsync like every other stop."""
+    from station.image import StopRequest
+
+    run = make_run()
+    run.until(lambda: run.core.step is not None and run.core.step.name == "unlock")
+    run.cmd(Cmd.HOLD)
+    held = StopRequest(run.core.outputs["stop_request"])
+    run.cmd(Cmd.ABORT)
+    aborted = StopRequest(run.core.outputs["stop_request"])
+    assert (held, aborted) == (StopRequest.CAT2, StopRequest.CAT1)
+    assert aborted.severity > held.severity > StopRequest.NONE.severity
