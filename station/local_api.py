@@ -34,6 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from drivers.ratelimit import RateLimitedWarnings
+
 if TYPE_CHECKING:
     from station.commands import CommandRequest, CommandResult
 
@@ -48,6 +50,19 @@ MAX_RESPONSE = 16 * 1024 * 1024  # what the client accepts in one answer line
 _READ_CHUNK = 64 * 1024
 CLOSE_GRACE_S = 2.0  # close() waits this long for handlers still running
 _CRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class DuplicateKey(ValueError):
+    """A JSON object that names a key twice: which value was meant is not known."""
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise DuplicateKey(f"duplicate key {k!r} in a request")
+        out[k] = v
+    return out
 
 
 class LocalApiError(Exception):
@@ -155,6 +170,7 @@ class LocalApiServer:
         self._inode: tuple[int, int] | None = None  # (st_dev, st_ino) of the socket we made
         self._clients: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self._busy: set[asyncio.Task[Any]] = set()  # inside the handler: not to be cancelled
+        self._warn = RateLimitedWarnings(log)  # garbage on the socket must not flood the log
 
     # ---- life cycle ---------------------------------------------------------------------
     async def start(self) -> None:
@@ -292,11 +308,12 @@ class LocalApiServer:
 
     async def _answer(self, line: bytes, peer: PeerCred) -> bytes:
         try:
-            req = json.loads(line)
-        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-            log.warning("local_api.bad_request", uid=peer.uid, pid=peer.pid,
-                        error="malformed JSON")
-            return _encode(_error(f"malformed JSON: {exc}"))
+            req = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
+            why = ("nested too deeply" if isinstance(exc, RecursionError)
+                   else str(exc) if isinstance(exc, DuplicateKey) else f"malformed JSON: {exc}")
+            self._warn.warning("local_api.bad_request", uid=peer.uid, pid=peer.pid, error=why)
+            return _encode(_error(why))
         if not isinstance(req, dict):
             return _encode(_error("a request must be a JSON object"))
         if "cmd" not in req:

@@ -405,3 +405,26 @@ async def test_the_same_request_id_gets_the_same_answer_and_acts_once() -> None:
     assert again["ok"] is True and again["repeated"] is True
     kinds = [r["kind"] for r in rig.journal.events_after(0)]
     assert kinds.count("command_accepted") == 1 and kinds.count("state") == 1
+
+
+async def test_duplicate_keys_and_deep_nesting_are_refused_with_an_answer(
+        sock_path: Path) -> None:
+    """`{"cmd":"status","cmd":"abort"}` must not abort anything (last key wins in plain
+    json), and nesting deep enough to overflow the parser gets an answer, not a
+    RecursionError that closes the connection."""
+    rig = CoreRig()
+    handler = functools.partial(handle_request, status=rig.core.status, submit=rig.command)
+    async with LocalApiServer(sock_path, handler):
+        reader, writer = await asyncio.open_unix_connection(str(sock_path))
+        try:
+            writer.write(b'{"cmd":"status","cmd":"abort"}\n')
+            writer.write(b"[" * 20000 + b"]" * 20000 + b"\n")
+            writer.write(b'{"cmd":"status"}\n')  # the connection still answers after both
+            await writer.drain()
+            answers = [json.loads(await reader.readline()) for _ in range(3)]
+        finally:
+            writer.close()
+    assert answers[0] == {"ok": False, "error": "duplicate key 'cmd' in a request"}
+    assert answers[1] == {"ok": False, "error": "nested too deeply"}
+    assert answers[2]["ok"] is True
+    assert rig.origins == [] and rig.core.state == State.STOPPED
