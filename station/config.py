@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # inf and nan are refused everywhere: `stale_after_s = inf` would mean a dead PLC is
+    # never noticed
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StationSection(_Section):
@@ -190,6 +192,13 @@ class ApiSection(_Section):
     socket: Path | None = None  # None: no local API
     socket_mode: int = Field(0o660, ge=0, le=0o777)
     group: str | None = None
+
+    @model_validator(mode="after")
+    def _not_world_writable(self) -> ApiSection:
+        if self.socket_mode & 0o002:
+            raise ValueError(f"socket_mode {self.socket_mode:#o}: world-writable: anyone on "
+                             "the machine could command the station (use 0o660 and a group)")
+        return self
 
 
 class JournalSection(_Section):
