@@ -119,11 +119,26 @@ Outputs re-sent unchanged (heartbeat, reconnection) never start anything.
 Why a command failed is `cmd_error_code` (enumeration `cmd_error` above).
 
 **The controller verifies each step on the sensors as well as on "done".** A command
-counts as completed only when the PLC reports done *and* the inputs agree: after LIFT the
-lift is at swap height, after UNLOCK `bolts_tight` = 0, after REMOVE the pack is on the
-shuttle at home and no longer in the vehicle, after STORE the slot reports occupied,
-after LOCK every bolt is tight with its torque and angle inside the window, and so on.
-"Done" with sensors that disagree does not complete the step; its timeout then fails it.
+counts as completed only when the PLC reports done *and* the inputs agree (tolerances
+are the controller's `[sequence]` settings; the defaults are shown):
+
+- POSITION: both `position_offset_x` and `position_offset_y` within {pos_tol} mm;
+- LIFT: `lift_height` within {h_tol} mm of the swap height ({height} mm);
+- UNLOCK: `bolts_tight` = 0, still at swap height, every bolt's `bolt_torque` and
+  `bolt_angle` inside the unlock window ({unlock_t} N*m, {unlock_a} deg);
+- REMOVE: `shuttle_pack_present` = 1, `vehicle_pack_present` = 0, `shuttle_position`
+  within {shuttle_tol} mm of home;
+- STORE: `rack_slot_occupied` of the slot in `cmd_param1` = 1, `shuttle_pack_present` = 0;
+- FETCH: that slot's `rack_slot_occupied` = 0, `shuttle_pack_present` = 1;
+- INSTALL: `vehicle_pack_present` = 1, `shuttle_pack_present` = 0;
+- LOCK: `bolts_tight` = `bolt_count` > 0, shuttle home, every bolt inside the lock window
+  ({lock_t} N*m, {lock_a} deg);
+- LOWER: `lift_height` within {h_tol} mm of 0;
+- RELEASE: `vehicle_present` = 0, or `vehicle_token` no longer the token of the swapped
+  vehicle (the next vehicle may already stand on the platform).
+
+"Done" with sensors that still disagree {grace} s later aborts the swap (`sensor_disagrees`);
+a bolt outside its window aborts it at once.
 
 ## Heartbeats
 
@@ -371,11 +386,31 @@ def _contract_fmt(contract: PlcContract) -> dict[str, str]:
         "cat1": code("stop_request", "cat1"),
         "cat2": code("stop_request", "cat2"),
     }
+    fmt.update(_sequence_fmt())
     for status in ("idle", "busy", "done", "error"):
         fmt[status] = code("cmd_status", status)
     for error in ("refused", "bad_parameter", "stopped"):
         fmt[error] = code("cmd_error_code", error)
     return fmt
+
+
+def _sequence_fmt() -> dict[str, str]:
+    """The controller's default step tolerances, from its configuration (stated once)."""
+    from station.config import SequenceSection
+    from station.core import SENSOR_GRACE_S
+
+    q = SequenceSection()
+
+    def window(w: tuple[float, float]) -> str:
+        return f"{_num(w[0])}-{_num(w[1])}"
+
+    return {
+        "pos_tol": _num(q.position_tolerance_mm), "h_tol": _num(q.height_tolerance_mm),
+        "height": _num(q.swap_height_mm), "shuttle_tol": _num(q.shuttle_home_tolerance_mm),
+        "unlock_t": window(q.unlock_torque_nm), "unlock_a": window(q.unlock_angle_deg),
+        "lock_t": window(q.lock_torque_nm), "lock_a": window(q.lock_angle_deg),
+        "grace": _num(SENSOR_GRACE_S),
+    }
 
 
 def _duration_ms(ms: int) -> str:
