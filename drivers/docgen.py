@@ -114,6 +114,9 @@ The controller runs the swap one command at a time; the PLC carries each command
 
 Sequence numbers run 1..65535 and wrap to 1: the controller **skips 0** and **never
 reuses a sequence number back to back**, so every command is a change the PLC can see.
+After its own restart the controller continues from the last number it recorded (it
+records a command before writing it), skipping the PLC's `cmd_ack_seq`: a number it may
+have written once never names a second command.
 Outputs re-sent unchanged (heartbeat, reconnection) never start anything.
 
 Why a command failed is `cmd_error_code` (enumeration `cmd_error` above).

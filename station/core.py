@@ -85,6 +85,7 @@ class StationCore:
         resume: ResumePoint | None = None,
         disabled_interlocks: frozenset[str] = frozenset(),
         charge_period_s: float = 1.0,
+        last_seq: int | None = None,
     ) -> None:
         self.cfg = cfg
         self.charge_period_s = charge_period_s  # PackControl refresh period of the protocol
@@ -95,6 +96,9 @@ class StationCore:
         self.step_started_at = 0.0
         self.swap_number = next_swap_number
         self.seq: int | None = None
+        # The journal's last command number: it may be ahead of the PLC's ack (journaled,
+        # then killed before the write), and a number must never name two commands.
+        self._journaled_seq = last_seq
         self.outputs: dict[str, Any] = {
             "cmd_code": NO_COMMAND, "cmd_param1": 0, "cmd_param2": 0, "cmd_seq": 0,
             "stop_request": StopRequest.CAT1 if initial_state == State.ABORTED
@@ -496,10 +500,12 @@ class StationCore:
             self._emit(Inhibit(t=now, reason=reason, vehicle_token=self._vehicle_token))
 
     def _next_seq(self, image: ProcessImage | None) -> int:
+        ack = int(image.plc.get("cmd_ack_seq", 0) or 0) if image is not None else 0
         if self.seq is None:
-            ack = int(image.plc.get("cmd_ack_seq", 0) or 0) if image is not None else 0
-            self.seq = ack
+            self.seq = self._journaled_seq if self._journaled_seq is not None else ack
         self.seq = self.seq % 0xFFFF + 1  # 1..65535, never 0
+        if self.seq == ack:  # the PLC would take it as a command it has already run
+            self.seq = self.seq % 0xFFFF + 1
         return self.seq
 
     def _begin_step(self, index: int, now: float) -> None:

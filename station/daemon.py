@@ -109,6 +109,7 @@ class Daemon:
             cfg, next_swap_number=self.journal.next_swap_number(), initial_state=state,
             reason=reason, resume=resume,
             charge_period_s=self.adapter.control_period_s(),
+            last_seq=self.journal.last_command_seq(),
         )
         self.commands = CommandEntry(self.core, self.journal, self.apply, clock)
         self.link: PlcLink = link or create_link(cfg.plc, clock=clock)

@@ -174,6 +174,13 @@ class Journal:
         row = self.db.execute("SELECT COUNT(*) AS n FROM swaps").fetchone()
         return int(row["n"]) + 1
 
+    def last_command_seq(self) -> int | None:
+        """The sequence number of the last PLC command journaled (journaled before it is
+        written, so the PLC may never have seen it)."""
+        row = self.db.execute(
+            "SELECT seq FROM steps WHERE seq IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
+        return None if row is None else int(row["seq"])
+
     def unfinished_swap(self) -> sqlite3.Row | None:
         return self.db.execute(
             "SELECT * FROM swaps WHERE outcome IS NULL ORDER BY started_wall DESC LIMIT 1"

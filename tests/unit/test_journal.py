@@ -35,3 +35,41 @@ def test_unfinished_swap_is_found_after_a_crash(tmp_path: Path) -> None:
     j2 = Journal(tmp_path / "j.sqlite")
     row = j2.unfinished_swap()
     assert row is not None and row["last_step"] == "unlock"
+
+
+def test_a_restart_never_reuses_a_journaled_sequence_number(tmp_path: Path) -> None:
+    """Killed after journaling a command but before the PLC got it: the PLC's ack is one
+    behind the journal. The restarted core must number its next command past both, or the
+    journal holds two different commands under one sequence number (seen in the kill test)."""
+    from station.core import StationCore
+    from station.daemon import resume_point
+    from station.packml import Cmd, State
+    from tests.unit.core_harness import Run
+
+    run = make_run()
+    run.until(lambda: run.core.step is not None and run.core.step.name == "unlock")
+    j = Journal(tmp_path / "j.sqlite")
+    j.record(run.events)
+    sent = run.core.seq
+    assert sent is not None
+    run.plc.image.plc["cmd_ack_seq"] = sent - 1  # the write never reached the PLC
+    run.plc.image.plc["cmd_status"] = "done"
+    run.plc.last_seq = sent - 1
+    j.close()
+
+    j2 = Journal(tmp_path / "j.sqlite")
+    swap = j2.unfinished_swap()
+    assert swap is not None
+    assert j2.last_command_seq() == sent
+    core = StationCore(run.core.cfg, next_swap_number=j2.next_swap_number(),
+                       resume=resume_point(swap, j2.steps(swap["swap_id"])),
+                       last_seq=j2.last_command_seq())
+    again = Run(core, run.plc, now=run.now)
+    again.step(n=2)
+    assert core.state == State.HELD
+    again.cmd(Cmd.UNHOLD)
+    again.step(n=3)
+    j2.record(again.events)
+    seqs = [r["seq"] for r in j2.steps(swap["swap_id"]) if r["seq"] is not None]
+    assert len(seqs) == len(set(seqs)), seqs
+    assert core.seq not in (sent, sent - 1)
