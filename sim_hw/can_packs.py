@@ -100,6 +100,8 @@ def _floor(v: float, step: float) -> float:
 
 def open_bus(cfg: CanConfig) -> can.BusABC:
     kwargs: dict[str, Any] = {"interface": cfg.interface, "channel": cfg.channel}
+    if cfg.interface == "udp_multicast" and cfg.udp_port is not None:
+        kwargs["port"] = cfg.udp_port
     if cfg.bitrate is not None:
         kwargs["bitrate"] = cfg.bitrate
     return can.Bus(**kwargs)

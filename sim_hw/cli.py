@@ -89,9 +89,11 @@ async def _run(config: SimConfig) -> None:
         sim.add_listener(_log_event)
         c = config
         log.info(
-            "swap-sim up: Modbus %s:%d, CAN %s/%s, speed %g, %d slots, vehicles %s, "
+            "swap-sim up: Modbus %s:%d, CAN %s/%s%s, speed %g, %d slots, vehicles %s, "
             "control %s",
-            c.modbus.host, sim.modbus_port, c.can.interface, c.can.channel, c.speed,
+            c.modbus.host, sim.modbus_port, c.can.interface, c.can.channel,
+            f" port {c.can.udp_port}" if c.can.interface == "udp_multicast" and c.can.udp_port
+            else "", c.speed,
             c.station.slots, c.vehicles or "unlimited", c.control_socket or "off",
         )
         await stop.wait()

@@ -41,6 +41,9 @@ class CanConfig(_Strict):
     interface: Literal["virtual", "udp_multicast", "socketcan"] = "virtual"
     channel: str = "swapstation"
     bitrate: int | None = Field(default=None, gt=0)
+    # udp_multicast only (like swapd's `[can] udp_port`): the UDP port, python-can's 43113
+    # when None. Two runs on one host are kept apart by the port, not by the group.
+    udp_port: int | None = Field(default=None, ge=1, le=65535)
 
 
 class StationConfig(_Strict):

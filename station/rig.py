@@ -47,6 +47,7 @@ from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel
 
+from drivers.bms.canbus import UdpPortLease
 from sim_hw.config import CanConfig, ModbusConfig, SimConfig
 from sim_hw.station_sim import SimStation
 from station.config import (
@@ -328,6 +329,9 @@ class _Harness:
         self._config_overrides = config
         self.channel = (multicast_group() if self.can_interface == "udp_multicast"
                         else f"{name}-{uuid.uuid4().hex[:10]}")
+        # udp_multicast: a port of this run's own (the group does not keep runs apart)
+        self._can_lease = UdpPortLease() if self.can_interface == "udp_multicast" else None
+        self.can_port = self._can_lease.port if self._can_lease is not None else None
         self.sim_config = self.build_sim_config()
         poll = poll_period_s if poll_period_s is not None else \
             ModbusSection.model_fields["poll_period_s"].default
@@ -350,7 +354,8 @@ class _Harness:
     # configuration
     def build_sim_config(self) -> SimConfig:
         base = SimConfig(speed=self.speed, vehicles=self.vehicles, modbus=ModbusConfig(port=0),
-                         can=CanConfig(interface=self.can_interface, channel=self.channel))
+                         can=CanConfig(interface=self.can_interface, channel=self.channel,
+                                       udp_port=self.can_port))
         o = self._sim_overrides
         cfg = o(base) if callable(o) else merge_model(base, o) if o else base
         cfg = _revalidate(cfg)
@@ -366,7 +371,8 @@ class _Harness:
             modbus = modbus.model_copy(update={"poll_period_s": self.poll_period_s})
         cfg = StationConfig(
             plc=PlcSection(modbus=modbus),
-            can=CanSection(interface=self.can_interface, channel=self.channel),
+            can=CanSection(interface=self.can_interface, channel=self.channel,
+                           udp_port=self.can_port),
             sequence=SequenceSection(speed_factor=self.speed),
             journal=JournalSection(path=self.journal_path),
             **self._base_sections(),
@@ -420,6 +426,8 @@ class _Harness:
             await self._sim.stop()
 
     def _cleanup(self) -> None:
+        if self._can_lease is not None:
+            self._can_lease.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -47,7 +49,34 @@ STAT_KEYS = (
     "sent",
     "send_errors",
     "bus_errors",
+    "malformed_datagrams",
 )
+
+
+class MalformedDatagram(can.CanOperationError):
+    """One received datagram was not a CAN frame (udp_multicast): it is consumed, the bus
+    is fine, the next datagram may be read."""
+
+
+def _tolerant_udp_multicast() -> type[can.BusABC]:
+    """python-can's udp_multicast bus, with a datagram that does not unpack to a valid
+    frame (not msgpack, unknown fields, an identifier wider than 29 bits, ...) raised as
+    MalformedDatagram instead of the CanOperationError that also means a broken socket."""
+    from can.interfaces.udp_multicast import UdpMulticastBus
+
+    class TolerantUdpMulticastBus(UdpMulticastBus):
+        def _recv_internal(self, timeout: float | None) -> tuple[can.Message | None, bool]:
+            try:
+                return super()._recv_internal(timeout)
+            except can.CanOperationError as exc:
+                cause = exc.__cause__
+                # The socket's own failures come as OSError (raw or as the cause); a cause
+                # of any other type is the unpacking of one datagram that was read.
+                if cause is None or isinstance(cause, OSError):
+                    raise
+                raise MalformedDatagram(f"{type(cause).__name__}: {cause}") from cause
+
+    return TolerantUdpMulticastBus
 
 
 def open_can_bus(
@@ -61,6 +90,9 @@ def open_can_bus(
     - udp_multicast: a bus over IP multicast between processes (needs python-can[multicast]).
       Channel "" means the IPv4 group (the IPv6 default rarely works in containers). It
       echoes a sender's own frames back to it; PackBus drops them by source address.
+      `port` (python-can's default 43113) is what keeps two buses on one host apart: the
+      port is bound on all addresses, so a bus hears every group's datagrams to its port.
+      A datagram that is not a frame raises MalformedDatagram from recv() (see PackBus).
     - anything else (pcan, kvaser, slcan, ...): passed to python-can with `bitrate`.
     """
     if interface == "socketcan":
@@ -80,14 +112,47 @@ def open_can_bus(
     if interface == "udp_multicast":
         from can.interfaces.udp_multicast import UdpMulticastBus
 
-        return can.Bus(
-            interface="udp_multicast",
-            channel=channel or UdpMulticastBus.DEFAULT_GROUP_IPv4,
-            **kwargs,
-        )
+        bus_class = _tolerant_udp_multicast()
+        return bus_class(channel=channel or UdpMulticastBus.DEFAULT_GROUP_IPv4, **kwargs)
     if bitrate is not None:
         kwargs["bitrate"] = bitrate
     return can.Bus(interface=interface, channel=channel, **kwargs)
+
+
+class UdpPortLease:
+    """A UDP port for a udp_multicast bus that no other lease on this host holds.
+
+    python-can's udp_multicast binds its port on all addresses, so on one host the group
+    does not keep two buses apart: the port does. A lease binds a socket on loopback to
+    a port the kernel chooses among those no socket holds, then allows sharing it, so
+    that python-can's buses (which bind with SO_REUSEADDR) can join it while no other
+    lease can be given it. Bound to loopback, it receives none of the bus's datagrams.
+    Close it when the run ends (a lease never closed is closed when collected, quietly:
+    a rig built and never started holds one)."""
+
+    def __init__(self) -> None:
+        self._fd = -1
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.1", 0))  # without SO_REUSEADDR: a port nobody holds
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if hasattr(socket, "SO_REUSEPORT"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            self.port: int = sock.getsockname()[1]
+            self._fd = sock.detach()
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            os.close(fd)
+
+    def __del__(self) -> None:
+        self.close()
+
+    def __enter__(self) -> UdpPortLease:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class PackBus:
@@ -97,6 +162,8 @@ class PackBus:
     was taken off the bus. on_reject(kind, arbitration_id, data) is told of every frame
     dropped as unknown_id, bad_length, bad_data, not_extended or remote. Frames from
     own_address (echoes) and PDU1 frames addressed to another node are dropped silently.
+    A udp_multicast datagram that is not a CAN frame is dropped and counted
+    (`stats["malformed_datagrams"]`, a rate-limited warning); the bus stays open.
     An exception raised by a callback ends run().
     """
 
@@ -248,6 +315,9 @@ class PackBus:
         for _ in range(DRAIN_LIMIT):
             try:
                 msg = bus.recv(0)
+            except MalformedDatagram as exc:
+                self._malformed(exc)
+                continue
             except (can.CanError, OSError) as exc:
                 self._reader_failed(exc)
                 return
@@ -263,7 +333,11 @@ class PackBus:
         """Thread reader for buses without a file descriptor (virtual)."""
         try:
             while not stop.is_set():
-                msg = bus.recv(THREAD_RECV_TIMEOUT)
+                try:
+                    msg = bus.recv(THREAD_RECV_TIMEOUT)
+                except MalformedDatagram as exc:
+                    loop.call_soon_threadsafe(self._malformed, exc)
+                    continue
                 if msg is not None:
                     loop.call_soon_threadsafe(self._deliver, msg, self._clock())
         except (can.CanError, OSError) as exc:
@@ -272,6 +346,13 @@ class PackBus:
                     loop.call_soon_threadsafe(self._reader_failed, exc)
         except RuntimeError:
             pass  # the loop closed under us: nobody left to deliver to
+
+    def _malformed(self, exc: MalformedDatagram) -> None:
+        """A datagram that is not a CAN frame: dropped and counted, the bus stays open (a
+        reopen would lose the packs' frames meanwhile, and anyone may send one)."""
+        self.stats["malformed_datagrams"] += 1
+        self._limited.warning("can.malformed_datagram", error=str(exc),
+                              malformed_datagrams=self.stats["malformed_datagrams"])
 
     def _reader_failed(self, exc: Exception) -> None:
         self._reader_error = exc

@@ -6,11 +6,12 @@ events and log) in test-artifacts/<test name>/ under the rootdir, or $SWAP_ARTIF
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Generator
+from collections.abc import AsyncIterator, Generator, Iterator
 from pathlib import Path
 
 import pytest
 
+from drivers.bms.canbus import UdpPortLease
 from station.rig import (
     Rig,
     artifact_dir_name,
@@ -30,6 +31,14 @@ async def station(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterat
     async with Rig(speed=params.get("speed", 50.0), vehicles=params.get("vehicles", 3),
                    workdir=tmp_path, name="test") as rig:
         yield rig
+
+
+@pytest.fixture
+def can_port() -> Iterator[int]:
+    """A udp_multicast port of this test's own: no other test run on the host (another
+    worker, another checkout) is given it while the test runs, whatever the group."""
+    with UdpPortLease() as lease:
+        yield lease.port
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -191,8 +191,8 @@ async def test_cancel_run_shuts_bus_down(channel: str) -> None:
     assert not pack_bus.is_open
 
 
-async def test_udp_multicast_drops_own_echo() -> None:
-    mcast_port = random.randint(40000, 60000)  # a group of its own, away from other runs
+async def test_udp_multicast_drops_own_echo(can_port: int) -> None:
+    mcast_port = can_port  # a port of its own: the group does not keep runs apart
     try:
         peer = open_can_bus("udp_multicast", "", port=mcast_port)
     except OSError as exc:  # no multicast route in this sandbox
