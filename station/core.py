@@ -31,6 +31,8 @@ from station.events import (
     SwapEnded,
     SwapStarted,
 )
+from station.home import PREFIX as HOME_PREFIX
+from station.home import away_from_home
 from station.image import (
     BAY,
     NO_COMMAND,
@@ -51,6 +53,8 @@ SENSOR_GRACE_S = 0.5  # PLC said done; the sensors must agree within this
 STOP_CONFIRM_S = 1.0  # Aborting/Stopping/Holding wait this long at most for the PLC to go idle
 STALL_FLOOR_S = 5.0  # never judge a stalled charge faster than a few PackControl periods
 IDENTIFY_KINDS = (PackData.IDENTITY, PackData.HEALTH, PackData.LIMITS)
+# At rest, where a reset or a start would come from: the machine must be home to leave them
+HOME_CHECKED = frozenset({State.IDLE, State.STOPPED, State.ABORTED, State.COMPLETE})
 
 
 @dataclass
@@ -175,6 +179,11 @@ class StationCore:
             if blocking:
                 raise CommandRefused(f"{cmd.value} refused: interlocks active: "
                                      + ", ".join(blocking))
+            # Nothing may be made ready or started from where an abort left the machine
+            # (station/home.py); CLEAR only acknowledges the abort, UNHOLD continues a swap.
+            away = away_from_home(self._image.plc, self.cfg.sequence)
+            if away is not None and cmd in (Cmd.RESET, Cmd.START):
+                raise CommandRefused(f"{cmd.value} refused: {away}")
         if cmd == Cmd.START:
             if self._candidate is None:
                 raise CommandRefused("start refused: " + (
@@ -222,13 +231,17 @@ class StationCore:
                 return None
         inhibited = bool(tripped)
         st = self.state
+        away = self._home_inhibit(image, now) if st in HOME_CHECKED else None
         if st == State.RESETTING and not inhibited and self._plc_quiet(image):
             self.outputs["stop_request"] = StopRequest.NONE
             self._outputs_dirty = True
             self._transition(Cmd.SC, now, None)
             self.reason = None
         elif st == State.IDLE:
-            self._idle(image, now, inhibited)
+            if away is None:
+                self._idle(image, now, inhibited)
+            else:  # no swap starts from where the machine stands: the inhibit says why
+                self._candidate = None
         elif st == State.STARTING:
             self._transition(Cmd.SC, now, None)
             self._begin_step(0, now)
@@ -237,7 +250,8 @@ class StationCore:
         elif st == State.COMPLETING:
             self._transition(Cmd.SC, now, None)
         elif st == State.COMPLETE and self.cfg.operation.auto_reset_after_complete:
-            self._transition(Cmd.RESET, now, "automatic reset after a completed swap")
+            if away is None:
+                self._transition(Cmd.RESET, now, "automatic reset after a completed swap")
         elif st in (State.ABORTING, State.STOPPING, State.HOLDING, State.SUSPENDING):
             if self._plc_quiet(image) or now - self._acting_since > STOP_CONFIRM_S:
                 self._transition(Cmd.SC, now, self.reason)
@@ -493,6 +507,17 @@ class StationCore:
         self._emit(StepDone(t=now, swap_id=plan.swap_id, step="identify",
                             confirmed_by="sensors"))
         self._transition(Cmd.START, now, f"vehicle {plan.vehicle_token} identified ({origin})")
+
+    def _home_inhibit(self, image: ProcessImage, now: float) -> str | None:
+        """At rest, the machine away from home (station/home.py) holds back every start
+        and reset; why is the start inhibit (status, journaled), cleared once it is home."""
+        away = (away_from_home(image.plc, self.cfg.sequence)
+                if image.plc_read_at is not None else None)
+        if away is not None:
+            self._set_inhibit(away, now)
+        elif self._inhibit is not None and self._inhibit.startswith(HOME_PREFIX):
+            self._set_inhibit(None, now)
+        return away
 
     def _set_inhibit(self, reason: str | None, now: float) -> None:
         if reason != self._inhibit:

@@ -134,6 +134,24 @@ class ScriptedPlc:
         if how != "no_sensor":
             self._move(name, outputs["cmd_param1"], now)
 
+    def manual_home(self) -> None:
+        """A technician's homing with the hand pendant, outside the controller: a pack left
+        on the shuttle goes back into the car's empty bay (else into the first free slot),
+        the bay's pack is bolted, the shuttle goes home and the car is lowered."""
+        p = self.image.plc
+        if p["shuttle_pack_present"]:
+            if p["vehicle_present"] and not p["vehicle_pack_present"]:
+                p["vehicle_pack_present"] = True
+            else:
+                p["rack_slot_occupied"][p["rack_slot_occupied"].index(False)] = True
+            p["shuttle_pack_present"] = False
+        if p["stacker_pack_present"]:
+            p["rack_slot_occupied"][p["rack_slot_occupied"].index(False)] = True
+            p["stacker_pack_present"], p["stacker_slot"] = False, 0
+        if p["vehicle_present"] and p["vehicle_pack_present"]:
+            p["bolts_tight"] = p["bolt_count"]
+        p["shuttle_position"], p["lift_height"] = 0, 0
+
     def wake(self, now: float) -> None:
         """The car wakes its electronics: the installed pack talks at the bay address."""
         rep = self.fetched

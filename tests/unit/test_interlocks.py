@@ -173,6 +173,13 @@ def test_abort_then_clear_and_reset_returns_to_idle() -> None:
     run.step(n=2)
     run.cmd(Cmd.CLEAR)
     run.until(lambda: run.core.state == State.STOPPED)
+    # The abort left the car lifted: no reset from there (station/home.py)
+    with pytest.raises(CommandRefused, match="reset refused: machine away from home: "
+                       "car lifted at 500 mm"):
+        run.cmd(Cmd.RESET)
+    assert run.core.state == State.STOPPED
+    run.plc.manual_home()  # the technician's hand pendant
+    run.step(n=2)
     run.cmd(Cmd.RESET)
     run.until(lambda: run.core.state in (State.IDLE, State.STARTING, State.EXECUTE))
 
