@@ -12,6 +12,14 @@ knows and reports every loss (on_connection) and never sends into a half-made co
 Values cross the link in the contract's vocabulary: the register map (regmap.py) decodes
 the input block to contract values, enumerated signals by value name ("busy"), and encodes
 the outputs from them ("LIFT", "cat1").
+
+Replies are matched to requests by transaction id here, not by pymodbus alone: the TCP
+stream is cut into frames by their MBAP length, whatever pymodbus does to its receive
+buffer, and a frame that answers no outstanding request (a duplicated reply, a late one)
+is dropped and counted. Left to pymodbus 3.16, a duplicate coming in the same segment as
+a reply overflowed its buffer and lost both, and a duplicate cut across two segments left
+a half frame that its next request's buffer reset turned into garbage: the link fell out
+of step with its requests until the inputs went stale.
 """
 
 from __future__ import annotations
@@ -19,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any, Self
 
 import structlog
@@ -27,10 +36,12 @@ from pydantic import BaseModel
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 from pymodbus.exceptions import ModbusException
-from pymodbus.pdu import ModbusPDU
+from pymodbus.framer import FramerSocket
+from pymodbus.pdu import DecodePDU, ModbusPDU
+from pymodbus.transaction import TransactionManager
 
 from drivers.plc.contract import PlcContract
-from drivers.plc.link import Clock, PlcLink
+from drivers.plc.link import Clock, LinkStats, PlcLink
 from drivers.plc.regmap import RegisterMap, load_register_map
 from drivers.ratelimit import RateLimitedWarnings
 from station.config import ModbusSection, PlcSection
@@ -40,6 +51,85 @@ LOG_INTERVAL = 1.0  # at most one log line per error kind per second: a dead PLC
 # Reconnection back-off: first retry after BACKOFF_MIN_S, doubling up to BACKOFF_MAX_S.
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
+MBAP_HEADER = 7  # transaction id (2), protocol id (2, always 0), length (2), unit id (1)
+MBAP_MAX_LENGTH = 254  # unit id + the longest PDU (253)
+
+
+@dataclass
+class ModbusLinkStats(LinkStats):
+    mismatched_replies: int = 0  # frames answering no outstanding request: dropped
+    resyncs: int = 0  # a stream that was no longer Modbus TCP: the connection was reset
+
+
+StrayReply = Callable[[str, int, int], None]  # (why, the frame's tid, the expected tid)
+LostStep = Callable[[str], None]  # (what the stream held instead of an MBAP header)
+
+
+class _MatchingTransactionManager(TransactionManager):
+    """pymodbus's transaction manager with its own framing of the TCP stream.
+
+    The stream is kept across requests (pymodbus empties its buffer on every send, which
+    cuts a frame that arrives in two segments around a request) and cut into frames by
+    the MBAP length. A frame goes to pymodbus only if it answers the outstanding request
+    (its transaction id, and a reply still awaited); any other is dropped and reported to
+    `stray`. A header that cannot be Modbus TCP means the frames' boundaries are lost:
+    `lost_step` is told and the connection is reset, as pymodbus does for a silent server
+    (the link reconnects; a new connection starts a new stream)."""
+
+    stray: StrayReply | None = None
+    lost_step: LostStep | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._stream = b""
+
+    def callback_connected(self) -> None:
+        self._stream = b""
+        super().callback_connected()
+
+    def datagram_received(self, data: bytes, addr: tuple[Any, ...] | None) -> None:
+        self._stream += data
+        while len(self._stream) >= MBAP_HEADER:
+            head = self._stream
+            length = int.from_bytes(head[4:6], "big")
+            if head[2:4] != b"\x00\x00" or not 2 <= length <= MBAP_MAX_LENGTH:
+                self._stream = b""
+                if self.lost_step is not None:
+                    self.lost_step(f"not an MBAP header: {head[:MBAP_HEADER].hex(' ')}")
+                self.connection_lost(ConnectionError("Modbus TCP stream out of step"))
+                return
+            size = 6 + length
+            if len(head) < size:
+                return  # the rest of the frame is still on its way
+            frame, self._stream = head[:size], head[size:]
+            tid = int.from_bytes(frame[0:2], "big")
+            expected = self.request_transaction_id
+            if self.response_future.done():
+                self._stray("duplicate" if tid == expected else "unrequested", tid, expected)
+            elif tid != expected and tid != 0:  # 0: a server that never echoes the id
+                self._stray("other_transaction", tid, expected)
+            else:
+                self.recv_buffer = b""
+                self.callback_data(frame, addr)
+
+    def _stray(self, why: str, tid: int, expected: int) -> None:
+        if self.stray is not None:
+            self.stray(why, tid, expected)
+
+
+class _MatchingTcpClient(AsyncModbusTcpClient):
+    """AsyncModbusTcpClient whose replies are matched by _MatchingTransactionManager."""
+
+    def __init__(self, host: str, *, stray: StrayReply, lost_step: LostStep,
+                 **kwargs: Any) -> None:
+        super().__init__(host, **kwargs)
+        old = self.ctx
+        ctx = _MatchingTransactionManager(
+            self.comm_params, FramerSocket(DecodePDU(False)), old.retries, False,
+            kwargs.get("trace_packet"), kwargs.get("trace_pdu"), kwargs.get("trace_connect"),
+        )
+        ctx.stray, ctx.lost_step = stray, lost_step
+        self.ctx = ctx
 
 
 class ModbusPlcLink(PlcLink):
@@ -47,7 +137,10 @@ class ModbusPlcLink(PlcLink):
 
     Stats: `polls` / `writes` count good reads / acknowledged writes, `poll_errors` /
     `write_errors` failed ones (exception replies, timeouts, lost connection), `exceptions`
-    Modbus exception replies by code name, `reconnects` connection attempts after a failure.
+    Modbus exception replies by code name, `reconnects` connection attempts after a failure,
+    `mismatched_replies` replies to no outstanding request (duplicated, late: dropped, the
+    request's own reply still taken), `resyncs` connections reset because the stream no
+    longer held Modbus TCP frames.
 
     An exception raised by on_inputs or on_connection ends run(): a broken core must not
     keep the heartbeat alive.
@@ -68,6 +161,7 @@ class ModbusPlcLink(PlcLink):
         logger: Any = None,
     ) -> None:
         super().__init__()
+        self.stats: ModbusLinkStats = ModbusLinkStats()
         hb = rmap.signals.get(HEARTBEAT)
         if hb is None or hb.direction != "out" or hb.enum is not None or hb.type == "bool":
             raise ValueError(f"the contract has no numeric output signal {HEARTBEAT}")
@@ -182,7 +276,7 @@ class ModbusPlcLink(PlcLink):
         if self._client is None:
             # reconnect_delay=0 turns pymodbus's own reconnect off; retries=0 so a missed
             # reply is reported now and the next poll is a fresh request.
-            self._client = AsyncModbusTcpClient(
+            self._client = _MatchingTcpClient(
                 self.host,
                 port=self.port,
                 timeout=self.timeout,
@@ -190,6 +284,8 @@ class ModbusPlcLink(PlcLink):
                 reconnect_delay=0,
                 name="plc",
                 trace_connect=self._on_trace_connect,
+                stray=self._on_stray_reply,
+                lost_step=self._on_lost_step,
             )
         self._lost.clear()
         error = "connect: refused or timed out"
@@ -212,6 +308,16 @@ class ModbusPlcLink(PlcLink):
             self.stats.last_error = "connection lost"
             self._lost.set()
             self._wake.set()
+
+    def _on_stray_reply(self, why: str, tid: int, expected: int) -> None:
+        self.stats.mismatched_replies += 1
+        self._limited.warning("plc.reply_mismatch", why=why, transaction_id=tid,
+                              expected=expected, mismatched=self.stats.mismatched_replies)
+
+    def _on_lost_step(self, what: str) -> None:
+        self.stats.resyncs += 1
+        self.stats.last_error = f"stream out of step: {what}"
+        self._limited.warning("plc.resync", error=what, resyncs=self.stats.resyncs)
 
     def _drop(self) -> None:
         if self._client is not None:

@@ -1,0 +1,287 @@
+"""Issue 7, items 1-5: no CAN frame is believed on its own. Each test reproduces one way the
+adversarial test got a wrong pack into a car, over-charged a pack or locked the rack up,
+on the scripted PLC (pure logic); tests/integration/test_pack_bus_attacks.py does the same
+over real CAN frames."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from station.config import StationConfig
+from station.core import CommandRefused, StationCore
+from station.image import BAY, Location, PackFault, PackIdentity, PackRatings
+from station.journal import Journal
+from station.pack_commands import PackCommandKind
+from station.pack_trust import AlarmGate, PackTrust
+from station.packml import Cmd, State
+from station.plan import PackInfo
+from station.sequence import installed_pack_mismatch
+from tests.unit.core_harness import Run, ScriptedPlc, make_run, pack
+
+SPOOF = PackIdentity(9999, 25, "lfp", 100.0)
+ENABLE, DISABLE = PackCommandKind.CHARGE_ENABLE, PackCommandKind.CHARGE_DISABLE
+
+
+def idle_run(**plc_kw: object) -> Run:
+    """Reset to Idle with no car on the platform."""
+    return make_run(prepare=lambda plc: plc.image.plc.update(vehicle_present=False,
+                                                             vehicle_token=0), **plc_kw)
+
+
+def car_arrives(run: Run, token: int = 8) -> None:
+    run.plc.image.plc.update(vehicle_present=True, vehicle_token=token)
+
+
+# ---- item 1: a second identity at the bay ---------------------------------------------------
+def test_two_identities_at_the_bay_raise_an_alarm_and_no_swap_starts() -> None:
+    run = idle_run()
+    run.plc.image.packs[BAY].identities_latched = frozenset({SPOOF})  # heard with the real one
+    car_arrives(run)
+    run.step(n=20)
+    assert run.core.state == State.IDLE and not run.kinds("swap_started")
+    (alarm,) = [a for a in run.kinds("alarm") if a["alarm"] == "identity_conflict"]
+    assert alarm["location"] == "vehicle bay"
+    assert "pack 9999" in alarm["reason"] and "pack 2001" in alarm["reason"]
+    assert "not trusted" in (run.core.status()["start_inhibited"] or "")
+    with pytest.raises(CommandRefused):
+        run.cmd(Cmd.START)
+    # the car leaves: its binding, and the conflict with it, go; the next car is judged anew
+    run.plc.image.packs[BAY].identities_latched = frozenset()
+    run.plc.image.plc.update(vehicle_present=False, vehicle_token=0)
+    run.step(n=2)
+    car_arrives(run, token=9)
+    run.until(lambda: bool(run.kinds("swap_started")))
+
+
+def test_a_second_identity_at_the_bay_during_a_swap_aborts_it() -> None:
+    run = make_run()
+    run.until(lambda: run.core.step is not None and run.core.step.name == "lift")
+    run.plc.image.packs[BAY].identities_latched = frozenset({SPOOF})
+    run.step(n=2)
+    assert run.core.state in (State.ABORTING, State.ABORTED)
+    assert "pack not trusted" in (run.core.reason or "") and "9999" in (run.core.reason or "")
+    (ended,) = run.kinds("swap_ended")
+    assert ended["outcome"] == "aborted"
+
+
+# ---- item 2: an identity at a rack address changes the charge limits ------------------------
+def test_another_chemistry_at_a_bound_rack_slot_locks_it_out_and_stops_charging() -> None:
+    run = idle_run()
+    rep = run.plc.image.packs[Location.rack(1)]  # NMC, 108 cells: at most 453.6 V
+    rep.soc_pct = 40.0
+    run.step(n=40)
+    assert run.core.charging[Location.rack(1)].command == ENABLE
+    # the same serial claims sodium-ion: a higher voltage would follow from its profile
+    rep.chemistry = "sodium_ion"
+    rep.identities_latched = frozenset({rep.identity})  # type: ignore[arg-type]
+    sent = []
+    for _ in range(60):
+        run.now += 0.05
+        d = run.core.update(run.plc.image, run.now)
+        run._take(d)
+        sent += [c for c in d.pack_commands if c.location == Location.rack(1)]
+    assert sent and all(c.command != ENABLE for c in sent), sent
+    assert sent[0].command == DISABLE  # told at once, not left to its control timeout
+    (locked,) = run.kinds("slot_locked")
+    assert locked["slot"] == 1 and locked["cause"] == "identity_conflict"
+    assert locked["serial"] == 1001 and "sodium_ion" in locked["reason"]
+    assert 1 in run.core.status()["locked_out_slots"]
+    assert "rack slot 1" in run.core.status()["untrusted_packs"]
+
+
+def test_other_ratings_at_a_bound_slot_are_a_conflict() -> None:
+    run = idle_run()
+    rep = run.plc.image.packs[Location.rack(2)]
+    rep.max_cell_charge_v = 3.65
+    run.step(n=5)
+    rep.ratings_latched = frozenset({PackRatings(200, 900.0, 4.5)})
+    run.step(n=2)
+    (locked,) = run.kinds("slot_locked")
+    assert locked["slot"] == 2 and locked["cause"] == "ratings_conflict"
+
+
+def test_charge_limits_come_from_the_bound_identity_only() -> None:
+    """The grant never exceeds the profile of the chemistry the slot was bound to."""
+    run = idle_run()
+    run.plc.image.packs[Location.rack(1)].soc_pct = 40.0
+    run.step(n=40)
+    g = run.core.charging[Location.rack(1)]
+    assert g.command == ENABLE and g.voltage_limit_v <= 108 * 4.2 + 1e-6
+
+
+# ---- item 3: fault flags from anywhere, for ever --------------------------------------------
+def test_fault_flags_from_an_empty_slot_or_a_missing_one_isolate_nothing() -> None:
+    run = idle_run()
+    ghost = pack(Location.rack(4), 4004, faults=frozenset({PackFault.THERMAL_ALARM}))
+    beyond = pack(Location.rack(17), 4017, faults=frozenset({PackFault.THERMAL_ALARM}))
+    run.plc.image.packs[Location.rack(4)] = ghost  # slot 4 exists, empty
+    run.plc.image.packs[Location.rack(17)] = beyond  # 4 slots on this station
+    run.step(n=20)
+    assert not run.kinds("alarm") and not run.kinds("slot_locked")
+    assert run.core.locked_out_slots == {}
+    # and a car can still be served: slot 4 is free to store its pack
+    car_arrives(run)
+    run.until(lambda: bool(run.kinds("swap_started")))
+
+
+def test_a_fault_at_a_real_pack_isolates_it_once_and_alarms_once() -> None:
+    run = idle_run()
+    rep = run.plc.image.packs[Location.rack(2)]
+    rep.faults = frozenset({PackFault.THERMAL_ALARM})
+    isolations = []
+    for _ in range(100):
+        run.now += 0.05
+        d = run.core.update(run.plc.image, run.now)
+        run._take(d)
+        isolations += d.isolations
+    assert [c.location for c in isolations] == [Location.rack(2)]
+    assert len([a for a in run.kinds("alarm") if a["slot"] == 2]) == 1
+    assert len(run.kinds("slot_locked")) == 1
+
+
+def test_an_alarm_storm_is_bounded() -> None:
+    gate = AlarmGate(burst=5, window_s=60.0)
+    admitted = [gate.admit((Location.rack(1 + i % 23), f"k{i}", i), float(i) * 0.01)
+                for i in range(1000)]
+    assert sum(admitted) == 5 and gate.suppressed == 995
+    assert gate.flooded(10.0) and not gate.flooded(10.5)  # said once per window
+    assert gate.admit((BAY, "x", 1), 70.0)  # a new window
+
+
+def test_a_release_by_an_operator_clears_the_isolation_and_is_refused_while_the_cause_stays(
+) -> None:
+    run = idle_run()
+    rep = run.plc.image.packs[Location.rack(2)]
+    rep.faults = frozenset({PackFault.OVER_TEMP})
+    run.step(n=3)
+    assert 2 in run.core.locked_out_slots
+    with pytest.raises(CommandRefused, match="still shows"):
+        run.core.release_slot(2, "checked it", "local: test", run.now)
+    with pytest.raises(CommandRefused, match="say why"):
+        run.core.release_slot(2, "  ", "local: test", run.now)
+    with pytest.raises(CommandRefused, match="not locked out"):
+        run.core.release_slot(3, "nothing to release", "local: test", run.now)
+    rep.faults = frozenset()
+    run.step()
+    d = run.core.release_slot(2, "sensor replaced", "local: test", run.now)
+    assert [c.command for c in d.pack_commands] == [PackCommandKind.CLEAR_ISOLATION]
+    (released,) = [e.data for e in d.events if e.kind == "slot_released"]
+    assert released["slot"] == 2 and released["reason"] == "sensor replaced"
+    assert run.core.locked_out_slots == {}
+
+
+def test_lockouts_survive_a_restart_until_released(tmp_path: Path) -> None:
+    run = idle_run()
+    run.plc.image.packs[Location.rack(2)].faults = frozenset({PackFault.INSULATION})
+    run.step(n=3)
+    j = Journal(tmp_path / "j.sqlite")
+    j.record(run.events)
+    assert set(j.active_lockouts()) == {2}
+    j.close()
+    j = Journal(tmp_path / "j.sqlite")
+    locked = {s: r["reason"] for s, r in j.active_lockouts().items()}
+    core = StationCore(StationConfig(), locked_out=locked)
+    assert set(core.locked_out_slots) == {2}
+    again = Run(core, run.plc, now=run.now)
+    run.plc.image.packs[Location.rack(2)].faults = frozenset()
+    again.step()
+    d = core.release_slot(2, "pack replaced", "local: test", again.now)
+    j.record(d.events)
+    assert j.active_lockouts() == {}
+    row = j.db.execute("SELECT * FROM lockouts").fetchone()
+    assert row["release_reason"] == "pack replaced" and row["released_by"] == "local: test"
+
+
+# ---- item 4: a spoofed SOC ------------------------------------------------------------------
+def test_a_soc_rising_without_the_charge_granted_is_implausible() -> None:
+    run = idle_run()
+    rep = run.plc.image.packs[Location.rack(3)]  # 99 %: full, nothing granted
+    rep.soc_pct = 10.4
+    run.step(n=5)  # the reference moves down to what it reports
+    rep.soc_pct = 100.0
+    run.step(n=2)
+    (locked,) = run.kinds("slot_locked")
+    assert locked["slot"] == 3 and locked["cause"] == "soc_implausible"
+    assert "at most" in locked["reason"]
+
+
+def test_a_soc_rising_with_the_charge_granted_is_plausible() -> None:
+    trust = PackTrust(speed_factor=1.0)
+    run = idle_run()
+    img = run.plc.image
+    rep = img.packs[Location.rack(1)]
+    rep.soc_pct, rep.rated_capacity_ah = 40.0, 100.0
+    assert trust.update(img, 0.0) == []
+    assert trust.update(img, 0.0, {}) == []
+    # 100 A for 360 s is 10 Ah: 10 % of 100 Ah
+    for t in range(1, 361):
+        img.plc_read_at = float(t)
+        assert trust.update(img, float(t), {Location.rack(1): 100.0}) == []
+    rep.soc_pct = 52.5  # 40 + 10 + the margin
+    assert trust.update(img, 361.0) == []
+    rep.soc_pct = 54.0
+    (ev,) = trust.update(img, 362.0)
+    assert ev.kind == "soc_implausible" and ev.location == Location.rack(1)
+
+
+def test_a_soc_outside_0_to_100_and_contradicting_cells_are_implausible() -> None:
+    run = idle_run()
+    run.plc.image.packs[Location.rack(1)].soc_pct = 6553.5
+    run.plc.image.packs[Location.rack(2)].min_cell_temp_c = 60.0  # above its highest (26)
+    run.step(n=2)
+    causes = {e["slot"]: e["cause"] for e in run.kinds("slot_locked")}
+    assert causes == {1: "soc_implausible", 2: "readings_implausible"}
+
+
+def test_a_pack_stored_at_a_low_soc_cannot_come_back_full() -> None:
+    """The reproduction of item 4: a pack taken out of a car at 10.4 % is fetched as 100 %."""
+    run = make_run()
+    run.plc.image.packs[BAY].soc_pct = 10.4
+    run.until(lambda: run.core.step is not None and run.core.step.name == "fetch")
+    store = run.core.plan.store_slot  # type: ignore[union-attr]
+    run.until(lambda: bool(run.kinds("swap_ended")))
+    stored = run.plc.image.packs[Location.rack(store)]
+    assert stored.serial == 2001
+    stored.soc_pct = 100.0  # minutes later, with nothing granted to it
+    run.step(n=3)
+    assert store in run.core.locked_out_slots
+    assert next(e for e in run.kinds("slot_locked") if e["slot"] == store)["cause"] == \
+        "soc_implausible"
+
+
+# ---- the post-swap check says which field differs ------------------------------------------
+def test_the_check_names_what_differs_from_the_pack_fetched() -> None:
+    fetched = PackInfo(1002, 20, "lfp", 97.0, 95.0, 2)
+    same = pack(BAY, 1002, 20, "lfp", 96.0)
+    assert installed_pack_mismatch(same, fetched) is None
+    assert installed_pack_mismatch(pack(BAY, 1002, 20, "lfp", 99.0), fetched) is None
+    other = pack(BAY, 1003, 25, "nmc", 10.4)
+    why = installed_pack_mismatch(other, fetched)
+    assert why is not None
+    for part in ("serial 1003 (fetched 1002)", "family 25 (fetched 20)",
+                 "chemistry nmc (fetched lfp)", "SOC 10.4 %"):
+        assert part in why, why
+
+
+# ---- item 5: a new identity does not reset what was heard -----------------------------------
+def test_a_conflicting_identity_keeps_the_bound_serial_for_alarms() -> None:
+    run = idle_run()
+    rep = run.plc.image.packs[Location.rack(2)]
+    run.step(n=2)
+    rep.serial = 4242  # a stranger's frame was the last heard
+    rep.identities_latched = frozenset({rep.identity})  # type: ignore[arg-type]
+    rep.faults = frozenset({PackFault.THERMAL_ALARM})
+    run.step(n=2)
+    assert {e["serial"] for e in run.kinds("slot_locked")} == {1002}
+    assert all(a["serial"] in (1002, None) for a in run.kinds("alarm"))
+
+
+def test_a_whole_swap_raises_no_trust_alarm() -> None:
+    run = make_run()
+    run.until(lambda: bool(run.kinds("swap_ended")))
+    assert run.kinds("swap_ended")[0]["outcome"] == "completed"
+    assert not run.kinds("slot_locked") and not [
+        a for a in run.kinds("alarm") if a["alarm"] != "charge_stalled"]
+    assert isinstance(run.plc, ScriptedPlc)
