@@ -26,6 +26,11 @@ from station.packml import Cmd
 
 REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 COMMAND_WORDS: tuple[str, ...] = tuple(c.value for c in Cmd if c is not Cmd.SC)
+# Commands that are not PackML's: the word, and who may send it.
+PACK_RELEASE = "pack_release"  # args: slot (1..n, or "bay"), reason (text, journaled)
+LOCAL_ONLY = frozenset({PACK_RELEASE})  # a decision for someone at the station, not the cloud
+ALL_COMMANDS: tuple[str, ...] = (*COMMAND_WORDS, PACK_RELEASE)
+MAX_REASON_CHARS = 200
 
 
 class Origin(StrEnum):
@@ -85,7 +90,11 @@ class CommandEntry:
         decision = Decision()
         if refusal is None:
             try:
-                decision = self.core.command(Cmd(req.command), now, req.sender)
+                if req.command == PACK_RELEASE:
+                    slot, why = self._release_args(req.args)
+                    decision = self.core.release_slot(slot, why, origin, now)
+                else:
+                    decision = self.core.command(Cmd(req.command), now, req.sender)
             except CoreRefused as exc:
                 refusal = str(exc)
         state = self.core.state.label
@@ -99,10 +108,29 @@ class CommandEntry:
         return CommandResult(req.request_id, command, refusal is None, refusal, state)
 
     @staticmethod
+    def _release_args(args: Mapping[str, Any]) -> tuple[int, str]:
+        slot = args["slot"]
+        return (0 if slot == "bay" else int(slot)), str(args["reason"])
+
+    @staticmethod
     def _malformed(req: CommandRequest) -> str | None:
-        if req.command not in COMMAND_WORDS:
+        if req.command not in ALL_COMMANDS:
             return f"unknown command {str(req.command)[:32]!r}; expected one of: " + \
-                ", ".join(COMMAND_WORDS)
+                ", ".join(ALL_COMMANDS)
+        if req.command in LOCAL_ONLY and req.origin != Origin.LOCAL:
+            return f"{req.command} is for an operator at the station (swapctl), not " \
+                f"{req.origin.value}"
+        if req.command == PACK_RELEASE:
+            args = dict(req.args)
+            if set(args) != {"slot", "reason"}:
+                return "pack_release takes exactly: slot, reason"
+            slot, why = args["slot"], args["reason"]
+            if not (slot == "bay" or (isinstance(slot, int) and not isinstance(slot, bool)
+                                      and 1 <= slot <= 255)):
+                return "pack_release: slot must be a rack slot number 1-255 or \"bay\""
+            if not isinstance(why, str) or not why.strip() or len(why) > MAX_REASON_CHARS:
+                return f"pack_release: reason must be text of 1-{MAX_REASON_CHARS} characters"
+            return None
         if req.args:
             return f"{req.command} takes no arguments"
         return None

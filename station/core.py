@@ -25,6 +25,8 @@ from station.events import (
     Fault,
     Inhibit,
     PackCommandChanged,
+    SlotLocked,
+    SlotReleased,
     StateChanged,
     StepDone,
     StepStarted,
@@ -39,11 +41,13 @@ from station.image import (
     CmdStatus,
     Location,
     PackData,
+    PackIdentity,
     ProcessImage,
     StopRequest,
 )
 from station.pack_commands import PackCommand, PackCommandKind, PackRequest
 from station.pack_safety import PackEvent, TempRiseTracker, pack_events
+from station.pack_trust import AlarmGate, PackTrust, TrustEvent
 from station.packml import Cmd, PackMLMachine, State, TransitionRefused
 from station.plan import PackInfo, SwapPlan
 from station.selection import Choice, choose_pack
@@ -55,6 +59,10 @@ STALL_FLOOR_S = 5.0  # never judge a stalled charge faster than a few PackContro
 IDENTIFY_KINDS = (PackData.IDENTITY, PackData.HEALTH, PackData.LIMITS)
 # At rest, where a reset or a start would come from: the machine must be home to leave them
 HOME_CHECKED = frozenset({State.IDLE, State.STOPPED, State.ABORTED, State.COMPLETE})
+# A pack may go on charging for a few PackControl periods after its last grant: count the
+# grant that long when judging how far its SOC could rise.
+GRANT_HOLD_PERIODS = 5
+FETCH_INDEX = next(i for i, s in enumerate(SEQUENCE) if s.name == "fetch")
 
 
 @dataclass
@@ -90,6 +98,7 @@ class StationCore:
         disabled_interlocks: frozenset[str] = frozenset(),
         charge_period_s: float = 1.0,
         last_seq: int | None = None,
+        locked_out: dict[int, str] | None = None,
     ) -> None:
         self.cfg = cfg
         self.charge_period_s = charge_period_s  # PackControl refresh period of the protocol
@@ -119,8 +128,14 @@ class StationCore:
         self._hb_changed_at: float | None = None
         self.active_interlocks: list[str] = []
         self.disabled_interlocks = disabled_interlocks  # only the dead-code test sets this
-        self.locked_out_slots: dict[int, str] = {}  # slot -> why (a pack event)
-        self._handled_pack_events: set[tuple[Location, int | None, str]] = set()
+        # slot -> why: a pack event, a conflict or an implausible pack; persisted in the
+        # journal, released only by an operator (release_slot)
+        self.locked_out_slots: dict[int, str] = dict(locked_out or {})
+        self.trust = PackTrust(cfg.sequence.speed_factor)
+        self.alarms = AlarmGate()
+        self._granted: dict[Location, tuple[float, float]] = {}  # loc -> (A, last granted at)
+        self._isolated: set[tuple[Location, int | None]] = set()  # told to isolate
+        self._view: ProcessImage | None = None  # the trusted packs, this scan
         self._pack_commands: list[PackCommand] = []
         self._pack_requests: list[PackRequest] = []
         self._pack_events: tuple[PackEvent, ...] = ()
@@ -162,6 +177,8 @@ class StationCore:
             "reason": self.reason,
             "start_inhibited": self._inhibit,
             "locked_out_slots": dict(self.locked_out_slots),
+            "untrusted_packs": {str(b.location): b.distrust.detail
+                                for b in self.trust.bindings.values() if b.distrust},
             "charging_power_kw": round(sum(g.power_kw for g in self.charging.values()
                                            if g.command == PackCommandKind.CHARGE_ENABLE), 1),
         }
@@ -214,6 +231,7 @@ class StationCore:
         hb = image.plc.get("plc_heartbeat")
         if image.plc_read_at is not None and hb != self._hb_value:
             self._hb_value, self._hb_changed_at = hb, image.plc_read_at
+        self._pack_trust(image, now)
         self._pack_safety(image, now)
         tripped = self._tripped(now)
         self.active_interlocks = [il.id for il, _, _ in tripped]
@@ -292,22 +310,103 @@ class StationCore:
         )
         return interlocks.evaluate(inp, self.disabled_interlocks)
 
+    def _pack_trust(self, image: ProcessImage, now: float) -> None:
+        """Bind locations to identities, cross-check what the pack bus says against the PLC
+        and against what the station did (station/pack_trust.py); act on a distrusted pack."""
+        hold = GRANT_HOLD_PERIODS * self.charge_period_s
+        granted = {loc: a for loc, (a, t) in self._granted.items() if now - t <= hold}
+        bound_before = set(self.trust.bindings)
+        for ev in self.trust.update(image, now, granted):
+            self._distrusted(ev, now)
+        for loc in bound_before - set(self.trust.bindings):  # the pack (or the car) left
+            if loc.is_bay:
+                self.alarms.clear(loc)
+        self._view = self.trust.view(image)
+
+    def _distrusted(self, ev: TrustEvent, now: float) -> None:
+        slot = ev.location.rack_slot
+        action = ("slot locked out until an operator releases it" if slot is not None else
+                  "no swap with this pack until the car leaves or an operator releases it")
+        if self._uses(ev.location):
+            self._abort(f"pack not trusted: {ev.detail}", now, code=ev.kind)
+            action += "; swap aborted"
+        self._alarm(ev.location, ev.serial, ev.kind, ev.detail, action, now)
+        if slot is not None:
+            self._lock_out(slot, ev.serial, ev.kind, ev.detail, now, isolated=False)
+
+    def _uses(self, loc: Location) -> bool:
+        """Does the running swap still depend on the pack at loc? The bay always; the fetch
+        slot until its pack is on the shuttle."""
+        if self.plan is None or self.state in (State.ABORTING, State.ABORTED):
+            return False
+        if loc.is_bay:
+            return True
+        fetch_done = self.step_index is not None and self.step_index > FETCH_INDEX
+        return loc == Location.rack(self.plan.fetch_slot) and not fetch_done
+
+    def _alarm(self, loc: Location, serial: int | None, kind: str, detail: str, action: str,
+               now: float) -> None:
+        """One alarm per location, pack and kind until it clears, and a bounded number in
+        all (AlarmGate); what the gate holds back is counted and reported once a window."""
+        if self.alarms.admit((loc, kind, serial), now):
+            self._emit(Alarm(t=now, location=str(loc), slot=loc.rack_slot, serial=serial,
+                             alarm=kind, reason=detail, action=action))
+        elif self.alarms.flooded(now):
+            self._emit(Alarm(t=now, location="station", slot=None, serial=None,
+                             alarm="alarms_suppressed",
+                             reason=f"more than {self.alarms.burst} alarms in "
+                             f"{self.alarms.window_s:g} s: further ones are counted, not "
+                             "recorded", action="see the pack alarms before it"))
+
+    def _lock_out(self, slot: int, serial: int | None, cause: str, reason: str, now: float,
+                  isolated: bool) -> None:
+        if slot in self.locked_out_slots:
+            return
+        self.locked_out_slots[slot] = reason
+        self._emit(SlotLocked(t=now, slot=slot, serial=serial, cause=cause, reason=reason,
+                              isolated=isolated))
+
     def _pack_safety(self, image: ProcessImage, now: float) -> None:
-        """Isolate, lock out and alarm on every new pack event, whatever the state."""
-        self._pack_events = tuple(pack_events(image, self.cfg, self._temps, now))
+        """Isolate, lock out and alarm on every pack event at a location the PLC shows full,
+        whatever the state: isolation once per pack, one alarm per pack and kind."""
+        self._pack_events = tuple(pack_events(image, self.cfg, self._temps, now,
+                                              identity_of=self.trust.identity))
         for ev in self._pack_events:
-            key = (ev.location, ev.serial, ev.kind)
-            if key in self._handled_pack_events:
-                continue
-            self._handled_pack_events.add(key)
-            self._pack_commands.append(PackCommand(ev.location, PackCommandKind.ISOLATE))
-            slot = ev.location.rack_slot
+            loc, slot = ev.location, ev.location.rack_slot
+            if (loc, ev.serial) not in self._isolated:
+                self._isolated.add((loc, ev.serial))
+                self._pack_commands.append(PackCommand(loc, PackCommandKind.ISOLATE))
+            self._alarm(loc, ev.serial, ev.kind, f"pack {ev.serial} in {loc}: {ev.detail}",
+                        "isolated" + (f", slot {slot} locked out" if slot else ""), now)
             if slot is not None:
-                self.locked_out_slots[slot] = ev.detail
-            self._emit(Alarm(t=now, location=str(ev.location), slot=slot, serial=ev.serial,
-                             alarm=ev.kind, reason=f"pack {ev.serial} in {ev.location}: "
-                             f"{ev.detail}",
-                             action="isolated" + (f", slot {slot} locked out" if slot else "")))
+                self._lock_out(slot, ev.serial, ev.kind, ev.detail, now, isolated=True)
+
+    def release_slot(self, slot: int, reason: str, origin: str, now: float) -> Decision:
+        """An operator has checked a locked-out slot's pack (or the bay's, slot 0) and puts
+        it back in service; refused while its cause is still seen. Raises CommandRefused."""
+        reason = reason.strip()
+        if not reason:
+            raise CommandRefused("pack release refused: say why (the reason is journaled)")
+        loc = BAY if slot == 0 else Location.rack(slot)
+        if slot != 0 and slot not in self.locked_out_slots:
+            raise CommandRefused(f"pack release refused: {loc} is not locked out")
+        if slot == 0 and self.trust.distrust(BAY) is None:
+            raise CommandRefused("pack release refused: the vehicle bay's pack is trusted")
+        still = [ev.detail for ev in self._pack_events if ev.location == loc]
+        if still:
+            raise CommandRefused(f"pack release refused: {loc} still shows "
+                                 + "; ".join(still))
+        serial = self.trust.serial(loc)
+        isolated = any(lo == loc for lo, _ in self._isolated)
+        self.locked_out_slots.pop(slot, None)
+        self.trust.release(loc)
+        self.alarms.clear(loc)
+        self._isolated = {k for k in self._isolated if k[0] != loc}
+        if isolated or slot != 0:
+            # the pack may have isolated itself on our command before a restart: ask it back
+            self._pack_commands.append(PackCommand(loc, PackCommandKind.CLEAR_ISOLATION))
+        self._emit(SlotReleased(t=now, slot=slot, serial=serial, reason=reason, origin=origin))
+        return self._flush()
 
     # ---- charging, in the scan ----------------------------------------------------------
     def _charging(self, image: ProcessImage, now: float) -> None:
@@ -319,8 +418,11 @@ class StationCore:
         excluded = {s: f"slot locked out after a pack event: {why}"
                     for s, why in self.locked_out_slots.items()}
         excluded.update(self._stalls(image, now))
-        grants = plan_charging(image, self.cfg, now, excluded, self._waiting_family)
+        view = self._view if self._view is not None else self.trust.view(image)
+        grants = plan_charging(view, self.cfg, now, excluded, self._waiting_family)
         for g in grants:
+            if g.command == PackCommandKind.CHARGE_ENABLE:
+                self._granted[g.location] = (g.current_limit_a, now)
             self._pack_commands.append(PackCommand(g.location, g.command, g.current_limit_a,
                                                    g.voltage_limit_v))
             last = self.charging.get(g.location)
@@ -335,7 +437,15 @@ class StationCore:
             self.charging[g.location] = g
         heard = {g.location for g in grants}
         for loc in [loc for loc in self.charging if loc not in heard]:
-            del self.charging[loc]  # the pack left or went silent: nothing granted to it
+            last = self.charging.pop(loc)  # the pack left, went silent, or is not trusted
+            distrust = self.trust.distrust(loc)
+            if distrust is not None and last.command == PackCommandKind.CHARGE_ENABLE:
+                # a pack that may be someone else is told to stop now, not at its timeout
+                self._pack_commands.append(PackCommand(loc, PackCommandKind.CHARGE_DISABLE))
+                self._emit(PackCommandChanged(
+                    t=now, location=str(loc), slot=loc.rack_slot, serial=last.serial,
+                    command=PackCommandKind.CHARGE_DISABLE.value, current_limit_a=0.0,
+                    voltage_limit_v=0.0, power_kw=0.0, reason=f"not trusted: {distrust.detail}"))
 
     def _stalls(self, image: ProcessImage, now: float) -> dict[int, str]:
         """A pack granted charge current that draws none for longer than stalled_after_s is
@@ -464,7 +574,13 @@ class StationCore:
             self._vehicle_token, self._waiting_family = token, None
             self._identify_started_at = image.plc_read_at or now
         assert self._identify_started_at is not None
-        rep = image.packs.get(BAY)
+        distrust = self.trust.distrust(BAY)
+        if distrust is not None:
+            self._candidate = None
+            self._set_inhibit(f"vehicle pack not trusted: {distrust.detail}", now)
+            return
+        view = self._view if self._view is not None else self.trust.view(image)
+        rep = view.packs.get(BAY)
         # The bay pack's identity must have been heard since this vehicle arrived (not the
         # pack we installed in the one before, whether or not we saw that one leave), and
         # its status fresh; until then it is asked for it.
@@ -478,7 +594,7 @@ class StationCore:
         if inhibited:
             self._set_inhibit("interlocks active: " + ", ".join(self.active_interlocks), now)
             return
-        choice = choose_pack(image, self.cfg, rep.family, now,
+        choice = choose_pack(view, self.cfg, rep.family, now,
                              excluded=frozenset(self.locked_out_slots))
         if not isinstance(choice, Choice):
             self._candidate = None
@@ -533,6 +649,10 @@ class StationCore:
             self.seq = self.seq % 0xFFFF + 1
         return self.seq
 
+    def _expect(self, loc: Location, pack: PackInfo) -> None:
+        self.trust.expect(loc, PackIdentity(pack.serial, pack.family, pack.chemistry, None),
+                          pack.soc_pct)
+
     def _begin_step(self, index: int, now: float) -> None:
         assert self.plan is not None
         step = SEQUENCE[index]
@@ -540,6 +660,10 @@ class StationCore:
         self.step_started_at = now
         self._done_seen_at = None
         seq = None
+        if step.name == "store":  # what arrives where: bind it on arrival (pack_trust)
+            self._expect(Location.rack(self.plan.store_slot), self.plan.pack_out)
+        elif step.name == "install":
+            self._expect(BAY, self.plan.pack_in)
         if step.command is not None:
             seq = self._next_seq(self._image)
             self.outputs.update(

@@ -110,6 +110,8 @@ class Daemon:
             reason=reason, resume=resume,
             charge_period_s=self.adapter.control_period_s(),
             last_seq=self.journal.last_command_seq(),
+            locked_out={slot: f"{row['cause']}: {row['reason']}"
+                        for slot, row in self.journal.active_lockouts().items()},
         )
         self.commands = CommandEntry(self.core, self.journal, self.apply, clock)
         self.link: PlcLink = link or create_link(cfg.plc, clock=clock)
@@ -171,8 +173,9 @@ class Daemon:
         if self._reset_pending and self.image.plc_read_at is not None:
             self._reset_pending = False
             result = await self.submit(CommandRequest("reset", Origin.STARTUP, "start-up"))
-            if not result.accepted:
+            if not result.accepted:  # stays Stopped, and the status says why
                 log.warning("startup.reset_refused", reason=result.reason)
+                self.core.reason = f"start-up {result.reason}; check the machine, then reset"
 
     async def _explain_restart(self) -> None:
         """First PLC read-back after a restart mid-swap: say what we found; abort when the

@@ -111,9 +111,35 @@ class Alarm(Event):
     location: str
     slot: int | None
     serial: int | None
-    alarm: str  # fault_flag | over_temp | temp_rise | insulation | charge_stalled
+    alarm: str  # fault_flag | over_temp | temp_rise | insulation | charge_stalled |
+    # identity_conflict | ratings_conflict | soc_implausible | readings_implausible |
+    # alarms_suppressed
     reason: str
     action: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlotLocked(Event):
+    """A rack slot taken out of service (no selection, no charging, no storing) until an
+    operator releases it; persisted across restarts (the journal's lockouts table)."""
+
+    kind: ClassVar[str] = "slot_locked"
+    slot: int
+    serial: int | None
+    cause: str  # the alarm that locked it: fault_flag, identity_conflict, soc_implausible...
+    reason: str
+    isolated: bool  # the pack was told to isolate (a clear_isolation goes with the release)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlotReleased(Event):
+    """An operator released a locked-out slot, saying why."""
+
+    kind: ClassVar[str] = "slot_released"
+    slot: int
+    serial: int | None
+    reason: str
+    origin: str
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -173,5 +199,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (
         StateChanged, SwapStarted, StepStarted, StepDone, SwapEnded, Fault, Inhibit, Alarm,
         Recovery, CommandReceived, CommandAccepted, CommandRefused, PackCommandChanged,
+        SlotLocked, SlotReleased,
     )
 }

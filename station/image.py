@@ -120,6 +120,33 @@ NO_COMMAND = "NONE"
 _NEVER = float("-inf")  # the contract's command name for "no command"
 
 
+@dataclass(frozen=True)
+class PackIdentity:
+    """What a pack says it is: fixed for its life. A location bound to one identity that
+    hears another has a conflict (station/pack_trust.py)."""
+
+    serial: int
+    family: int
+    chemistry: str
+    rated_energy_kwh: float | None
+
+    def __str__(self) -> str:
+        return f"pack {self.serial} (family {self.family}, {self.chemistry})"
+
+
+@dataclass(frozen=True)
+class PackRatings:
+    """The pack's own charge limits and build (PackLimits): fixed for its life too."""
+
+    cell_count: int
+    max_charge_voltage_v: float
+    max_cell_charge_v: float
+
+    def __str__(self) -> str:
+        return (f"{self.cell_count} cells, {self.max_charge_voltage_v:g} V, "
+                f"{self.max_cell_charge_v:g} V/cell")
+
+
 @dataclass
 class PackReport:
     """What one pack's BMS last said, at one location."""
@@ -152,6 +179,11 @@ class PackReport:
     # scans (a hot cell, a fault flag) is still judged; cleared by `ProcessImage.scanned()`.
     peak_cell_temp_c: float | None = None
     faults_latched: frozenset[PackFault] = frozenset()
+    # Every identity, rating set and SOC heard since the last scan: a spoofed frame between
+    # two real ones must still be seen (station/pack_trust.py).
+    identities_latched: frozenset[PackIdentity] = frozenset()
+    ratings_latched: frozenset[PackRatings] = frozenset()
+    peak_soc_pct: float | None = None
     first_seen: float = 0.0
     last_seen: dict[PackData, float] = field(default_factory=dict)
 
@@ -165,6 +197,20 @@ class PackReport:
     @property
     def identified(self) -> bool:
         return self.serial is not None and self.family is not None and self.chemistry is not None
+
+    @property
+    def identity(self) -> PackIdentity | None:
+        """The identity last heard here (None before one is)."""
+        if self.serial is None or self.family is None or self.chemistry is None:
+            return None
+        return PackIdentity(self.serial, self.family, self.chemistry, self.rated_energy_kwh)
+
+    @property
+    def ratings(self) -> PackRatings | None:
+        if self.cell_count is None or self.max_charge_voltage_v is None or \
+                self.max_cell_charge_v is None:
+            return None
+        return PackRatings(self.cell_count, self.max_charge_voltage_v, self.max_cell_charge_v)
 
 
 @dataclass
@@ -181,3 +227,27 @@ class ProcessImage:
         """The core has judged the latched readings: start latching anew."""
         for rep in self.packs.values():
             rep.peak_cell_temp_c, rep.faults_latched = None, frozenset()
+            rep.identities_latched, rep.ratings_latched = frozenset(), frozenset()
+            rep.peak_soc_pct = None
+
+    def rack_slot_count(self) -> int:
+        """Rack slots the PLC reports (0 before its first read)."""
+        occupied = self.plc.get("rack_slot_occupied") or []
+        try:
+            return max(0, min(int(self.plc.get("rack_slot_count", 0) or 0), len(occupied)))
+        except (TypeError, ValueError):
+            return 0
+
+    def pack_present(self, loc: Location) -> bool:
+        """Does the PLC show a pack at this location? The bay: a vehicle (with its reader's
+        token) and a pack in its bay; a rack slot: the slot exists and is occupied. Pack
+        data from a location the PLC shows empty, or that does not exist, is not acted on."""
+        if self.plc_read_at is None:
+            return False
+        if loc.is_bay:
+            return bool(self.plc.get("vehicle_present")) and \
+                bool(self.plc.get("vehicle_pack_present")) and \
+                bool(self.plc.get("vehicle_token"))
+        if loc.slot > self.rack_slot_count():
+            return False
+        return bool(self.plc["rack_slot_occupied"][loc.slot - 1])

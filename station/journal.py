@@ -26,6 +26,8 @@ from station.events import (
     CommandRefused,
     Event,
     Fault,
+    SlotLocked,
+    SlotReleased,
     StepDone,
     StepStarted,
     SwapEnded,
@@ -57,6 +59,11 @@ CREATE TABLE IF NOT EXISTS events (
 );
 CREATE TABLE IF NOT EXISTS sink_cursors (
     sink TEXT PRIMARY KEY, event_id INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS lockouts (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    slot INTEGER NOT NULL, serial INTEGER, cause TEXT, reason TEXT, isolated INTEGER,
+    locked_wall REAL, released_wall REAL, released_by TEXT, release_reason TEXT
 );
 CREATE TABLE IF NOT EXISTS commands (
     request_id TEXT PRIMARY KEY, command TEXT, origin TEXT, accepted INTEGER, reason TEXT,
@@ -125,6 +132,14 @@ class Journal:
                 x("INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
                   "VALUES (?, ?, NULL, NULL, ?, ?)",
                   (wall, t, f"alarm_{ev.alarm}", f"{ev.reason} ({ev.action})"))
+            case SlotLocked():
+                x("INSERT INTO lockouts (slot, serial, cause, reason, isolated, locked_wall) "
+                  "VALUES (?, ?, ?, ?, ?, ?)",
+                  (ev.slot, ev.serial, ev.cause, ev.reason, int(ev.isolated), wall))
+            case SlotReleased():
+                x("UPDATE lockouts SET released_wall = ?, released_by = ?, release_reason = ? "
+                  "WHERE slot = ? AND released_wall IS NULL",
+                  (wall, ev.origin, ev.reason, ev.slot))
             case Fault():
                 x("INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
                   "VALUES (?, ?, ?, ?, ?, ?)",
@@ -180,6 +195,12 @@ class Journal:
         row = self.db.execute(
             "SELECT seq FROM steps WHERE seq IS NOT NULL ORDER BY id DESC LIMIT 1").fetchone()
         return None if row is None else int(row["seq"])
+
+    def active_lockouts(self) -> dict[int, sqlite3.Row]:
+        """Rack slots locked out and not released: slot -> its (latest) lockout row."""
+        rows = self.db.execute(
+            "SELECT * FROM lockouts WHERE released_wall IS NULL ORDER BY id").fetchall()
+        return {int(r["slot"]): r for r in rows}
 
     def unfinished_swap(self) -> sqlite3.Row | None:
         return self.db.execute(

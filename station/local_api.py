@@ -42,7 +42,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger("local_api")
 
 COMMANDS = ("status", "reset", "clear", "start", "stop", "hold", "unhold", "suspend",
-            "unsuspend", "abort")
+            "unsuspend", "abort", "pack_release")
+ARGS = {"pack_release": ("slot", "reason")}  # a command's arguments, taken from the request
 DEFAULT_SOCKET_PATH = "/run/swapd/swapd.sock"
 SOCKET_ENV = "SWAPD_SOCKET"
 MAX_LINE = 64 * 1024  # bytes in one request line, without the newline
@@ -357,8 +358,9 @@ async def handle_request(
         return _error(f"unknown cmd {word!r}")
     sender = f"swapctl uid {peer.uid} pid {peer.pid}"
     rid = req.get("request_id")
-    creq = (CommandRequest(word, Origin.LOCAL, sender) if rid is None else
-            CommandRequest(word, Origin.LOCAL, sender, request_id=rid))
+    args = {k: req[k] for k in ARGS.get(word, ()) if k in req}
+    creq = (CommandRequest(word, Origin.LOCAL, sender, args=args) if rid is None else
+            CommandRequest(word, Origin.LOCAL, sender, request_id=rid, args=args))
     result = await submit(creq)
     if not result.accepted:
         return {"ok": False, "error": result.reason, "status": status(),

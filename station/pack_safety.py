@@ -10,10 +10,11 @@ is near the running swap it aborts motion.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from station.config import StationConfig
-from station.image import Location, PackData, PackFault, PackReport, ProcessImage
+from station.image import Location, PackData, PackFault, PackIdentity, PackReport, ProcessImage
 
 EMERGENCY_FLAGS = frozenset({PackFault.OVER_TEMP, PackFault.OVER_VOLTAGE,
                              PackFault.UNDER_VOLTAGE, PackFault.INSULATION,
@@ -63,43 +64,57 @@ def rise_window_s(cfg: StationConfig) -> float:
 
 
 def pack_events(image: ProcessImage, cfg: StationConfig, rates: TempRiseTracker,
-                now: float) -> list[PackEvent]:
-    """Every pack event visible now (fresh reports only: a silent pack is another matter)."""
+                now: float, identity_of: Callable[[Location], PackIdentity | None] | None = None
+                ) -> list[PackEvent]:
+    """Every pack event visible now, at locations the PLC shows full (fresh reports only: a
+    silent pack is another matter). `identity_of` names the pack bound to a location: the
+    serial and chemistry a frame claims are not evidence of which pack it is (a pack not
+    bound yet is judged by the strictest chemistry's limits)."""
     out: list[PackEvent] = []
     window = rise_window_s(cfg)
     for loc, rep in image.packs.items():
+        if not image.pack_present(loc):
+            continue
         if not image.fresh(rep, PackData.STATUS, now) and \
                 not image.fresh(rep, PackData.CELLS, now):
             continue
-        key = (loc, rep.serial)
+        if identity_of is None:
+            serial, chemistry = rep.serial, rep.chemistry
+        else:
+            ident = identity_of(loc)
+            serial, chemistry = (None, None) if ident is None else (ident.serial,
+                                                                    ident.chemistry)
+        key = (loc, serial)
         if rep.max_cell_temp_c is not None:
             rates.add(key, rep.last_seen.get(PackData.STATUS, now), rep.max_cell_temp_c, window)
-        ev = _event_of(loc, rep, cfg, rates.rate_per_min(key, window))
+        ev = _event_of(loc, serial, chemistry, rep, cfg, rates.rate_per_min(key, window))
         if ev is not None:
             out.append(ev)
     return out
 
 
-def _event_of(loc: Location, rep: PackReport, cfg: StationConfig, rate: float | None
-              ) -> PackEvent | None:
+def _event_of(loc: Location, serial: int | None, chemistry: str | None, rep: PackReport,
+              cfg: StationConfig, rate: float | None) -> PackEvent | None:
     flags = (rep.faults | rep.faults_latched) & EMERGENCY_FLAGS
     temp = max(t for t in (rep.max_cell_temp_c, rep.peak_cell_temp_c, -273.0) if t is not None)
     if flags:
-        return PackEvent(loc, rep.serial, "fault_flag",
+        return PackEvent(loc, serial, "fault_flag",
                          "BMS reports " + ", ".join(sorted(flags)))
-    lim = cfg.chemistry.get(rep.chemistry or "")
-    if lim is not None and temp >= lim.alarm_temp_c:
-        return PackEvent(loc, rep.serial, "over_temp",
+    lim = cfg.chemistry.get(chemistry or "")
+    alarm_c = lim.alarm_temp_c if lim is not None else \
+        min(c.alarm_temp_c for c in cfg.chemistry.values())  # unknown: the strictest
+    if temp >= alarm_c:
+        return PackEvent(loc, serial, "over_temp",
                          f"cell temperature {temp:.0f} C at or above "
-                         f"{lim.alarm_temp_c:.0f} C ({rep.chemistry})")
+                         f"{alarm_c:.0f} C ({chemistry or 'chemistry not known'})")
     limit = cfg.pack_safety.max_temp_rise_c_per_min * cfg.sequence.speed_factor
     if rate is not None and rate > limit:
-        return PackEvent(loc, rep.serial, "temp_rise",
+        return PackEvent(loc, serial, "temp_rise",
                          f"temperature rising {rate / cfg.sequence.speed_factor:.1f} C/min, "
                          f"limit {cfg.pack_safety.max_temp_rise_c_per_min:.1f} C/min")
     if rep.insulation_kohm is not None and \
             rep.insulation_kohm < cfg.pack_safety.min_insulation_kohm:
-        return PackEvent(loc, rep.serial, "insulation",
+        return PackEvent(loc, serial, "insulation",
                          f"insulation {rep.insulation_kohm:.0f} kOhm below "
                          f"{cfg.pack_safety.min_insulation_kohm:.0f} kOhm")
     return None

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING
 
-from station.image import BAY, PackData, ProcessImage
-from station.plan import SwapPlan
+from station.image import BAY, PackData, PackReport, ProcessImage
+from station.plan import PackInfo, SwapPlan
 
 if TYPE_CHECKING:
     from station.config import StationConfig
@@ -155,12 +155,36 @@ def _installed_pack_heard(v: StepView) -> bool:
         and v.image.fresh(rep, PackData.IDENTITY, v.now)
 
 
+CHECK_SOC_TOLERANCE_PCT = 5.0  # installed pack's SOC below the SOC it was fetched with
+
+
+def installed_pack_mismatch(rep: PackReport, fetched: PackInfo) -> str | None:
+    """What the installed pack says about itself that differs from the pack fetched: the
+    check's reason names each field (serial, family, chemistry, SOC)."""
+    diffs = []
+    for name, heard, want in (("serial", rep.serial, fetched.serial),
+                              ("family", rep.family, fetched.family),
+                              ("chemistry", rep.chemistry, fetched.chemistry)):
+        if heard != want:
+            diffs.append(f"{name} {heard} (fetched {want})")
+    soc = rep.soc_pct
+    # Lower than fetched is another pack, or a rack report that lied; higher is the charge
+    # it took between selection and fetch.
+    if soc is None or soc < fetched.soc_pct - CHECK_SOC_TOLERANCE_PCT:
+        diffs.append(f"SOC {soc} % (fetched at {fetched.soc_pct:g} %, at most "
+                     f"{CHECK_SOC_TOLERANCE_PCT:g} % less allowed)")
+    if not diffs:
+        return None
+    return "installed pack is not the pack fetched: " + ", ".join(diffs)
+
+
 def _check_pack_fault(v: StepView) -> str | None:
     rep = v.image.packs.get(BAY)
     if rep is None or not _installed_pack_heard(v):
         return None  # not heard yet: the step waits, its timeout bounds it
-    if rep.serial != v.plan.pack_in.serial:
-        return f"vehicle reports pack {rep.serial}, expected {v.plan.pack_in.serial}"
+    mismatch = installed_pack_mismatch(rep, v.plan.pack_in)
+    if mismatch is not None:
+        return mismatch
     if rep.faults:
         return "installed pack reports faults: " + ", ".join(sorted(rep.faults))
     ins = rep.insulation_kohm
@@ -174,7 +198,7 @@ def _check_pack_ok(v: StepView) -> bool:
     return (
         rep is not None
         and _installed_pack_heard(v)
-        and rep.serial == v.plan.pack_in.serial
+        and installed_pack_mismatch(rep, v.plan.pack_in) is None
         and not rep.faults
         and rep.soc_pct is not None
         and rep.soc_pct >= v.cfg.check.min_soc_pct

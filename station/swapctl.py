@@ -65,7 +65,29 @@ def _parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(word, help=text, description=text)
         sp.add_argument("--json", action="store_true",
                         help="print the daemon's status object as JSON")
+    text = ("put a locked-out rack slot (or the vehicle bay's distrusted pack) back in "
+            "service once its cause is gone; the reason is journaled")
+    pack = sub.add_parser("pack", help="pack lockouts", description=text)
+    psub = pack.add_subparsers(dest="pack_command", required=True, metavar="ACTION")
+    rel = psub.add_parser("release", help=text, description=text)
+    rel.add_argument("slot", help='rack slot number, or "bay"')
+    rel.add_argument("--reason", required=True, help="why it is safe now (journaled)")
+    rel.add_argument("--json", action="store_true",
+                     help="print the daemon's status object as JSON")
     return p
+
+
+def _request(args: argparse.Namespace) -> tuple[str, dict[str, object]] | str:
+    """(the command word, the request) for the arguments, or a usage error."""
+    if args.command != "pack":
+        return args.command, {"cmd": args.command}
+    slot: object = args.slot
+    if slot != "bay":
+        try:
+            slot = int(args.slot)
+        except ValueError:
+            return f"pack release: slot must be a number or \"bay\", not {args.slot!r}"
+    return "pack_release", {"cmd": "pack_release", "slot": slot, "reason": args.reason}
 
 
 def _value(v: Any) -> str:
@@ -126,9 +148,13 @@ def _refusal(word: str, error: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     path = args.socket or default_socket_path()
-    word: str = args.command
+    req = _request(args)
+    if isinstance(req, str):
+        print(f"swapctl: {req}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    word, payload = req
     try:
-        resp = asyncio.run(api_request(Path(path), {"cmd": word}, timeout=args.timeout))
+        resp = asyncio.run(api_request(Path(path), payload, timeout=args.timeout))
     except (OSError, LocalApiError) as exc:  # TimeoutError is an OSError
         print(f"swapctl: {describe_unreachable(exc, path, args.timeout)}", file=sys.stderr)
         return EXIT_UNREACHABLE

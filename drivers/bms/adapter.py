@@ -50,7 +50,7 @@ FAULT_SIGNALS: dict[str, PackFault] = {
     "FaultInternal": PackFault.INTERNAL,
 }
 
-STAT_KEYS = ("applied", "not_a_pack", "not_pack_data")
+STAT_KEYS = ("applied", "not_a_pack", "not_pack_data", "no_such_slot", "location_empty")
 
 
 class BmsAdapter:
@@ -154,10 +154,16 @@ class BmsAdapter:
     def apply(self, image: ProcessImage, msg: Decoded, t: float) -> Location | None:
         """Fold one decoded BMS message, received at monotonic time t, into the image.
 
-        Returns the location it is about; None when nothing was folded in: a frame from an
-        address that is no pack location, or a message that carries no pack data (both
-        counted in `stats`). A PackIdentity with another serial than the report at its
-        location holds means another pack is there now: its report starts anew.
+        Returns the location it is about; None when nothing was folded in (each counted in
+        `stats`): a frame from an address that is no pack location, from a rack slot the
+        PLC does not report, from a location the PLC shows empty (a pack cannot talk from
+        where there is none: whatever sends it is not to be acted on), or a message that
+        carries no pack data.
+
+        A report is never started anew because another identity arrives: what is heard
+        stays, and every identity, rating set and SOC heard is latched until the core's
+        next scan, which judges it against the identity bound to the location
+        (station/pack_trust.py). A report starts anew only once the location was empty.
         """
         loc = self.location_of(msg.source)
         if loc is None:
@@ -167,46 +173,56 @@ class BmsAdapter:
         if kind is None:
             self.stats["not_pack_data"] += 1
             return None
+        if not image.pack_present(loc):
+            if not loc.is_bay and loc.slot > image.rack_slot_count():
+                self.stats["no_such_slot"] += 1
+            else:
+                self.stats["location_empty"] += 1
+            image.packs.pop(loc, None)  # what was heard there belongs to a pack that left
+            return None
         s = msg.signals
         rep = image.packs.get(loc)
+        if rep is None:
+            rep = PackReport(location=loc, first_seen=t)
+            image.packs[loc] = rep
         if kind is PackData.IDENTITY:
-            serial = int(s["PackSerial"])
-            if rep is None or rep.serial != serial:
-                rep = PackReport(location=loc, first_seen=t)  # another pack at this location
-                image.packs[loc] = rep
-            rep.serial = serial
+            rep.serial = int(s["PackSerial"])
             rep.family = int(s["PackFamily"])
             rep.chemistry = self.chemistry_name(int(s["Chemistry"]))
             rep.rated_energy_kwh = float(s["RatedEnergy"])
-        else:
-            if rep is None:
-                rep = PackReport(location=loc, first_seen=t)
-                image.packs[loc] = rep
-            if kind is PackData.HEALTH:
-                rep.cycle_count = int(s["CycleCount"])
-                rep.soh_pct = float(s["SOH"])
-                rep.rated_capacity_ah = float(s["RatedCapacity"])
-            elif kind is PackData.STATUS:
-                rep.soc_pct = round(float(s["SOC"]), 1)
-                rep.voltage_v = float(s["PackVoltage"])
-                rep.current_a = round(float(s["PackCurrent"]), 1)
-                rep.min_cell_temp_c = float(s["MinCellTemp"])
-                rep.max_cell_temp_c = float(s["MaxCellTemp"])
-                peak = rep.peak_cell_temp_c
-                rep.peak_cell_temp_c = (rep.max_cell_temp_c if peak is None
-                                        else max(peak, rep.max_cell_temp_c))
-            elif kind is PackData.CELLS:
-                rep.max_cell_v = float(s["MaxCellVoltage"])
-                rep.min_cell_v = float(s["MinCellVoltage"])
-                rep.insulation_kohm = float(s["InsulationResistance"])
-                rep.faults = frozenset(f for name, f in FAULT_SIGNALS.items() if s.get(name))
-                rep.faults_latched |= rep.faults
-                rep.state = self._states.get(int(s["PackState"]), PackState.UNKNOWN)
-            else:  # PackData.LIMITS
-                rep.max_charge_voltage_v = float(s["MaxChargeVoltage"])
-                rep.max_charge_current_a = float(s["MaxChargeCurrent"])
-                rep.cell_count = int(s["CellCount"])
-                rep.max_cell_charge_v = float(s["MaxCellChargeVoltage"])
+            ident = rep.identity
+            if ident is not None:
+                rep.identities_latched |= {ident}
+        elif kind is PackData.HEALTH:
+            rep.cycle_count = int(s["CycleCount"])
+            rep.soh_pct = float(s["SOH"])
+            rep.rated_capacity_ah = float(s["RatedCapacity"])
+        elif kind is PackData.STATUS:
+            rep.soc_pct = round(float(s["SOC"]), 1)
+            rep.peak_soc_pct = (rep.soc_pct if rep.peak_soc_pct is None
+                                else max(rep.peak_soc_pct, rep.soc_pct))
+            rep.voltage_v = float(s["PackVoltage"])
+            rep.current_a = round(float(s["PackCurrent"]), 1)
+            rep.min_cell_temp_c = float(s["MinCellTemp"])
+            rep.max_cell_temp_c = float(s["MaxCellTemp"])
+            peak = rep.peak_cell_temp_c
+            rep.peak_cell_temp_c = (rep.max_cell_temp_c if peak is None
+                                    else max(peak, rep.max_cell_temp_c))
+        elif kind is PackData.CELLS:
+            rep.max_cell_v = float(s["MaxCellVoltage"])
+            rep.min_cell_v = float(s["MinCellVoltage"])
+            rep.insulation_kohm = float(s["InsulationResistance"])
+            rep.faults = frozenset(f for name, f in FAULT_SIGNALS.items() if s.get(name))
+            rep.faults_latched |= rep.faults
+            rep.state = self._states.get(int(s["PackState"]), PackState.UNKNOWN)
+        else:  # PackData.LIMITS
+            rep.max_charge_voltage_v = float(s["MaxChargeVoltage"])
+            rep.max_charge_current_a = float(s["MaxChargeCurrent"])
+            rep.cell_count = int(s["CellCount"])
+            rep.max_cell_charge_v = float(s["MaxCellChargeVoltage"])
+            ratings = rep.ratings
+            if ratings is not None:
+                rep.ratings_latched |= {ratings}
         rep.last_seen[kind] = t
         self.stats["applied"] += 1
         return loc

@@ -44,9 +44,19 @@ def adapter() -> BmsAdapter:
     return BmsAdapter(P)
 
 
+def plc_showing_packs(slots: int = 4, occupied: tuple[int, ...] = (1, 2, 3, 4),
+                      bay: bool = True) -> dict[str, Any]:
+    """PLC inputs with a car (and its pack) on the platform and these rack slots full."""
+    return {"vehicle_present": bay, "vehicle_pack_present": bay, "vehicle_token": 7 if bay else 0,
+            "rack_slot_count": slots,
+            "rack_slot_occupied": [i + 1 in occupied for i in range(30)]}
+
+
 @pytest.fixture
 def image(adapter: BmsAdapter) -> ProcessImage:
-    return ProcessImage(pack_timeouts=adapter.timeouts())
+    img = ProcessImage(pack_timeouts=adapter.timeouts())
+    img.plc, img.plc_read_at = plc_showing_packs(), 0.0
+    return img
 
 
 def feed(adapter: BmsAdapter, img: ProcessImage, name: str, values: dict[str, Any], t: float,
@@ -175,23 +185,55 @@ def test_faults_and_peak_temperature_latch_until_the_core_has_scanned(
     assert rep.faults == frozenset() and rep.faults_latched == frozenset()
 
 
-def test_a_new_serial_at_a_location_starts_a_new_report(
+def test_another_identity_never_starts_a_new_report_but_is_latched(
     adapter: BmsAdapter, image: ProcessImage
 ) -> None:
+    """Issue 7, items 1 and 5: a second identity at an address used to replace the report
+    (history, freshness and limits lost; the spoofed identity taken). Now what was heard
+    stays, and every identity heard is latched for the core to judge."""
     feed(adapter, image, "PackIdentity", IDENTITY, 1.0)
     feed(adapter, image, "PackStatus", STATUS, 1.1)
     feed(adapter, image, "PackLimits", LIMITS, 1.1)
     rep = image.packs[BAY]
     assert rep.serial == 7 and rep.chemistry == "sodium_ion" and rep.max_cell_temp_c == 26
-    feed(adapter, image, "PackIdentity", IDENTITY, 1.5)  # the same pack: same report
-    assert image.packs[BAY] is rep and rep.first_seen == 1.0
     feed(adapter, image, "PackIdentity", {"PackSerial": 8, "PackFamily": 25, "Chemistry": 3,
                                           "RatedEnergy": 100.0}, 2.0)
-    rep2 = image.packs[BAY]
-    assert rep2 is not rep and rep2.location == BAY
-    assert (rep2.serial, rep2.family, rep2.chemistry) == (8, 25, "lfp")
-    assert rep2.max_cell_temp_c is None and rep2.max_charge_voltage_v is None
-    assert rep2.first_seen == 2.0 and rep2.last_seen == {PackData.IDENTITY: 2.0}
+    assert image.packs[BAY] is rep and rep.first_seen == 1.0
+    assert rep.last_seen[PackData.STATUS] == 1.1 and rep.max_charge_voltage_v == 446.3
+    assert {(i.serial, i.family, i.chemistry) for i in rep.identities_latched} == {
+        (7, 20, "sodium_ion"), (8, 25, "lfp")}
+    feed(adapter, image, "PackLimits", {**LIMITS, "CellCount": 200}, 2.1)
+    assert {r.cell_count for r in rep.ratings_latched} == {113, 200}
+    feed(adapter, image, "PackStatus", {**STATUS, "SOC": 100.0}, 2.2)
+    feed(adapter, image, "PackStatus", STATUS, 2.3)
+    assert rep.soc_pct == 81.2 and rep.peak_soc_pct == 100.0
+    image.scanned()
+    assert rep.identities_latched == frozenset() and rep.ratings_latched == frozenset()
+    assert rep.peak_soc_pct is None
+
+
+def test_frames_from_empty_or_missing_locations_are_dropped_and_counted(
+    adapter: BmsAdapter, image: ProcessImage
+) -> None:
+    """Issue 7, item 3: fault flags from an empty slot, or one that does not exist, locked
+    real slots out. The PLC's presence decides where a pack can talk from."""
+    image.plc = plc_showing_packs(slots=4, occupied=(1, 2))
+    assert feed(adapter, image, "PackCells", {**CELLS, "ThermalAlarm": 1}, 1.0,
+                sa=rack_sa(3)) is None  # exists, empty
+    assert feed(adapter, image, "PackCells", {**CELLS, "ThermalAlarm": 1}, 1.0,
+                sa=rack_sa(17)) is None  # no such slot on this station
+    assert image.packs == {}
+    assert adapter.stats["location_empty"] == 1 and adapter.stats["no_such_slot"] == 1
+    assert feed(adapter, image, "PackStatus", STATUS, 1.0, sa=rack_sa(2)) == Location.rack(2)
+    image.plc = plc_showing_packs(bay=False)  # the car left
+    assert feed(adapter, image, "PackIdentity", IDENTITY, 1.1) is None
+    assert adapter.stats["location_empty"] == 2
+    image.plc_read_at = None
+    assert feed(adapter, image, "PackStatus", STATUS, 1.2, sa=rack_sa(2)) is None  # no PLC yet
+    image.plc_read_at = 1.2
+    image.plc = plc_showing_packs(occupied=(1,))  # slot 2 emptied: its report goes with it
+    assert feed(adapter, image, "PackStatus", STATUS, 1.3, sa=rack_sa(2)) is None
+    assert Location.rack(2) not in image.packs
 
 
 def test_data_before_identity_starts_an_unidentified_report(
@@ -201,8 +243,7 @@ def test_data_before_identity_starts_an_unidentified_report(
     rep = image.packs[Location.rack(2)]
     assert not rep.identified and rep.first_seen == 3.0 and rep.serial is None
     feed(adapter, image, "PackIdentity", IDENTITY, 3.1, sa=rack_sa(2))
-    assert image.packs[Location.rack(2)] is not rep  # no serial before: a new report
-    assert image.packs[Location.rack(2)].identified
+    assert image.packs[Location.rack(2)] is rep and rep.identified
 
 
 def test_a_frame_from_no_pack_address_is_ignored_and_counted(

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from station.commands import CommandEntry, CommandRequest, CommandResult
+from station.commands import CommandEntry, CommandRequest, CommandResult, Origin
 from station.config import StationConfig
 from station.core import Decision, StationCore
 from station.journal import Journal
@@ -304,9 +304,9 @@ async def test_close_lets_a_command_in_progress_finish(sock_path: Path) -> None:
 
 
 # ---- the daemon-side handler over a real core ------------------------------------------------
-def test_command_words_are_the_packml_commands() -> None:
+def test_command_words_are_the_packml_commands_and_pack_release() -> None:
     assert COMMANDS[0] == "status"
-    assert set(COMMANDS[1:]) == {c.value for c in Cmd if c is not Cmd.SC}
+    assert set(COMMANDS[1:]) == {c.value for c in Cmd if c is not Cmd.SC} | {"pack_release"}
 
 
 class CoreRig:
@@ -428,3 +428,33 @@ async def test_duplicate_keys_and_deep_nesting_are_refused_with_an_answer(
     assert answers[1] == {"ok": False, "error": "nested too deeply"}
     assert answers[2]["ok"] is True
     assert rig.origins == [] and rig.core.state == State.STOPPED
+
+
+async def test_pack_release_arguments_are_checked_and_the_cloud_may_not_send_it() -> None:
+    rig = CoreRig()
+    rig.core.locked_out_slots[3] = "fault_flag: BMS reports thermal_alarm"
+
+    async def release(**req: Any) -> dict[str, Any]:
+        return await handle_request({"cmd": "pack_release", **req}, PEER,
+                                    status=rig.core.status, submit=rig.command)
+
+    for bad, why in (({"slot": 3}, "exactly: slot, reason"),
+                     ({"slot": "3", "reason": "x"}, "slot must be"),
+                     ({"slot": True, "reason": "x"}, "slot must be"),
+                     ({"slot": 0, "reason": "x"}, "slot must be"),
+                     ({"slot": 3, "reason": ""}, "reason must be"),
+                     ({"slot": 3, "reason": "x" * 201}, "reason must be"),
+                     ({"slot": 3, "reason": 7}, "reason must be")):
+        resp = await release(**bad)
+        assert resp["ok"] is False and why in resp["error"], (bad, resp)
+    assert 3 in rig.core.locked_out_slots
+    cloud = await rig.entry.submit(CommandRequest(
+        "pack_release", Origin.CLOUD, "backend", args={"slot": 3, "reason": "remote"}))
+    assert not cloud.accepted and "operator at the station" in (cloud.reason or "")
+    assert 3 in rig.core.locked_out_slots
+    resp = await release(slot=3, reason="pack checked, sensor replaced")
+    assert resp["ok"] is True, resp
+    assert rig.core.locked_out_slots == {}
+    row = rig.journal.db.execute("SELECT * FROM commands WHERE command = 'pack_release' "
+                                 "AND accepted = 1").fetchone()
+    assert row is not None

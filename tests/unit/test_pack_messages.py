@@ -24,7 +24,8 @@ NMC = P.codes("PackIdentity", "Chemistry")["nmc"]
 
 
 def test_a_hot_frame_followed_by_a_normal_one_is_still_an_event() -> None:
-    img = ProcessImage(pack_timeouts=ADAPTER.timeouts())
+    img = ProcessImage(pack_timeouts=ADAPTER.timeouts(), plc_read_at=0.0, plc={
+        "vehicle_present": True, "vehicle_pack_present": True, "vehicle_token": 7})
     feed(img, "PackIdentity", {"PackSerial": 7, "PackFamily": 20, "Chemistry": NMC,
                                "RatedEnergy": 75.0}, 1.0)
     feed(img, "PackStatus", {**STATUS, "MaxCellTemp": 75}, 1.10)
