@@ -9,6 +9,11 @@ One JSON object per line in, one per line out:
     {"op": "observer"}                                     -> {"ok": true, "violations": [...]}
     {"op": "observer_clear"}                               -> {"ok": true}
     {"op": "truth"}                                        -> {"ok": true, "truth": {...}}
+    {"op": "manual_home"}                                  -> {"ok": true, "done": [...]}
+
+`manual_home` is the technician's hand pendant: it brings the machine home after an abort
+(the car lowered, the bay's pack bolted, packs off the shuttle and the stacker put back),
+outside the controller.
 
 Anything wrong (bad JSON, unknown op, unknown fault, bad value) is answered with
 {"ok": false, "error": "..."}; the connection stays usable.
@@ -34,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
 OPS = ("fault_list", "fault_set", "fault_clear", "fault_clear_all", "observer",
-       "observer_clear", "truth")
+       "observer_clear", "truth", "manual_home")
 
 
 def handle(sim: SimStation, request: object) -> dict[str, Any]:
@@ -61,7 +66,9 @@ def handle(sim: SimStation, request: object) -> dict[str, Any]:
             return {"ok": True}
         if op == "truth":
             return {"ok": True, "truth": sim.truth()}
-    except FaultError as exc:
+        if op == "manual_home":
+            return {"ok": True, **sim.manual_home()}
+    except (FaultError, ValueError) as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": False, "error": f"unknown op {op!r}; known: {', '.join(OPS)}"}
 

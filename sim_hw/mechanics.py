@@ -549,6 +549,63 @@ class StationModel:
         elif rec.name == "RELEASE" and v is not None:
             self._depart(v, t)
 
+    # ------------------------------------------------------ technician, by hand
+    def manual_home(self) -> dict[str, Any]:
+        """What a technician does with the hand pendant, outside the controller, to bring
+        the machine home after an abort: a pack on the stacker goes back into its slot (or
+        the first free one); a pack on the shuttle into the car's empty bay, else into the
+        slot it was fetched from (or the first free one); the bay's pack is bolted and wakes;
+        the shuttle and the stacker go home and the car is lowered. Every pack stays
+        accounted for. Refused (ValueError) while the PLC runs a command, or when a pack has
+        no free slot to go to. Returns what was done, in words."""
+        if self._running is not None:
+            raise ValueError(f"the PLC is running {self._running.name}: stop it first")
+        done: list[str] = []
+        v = self.vehicle
+        resume_slot = self._stacker_resume[1] if self._stacker_resume else None
+
+        def free_slot(prefer: int | None) -> int:
+            if prefer in self.rack and self.rack[prefer] is None:
+                return prefer
+            for slot, p in self.rack.items():
+                if p is None:
+                    return slot
+            raise ValueError("no free rack slot for the pack")
+
+        if self.stacker_pack is not None:
+            pack, slot = self.stacker_pack, free_slot(resume_slot)
+            self.rack[slot], self.stacker_pack = pack, None
+            done.append(f"pack {pack.serial} from the stacker into slot {slot}")
+        if self.shuttle_pack is not None:
+            pack = self.shuttle_pack
+            if v is not None and v.pack is None:
+                v.pack, self.shuttle_pack = pack, None
+                done.append(f"pack {pack.serial} from the shuttle into the car's bay")
+            else:
+                fetched = v.visit.get("fetched_slot") if v is not None else None
+                slot = free_slot(fetched if isinstance(fetched, int) else resume_slot)
+                self.rack[slot], self.shuttle_pack = pack, None
+                done.append(f"pack {pack.serial} from the shuttle into slot {slot}")
+        self._stacker_resume = None
+        if v is not None and v.pack is not None:
+            if self.bolts.n_tight != self.bolts.count:
+                self.bolts.tight = [True] * self.bolts.count
+                done.append("bolts tightened")
+            if v.bay_awake_from is None:
+                v.bay_awake_from = self.now  # the car's electronics see their pack again
+        if not self.shuttle_home:
+            self.shuttle_mm = 0.0
+            done.append("shuttle home")
+        if self.stacker_pos != 0:
+            self.stacker_pos = 0.0
+            done.append("stacker home")
+        if not self._lift_at(0):
+            self.lift_mm = 0.0
+            done.append("car lowered" if v is not None else "lift lowered")
+        self._emit("manual", "technician homing: " + (", ".join(done) or "already home"),
+                   done=done)
+        return {"done": done}
+
     # -------------------------------------------------------------- vehicles
     def _vehicles(self, now: float) -> None:
         v = self.vehicle

@@ -78,6 +78,14 @@ class SimStation:
         if self._tick_task is not None:
             self.model.advance(*self.clock.now())
 
+    def manual_home(self) -> dict[str, Any]:
+        """A technician's homing with the hand pendant, outside the controller (see
+        StationModel.manual_home): the car lowered, the bay's pack bolted, packs off the
+        shuttle and the stacker put back where they belong. Returns what was done; raises
+        ValueError when it cannot be done now (a command running, no free slot)."""
+        self.model.advance(*self.clock.now())
+        return self.model.manual_home()
+
     def truth(self) -> dict[str, Any]:
         self.model.advance(*self.clock.now())
         return self.model.truth()

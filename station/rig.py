@@ -432,6 +432,11 @@ class _Harness:
             self._tmp.cleanup()
             self._tmp = None
 
+    def manual_home(self) -> dict[str, Any]:
+        """The technician's hand pendant on the simulator (SimStation.manual_home): bring
+        the machine home after an abort, outside swapd. Returns what was done."""
+        return self.sim.manual_home()
+
     # waiting
     async def sim_sleep(self) -> None:
         """A moment for the simulator and the daemon to move on."""

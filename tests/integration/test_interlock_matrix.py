@@ -3,7 +3,10 @@ every step where it applies, inject the fault into the running simulator at that
 check the documented reaction, the final PackML state, the reason (reported and journaled),
 zero violations from the simulator's own safety observer, and that clearing the fault plus
 the documented operator action brings the station back (Idle after an abort; the swap
-completed after a hold). Generated from the table, so a new interlock joins by itself."""
+completed after a hold). After an abort that left the machine away from home (a car lifted,
+bolts loose, a pack on the shuttle), reset is refused with a reason naming what is off, and
+only the technician's manual homing (the simulator's hand pendant) lets clear+reset return
+to Idle. Generated from the table, so a new interlock joins by itself."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from station.core import CommandRefused
 from station.interlocks import INTERLOCKS, Interlock, Reaction
 from station.journal import Journal
 from station.packml import Cmd, State
@@ -58,6 +62,53 @@ CASES = [
 WAIT_S = 20.0
 
 
+def off_in_truth(rig: Rig) -> list[str]:
+    """What the simulator's ground truth shows away from home, in the words the reason must
+    use (station/home.py)."""
+    t, seq = rig.sim.truth(), rig.config.sequence
+    off = []
+    if abs(t["lift_mm"]) > seq.height_tolerance_mm:
+        off.append("lifted at" if t["vehicle_present"] else "lift at")
+    if t["vehicle_present"] and t["vehicle_bay"] is not None and \
+            t["bolts_tight"] < len(t["bolts"]):
+        off.append(f"{t['bolts_tight']} of {len(t['bolts'])} bolts tight")
+    if t["shuttle"] is not None:
+        off.append("pack on the shuttle")
+    elif abs(t["shuttle_mm"]) > seq.shuttle_home_tolerance_mm:
+        off.append("not home")
+    if t["stacker"] is not None:
+        off.append("pack on the stacker")
+    return off
+
+
+async def clear_and_reset(rig: Rig) -> None:
+    """After an abort whose cause has gone: clear (accepted wherever the machine stands);
+    reset, refused while the machine is away from home with a reason naming each thing off,
+    accepted once the technician has homed it by hand; then Idle."""
+    core = rig.core
+    await rig.daemon.command(Cmd.CLEAR)
+    await rig.wait_for(lambda: core.state == State.STOPPED, WAIT_S, what="Stopped")
+    off = off_in_truth(rig)
+    if off:
+        await rig.wait_for(lambda: core.status()["start_inhibited"] is not None, WAIT_S,
+                           what="the status to say why nothing may start")
+        commands = len(rig.sim.command_log)
+        with pytest.raises(CommandRefused) as refused:
+            await rig.daemon.command(Cmd.RESET)
+        reason = str(refused.value)
+        assert reason.startswith("reset refused: machine away from home: "), reason
+        for words in off:
+            assert words in reason, (words, reason)
+        assert core.state == State.STOPPED
+        assert core.status()["start_inhibited"] == reason.removeprefix("reset refused: ")
+        assert len(rig.sim.command_log) == commands  # nothing commanded
+        assert rig.manual_home()["done"]  # the technician's hand pendant
+        await rig.wait_for(lambda: core.status()["start_inhibited"] is None, WAIT_S,
+                           what="the read-back to show the machine home")
+    await rig.daemon.command(Cmd.RESET)
+    await rig.wait_for(lambda: core.state == State.IDLE, WAIT_S, what="Idle")
+
+
 @pytest.fixture
 async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     speed = SPEED_FOR.get(request.node.callspec.params.get("il_id", ""), SPEED)
@@ -98,10 +149,7 @@ async def test_interlock_over_real_protocols(rig: Rig, il_id: str, step: str) ->
     if target_state == State.ABORTED:
         await rig.wait_for(lambda: not core.active_interlocks, WAIT_S,
                            what="the cause to clear")
-        await rig.daemon.command(Cmd.CLEAR)
-        await rig.wait_for(lambda: core.state == State.STOPPED, WAIT_S, what="Stopped")
-        await rig.daemon.command(Cmd.RESET)
-        await rig.wait_for(lambda: core.state == State.IDLE, WAIT_S, what="Idle")
+        await clear_and_reset(rig)
     else:
         await rig.wait_for(lambda: not core.active_interlocks, WAIT_S,
                            what="the cause to clear")
@@ -138,8 +186,6 @@ async def test_bolt_out_of_window_or_unreported_aborts(
     assert f["code"] == f"{step}_failed" and f["step"] == step, f
     assert f"bolt {bolt} " in f["reason"] and f"outside {step} torque/angle window" in f["reason"]
     rig.sim.faults.clear(fault)
-    await rig.daemon.command(Cmd.CLEAR)
-    await rig.wait_for(lambda: core.state == State.STOPPED, WAIT_S, what="Stopped")
-    await rig.daemon.command(Cmd.RESET)
-    await rig.wait_for(lambda: core.state == State.IDLE, WAIT_S, what="Idle")
+    assert off_in_truth(rig)  # a bolt fault leaves the car lifted
+    await clear_and_reset(rig)
     assert rig.sim.observer.violations == []
