@@ -301,6 +301,30 @@ The controller never crashes on a frame. It counts and drops:
 Rejections are logged at most once per kind per second and counted in the bus statistics;
 the next good frame is delivered as usual.
 
+## What the station believes
+
+Nothing on this bus is authenticated, so no frame is believed on its own
+(`docs/security.md` has the threat model). A pack vendor must know what follows from it:
+
+- **Only where the PLC shows a pack.** A frame from the vehicle pack's address counts
+  while the PLC reports a vehicle (with a reader token) and a pack in its bay; a frame
+  from rack slot n's address counts while the PLC reports slot n present and occupied.
+  Every other pack frame is dropped and counted (`location_empty`, `no_such_slot`).
+- **One identity per arrival.** A location is bound to one identity (serial, family,
+  chemistry, rated energy) when the PLC shows a pack arrive there: the pack the station
+  put there itself, or else the first PackIdentity heard after the arrival. Its
+  PackLimits (cell count, maximum charge voltage, maximum cell charge voltage) and its
+  rated capacity are bound the same way, on first hearing. **A pack must never change
+  them while connected.** Another value at a bound location is a conflict: the pack is
+  taken out of selection and charging, an alarm names both, and an operator must
+  release the slot (`swapctl pack release`).
+- **A plausible SOC.** SOC must stay within 0-100 % and may rise only as far as the
+  charge the station granted allows, plus 3 % for the estimate; lowest cell temperature
+  and voltage must not exceed the highest. A pack that breaks this is distrusted the
+  same way.
+- **Fault flags are acted on** at any bound location, immediately (isolate, lock out,
+  alarm): acting on a false emergency only takes a pack out of service.
+
 ## Interfaces
 
 - **socketcan** is the first-class choice: `can0` on a station, `vcan0` on a bench.

@@ -36,7 +36,8 @@ HELP = {
     "unsuspend": "Suspended -> Unsuspending -> Execute",
     "abort": "category-1 stop: the swap ends as aborted -> Aborted (needs clear, then reset)",
 }
-assert tuple(HELP) == COMMANDS
+# every word the socket takes has a sub-command here ("pack_release" is `swapctl pack release`)
+assert (*HELP, "pack_release") == COMMANDS
 
 _LABELS = (
     ("packml_state", "state"),

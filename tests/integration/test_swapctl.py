@@ -178,3 +178,21 @@ def test_permission_denied_message_names_the_group(sock_dir: Path) -> None:
     msg = swapctl.describe_unreachable(PermissionError(13, "Permission denied"), str(path), 5)
     assert msg == (f"permission denied on {path}: only root and members of group "
                    f"{group!r} may command the station")
+
+
+async def test_pack_release_over_the_socket(rig: Rig, sock_dir: Path) -> None:
+    sock = str(sock_dir / "swapd.sock")
+    r = await swapctl_run("--socket", sock, "pack", "release", "3", "--reason", "checked")
+    assert r.rc == 1 and "rack slot 3 is not locked out" in r.err, r
+    r = await swapctl_run("--socket", sock, "pack", "release", "three", "--reason", "x")
+    assert r.rc == 2 and "slot must be a number" in r.err, r
+    r = await swapctl_run("--socket", sock, "pack", "release", "3")
+    assert r.rc == 2 and "--reason" in r.err, r  # argparse: the reason is required
+    rig.core.locked_out_slots[3] = "fault_flag: BMS reports thermal_alarm"
+    r = await swapctl_run("--socket", sock, "pack", "release", "3", "--reason",
+                          "thermal sensor replaced")
+    assert r.rc == 0, r
+    assert "pack_release accepted" in r.out and rig.core.locked_out_slots == {}
+    row = rig.journal.db.execute(
+        "SELECT data FROM events WHERE kind = 'slot_released'").fetchone()
+    assert json.loads(row["data"])["reason"] == "thermal sensor replaced"
