@@ -63,8 +63,22 @@ def table_markdown() -> str:
         "error log line). If the pack is the car's or one the swap moves, "
         "`pack_event_near_swap` aborts the swap as well. A pack on the shuttle or the "
         "stacker is unplugged and silent on CAN: its events are seen once it is in a slot "
-        "or in the car. A slot locked out stays so until the daemon restarts (no operator "
-        "command clears it yet).",
+        "or in the car. Only locations the PLC shows full count: a flag from an empty slot, "
+        "or one the station does not have, is dropped. The pack is isolated once and one "
+        "alarm is raised per pack and kind; a lockout is journaled, survives a restart, and "
+        "is lifted only by an operator (`swapctl pack release SLOT --reason ...`, refused "
+        "while the event is still seen), which also sends `clear_isolation`.",
+        "",
+        "## Distrusted packs (pack bus cross-checks)",
+        "",
+        "A pack whose identity or ratings conflict with the ones its location was bound to, "
+        "or whose SOC or readings are implausible (docs/security.md), is distrusted: one "
+        "alarm naming both sides; a rack slot is locked out as above (and told to stop "
+        "charging at once); at the vehicle bay no swap starts for that car. If the running "
+        "swap depends on the pack (the bay, or the fetch slot until its pack is on the "
+        "shuttle) the swap is aborted, reason `pack not trusted: ...`, fault code the "
+        "alarm's kind (`identity_conflict`, `ratings_conflict`, `soc_implausible`, "
+        "`readings_implausible`).",
         "",
         "## Swap-step failures",
         "",
