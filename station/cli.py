@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -32,30 +34,165 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def check_files(cfg: StationConfig) -> None:
-    """The data files the configuration names (PLC contract, protocol addressing, DBC) load
-    and agree; raises ConfigError naming the file and the problem."""
+def _readable_file(key: str, path: Path | None) -> None:
+    """A data file the configuration names: it exists, is a file, and can be read."""
+    if path is None:
+        return
+    if not path.exists():
+        raise ConfigError(f"{key} = {str(path)!r}: no such file")
+    if not path.is_file():
+        raise ConfigError(f"{key} = {str(path)!r}: not a file")
+    if not os.access(path, os.R_OK):
+        raise ConfigError(f"{key} = {str(path)!r}: not readable by this user")
+
+
+def _writable_dir(key: str, path: Path, what: str) -> None:
+    parent = path.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{key} = {str(path)!r}: its directory {str(parent)!r} does not "
+                          f"exist (the {what} is made there)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key} = {str(path)!r}: its directory {str(parent)!r} is not "
+                          f"writable by this user (the {what} is made there)")
+
+
+def _check_plc(cfg: StationConfig) -> None:
     import time
 
-    from drivers.bms.adapter import BmsAdapter
-    from drivers.bms.protocol import PackProtocol
+    from drivers.plc.contract import load_contract
     from drivers.plc.registry import create_link
 
+    section = cfg.plc.link_section()
+    register_map = getattr(section, "register_map", None)
+    _readable_file("plc.contract", cfg.plc.contract)
+    _readable_file(f"plc.{cfg.plc.protocol}.register_map", register_map)
+    files = ", ".join(f"{k} {v}" for k, v in (("contract", cfg.plc.contract),
+                                              ("register map", register_map))
+                      if v is not None) or "the shipped contract and map"
     try:
         create_link(cfg.plc, clock=time.monotonic)
-    except (ValueError, OSError) as exc:
+        contract = load_contract(cfg.plc.contract)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"[plc]: {files}: not UTF-8 text (byte {exc.start})") from exc
+    except (ValueError, OSError) as exc:  # the loaders name the file and the problem
         raise ConfigError(f"[plc]: {exc}") from exc
+    except Exception as exc:  # anything else a malformed file provokes: name the files
+        raise ConfigError(f"[plc]: {files}: cannot be used: {type(exc).__name__}: "
+                          f"{exc}") from exc
+    # The PLC is judged dead when plc_heartbeat has not changed for 2 x stale_after_s
+    # (station/interlocks.py): the contract says when that must have happened.
+    timing = contract.timing
+    heartbeat_lost_s = 2 * cfg.plc.stale_after_s
+    if heartbeat_lost_s > timing.plc_heartbeat_timeout_ms / 1000:
+        raise ConfigError(
+            f"[plc]: plc.stale_after_s = {cfg.plc.stale_after_s:g} s judges a silent PLC "
+            f"heartbeat after {heartbeat_lost_s:g} s, later than the contract's "
+            f"plc_heartbeat_timeout_ms = {timing.plc_heartbeat_timeout_ms} "
+            f"({contract.origin})")
+    if cfg.plc.stale_after_s < timing.plc_heartbeat_period_ms / 1000:
+        raise ConfigError(
+            f"[plc]: plc.stale_after_s = {cfg.plc.stale_after_s:g} s is shorter than the "
+            f"contract's plc_heartbeat_period_ms = {timing.plc_heartbeat_period_ms}: a "
+            "running PLC would be judged dead")
+
+
+def _check_can(cfg: StationConfig) -> None:
+    from drivers.bms.adapter import BmsAdapter
+    from drivers.bms.protocol import PackProtocol
+
+    _readable_file("can.dbc", cfg.can.dbc)
     try:
-        BmsAdapter(PackProtocol(cfg.can.dbc))
+        adapter = BmsAdapter(PackProtocol(cfg.can.dbc))
     except Exception as exc:  # cantools raises several types on a malformed DBC
-        raise ConfigError(f"[can] dbc: {exc}") from exc
+        raise ConfigError(f"[can] dbc {cfg.can.dbc or '(shipped)'}: cannot be used: "
+                          f"{exc}") from exc
+    status = adapter.timeouts().status
+    if cfg.interlocks.pack_silent_s < status:
+        raise ConfigError(
+            f"interlocks.pack_silent_s = {cfg.interlocks.pack_silent_s:g} s is shorter than "
+            f"the DBC's PackStatus timeout ({status:g} s): a pack talking as it should "
+            "would be judged silent")
+
+
+def _check_api(cfg: StationConfig) -> None:
+    import grp
+
+    api = cfg.api
+    if api.socket is None:
+        if api.group is not None:
+            raise ConfigError("api.group is set but api.socket is not: no socket to give it")
+        return
+    _writable_dir("api.socket", api.socket, "socket")
+    if api.socket.exists() and not stat.S_ISSOCK(api.socket.stat().st_mode):
+        raise ConfigError(f"api.socket = {str(api.socket)!r}: exists and is not a socket")
+    if api.group is None:
+        return
+    try:
+        gid = grp.getgrnam(api.group).gr_gid
+    except KeyError:
+        if not api.group.isdigit():
+            raise ConfigError(f"api.group = {api.group!r}: no such group on this "
+                              "system") from None
+        gid = int(api.group)
+    if os.geteuid() != 0 and gid != os.getegid() and gid not in os.getgroups():
+        raise ConfigError(f"api.group = {api.group!r}: this user is not a member, so it "
+                          "cannot give the socket to that group")
+
+
+def _check_journal(cfg: StationConfig) -> None:
+    path = cfg.journal.path
+    if path.is_dir():
+        raise ConfigError(f"journal.path = {str(path)!r}: is a directory")
+    _writable_dir("journal.path", path, "journal")
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise ConfigError(f"journal.path = {str(path)!r}: not a regular file")
+    if not os.access(path, os.R_OK | os.W_OK):
+        raise ConfigError(f"journal.path = {str(path)!r}: not readable and writable by "
+                          "this user")
+    try:
+        with path.open("rb") as f:
+            head = f.read(16)
+    except OSError as exc:
+        raise ConfigError(f"journal.path = {str(path)!r}: cannot read: "
+                          f"{exc.strerror or exc}") from exc
+    if head and head != b"SQLite format 3\0":
+        raise ConfigError(f"journal.path = {str(path)!r}: exists and is not an SQLite "
+                          "journal")
+
+
+def check_files(cfg: StationConfig) -> None:
+    """What the configuration names outside itself: the data files (PLC contract, protocol
+    addressing, DBC) exist, load and agree with it; the journal and the operator socket can
+    be made where it says, the socket's group exists. Raises ConfigError naming the key or
+    file and the problem."""
+    _check_plc(cfg)
+    _check_can(cfg)
+    _check_api(cfg)
+    _check_journal(cfg)
+
+
+def _load_and_check(path: Path | None) -> StationConfig:
+    """load_config + check_files; whatever the input, a ConfigError, never a traceback."""
+    try:
+        cfg = load_config(path)
+        check_files(cfg)
+    except ConfigError:
+        raise
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: nested too deeply") from exc
+    except Exception as exc:  # a case no check foresaw: still one line, naming the file
+        raise ConfigError(f"{path}: cannot be used: {type(exc).__name__}: {exc}") from exc
+    return cfg
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.cmd == "demo":
-        if args.swaps < 1 or args.speed <= 0:
-            print("swapd demo: --swaps must be >= 1 and --speed > 0", file=sys.stderr)
+        if args.swaps < 1 or not args.speed >= 1:  # not NaN either
+            print("swapd demo: --swaps must be >= 1 and --speed >= 1 (1 is real time)",
+                  file=sys.stderr)
             return 2
         configure_logging(args.log_level, "console" if sys.stderr.isatty() else "json")
         from station.demo import run_demo
@@ -63,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(run_demo(args.swaps, args.speed, args.summary_json, args.journal))
     if args.cmd == "check-config":
         try:
-            check_files(load_config(args.file))
+            _load_and_check(args.file)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
@@ -71,8 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     path = getattr(args, "config_sub", None) or args.config
     try:
-        cfg = load_config(path)
-        check_files(cfg)
+        cfg = _load_and_check(path)
     except ConfigError as exc:
         print(f"swapd: {exc}", file=sys.stderr)
         return 2

@@ -7,11 +7,45 @@ never starts on a guess.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import tomllib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+# Every number has physical bounds (and inf and nan are refused everywhere): a value out of
+# them is a typo or a unit mistake (millivolts for volts, ms for s), never a setting.
+
+# sockaddr_un.sun_path is 108 bytes on Linux, the terminating NUL included
+MAX_SOCKET_PATH_BYTES = 107
+# IFNAMSIZ is 16, NUL included: a socketcan interface name has at most 15 characters
+MAX_IFNAME = 15
+
+
+def _no_nul(p: Path) -> Path:
+    if "\0" in str(p):
+        raise ValueError("a path may not contain a NUL character")
+    if not str(p).strip() or str(p) == ".":
+        raise ValueError("an empty path")
+    return p
+
+
+FilePath = Annotated[Path, AfterValidator(_no_nul)]
+Text = Annotated[str, Field(min_length=1, max_length=200, pattern=r"^[^\x00-\x1f\x7f]*$")]
+TorqueNm = Annotated[float, Field(ge=1.0, le=2000.0)]  # M8..M20 battery bolts: 10-500 N*m
+AngleDeg = Annotated[float, Field(ge=0.0, le=3600.0)]  # at most ten turns of a bolt
+# a family code (PackIdentity.PackFamily in the DBC: 0..250)
+Family = Annotated[int, Field(ge=0, le=250)]
 
 
 class _Section(BaseModel):
@@ -21,18 +55,20 @@ class _Section(BaseModel):
 
 
 class StationSection(_Section):
-    id: str = "PSS-SIM-0001"
-    name: str = "Simulated swap station"
+    id: Text = "PSS-SIM-0001"
+    name: Text = "Simulated swap station"
 
 
 class ModbusSection(_Section):
     """`[plc.modbus]`: the Modbus TCP link (drivers/plc/modbus_link.py)."""
 
-    host: str = "127.0.0.1"
+    host: str = Field("127.0.0.1", min_length=1, max_length=253, pattern=r"^[^\s\x00]+$")
     port: int = Field(5020, ge=1, le=65535)
-    register_map: Path | None = None  # None: the addressing shipped with the package
-    poll_period_s: float = Field(0.02, gt=0, le=1.0)
-    timeout_s: float = Field(1.0, gt=0)
+    register_map: FilePath | None = None  # None: the addressing shipped with the package
+    # 1 ms: faster polling only loads the PLC; 1 s: slower, the station moves unwatched
+    poll_period_s: float = Field(0.02, ge=0.001, le=1.0)
+    # a Modbus TCP answer takes milliseconds; one not there after 30 s never comes
+    timeout_s: float = Field(1.0, ge=0.01, le=30.0)
 
 
 # Protocol name -> its config section. The link implementations are found by the same
@@ -42,9 +78,12 @@ PLC_PROTOCOL_SECTIONS: dict[str, type[_Section]] = {"modbus": ModbusSection}
 
 class PlcSection(_Section):
     protocol: Literal["modbus"] = "modbus"
-    contract: Path | None = None  # None: the PLC contract shipped with the package
-    heartbeat_period_s: float = Field(0.1, gt=0, le=1.0)
-    stale_after_s: float = Field(0.5, gt=0, description="PLC inputs older than this are unsafe")
+    contract: FilePath | None = None  # None: the PLC contract shipped with the package
+    heartbeat_period_s: float = Field(0.1, ge=0.001, le=1.0)
+    # below 1 s: a step timeout is never shorter than 1 s (SequenceSection.timeout), and a
+    # dead PLC must be noticed as such before a step times out with a misleading reason
+    stale_after_s: float = Field(0.5, ge=0.01, lt=1.0,
+                                 description="PLC inputs older than this are unsafe")
     modbus: ModbusSection | None = None
 
     @model_validator(mode="before")
@@ -64,6 +103,20 @@ class PlcSection(_Section):
                                      f"[plc.{name}]")
         return data
 
+    @model_validator(mode="after")
+    def _periods_below_staleness(self) -> PlcSection:
+        poll = getattr(self.link_section(), "poll_period_s", None)
+        if poll is not None and self.stale_after_s < 2 * poll:
+            raise ValueError(
+                f"plc.stale_after_s = {self.stale_after_s:g} s must be at least twice "
+                f"plc.{self.protocol}.poll_period_s = {poll:g} s: one late read is not a "
+                "dead PLC")
+        if self.heartbeat_period_s >= self.stale_after_s:
+            raise ValueError(
+                f"plc.heartbeat_period_s = {self.heartbeat_period_s:g} s must be below "
+                f"plc.stale_after_s = {self.stale_after_s:g} s")
+        return self
+
     def link_section(self) -> _Section:
         """The chosen protocol's section (its defaults when the file has none)."""
         section = getattr(self, self.protocol)
@@ -77,28 +130,51 @@ class PlcSection(_Section):
 
 class CanSection(_Section):
     interface: Literal["socketcan", "virtual", "udp_multicast"] = "virtual"
-    channel: str = "swapstation"
-    bitrate: int | None = Field(250_000, gt=0)  # GB/T 27930; socketcan takes it from ip link
+    channel: str = Field("swapstation", min_length=1, max_length=100,
+                         pattern=r"^[^\s\x00]+$")
+    # GB/T 27930; socketcan takes it from ip link. Classic CAN: 10 kbit/s to 1 Mbit/s
+    bitrate: int | None = Field(250_000, ge=10_000, le=1_000_000)
     udp_port: int | None = Field(None, ge=1, le=65535, description="udp_multicast only")
-    dbc: Path | None = None  # None: the DBC shipped with the package (it sets the timeouts)
+    dbc: FilePath | None = None  # None: the DBC shipped with the package (it sets the timeouts)
+
+    @model_validator(mode="after")
+    def _channel_fits_interface(self) -> CanSection:
+        if self.interface == "socketcan" and (len(self.channel) > MAX_IFNAME
+                                              or "/" in self.channel):
+            raise ValueError(f"can.channel {self.channel!r}: not a network interface name "
+                             f"(at most {MAX_IFNAME} characters, no '/')")
+        if self.interface == "udp_multicast":
+            try:
+                multicast = ipaddress.ip_address(self.channel).is_multicast
+            except ValueError:
+                multicast = False
+            if not multicast:
+                raise ValueError(f"can.channel {self.channel!r}: udp_multicast needs a "
+                                 "multicast group address (e.g. 239.74.163.2)")
+        return self
 
 
 class SequenceSection(_Section):
+    # 1 is a real station; never below (it would stretch every timeout); 1000: a 10 s step
+    # lasts 10 ms, as fast as a simulator can be watched at all
     speed_factor: float = Field(
-        1.0, gt=0, description="simulated stations only: timeouts are divided by it"
+        1.0, ge=1.0, le=1000.0, description="simulated stations only: timeouts are divided by it"
     )
-    swap_height_mm: float = Field(500.0, gt=0)
-    height_tolerance_mm: float = Field(5.0, gt=0)
-    position_tolerance_mm: float = Field(5.0, gt=0)
-    shuttle_home_tolerance_mm: float = Field(5.0, gt=0)
-    handshake_timeout_s: float = Field(2.0, gt=0, description="PLC must echo cmd_seq within it")
-    lock_torque_nm: tuple[float, float] = (110.0, 130.0)
-    lock_angle_deg: tuple[float, float] = (80.0, 100.0)
-    unlock_torque_nm: tuple[float, float] = (80.0, 100.0)
-    unlock_angle_deg: tuple[float, float] = (680.0, 760.0)
+    swap_height_mm: float = Field(500.0, ge=100.0, le=3000.0)  # a lift, not a crane
+    height_tolerance_mm: float = Field(5.0, ge=0.1, le=50.0)
+    position_tolerance_mm: float = Field(5.0, ge=0.1, le=50.0)
+    shuttle_home_tolerance_mm: float = Field(5.0, ge=0.1, le=100.0)
+    # above two PLC polls (the echo is seen on a read) and well below any step's timeout
+    handshake_timeout_s: float = Field(2.0, ge=0.01, le=30.0,
+                                       description="PLC must echo cmd_seq within it")
+    lock_torque_nm: tuple[TorqueNm, TorqueNm] = (110.0, 130.0)
+    lock_angle_deg: tuple[AngleDeg, AngleDeg] = (80.0, 100.0)
+    unlock_torque_nm: tuple[TorqueNm, TorqueNm] = (80.0, 100.0)
+    unlock_angle_deg: tuple[AngleDeg, AngleDeg] = (680.0, 760.0)
     # step name -> seconds (real time, before speed_factor) it may take before the swap
-    # aborts; a step not named keeps its default from its row in station/sequence.py
-    timeouts: dict[str, float] = Field(default_factory=dict)
+    # aborts; a step not named keeps its default from its row in station/sequence.py.
+    # At most 10 minutes: the longest step takes 15 s; a car does not wait an hour lifted.
+    timeouts: dict[str, Annotated[float, Field(le=600.0)]] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _windows(self) -> SequenceSection:
@@ -106,15 +182,26 @@ class SequenceSection(_Section):
                      "unlock_angle_deg"):
             lo, hi = getattr(self, name)
             if lo >= hi:
-                raise ValueError(f"{name}: lower bound {lo} must be below upper bound {hi}")
+                raise ValueError(f"sequence.{name}: lower bound {lo} must be below upper "
+                                 f"bound {hi}")
         from station.sequence import STEPS_BY_NAME  # the rows name the steps
 
         for step, seconds in self.timeouts.items():
             if step not in STEPS_BY_NAME:
-                raise ValueError(f"timeouts.{step}: no such step (steps: "
+                raise ValueError(f"sequence.timeouts.{step}: no such step (steps: "
                                  + ", ".join(STEPS_BY_NAME) + ")")
             if seconds <= 0:
-                raise ValueError(f"timeouts.{step}: {seconds} s must be above 0")
+                raise ValueError(f"sequence.timeouts.{step}: {seconds} s must be above 0")
+            if STEPS_BY_NAME[step].command and seconds <= self.handshake_timeout_s:
+                raise ValueError(
+                    f"sequence.timeouts.{step}: {seconds:g} s must be above sequence."
+                    f"handshake_timeout_s = {self.handshake_timeout_s:g} s (the PLC may take "
+                    "that long to take the command at all)")
+        if 2 * self.height_tolerance_mm >= self.swap_height_mm:
+            raise ValueError(
+                f"sequence.height_tolerance_mm = {self.height_tolerance_mm:g} mm: twice it "
+                f"must be below sequence.swap_height_mm = {self.swap_height_mm:g} mm, or a "
+                "car could count as lifted and down at once")
         return self
 
     def timeout(self, step: str) -> float:
@@ -126,12 +213,40 @@ class SequenceSection(_Section):
         return max(float(seconds) / self.speed_factor, 1.0)
 
 
+# Charge cut-off per cell, volts: every lithium-ion and sodium-ion cell lies inside this
+# (LTO 2.7-2.8 V, sodium-ion 3.8-4.0, LFP 3.6-3.65, NMC/NCA 4.2-4.35, high-voltage LCO 4.45)
+CELL_CUTOFF_V = (2.0, 4.5)
+
+
 class ChemistryLimits(_Section):
-    charge_cutoff_cell_v: float = Field(gt=0)
-    charge_temp_min_c: float
-    charge_temp_max_c: float
-    alarm_temp_c: float
-    max_charge_c_rate: float = Field(1.0, gt=0)
+    charge_cutoff_cell_v: float
+    # the DBC's cell temperatures run from -40 C; no cell charges below that or above 80 C
+    charge_temp_min_c: float = Field(ge=-40.0, le=60.0)
+    charge_temp_max_c: float = Field(ge=-30.0, le=80.0)
+    # above 100 C a lithium cell is well into its SEI decomposition: too late to alarm
+    alarm_temp_c: float = Field(ge=0.0, le=100.0)
+    # extreme-fast-charge cells reach 6 C; 0.05 C (20 h) is the slowest useful grant
+    max_charge_c_rate: float = Field(1.0, ge=0.05, le=6.0)
+
+    @field_validator("charge_cutoff_cell_v")
+    @classmethod
+    def _cell_volts(cls, v: float) -> float:
+        lo, hi = CELL_CUTOFF_V
+        if lo <= v <= hi:
+            return v
+        hint = (f" (millivolts? give volts: {v / 1000:g})" if lo * 1000 <= v <= hi * 1000
+                else "")
+        raise ValueError(f"{v:g} V per cell is no lithium- or sodium-ion cell's charge "
+                         f"cut-off: must be within {lo:g}..{hi:g} V{hint}")
+
+    @model_validator(mode="after")
+    def _temperatures_in_order(self) -> ChemistryLimits:
+        if not self.charge_temp_min_c < self.charge_temp_max_c < self.alarm_temp_c:
+            raise ValueError(
+                f"charge_temp_min_c ({self.charge_temp_min_c:g}) < charge_temp_max_c "
+                f"({self.charge_temp_max_c:g}) < alarm_temp_c ({self.alarm_temp_c:g}) "
+                "must hold: a pack may not charge at a temperature that raises the alarm")
+        return self
 
 
 def _default_chemistries() -> dict[str, ChemistryLimits]:
@@ -149,7 +264,16 @@ class SelectionSection(_Section):
     min_soc_pct: float = Field(80.0, ge=0, le=100)
     min_soh_pct: float = Field(70.0, ge=0, le=100)
     # vehicle pack family -> families it accepts; a family absent here accepts only itself
-    compatible_families: dict[str, list[int]] = Field(default_factory=dict)
+    compatible_families: dict[str, list[Family]] = Field(default_factory=dict)
+
+    @field_validator("compatible_families")
+    @classmethod
+    def _family_keys(cls, v: dict[str, list[int]]) -> dict[str, list[int]]:
+        for key in v:
+            if not (key.isascii() and key.isdigit() and int(key) <= 250):
+                raise ValueError(f"compatible_families.{key}: a vehicle's pack family is a "
+                                 "number 0..250 (e.g. \"20\" = [20, 25])")
+        return v
 
     def accepts(self, vehicle_family: int, pack_family: int) -> bool:
         allowed = self.compatible_families.get(str(vehicle_family), [vehicle_family])
@@ -158,51 +282,94 @@ class SelectionSection(_Section):
 
 class ChargingSection(_Section):
     target_soc_pct: float = Field(100.0, gt=0, le=100)
+    # 20 MW: more than any swap station's grid connection (23 slots x 800 V x 1000 A)
     station_power_cap_kw: float = Field(
-        500.0, gt=0, description="the charge power granted to all rack packs never exceeds it")
-    max_pack_current_a: float = Field(500.0, gt=0, description="charger output per slot")
+        500.0, ge=1.0, le=20_000.0,
+        description="the charge power granted to all rack packs never exceeds it")
+    # 1000 A: above any slot charger (the DBC could carry 6425 A)
+    max_pack_current_a: float = Field(500.0, ge=1.0, le=1000.0,
+                                      description="charger output per slot")
+    # never judged in under 5 s anyway (station/core.py STALL_FLOOR_S); an hour at most
     stalled_after_s: float = Field(
-        60.0, gt=0, description="a pack granted current that draws none this long: alarm")
-    stalled_current_a: float = Field(1.0, gt=0, description="below this, a pack draws none")
+        60.0, ge=5.0, le=3600.0,
+        description="a pack granted current that draws none this long: alarm")
+    stalled_current_a: float = Field(1.0, ge=0.1, le=100.0,
+                                     description="below this, a pack draws none")
+
+    @model_validator(mode="after")
+    def _stall_below_grant(self) -> ChargingSection:
+        if self.stalled_current_a >= self.max_pack_current_a:
+            raise ValueError(
+                f"charging.stalled_current_a = {self.stalled_current_a:g} A must be below "
+                f"charging.max_pack_current_a = {self.max_pack_current_a:g} A")
+        return self
+
+
+# Insulation, kOhm: GB 18384 asks at least 100 Ohm/V (500 Ohm/V with AC parts); a 200 V
+# pack at 100 Ohm/V is 20 kOhm. 10 MOhm is beyond what a BMS measures as a limit.
+MIN_INSULATION_KOHM, MAX_INSULATION_KOHM = 20.0, 10_000.0
 
 
 class CheckSection(_Section):
-    min_insulation_kohm: float = Field(100.0, gt=0)
+    min_insulation_kohm: float = Field(100.0, ge=MIN_INSULATION_KOHM, le=MAX_INSULATION_KOHM)
     min_soc_pct: float = Field(50.0, ge=0, le=100)
 
 
 class PackSafetySection(_Section):
-    max_temp_rise_c_per_min: float = Field(10.0, gt=0)
-    temp_rise_window_s: float = Field(30.0, gt=0, description="window of the rise rate")
-    min_insulation_kohm: float = Field(100.0, gt=0, description="any pack, any time")
+    # 1 C/s is already a runaway; 0.5 C/min is what charging alone does
+    max_temp_rise_c_per_min: float = Field(10.0, ge=0.5, le=60.0)
+    temp_rise_window_s: float = Field(30.0, ge=5.0, le=600.0,
+                                      description="window of the rise rate")
+    min_insulation_kohm: float = Field(100.0, ge=MIN_INSULATION_KOHM, le=MAX_INSULATION_KOHM,
+                                       description="any pack, any time")
 
 
 class InterlockSection(_Section):
-    vehicle_drift_mm: float = Field(15.0, gt=0, description="offset change while positioned")
-    lift_overtravel_mm: float = Field(20.0, gt=0)
-    shuttle_tolerance_mm: float = Field(50.0, gt=0)
-    shuttle_car_mm: float = Field(3000.0, gt=0, description="shuttle position under the car")
-    pack_silent_s: float = Field(1.0, gt=0, description="a pack in use silent this long")
+    vehicle_drift_mm: float = Field(15.0, ge=1.0, le=200.0,
+                                    description="offset change while positioned")
+    lift_overtravel_mm: float = Field(20.0, ge=1.0, le=500.0)
+    shuttle_tolerance_mm: float = Field(50.0, ge=1.0, le=500.0)
+    shuttle_car_mm: float = Field(3000.0, ge=100.0, le=10_000.0,
+                                  description="shuttle position under the car")
+    # at least two PackStatus periods (100 ms); 5 s of a silent pack during a move is long
+    pack_silent_s: float = Field(1.0, ge=0.2, le=5.0,
+                                 description="a pack in use silent this long")
+
+    @model_validator(mode="after")
+    def _rail(self) -> InterlockSection:
+        if self.shuttle_tolerance_mm >= self.shuttle_car_mm:
+            raise ValueError(f"interlocks.shuttle_tolerance_mm = {self.shuttle_tolerance_mm:g}"
+                             f" mm must be below interlocks.shuttle_car_mm = "
+                             f"{self.shuttle_car_mm:g} mm")
+        return self
 
 
 class ApiSection(_Section):
     """The local operator API (swapctl). Who may command the station is who may open the
     socket: its mode and group."""
 
-    socket: Path | None = None  # None: no local API
+    socket: FilePath | None = None  # None: no local API
     socket_mode: int = Field(0o660, ge=0, le=0o777)
-    group: str | None = None
+    group: str | None = Field(None, min_length=1, max_length=32, pattern=r"^[^\s\x00:/]+$")
 
     @model_validator(mode="after")
     def _not_world_writable(self) -> ApiSection:
         if self.socket_mode & 0o002:
             raise ValueError(f"socket_mode {self.socket_mode:#o}: world-writable: anyone on "
                              "the machine could command the station (use 0o660 and a group)")
+        if self.socket_mode & 0o600 != 0o600:
+            raise ValueError(f"socket_mode {self.socket_mode:#o}: the daemon's own user must "
+                             "be able to read and write its socket (0o600 at least)")
+        if self.socket is not None:
+            size = len(os.fsencode(self.socket))
+            if size > MAX_SOCKET_PATH_BYTES:
+                raise ValueError(f"socket {str(self.socket)[:40]}...: {size} bytes, longer than "
+                                 f"a Unix socket path can be ({MAX_SOCKET_PATH_BYTES})")
         return self
 
 
 class JournalSection(_Section):
-    path: Path = Path("swapd-journal.sqlite")
+    path: FilePath = Path("swapd-journal.sqlite")
 
 
 class OperationSection(_Section):
@@ -232,6 +399,43 @@ class StationConfig(_Section):
     operation: OperationSection = OperationSection()
     log: LogSection = LogSection()
 
+    @model_validator(mode="after")
+    def _related(self) -> StationConfig:
+        """Values of different sections that must agree; the error names both keys."""
+        seq, il = self.sequence, self.interlocks
+        poll = getattr(self.plc.link_section(), "poll_period_s", None)
+        if poll is not None and seq.handshake_timeout_s < 2 * poll:
+            raise ValueError(
+                f"sequence.handshake_timeout_s = {seq.handshake_timeout_s:g} s must be at "
+                f"least two PLC polls (plc.{self.plc.protocol}.poll_period_s = {poll:g} s): "
+                "the echo is seen on a read")
+        if seq.position_tolerance_mm >= il.vehicle_drift_mm:
+            raise ValueError(
+                f"sequence.position_tolerance_mm = {seq.position_tolerance_mm:g} mm must be "
+                f"below interlocks.vehicle_drift_mm = {il.vehicle_drift_mm:g} mm, or a car "
+                "counted as positioned trips the drift interlock")
+        if seq.height_tolerance_mm >= il.lift_overtravel_mm:
+            raise ValueError(
+                f"sequence.height_tolerance_mm = {seq.height_tolerance_mm:g} mm must be below "
+                f"interlocks.lift_overtravel_mm = {il.lift_overtravel_mm:g} mm")
+        if seq.shuttle_home_tolerance_mm > il.shuttle_tolerance_mm:
+            raise ValueError(
+                f"sequence.shuttle_home_tolerance_mm = {seq.shuttle_home_tolerance_mm:g} mm "
+                f"must not exceed interlocks.shuttle_tolerance_mm = "
+                f"{il.shuttle_tolerance_mm:g} mm, or a shuttle counted home trips the "
+                "shuttle interlock")
+        if self.check.min_soc_pct > self.selection.min_soc_pct:
+            raise ValueError(
+                f"check.min_soc_pct = {self.check.min_soc_pct:g} % must not exceed "
+                f"selection.min_soc_pct = {self.selection.min_soc_pct:g} %: a pack given to a "
+                "car would fail its post-swap check")
+        if self.charging.target_soc_pct < self.selection.min_soc_pct:
+            raise ValueError(
+                f"charging.target_soc_pct = {self.charging.target_soc_pct:g} % must not be "
+                f"below selection.min_soc_pct = {self.selection.min_soc_pct:g} %: no pack "
+                "would ever be charged enough to give to a car")
+        return self
+
 
 class ConfigError(Exception):
     """The configuration file cannot be used; the message names the key and the problem."""
@@ -244,6 +448,11 @@ def format_validation_error(origin: str, exc: ValidationError) -> str:
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
+        elif err["type"] == "value_error":  # our own checks: their message names the keys
+            msg = msg.removeprefix("Value error, ")
+            if not err["loc"] or msg.startswith(f"{key}."):
+                lines.append(f"  {msg}")
+                continue
         lines.append(f"  {key}: {msg}")
     return "\n".join(lines)
 
@@ -254,14 +463,23 @@ def load_config(path: str | Path | None) -> StationConfig:
         return StationConfig()
     p = Path(path)
     try:
-        data = tomllib.loads(p.read_text())
+        text = p.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale
     except FileNotFoundError as exc:
         raise ConfigError(f"{p}: configuration file not found") from exc
     except OSError as exc:
-        raise ConfigError(f"{p}: cannot read: {exc.strerror}") from exc
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not valid UTF-8 (byte {exc.start}): a TOML file is UTF-8 "
+                          "text") from exc
+    try:
+        data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from exc
+    except RecursionError as exc:  # tomllib recurses once per nested array or inline table
+        raise ConfigError(f"{p}: not valid TOML: arrays or tables nested too deeply") from exc
     try:
         return StationConfig.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(str(p), exc)) from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{p}: values nested too deeply") from exc
