@@ -47,7 +47,7 @@ from station.image import (
 )
 from station.pack_commands import PackCommand, PackCommandKind, PackRequest
 from station.pack_safety import PackEvent, TempRiseTracker, pack_events
-from station.pack_trust import AlarmGate, PackTrust, TrustEvent
+from station.pack_trust import AlarmGate, Binding, PackTrust, TrustEvent
 from station.packml import Cmd, PackMLMachine, State, TransitionRefused
 from station.plan import PackInfo, SwapPlan
 from station.selection import Choice, choose_pack
@@ -136,6 +136,7 @@ class StationCore:
         self._granted: dict[Location, tuple[float, float]] = {}  # loc -> (A, last granted at)
         self._isolated: set[tuple[Location, int | None]] = set()  # told to isolate
         self._view: ProcessImage | None = None  # the trusted packs, this scan
+        self._carried: dict[Location, Binding | None] = {}  # a pack's binding, in transit
         self._pack_commands: list[PackCommand] = []
         self._pack_requests: list[PackRequest] = []
         self._pack_events: tuple[PackEvent, ...] = ()
@@ -649,9 +650,9 @@ class StationCore:
             self.seq = self.seq % 0xFFFF + 1
         return self.seq
 
-    def _expect(self, loc: Location, pack: PackInfo) -> None:
+    def _expect(self, loc: Location, pack: PackInfo, carried: Binding | None) -> None:
         self.trust.expect(loc, PackIdentity(pack.serial, pack.family, pack.chemistry, None),
-                          pack.soc_pct)
+                          pack.soc_pct, carried)
 
     def _begin_step(self, index: int, now: float) -> None:
         assert self.plan is not None
@@ -660,10 +661,17 @@ class StationCore:
         self.step_started_at = now
         self._done_seen_at = None
         seq = None
-        if step.name == "store":  # what arrives where: bind it on arrival (pack_trust)
-            self._expect(Location.rack(self.plan.store_slot), self.plan.pack_out)
+        # What arrives where: bound on arrival, with what was learnt of it where it was
+        # (pack_trust). The pack leaves the bay in REMOVE and its slot in FETCH.
+        if step.name == "remove":
+            self._carried[BAY] = self.trust.snapshot(BAY)
+        elif step.name == "fetch":
+            self._carried[BAY] = self.trust.snapshot(Location.rack(self.plan.fetch_slot))
+        elif step.name == "store":
+            self._expect(Location.rack(self.plan.store_slot), self.plan.pack_out,
+                         self._carried.pop(BAY, None))
         elif step.name == "install":
-            self._expect(BAY, self.plan.pack_in)
+            self._expect(BAY, self.plan.pack_in, self._carried.pop(BAY, None))
         if step.command is not None:
             seq = self._next_seq(self._image)
             self.outputs.update(

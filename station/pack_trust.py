@@ -22,6 +22,7 @@ Pure logic: the core calls `update` every scan and acts on the events it returns
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -70,13 +71,21 @@ class PackTrust:
     def __init__(self, speed_factor: float = 1.0) -> None:
         self.speed_factor = speed_factor  # simulated seconds per real second (charge sums)
         self.bindings: dict[Location, Binding] = {}
-        self._expected: dict[Location, tuple[PackIdentity, float | None]] = {}
+        self._expected: dict[Location, tuple[PackIdentity, float | None, Binding | None]] = {}
         self._last_update: float | None = None
 
     # ---- what the core tells it ---------------------------------------------------------
-    def expect(self, loc: Location, identity: PackIdentity, soc_pct: float | None) -> None:
-        """The swap is about to put this pack at loc (STORE, INSTALL): bind it on arrival."""
-        self._expected[loc] = (identity, soc_pct)
+    def expect(self, loc: Location, identity: PackIdentity, soc_pct: float | None,
+               carried: Binding | None = None) -> None:
+        """The swap is about to put this pack at loc (STORE, INSTALL): bind it on arrival.
+        `carried`: its binding where it came from (`snapshot`), so that what was learnt of
+        it there (ratings, capacity, SOC and the charge granted since) travels with it."""
+        self._expected[loc] = (identity, soc_pct, carried)
+
+    def snapshot(self, loc: Location) -> Binding | None:
+        """A copy of the binding at loc, to carry with the pack when the machine moves it."""
+        b = self.bindings.get(loc)
+        return None if b is None else dataclasses.replace(b)
 
     def release(self, loc: Location) -> None:
         """An operator has checked the pack: forget the binding; the next arrival, or the
@@ -155,7 +164,14 @@ class PackTrust:
         b = Binding(loc, since=t, token=token if loc.is_bay else 0)
         expected = self._expected.pop(loc, None)
         if expected is not None:
-            b.identity, b.soc_ref = expected
+            identity, b.soc_ref, carried = expected
+            b.identity = identity
+            if carried is not None and carried.distrust is None and \
+                    carried.identity is not None and _same(identity, carried.identity):
+                b.identity, b.ratings, b.capacity_ah = (carried.identity, carried.ratings,
+                                                        carried.capacity_ah)
+                if carried.soc_ref is not None:
+                    b.soc_ref, b.ah_granted = carried.soc_ref, carried.ah_granted
         self.bindings[loc] = b
         return b
 

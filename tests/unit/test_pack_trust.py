@@ -285,3 +285,32 @@ def test_a_whole_swap_raises_no_trust_alarm() -> None:
     assert not run.kinds("slot_locked") and not [
         a for a in run.kinds("alarm") if a["alarm"] != "charge_stalled"]
     assert isinstance(run.plc, ScriptedPlc)
+
+
+def test_what_was_learnt_of_a_pack_travels_with_it() -> None:
+    """A pack charging between selection and fetch arrives in the car with more SOC than it
+    was selected with: the charge granted to it in its slot travels with it, so the bay does
+    not call its SOC implausible (and other ratings than the ones bound in the rack would be
+    a conflict)."""
+    run = idle_run()
+    img = run.plc.image
+    slot = Location.rack(1)
+    rep = img.packs[slot]
+    rep.soc_pct, rep.rated_capacity_ah = 85.0, 100.0
+    trust = PackTrust()
+    trust.update(img, 0.0)
+    for t in range(1, 361):  # 100 A for 360 s: 10 Ah, 10 % of 100 Ah
+        img.plc_read_at = float(t)
+        assert trust.update(img, float(t), {slot: 100.0}) == []
+    rep.soc_pct = 95.0
+    assert trust.update(img, 361.0) == []
+    carried = trust.snapshot(slot)
+    fetched = PackIdentity(1001, 20, "nmc", None)
+    car_arrives(run)
+    for with_history, events in ((carried, 0), (None, 1)):
+        t2 = PackTrust()
+        t2.expect(BAY, fetched, 85.0, with_history)
+        bay = pack(BAY, 1001, 20, "nmc", 95.0, t=400.0, rated_capacity_ah=100.0)
+        img.packs[BAY], img.plc_read_at = bay, 400.0
+        out = t2.update(img, 400.0)
+        assert len([e for e in out if e.location == BAY]) == events, out
