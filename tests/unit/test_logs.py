@@ -38,7 +38,7 @@ def test_json_lines_for_structlog_and_foreign_loggers() -> None:
     configure_logging("info", "json", stream=out)
     bind_swap("S-0001", "lift")
     logging.getLogger("pymodbus.logging").warning("Failed to connect %s", "127.0.0.1:1")
-    logging.getLogger("can").info("bus up")
+    logging.getLogger("can").warning("bus up")
     structlog.get_logger("swapd").info("swap.step_done", slot=3)
     records = [json.loads(ln) for ln in lines(out)]  # every line is one JSON object
     assert len(records) == 3
@@ -49,7 +49,7 @@ def test_json_lines_for_structlog_and_foreign_loggers() -> None:
     assert modbus["logger"] == "pymodbus.logging"
     assert modbus["level"] == "warning"
     assert modbus["event"] == "Failed to connect 127.0.0.1:1"
-    assert can["logger"] == "can" and can["level"] == "info"
+    assert can["logger"] == "can" and can["level"] == "warning"
     assert own["logger"] == "swapd" and own["event"] == "swap.step_done" and own["slot"] == 3
 
 
@@ -147,8 +147,106 @@ def test_capture_to_file_without_configuration_is_for_the_block_only(tmp_path: P
     path = tmp_path / "swapd.log.jsonl"
     with capture_to_file(path):
         structlog.get_logger("swapd").info("swapd.start")
-        logging.getLogger("pymodbus.logging").info("Server listening.")
+        logging.getLogger("pymodbus.logging").info("Server listening.")  # a library at info
+        logging.getLogger("pymodbus.logging").warning("Failed to connect")
     assert [json.loads(ln)["logger"] for ln in path.read_text().splitlines()] == [
         "swapd", "pymodbus.logging"]
     assert not is_configured()
     assert root.handlers == handlers and root.level == level
+
+
+# ------------------------------------------------------------- the libraries' noise
+
+
+def test_library_loggers_sit_at_warning_unless_configured_otherwise() -> None:
+    out = io.StringIO()
+    configure_logging("debug", "json", stream=out)
+    logging.getLogger("pymodbus.logging").debug("send: 0x0 0x1 0x0 0x0")  # a frame dump
+    logging.getLogger("asyncio").debug("Using selector: EpollSelector")
+    logging.getLogger("can.interfaces.udp_multicast").info("could not connect ...")
+    structlog.get_logger("swapd").debug("scan.done")  # swapd's own debug stays
+    assert [json.loads(ln)["event"] for ln in lines(out)] == ["scan.done"]
+    out2 = io.StringIO()
+    configure_logging("debug", "json", stream=out2, library_level="debug")
+    logging.getLogger("pymodbus.logging").debug("send: 0x0 0x1")
+    assert [json.loads(ln)["event"] for ln in lines(out2)] == ["send: 0x0 0x1"]
+    reset_logging()
+    assert logging.getLogger("pymodbus").level == logging.NOTSET
+
+
+def test_library_records_rate_limited_with_a_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    import station.logs as logs
+
+    now = [100.0]
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    monkeypatch.setattr(logs._library_limit.limiter, "_clock", lambda: now[0])
+    log = logging.getLogger("pymodbus.logging")
+    for tid in range(1, 11):  # the same error, its numbers aside
+        log.error(f"ERROR: request ask for transaction_id={tid} but got id={tid + 1}")
+    log.error("Invalid Modbus protocol id: 7")  # another kind: not held back
+    structlog.get_logger("swapd").warning("plc.poll_error")  # swapd's own: never held
+    structlog.get_logger("swapd").warning("plc.poll_error")
+    now[0] += 1.5
+    log.error("ERROR: request ask for transaction_id=99 but got id=3")
+    records = [json.loads(ln) for ln in lines(out)]
+    assert [(r["event"][:24], r.get("suppressed")) for r in records] == [
+        ("ERROR: request ask for t", None),
+        ("Invalid Modbus protocol ", None),
+        ("plc.poll_error", None),
+        ("plc.poll_error", None),
+        ("ERROR: request ask for t", 9),
+    ]
+
+
+def test_a_record_of_many_lines_is_one_line_with_frames_and_detail() -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    logging.getLogger("pymodbus.logging").error(
+        "No response received after 0 retries\n>>>>> send: 0x0 0x1\n>>>>> recv: 0x0 0x2")
+    logging.getLogger("asyncio").error(
+        "Task exception was never retrieved\nfuture: <Task finished name='Task-4'>")
+    modbus, aio = (json.loads(ln) for ln in lines(out))
+    assert modbus["event"] == "No response received after 0 retries"
+    assert modbus["frames"] == ["send: 0x0 0x1", "recv: 0x0 0x2"]
+    assert aio["event"] == "Task exception was never retrieved"
+    assert aio["detail"] == ["future: <Task finished name='Task-4'>"]
+
+
+def test_a_record_whose_arguments_do_not_fit_is_logged_as_it_came(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+    logging.getLogger("pymodbus.logging").warning("bad %d format", "args")
+    (r,) = [json.loads(ln) for ln in lines(out)]
+    assert "bad %d format" in r["event"] and "'args'" in r["event"]
+    assert "Logging error" not in capsys.readouterr().err
+
+
+def test_thread_and_unraisable_exceptions_are_records() -> None:
+    import gc
+    import threading
+
+    before = threading.excepthook  # pytest's own
+    out = io.StringIO()
+    configure_logging("info", "json", stream=out)
+
+    def fail() -> None:
+        raise ZeroDivisionError("in a thread")
+
+    t = threading.Thread(target=fail, name="worker-7")
+    t.start()
+    t.join()
+
+    class Leaky:
+        def __del__(self) -> None:
+            raise ValueError("in __del__")
+
+    Leaky()
+    gc.collect()
+    records = [json.loads(ln) for ln in lines(out)]
+    thread = next(r for r in records if "worker-7" in r["event"])
+    assert thread["logger"] == "python" and "ZeroDivisionError" in thread["exception"]
+    assert any("in __del__" in r.get("exception", "") for r in records), records
+    reset_logging()
+    assert threading.excepthook is before  # ours is gone again
