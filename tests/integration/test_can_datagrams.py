@@ -215,3 +215,36 @@ def test_write_config_carries_the_can_port(tmp_path: Path, can_port: int) -> Non
 
     path = write_config(tmp_path, 5020, multicast_group(), 20.0, can_port=can_port)
     assert load_config(path).can.udp_port == can_port
+
+
+@pytest.mark.timeout(150)
+async def test_swaps_complete_under_100_bad_datagrams_per_second(tmp_path: Path) -> None:
+    """The field's report, end to end: the station over udp_multicast with 100 datagrams/s
+    that are not CAN frames on its port. Before, each one reopened swapd's bus and the
+    swaps aborted with pack_silent; now two swaps complete and the datagrams are counted."""
+    from station.rig import Rig
+
+    async with Rig(speed=100, vehicles=2, can="udp_multicast", workdir=tmp_path) as rig:
+        assert rig.can_port is not None
+        raw = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        raw.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
+        bad = [b"\x00 not a frame", wide_id_datagram()]
+        sent = 0
+
+        async def babble() -> None:
+            nonlocal sent
+            while True:
+                raw.sendto(bad[sent % 2], (rig.channel, rig.can_port))
+                sent += 1
+                await asyncio.sleep(0.01)
+
+        noise = asyncio.create_task(babble())
+        try:
+            await rig.wait_for(lambda: len(rig.ended()) >= 2, timeout=120, what="two swaps")
+        finally:
+            noise.cancel()
+            raw.close()
+        assert [s["outcome"] for s in rig.ended()] == ["completed", "completed"], rig.ended()
+        stats = rig.daemon.bus.stats
+        assert stats["malformed_datagrams"] >= sent // 2, (stats, sent)
+        assert stats["bus_errors"] == 0, stats
