@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import socket
 import threading
@@ -58,6 +59,7 @@ class MalformedDatagram(can.CanOperationError):
     is fine, the next datagram may be read."""
 
 
+@functools.cache
 def _tolerant_udp_multicast() -> type[can.BusABC]:
     """python-can's udp_multicast bus, with a datagram that does not unpack to a valid
     frame (not msgpack, unknown fields, an identifier wider than 29 bits, ...) raised as
