@@ -122,7 +122,14 @@ def _check_api(cfg: StationConfig) -> None:
         if api.group is not None:
             raise ConfigError("api.group is set but api.socket is not: no socket to give it")
         return
-    _writable_dir("api.socket", api.socket, "socket")
+    # The daemon makes the socket's directory if need be (under systemd RuntimeDirectory
+    # makes it, and removes it when the service stops): the nearest that exists must let it.
+    existing = api.socket.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"api.socket = {str(api.socket)!r}: {str(existing)!r} is not a "
+                          "directory this user can make the socket (or its directory) in")
     if api.socket.exists() and not stat.S_ISSOCK(api.socket.stat().st_mode):
         raise ConfigError(f"api.socket = {str(api.socket)!r}: exists and is not a socket")
     if api.group is None:
@@ -140,6 +147,8 @@ def _check_api(cfg: StationConfig) -> None:
 
 
 def _check_journal(cfg: StationConfig) -> None:
+    # Its directory must exist: a typo in it would start an empty journal, and the daemon
+    # would forget a swap left unfinished (the restart reads it from the journal).
     path = cfg.journal.path
     if path.is_dir():
         raise ConfigError(f"journal.path = {str(path)!r}: is a directory")
@@ -222,12 +231,17 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(cfg: StationConfig) -> int:
     from station.daemon import Daemon
+    from station.local_api import LocalApiError
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await Daemon(cfg).run(stop)
+    try:
+        await Daemon(cfg).run(stop)
+    except LocalApiError as exc:  # the socket is taken by another daemon, or cannot be made
+        print(f"swapd: [api]: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
