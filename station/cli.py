@@ -106,6 +106,11 @@ def _check_can(cfg: StationConfig) -> None:
     except Exception as exc:  # cantools raises several types on a malformed DBC
         raise ConfigError(f"[can] dbc {cfg.can.dbc or '(shipped)'}: cannot be used: "
                           f"{exc}") from exc
+    known = set(adapter.protocol.choices("PackIdentity", "Chemistry").values())
+    for name in cfg.chemistry:
+        if known and name not in known:
+            raise ConfigError(f"chemistry.{name}: the DBC names no such chemistry (it names "
+                              f"{', '.join(sorted(known))}); a pack of it would never match")
     status = adapter.timeouts().status
     if cfg.interlocks.pack_silent_s < status:
         raise ConfigError(

@@ -388,7 +388,10 @@ class StationConfig(_Section):
     plc: PlcSection = PlcSection()
     can: CanSection = CanSection()
     sequence: SequenceSection = SequenceSection()
-    chemistry: dict[str, ChemistryLimits] = Field(default_factory=_default_chemistries)
+    # at least one: a pack of a chemistry not named is judged by the strictest alarm of those
+    # named (station/pack_safety.py), and never charged
+    chemistry: dict[str, ChemistryLimits] = Field(default_factory=_default_chemistries,
+                                                  min_length=1)
     selection: SelectionSection = SelectionSection()
     charging: ChargingSection = ChargingSection()
     check: CheckSection = CheckSection()

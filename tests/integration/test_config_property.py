@@ -5,16 +5,16 @@ swap.
 
 The files are mutations of a valid configuration: a value replaced by an odd number (zero,
 negative, tiny, huge, 2^63, 1e308, inf, nan), scaled by a unit mistake (x1000, /1000, x60),
-by a value of the wrong type, a key or a section removed, an unknown key added, related
-values swapped (poll and staleness, a window's bounds, temperatures), and files whose text
-is cut, nested or not UTF-8. check-config runs in this process (`station.cli.main`), so an
-exception escaping it fails the test with its traceback.
+or by a value of the wrong type; a key removed, a section removed or emptied, an unknown
+key added; related values swapped (poll and staleness, a window's bounds, temperatures);
+and files whose text is cut, nested 1000 deep or not UTF-8. check-config runs in this
+process (`station.cli.main`), so an exception escaping it fails the test with its traceback.
 
 "ok => a swap": values drawn inside their bounds for keys whose every allowed value a
 station that works must honour, in the ranges the simulated station can show (its packs
 arrive at 85-100 % SOC and 5 MOhm, its car is positioned within 2 mm, its bolts tighten to
-110-130 N*m): a handful of examples, each one swap on the in-process rig at the highest
-speed it allows for the drawn poll period.
+110-130 N*m): a handful of examples, each one swap on the in-process rig, as fast as it
+allows for the drawn poll period (80 % of `highest_speed`, at most x200).
 """
 
 from __future__ import annotations
@@ -198,7 +198,8 @@ def remove(tree: Any, path: KeyPath) -> None:
 def mutated_trees(draw: st.DrawFn, base: Tree) -> Tree:
     tree = copy.deepcopy(base)
     for _ in range(draw(st.integers(1, 3))):
-        kind = draw(st.sampled_from(["odd", "unit", "type", "remove", "unknown", "swap"]))
+        kind = draw(st.sampled_from(["odd", "unit", "type", "remove", "unknown", "swap",
+                                     "table"]))
         paths = leaves(tree)
         if not paths:
             break
@@ -209,6 +210,14 @@ def mutated_trees(draw: st.DrawFn, base: Tree) -> Tree:
                 va, vb = get(tree, a), get(tree, b)
                 put(tree, a, vb)
                 put(tree, b, va)
+            continue
+        if kind == "table":  # a whole section removed or emptied
+            where_path = draw(st.sampled_from(tables(tree)[1:] or [("station",)]))
+            with contextlib.suppress(KeyError, TypeError):
+                if draw(st.booleans()):
+                    remove(tree, where_path)
+                else:
+                    put(tree, where_path, {})
             continue
         if kind == "unknown":
             where = get(tree, draw(st.sampled_from(tables(tree))))

@@ -196,6 +196,10 @@ def test_item8_world_writable_socket_is_refused(tmp_path: Path, mode: str) -> No
     ("[sequence]\nspeed_factor = 0.001\n", ["sequence.speed_factor"]),
     ('[can]\ninterface = "udp_multicast"\nchannel = "can0"\n', ["can.channel"]),
     ('[selection]\ncompatible_families = { "twenty" = [20] }\n', ["compatible_families"]),
+    # no chemistry at all: the daemon died on the first pack it heard (the strictest alarm
+    # of no chemistry); a misspelt one would never match a pack
+    ("[chemistry]\n", ["chemistry"]),
+    (NMC.format(v=4.2).replace("nmc", "nmcc"), ["chemistry.nmcc", "no such chemistry"]),
 ])
 def test_related_values_are_checked_together_naming_the_keys(
         tmp_path: Path, text: str, keys: list[str]) -> None:
