@@ -460,13 +460,21 @@ def format_validation_error(origin: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
+MAX_CONFIG_BYTES = 1024 * 1024  # the example with every key and comment is 4 KiB
+
+
 def load_config(path: str | Path | None) -> StationConfig:
     """Load and validate a station configuration; None gives the built-in defaults."""
     if path is None:
         return StationConfig()
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")  # TOML is UTF-8, whatever the locale
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)  # /dev/zero must not fill the memory
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{p}: larger than {MAX_CONFIG_BYTES // 1024} KiB: not a "
+                              "station configuration")
+        text = raw.decode("utf-8")  # TOML is UTF-8, whatever the locale
     except FileNotFoundError as exc:
         raise ConfigError(f"{p}: configuration file not found") from exc
     except OSError as exc:

@@ -315,3 +315,9 @@ def test_run_on_a_socket_another_daemon_serves_exits_2_without_traceback(
     finally:
         srv.close()
     _refused(r, "another process is serving")
+
+
+def test_a_file_that_is_not_a_configuration_is_refused(tmp_path: Path) -> None:
+    _refused(_swapd("check-config", "/dev/zero"), "larger than")
+    _refused(_swapd("check-config", str(tmp_path)), "cannot read")
+    _refused(_check_config(tmp_path, b"\x00\x01\x02"), "not valid TOML")
