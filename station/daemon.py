@@ -50,6 +50,12 @@ from station.sequence import SEQUENCE, step_index
 log = structlog.get_logger("swapd")
 
 TICK_S = 0.05  # scan at least this often, for timeouts and staleness
+# A rising stop request goes out before its decision is journaled: the scan waits this long
+# at most for the PLC to acknowledge it (a PLC that does not answer must not hold back the
+# record; the write goes on, and the link's cycle writes the outputs again anyway).
+STOP_ACK_WAIT_S = 0.1
+STOP_SCAN_S = 5.0  # at shutdown the scan finishes its decision within this, else it is cut
+STOP_TASKS_S = 5.0  # the other tasks' (links, writes) cancellation may take this long
 
 
 CLEAN_END_STATES = (None, "Idle", "Resetting", "Complete", "Completing")
@@ -127,7 +133,10 @@ class Daemon:
         self._wake = asyncio.Event()
         self._last_scan = clock()
         self._background: set[asyncio.Task[None]] = set()
-        self._stop_level = StopRequest(self.core.outputs["stop_request"]).severity
+        self._stopping = False  # run() is stopping: the scan loop ends after its decision
+        self._apply_lock = asyncio.Lock()  # decisions are journaled in the order taken
+        self._stop_value: Any = self.core.outputs["stop_request"]  # of the last decision
+        self._stop_level = StopRequest(self._stop_value).severity
         self._reset_pending = (state == State.STOPPED and reason is None
                                and cfg.operation.reset_on_start)
 
@@ -222,13 +231,35 @@ class Daemon:
                  if d.outputs is not None else self._stop_level)
         stopping = level > self._stop_level
         self._stop_level = level
+        if d.outputs is not None:
+            self._stop_value = d.outputs["stop_request"]
+        stop_write = None
         if stopping:
             assert d.outputs is not None
             self.link.set_outputs(d.outputs)
-            self._spawn(self._write_now())
-            await asyncio.sleep(0)  # let the write reach the socket before the fsync below
+            stop_write = self._spawn(self._write_now())
         for cmd in d.isolations:
             self.packs.send(cmd)
+        if stop_write is None and not self._apply_lock.locked():
+            self._record_and_act(d, stopping)  # the usual case: no await, no reordering
+            return
+        # A stop is on its way to the PLC: the decision is recorded once the PLC has it. One
+        # scheduling turn is not enough: the write needs several (and waits behind a request
+        # in flight, e.g. the cat2 write of the hold an abort follows). Decisions taken
+        # meanwhile (a command, the next scan) wait their turn, so the journal keeps the
+        # order in which they were taken.
+        async with self._apply_lock:
+            cancelled = False
+            if stop_write is not None:
+                try:
+                    await asyncio.wait({stop_write}, timeout=STOP_ACK_WAIT_S)
+                except asyncio.CancelledError:
+                    cancelled = True  # cut short: the stop is out, its record must be too
+            self._record_and_act(d, stopping)
+            if cancelled:
+                raise asyncio.CancelledError
+
+    def _record_and_act(self, d: Decision, stopping: bool) -> None:
         for ev in d.events:  # context for every line the scan task logs from here on
             if isinstance(ev, StepStarted | SwapStarted):
                 bind_swap(ev.swap_id, getattr(ev, "step", None))
@@ -237,7 +268,11 @@ class Daemon:
                 bind_swap(None, None)
         self.events.journal.record(d.events)  # the record first: one transaction, fsync
         if d.outputs is not None and not stopping:
-            self.link.set_outputs(d.outputs)
+            outputs = d.outputs
+            if StopRequest(outputs["stop_request"]).severity < self._stop_level:
+                # taken before a stop that is out already: never lower it again
+                outputs = {**outputs, "stop_request": self._stop_value}
+            self.link.set_outputs(outputs)
         for cmd in d.pack_commands:
             if cmd.command != PackCommandKind.ISOLATE:
                 self.packs.send(cmd)
@@ -257,10 +292,11 @@ class Daemon:
         if t_write is not None:
             self.journal.step_commanded(swap_id, step, t_write)
 
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+        return task
 
     @staticmethod
     def _log_event(ev: Event) -> None:
@@ -276,13 +312,17 @@ class Daemon:
             log.info(f"event.{ev.kind}", **fields)
 
     async def _scan_loop(self) -> None:
-        while True:
+        """Scan on every wake-up and every tick until the daemon stops: then it returns
+        between two scans, never cancelled in the middle of a decision (run())."""
+        while not self._stopping:
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow the cancellation
             # that stops the daemon when the wake-up lands at the same moment
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(TICK_S):
                     await self._wake.wait()
             self._wake.clear()
+            if self._stopping:
+                return
             try:
                 await self.scan()
             except Exception:  # a bug in one scan must not kill supervision
@@ -313,40 +353,64 @@ class Daemon:
                  plc=self.cfg.plc.endpoint,
                  can=f"{self.cfg.can.interface}:{self.cfg.can.channel}")
         self.events.start()
+        self._stopping = False
+        scan = asyncio.create_task(self._scan_loop(), name="scan")
         tasks = [
             asyncio.create_task(self.link.run(), name="plc"),
             asyncio.create_task(self.bus.run(), name="can"),
-            asyncio.create_task(self._scan_loop(), name="scan"),
+            scan,
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
         ]
         api = None
-        if self.cfg.api.socket is not None:
-            api = LocalApiServer(
-                self.cfg.api.socket,
-                functools.partial(handle_request, status=self.core.status, submit=self.submit),
-                mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
-            )
-            await api.start()
-        self._spawn(self._ask_every_pack())  # a one-shot: not among the tasks that must run
-        self.notifier.ready(f"{self.core.state.label}")
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
+            if self.cfg.api.socket is not None:
+                api = LocalApiServer(
+                    self.cfg.api.socket,
+                    functools.partial(handle_request, status=self.core.status,
+                                      submit=self.submit),
+                    mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
+                )
+                await api.start()
+            self._spawn(self._ask_every_pack())  # a one-shot: not among the tasks that must run
+            self.notifier.ready(f"{self.core.state.label}")
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
             for t in done:
-                if t.get_name() != "stop" and t.exception():
+                if t is not stopper and not t.cancelled() and t.exception():
                     raise t.exception()  # type: ignore[misc]
         finally:
-            self.notifier.stopping()
-            if api is not None:
-                await api.close()
-            pending = (*tasks, stopper, *self._background)
+            await self._shutdown(scan, [*tasks, stopper], api)
+
+    async def _shutdown(self, scan: asyncio.Task[None], tasks: list[asyncio.Task[Any]],
+                        api: LocalApiServer | None) -> None:
+        """Stop in a fixed order: no new commands; the scan ends by itself after the decision
+        it is taking (journaled, its outputs handed to the link), so it is never cut in the
+        middle of one and no cancellation can get lost in it (a cancellation swallowed in
+        the scan, as a 3.11 wait_for or an `except Exception` can, left it running:
+        `swapd.stop_stuck tasks=["scan"]`); then the links and every background write are
+        cancelled, those spawned meanwhile included; then the links, sinks and journal
+        close. Whatever has not ended in its time is named and cut: a stop never hangs."""
+        self.notifier.stopping()
+        if api is not None:
+            await api.close()  # a command half carried out is let finish
+        self._stopping = True
+        self._wake.set()
+        stuck: list[asyncio.Task[Any]] = []
+        if not (await asyncio.wait({scan}, timeout=STOP_SCAN_S))[0]:
+            stuck.append(scan)
+            scan.cancel()
+        others = [t for t in tasks if t is not scan]
+        while pending := [t for t in (*others, *self._background) if not t.done()]:
             for t in pending:
                 t.cancel()
-            _, stuck = await asyncio.wait(pending, timeout=5.0)
-            if stuck:  # never hang a stop (systemd would have to kill us)
-                log.error("swapd.stop_stuck", tasks=[t.get_name() for t in stuck])
-            await self.link.close()
-            await self.bus.close()
-            await self.events.close()
-            self.journal.close()
-            log.info("swapd.stopped", state=self.core.state.label)
+            _, late = await asyncio.wait(pending, timeout=STOP_TASKS_S)
+            if late:
+                stuck += late
+                break
+        if stuck:  # never hang a stop (systemd would have to kill us)
+            log.error("swapd.stop_stuck", tasks=[t.get_name() for t in stuck])
+        await self.link.close()
+        await self.bus.close()
+        await self.events.close()
+        self.journal.close()
+        log.info("swapd.stopped", state=self.core.state.label)
