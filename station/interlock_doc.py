@@ -26,7 +26,8 @@ def table_markdown() -> str:
         "",
         "- **abort**: category-1 stop requested from the PLC (`stop_request` = 1); the swap "
         "ends as aborted; PackML Aborting -> Aborted, which stays until an operator clears it "
-        "(`swapctl clear`, refused while the condition holds), then resets (`swapctl reset`).",
+        "(`swapctl clear`, refused while the condition holds), then resets (`swapctl reset`, "
+        "refused while the machine is away from home: see below).",
         "- **hold**: category-2 stop (`stop_request` = 2); PackML Holding -> Held; the swap "
         "resumes at the interrupted step (its command sent again with a new sequence number) "
         "only when an operator unholds (`swapctl unhold`, refused while the condition holds). "
@@ -96,6 +97,31 @@ def table_markdown() -> str:
         "The controller increments `ctrl_heartbeat` every 100 ms. The PLC must stop all "
         "motion when it has not changed for its timeout (simulator: 1 s), so a dead or hung "
         "controller stops the machine; see docs/plc-interface.md.",
+        "",
+        "## Home: where a reset or a start may come from",
+        "",
+        "An abort or a stop mid-swap leaves the machine where it stood: a car lifted with "
+        "its bolts loose, a pack on the shuttle. Nothing is made ready or started from there "
+        "(`station/home.py`, judged on the PLC's read-back alone). The machine is *home* "
+        "when the lift is down (`lift_height` within `sequence.height_tolerance_mm`), the "
+        "shuttle is home (`shuttle_position` within `sequence.shuttle_home_tolerance_mm`) "
+        "and empty, the stacker carries no pack, and a car on the platform with a pack in "
+        "its bay has every bolt tight. With no car (or an empty bay) the bolts are not "
+        "judged: they read what the last car left, or 0 of 0.",
+        "",
+        "- `reset` and `start` are refused away from home, with a reason naming everything "
+        "that is off, e.g. `reset refused: machine away from home: car lifted at 500 mm, 0 "
+        "of 10 bolts tight, pack on the shuttle`; so are the automatic reset after a "
+        "completed swap, the reset at start-up (`[operation] reset_on_start`; the daemon "
+        "stays Stopped and its `reason` says why) and the automatic start in Idle.",
+        "- At rest (Idle, Stopped, Aborted, Complete) the same words are the status's "
+        "`start_inhibited` (journaled as an `inhibit` event) until the read-back shows the "
+        "machine home again: Idle never holds a car back without a reason.",
+        "- `clear` is accepted away from home: it only acknowledges the abort (Aborted -> "
+        "Stopped) and moves nothing. `unhold` of a held swap is accepted too: the swap goes "
+        "on with its own steps from where it stopped.",
+        "- The way back home is the technician's, outside the controller (the hand "
+        "pendant; the simulator's `manual_home`), for now; then `reset`.",
         "",
     ]
     return "\n".join(lines)
