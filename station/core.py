@@ -371,7 +371,7 @@ class StationCore:
         """Isolate, lock out and alarm on every pack event at a location the PLC shows full,
         whatever the state: isolation once per pack, one alarm per pack and kind."""
         self._pack_events = tuple(pack_events(image, self.cfg, self._temps, now,
-                                              identity_of=self.trust.identity))
+                                              binding_of=self.trust.binding_of))
         for ev in self._pack_events:
             loc, slot = ev.location, ev.location.rack_slot
             if (loc, ev.serial) not in self._isolated:

@@ -29,7 +29,7 @@ class PackEvent:
     detail: str
 
 
-Key = tuple[Location, int | None]  # (location, serial): another pack there starts anew
+Key = tuple[Location, int | None, float]  # (location, serial, arrival): a new start
 
 
 class TempRiseTracker:
@@ -38,7 +38,13 @@ class TempRiseTracker:
     def __init__(self) -> None:
         self._samples: dict[Key, deque[tuple[float, float]]] = {}
 
+    MAX_SOURCES = 256  # more than a station's packs: beyond, the long-silent are forgotten
+
     def add(self, source: Key, t: float, temp: float, window_s: float) -> None:
+        if source not in self._samples and len(self._samples) >= self.MAX_SOURCES:
+            # every arrival is a new source: forget the packs not heard for ten windows
+            self._samples = {k: v for k, v in self._samples.items()
+                             if v and t - v[-1][0] < 10 * window_s}
         q = self._samples.setdefault(source, deque())
         if q and q[-1][0] == t:
             return
@@ -63,40 +69,53 @@ def rise_window_s(cfg: StationConfig) -> float:
     return max(1.0, cfg.pack_safety.temp_rise_window_s / cfg.sequence.speed_factor)
 
 
+# What the station binds to a location (station/pack_trust.py): the pack's identity (None
+# until it has said who it is) and when it arrived there.
+BindingOf = Callable[[Location], tuple[PackIdentity | None, float]]
+
+
 def pack_events(image: ProcessImage, cfg: StationConfig, rates: TempRiseTracker,
-                now: float, identity_of: Callable[[Location], PackIdentity | None] | None = None
-                ) -> list[PackEvent]:
+                now: float, binding_of: BindingOf | None = None) -> list[PackEvent]:
     """Every pack event visible now, at locations the PLC shows full (fresh reports only: a
-    silent pack is another matter). `identity_of` names the pack bound to a location: the
-    serial and chemistry a frame claims are not evidence of which pack it is (a pack not
-    bound yet is judged by the strictest chemistry's limits)."""
+    silent pack is another matter). `binding_of` names the pack bound to a location and
+    when it arrived: the serial and chemistry a frame claims are not evidence of which pack
+    it is (a pack not identified yet is judged by the strictest chemistry's limits), and
+    what was heard there before it arrived belongs to the pack that was there before."""
     out: list[PackEvent] = []
     window = rise_window_s(cfg)
     for loc, rep in image.packs.items():
         if not image.pack_present(loc):
             continue
-        if not image.fresh(rep, PackData.STATUS, now) and \
-                not image.fresh(rep, PackData.CELLS, now):
-            continue
-        if identity_of is None:
-            serial, chemistry = rep.serial, rep.chemistry
+        if binding_of is None:
+            serial, chemistry, since = rep.serial, rep.chemistry, float("-inf")
         else:
-            ident = identity_of(loc)
+            ident, since = binding_of(loc)
             serial, chemistry = (None, None) if ident is None else (ident.serial,
                                                                     ident.chemistry)
-        key = (loc, serial)
-        if rep.max_cell_temp_c is not None:
-            rates.add(key, rep.last_seen.get(PackData.STATUS, now), rep.max_cell_temp_c, window)
-        ev = _event_of(loc, serial, chemistry, rep, cfg, rates.rate_per_min(key, window))
+        status = rep.last_seen.get(PackData.STATUS, float("-inf")) >= since and \
+            image.fresh(rep, PackData.STATUS, now)
+        cells = rep.last_seen.get(PackData.CELLS, float("-inf")) >= since and \
+            image.fresh(rep, PackData.CELLS, now)
+        if not status and not cells:
+            continue
+        key = (loc, serial, since)
+        if status and rep.max_cell_temp_c is not None:
+            rates.add(key, rep.last_seen[PackData.STATUS], rep.max_cell_temp_c, window)
+        ev = _event_of(loc, serial, chemistry, rep, cfg, rates.rate_per_min(key, window),
+                       status, cells)
         if ev is not None:
             out.append(ev)
     return out
 
 
 def _event_of(loc: Location, serial: int | None, chemistry: str | None, rep: PackReport,
-              cfg: StationConfig, rate: float | None) -> PackEvent | None:
-    flags = (rep.faults | rep.faults_latched) & EMERGENCY_FLAGS
-    temp = max(t for t in (rep.max_cell_temp_c, rep.peak_cell_temp_c, -273.0) if t is not None)
+              cfg: StationConfig, rate: float | None, status: bool = True,
+              cells: bool = True) -> PackEvent | None:
+    """The pack event its report shows; `status`/`cells`: whether those readings are this
+    pack's and fresh (the others are not judged)."""
+    flags = (rep.faults | rep.faults_latched) & EMERGENCY_FLAGS if cells else frozenset()
+    temps = (rep.max_cell_temp_c, rep.peak_cell_temp_c) if status else ()
+    temp = max(t for t in (*temps, -273.0) if t is not None)
     if flags:
         return PackEvent(loc, serial, "fault_flag",
                          "BMS reports " + ", ".join(sorted(flags)))
@@ -112,7 +131,7 @@ def _event_of(loc: Location, serial: int | None, chemistry: str | None, rep: Pac
         return PackEvent(loc, serial, "temp_rise",
                          f"temperature rising {rate / cfg.sequence.speed_factor:.1f} C/min, "
                          f"limit {cfg.pack_safety.max_temp_rise_c_per_min:.1f} C/min")
-    if rep.insulation_kohm is not None and \
+    if cells and rep.insulation_kohm is not None and \
             rep.insulation_kohm < cfg.pack_safety.min_insulation_kohm:
         return PackEvent(loc, serial, "insulation",
                          f"insulation {rep.insulation_kohm:.0f} kOhm below "

@@ -110,6 +110,12 @@ class PackTrust:
         b = self.bindings.get(loc)
         return None if b is None else b.identity
 
+    def binding_of(self, loc: Location) -> tuple[PackIdentity | None, float]:
+        """(identity, since): who is bound at loc and since when; nothing heard before
+        `since` is this pack's."""
+        b = self.bindings.get(loc)
+        return (None, float("inf")) if b is None else (b.identity, b.since)
+
     def view(self, image: ProcessImage) -> ProcessImage:
         """The image with only the packs that may be acted on: present, bound, trusted,
         and last heard as the pack they are bound to."""
@@ -119,7 +125,9 @@ class PackTrust:
             if b is None or b.distrust is not None or b.identity is None:
                 continue
             heard = rep.identity
-            if heard is None or not _same(b.identity, heard):
+            if heard is None or not _same(b.identity, heard) or \
+                    rep.last_seen.get(PackData.IDENTITY, -1e18) < b.since or \
+                    rep.last_seen.get(PackData.STATUS, -1e18) < b.since:
                 continue  # not heard since it arrived (the bay after an install, say)
             if b.ratings is not None and rep.ratings != b.ratings:
                 continue

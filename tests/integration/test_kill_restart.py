@@ -49,13 +49,17 @@ def check_journal(path: Path, sim: SimStation) -> None:
     db.close()
 
 
-async def test_sigkill_at_random_moments_across_twenty_swaps(tmp_path: Path) -> None:
+async def test_sigkill_at_random_moments_across_twenty_swaps(tmp_path: Path,
+                                                            can_port: int) -> None:
     rng = random.Random(20261128)
     group = multicast_group()
+    # A CAN port of this test's own: another run's simulator on the host (same seed, same
+    # pack serials) would otherwise talk at the same addresses with other temperatures.
     sim_cfg = SimConfig(speed=SPEED, vehicles=0, modbus=ModbusConfig(port=0),
-                        can=CanConfig(interface="udp_multicast", channel=group))
+                        can=CanConfig(interface="udp_multicast", channel=group,
+                                      udp_port=can_port))
     async with SimStation(sim_cfg) as sim:
-        cfg = write_config(tmp_path, sim.modbus_port, group, SPEED)
+        cfg = write_config(tmp_path, sim.modbus_port, group, SPEED, can_port=can_port)
         daemon = DaemonProcess(cfg, tmp_path / "swapd.log")
         kills = held_restarts = 0
         loop = asyncio.get_running_loop()

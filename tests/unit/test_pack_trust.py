@@ -11,7 +11,7 @@ import pytest
 
 from station.config import StationConfig
 from station.core import CommandRefused, StationCore
-from station.image import BAY, Location, PackFault, PackIdentity, PackRatings
+from station.image import BAY, Location, PackData, PackFault, PackIdentity, PackRatings
 from station.journal import Journal
 from station.pack_commands import PackCommandKind
 from station.pack_trust import AlarmGate, PackTrust
@@ -314,3 +314,34 @@ def test_what_was_learnt_of_a_pack_travels_with_it() -> None:
         img.packs[BAY], img.plc_read_at = bay, 400.0
         out = t2.update(img, 400.0)
         assert len([e for e in out if e.location == BAY]) == events, out
+
+
+def test_readings_from_before_a_pack_arrived_are_not_its_own() -> None:
+    """Found by the kill test once reports were no longer reset on a new identity: the next
+    car's pack was judged on the last car's temperatures (a false 12 C/min rise and an
+    abort). What was heard at a location before the PLC showed the pack arrive is not the
+    new pack's."""
+    from station.config import SequenceSection, StationConfig
+    from station.pack_safety import TempRiseTracker, pack_events
+
+    run = idle_run()
+    # at x50, as the kill test runs: the rise window is 1 s of real time
+    img, cfg = run.plc.image, StationConfig(sequence=SequenceSection(speed_factor=50.0))
+    old = pack(BAY, 2001, 20, "nmc", 12.0, t=10.0, max_cell_temp_c=25.0)  # the last car's
+    img.packs[BAY] = old
+    car_arrives(run)
+    img.plc_read_at = 10.02
+    trust, rates = PackTrust(), TempRiseTracker()
+    trust.update(img, 10.02)
+    assert pack_events(img, cfg, rates, 10.03, binding_of=trust.binding_of) == []
+    # the new car's pack says who it is, then its status: 33 C, just driven
+    old.serial, old.last_seen[PackData.IDENTITY] = 2002, 10.04
+    trust.update(img, 10.05)
+    assert pack_events(img, cfg, rates, 10.05, binding_of=trust.binding_of) == []
+    old.max_cell_temp_c, old.last_seen[PackData.STATUS] = 33.0, 10.06
+    old.last_seen[PackData.CELLS] = 10.06
+    for t in (10.07, 10.2, 10.5, 10.9, 11.2):
+        img.plc_read_at = t
+        trust.update(img, t)
+        old.last_seen[PackData.STATUS] = old.last_seen[PackData.CELLS] = t
+        assert pack_events(img, cfg, rates, t, binding_of=trust.binding_of) == [], t
