@@ -252,6 +252,12 @@ async def station_and_packs(channel: str) -> AsyncIterator[tuple[Any, ...]]:
     packs = CanPacks(model, CanConfig(interface="virtual", channel=channel), PROTO)
     adapter = BmsAdapter(PROTO)
     image = ProcessImage(pack_timeouts=adapter.timeouts())
+    # the PLC's view of the rack: the adapter takes pack frames only where it shows a pack
+    slots = max(model.rack)
+    image.plc = {"rack_slot_count": slots, "vehicle_present": False,
+                 "rack_slot_occupied": [model.rack.get(n) is not None
+                                        for n in range(1, slots + 1)]}
+    image.plc_read_at = 0.0
     bus = PackBus("virtual", channel, PROTO)
 
     def on_message(decoded: Decoded, t: float) -> None:
