@@ -216,6 +216,11 @@ class SequenceSection(_Section):
 # Charge cut-off per cell, volts: every lithium-ion and sodium-ion cell lies inside this
 # (LTO 2.7-2.8 V, sodium-ion 3.8-4.0, LFP 3.6-3.65, NMC/NCA 4.2-4.35, high-voltage LCO 4.45)
 CELL_CUTOFF_V = (2.0, 4.5)
+# and per chemistry (the DBC's names): an LFP cell charged to NMC's 4.2 V is overcharged
+CELL_CUTOFF_V_BY_CHEMISTRY: dict[str, tuple[float, float]] = {
+    "nmc": (3.9, 4.35), "lfp": (3.4, 3.65), "sodium_ion": (3.5, 4.1), "lto": (2.6, 2.85),
+    "lco": (4.1, 4.45), "lmo": (4.0, 4.3), "polymer": (4.1, 4.35), "lead_acid": (2.3, 2.5),
+}
 
 
 class ChemistryLimits(_Section):
@@ -405,6 +410,12 @@ class StationConfig(_Section):
     @model_validator(mode="after")
     def _related(self) -> StationConfig:
         """Values of different sections that must agree; the error names both keys."""
+        for name, lim in self.chemistry.items():
+            lo, hi = CELL_CUTOFF_V_BY_CHEMISTRY.get(name, CELL_CUTOFF_V)
+            if not lo <= lim.charge_cutoff_cell_v <= hi:
+                raise ValueError(
+                    f"chemistry.{name}.charge_cutoff_cell_v = {lim.charge_cutoff_cell_v:g} V: "
+                    f"a {name} cell's charge cut-off lies within {lo:g}..{hi:g} V")
         seq, il = self.sequence, self.interlocks
         poll = getattr(self.plc.link_section(), "poll_period_s", None)
         if poll is not None and seq.handshake_timeout_s < 2 * poll:

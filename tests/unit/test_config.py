@@ -199,6 +199,8 @@ def test_item8_world_writable_socket_is_refused(tmp_path: Path, mode: str) -> No
     # no chemistry at all: the daemon died on the first pack it heard (the strictest alarm
     # of no chemistry); a misspelt one would never match a pack
     ("[chemistry]\n", ["chemistry"]),
+    # NMC's cut-off copied into the LFP profile would overcharge LFP packs
+    (NMC.format(v=4.2).replace("nmc", "lfp"), ["chemistry.lfp.charge_cutoff_cell_v", "3.65"]),
     (NMC.format(v=4.2).replace("nmc", "nmcc"), ["chemistry.nmcc", "no such chemistry"]),
 ])
 def test_related_values_are_checked_together_naming_the_keys(
