@@ -587,6 +587,13 @@ class StationModel:
                 self.rack[slot], self.shuttle_pack = pack, None
                 done.append(f"pack {pack.serial} from the shuttle into slot {slot}")
         self._stacker_resume = None
+        stored = v.visit.get("stored_slot") if v is not None else None
+        if v is not None and v.pack is None and isinstance(stored, int):
+            own = self.rack.get(stored)  # the car's own pack, stored before the abort
+            if own is not None and own.serial == v.visit.get("pack_out", {}).get("serial"):
+                v.pack, self.rack[stored] = own, None
+                v.visit.pop("stored_slot", None)
+                done.append(f"pack {own.serial} from slot {stored} back into the car's bay")
         if v is not None and v.pack is not None:
             if self.bolts.n_tight != self.bolts.count:
                 self.bolts.tight = [True] * self.bolts.count

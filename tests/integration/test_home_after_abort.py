@@ -52,7 +52,9 @@ async def test_reset_refused_with_the_car_lifted_until_the_technician_homes_it(
         reason = str(refused.value)
         assert reason.startswith("reset refused: machine away from home: car lifted at 500 mm, "
                                  f"{loose}"), reason
-        assert core.status()["start_inhibited"] == reason.removeprefix("reset refused: ")
+        shown = reason.removeprefix("reset refused: ")
+        await rig.wait_for(lambda: core.status()["start_inhibited"] == shown, WAIT_S,
+                           what="the status to say the same")
 
         await asyncio.sleep(1.0)  # 50 simulated seconds: nothing moves, nothing is written
         assert core.state == State.STOPPED

@@ -81,6 +81,12 @@ def off_in_truth(rig: Rig) -> list[str]:
     return off
 
 
+def packs_in_truth(rig: Rig) -> list[int]:
+    t = rig.sim.truth()
+    return sorted(s for s in (*t["rack"].values(), t["vehicle_bay"], t["shuttle"],
+                              t["stacker"]) if s is not None)
+
+
 async def clear_and_reset(rig: Rig) -> None:
     """After an abort whose cause has gone: clear (accepted wherever the machine stands);
     reset, refused while the machine is away from home with a reason naming each thing off,
@@ -100,9 +106,13 @@ async def clear_and_reset(rig: Rig) -> None:
         for words in off:
             assert words in reason, (words, reason)
         assert core.state == State.STOPPED
-        assert core.status()["start_inhibited"] == reason.removeprefix("reset refused: ")
+        shown = reason.removeprefix("reset refused: ")  # the status says the same (a scan on)
+        await rig.wait_for(lambda: core.status()["start_inhibited"] == shown, WAIT_S,
+                           what=f"start_inhibited {shown!r}")
         assert len(rig.sim.command_log) == commands  # nothing commanded
+        packs = packs_in_truth(rig)
         assert rig.manual_home()["done"]  # the technician's hand pendant
+        assert packs_in_truth(rig) == packs  # every pack still accounted for
         await rig.wait_for(lambda: core.status()["start_inhibited"] is None, WAIT_S,
                            what="the read-back to show the machine home")
     await rig.daemon.command(Cmd.RESET)
