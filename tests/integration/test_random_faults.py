@@ -1,6 +1,8 @@
 """Property test: random fault schedules over several swaps against the simulator. Whatever
 the schedule, the simulator's independent observer sees no unsafe motion, and every swap
-either completes or ends (or stays) in Held/Aborted with a reason."""
+either completes or ends (or stays) in Held/Aborted with a reason. An abort is then
+recovered as an operator would: clear; reset, refused with the reason while the machine is
+away from home; the technician's manual homing; reset to Idle."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from station.core import CommandRefused
+from station.home import away_from_home
 from station.packml import Cmd, State
 from station.rig import Rig
 
@@ -58,8 +61,35 @@ async def run_schedule(schedule: list[tuple[str, float, float]]) -> dict[str, An
                 with contextlib.suppress(CommandRefused):
                     await daemon.command(Cmd.UNHOLD, origin="test operator")
             await asyncio.sleep(0.01)
-        return {"events": events, "state": daemon.core.state, "reason": daemon.core.reason,
+        state, reason = daemon.core.state, daemon.core.reason
+        recovered = await recover(rig) if state == State.ABORTED else None
+        return {"events": events, "state": state, "reason": reason, "recovered": recovered,
                 "violations": list(sim.observer.violations)}
+
+
+async def recover(rig: Rig) -> str:
+    """After an abort: the faults cleared, clear, reset (refused with the reason while the
+    machine is away from home, then the technician homes it by hand), Idle."""
+    core = rig.core
+    rig.sim.faults.clear_all()
+    await rig.wait_for(lambda: not core.active_interlocks, 10.0, what="no interlock")
+    await rig.command(Cmd.CLEAR)
+    await rig.wait_for(lambda: core.state == State.STOPPED, 10.0, what="Stopped")
+    away = away_from_home(rig.daemon.image.plc, rig.config.sequence)
+    if away is not None:
+        try:
+            await rig.command(Cmd.RESET)
+        except CommandRefused as exc:
+            assert str(exc).startswith("reset refused: machine away from home: "), exc
+        else:
+            raise AssertionError(f"reset accepted away from home: {away}")
+        rig.manual_home()
+        await rig.wait_for(lambda: away_from_home(rig.daemon.image.plc,
+                                                  rig.config.sequence) is None,
+                           10.0, what="the read-back to show the machine home")
+    await rig.command(Cmd.RESET)
+    await rig.wait_for(lambda: core.state == State.IDLE, 10.0, what="Idle")
+    return "homed" if away else "home"
 
 
 @settings(max_examples=10, deadline=None, derandomize=True,
@@ -74,3 +104,5 @@ def test_random_fault_schedules_stay_safe_and_explained(
             assert e.data["reason"], e.data
     if r["state"] in (State.HELD, State.ABORTED):
         assert r["reason"], r
+    if r["state"] == State.ABORTED:
+        assert r["recovered"] in ("home", "homed"), r
