@@ -16,8 +16,7 @@ import pytest
 from drivers.plc.link import PlcLink
 from station.config import JournalSection, StationConfig
 from station.core import Decision
-from station.daemon import Daemon
-STOP_ACK_WAIT_S = 0.1
+from station.daemon import STOP_ACK_WAIT_S, Daemon
 from station.events import Inhibit
 from station.image import StopRequest
 
@@ -127,3 +126,22 @@ async def test_without_a_stop_nothing_waits(daemon: Any) -> None:
     with pytest.raises(StopIteration):
         coro.send(None)  # ran to its end without suspending: no scheduling turn given away
     assert daemon.log == [("journal", ["plain"])]
+
+
+async def test_the_reset_at_start_up_is_refused_away_from_home_and_the_status_says_why(
+        daemon: Any) -> None:
+    """Issue 7, item 6: `reset_on_start` goes through the same refusal; the daemon stays
+    Stopped with a reason, never Idle in front of a lifted car."""
+    from station.packml import State
+    from tests.unit.core_harness import ScriptedPlc
+
+    assert daemon._reset_pending
+    plc = dict(ScriptedPlc().image.plc, lift_height=500, bolts_tight=0)
+    daemon._on_inputs(plc, daemon.clock())
+    await daemon.scan()
+    assert daemon.core.state == State.STOPPED
+    assert daemon.core.reason == (
+        "start-up reset refused: machine away from home: car lifted at 500 mm, 0 of 10 "
+        "bolts tight; check the machine, then reset")
+    assert daemon.core.status()["start_inhibited"] == (
+        "machine away from home: car lifted at 500 mm, 0 of 10 bolts tight")
