@@ -5,6 +5,7 @@
     swap-sim fault set NAME [--value V] [--target T]
     swap-sim fault clear NAME                       (NAME "all" clears every fault)
     swap-sim observer [--json] [--clear]            safety invariant violations so far
+    swap-sim manual-home                            the technician's homing after an abort
 
 The subcommands take `--socket PATH` (default: `sim.control_socket` of `--config FILE` if
 given, else /tmp/swap-sim.sock) and exit non-zero with the reason when the simulator
@@ -54,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
                              f"control_socket from --config, else {DEFAULT_SOCKET})")
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help="read control_socket from this simulator config")
-    sub = p.add_subparsers(dest="command", metavar="{fault,observer}")
+    sub = p.add_subparsers(dest="command", metavar="{fault,observer,manual-home}")
     fault = sub.add_parser("fault", help="list, set or clear injected faults")
     fsub = fault.add_subparsers(dest="action", required=True, metavar="{list,set,clear}")
     fl = fsub.add_parser("list", parents=[common], help="every fault and whether it is set")
@@ -69,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="the safety invariant violations recorded so far")
     ob.add_argument("--json", action="store_true", help="print the violations as JSON")
     ob.add_argument("--clear", action="store_true", help="then forget them")
+    sub.add_parser("manual-home", parents=[common],
+                   help="the technician's hand pendant: bring the machine home after an abort")
     return p
 
 
@@ -211,6 +214,10 @@ def _client(args: argparse.Namespace) -> int:
         print(f"swap-sim: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
+        if args.command == "manual-home":
+            done = call(path, {"op": "manual_home"})["done"]
+            print("homed: " + ", ".join(done) if done else "already home")
+            return 0
         if args.command == "observer":
             answer = call(path, {"op": "observer"})
             violations = answer["violations"]
