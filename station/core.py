@@ -34,7 +34,7 @@ from station.events import (
     SwapStarted,
 )
 from station.home import PREFIX as HOME_PREFIX
-from station.home import away_from_home
+from station.home import away_from_home, same_things_off
 from station.image import (
     BAY,
     NO_COMMAND,
@@ -630,7 +630,9 @@ class StationCore:
         and reset; why is the start inhibit (status, journaled), cleared once it is home."""
         away = (away_from_home(image.plc, self.cfg.sequence)
                 if image.plc_read_at is not None else None)
-        if away is not None:
+        if away is not None and same_things_off(away, self._inhibit):
+            self._inhibit = away  # other readings only (a lift lowered by hand): not journaled
+        elif away is not None:
             self._set_inhibit(away, now)
         elif self._inhibit is not None and self._inhibit.startswith(HOME_PREFIX):
             self._set_inhibit(None, now)

@@ -18,6 +18,7 @@ pendant), not the controller's.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -58,4 +59,12 @@ def away_from_home(plc: Mapping[str, Any], seq: SequenceSection) -> str | None:
     return PREFIX + ", ".join(off) if off else None
 
 
-__all__ = ["PREFIX", "away_from_home"]
+def same_things_off(a: str | None, b: str | None) -> bool:
+    """Do two reasons name the same things off, whatever the readings (a lift lowered by
+    hand reads another height every poll: the same reason, not a new one to journal)?"""
+    if a is None or b is None:
+        return a is b
+    return re.sub(r"\d+", "#", a) == re.sub(r"\d+", "#", b)
+
+
+__all__ = ["PREFIX", "away_from_home", "same_things_off"]

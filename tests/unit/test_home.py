@@ -212,3 +212,22 @@ def test_unhold_of_a_held_swap_is_accepted_away_from_home() -> None:
     run.cmd(Cmd.UNHOLD)
     run.until(lambda: bool(run.kinds("swap_ended")))
     assert run.kinds("swap_ended")[0]["outcome"] == "completed", run.core.reason
+
+
+def test_a_lift_lowered_by_hand_is_shown_live_but_journaled_once() -> None:
+    run = stopped_core({"lift_height": 500})
+    for h in (480, 350, 120, 7):
+        run.plc.image.plc["lift_height"] = h
+        run.step()
+        shown = run.core.status()["start_inhibited"]
+        assert shown == f"machine away from home: car lifted at {h} mm"
+    assert [e["reason"] for e in run.kinds("inhibit")] == [
+        "machine away from home: car lifted at 500 mm"]
+    run.plc.image.plc["bolts_tight"] = 3  # another thing off: a new record
+    run.step()
+    run.plc.image.plc.update(lift_height=0, bolts_tight=10)
+    run.step()
+    assert [e["reason"] for e in run.kinds("inhibit")] == [
+        "machine away from home: car lifted at 500 mm",
+        "machine away from home: car lifted at 7 mm, 3 of 10 bolts tight",
+        None]
