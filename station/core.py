@@ -636,6 +636,9 @@ class StationCore:
             self._set_inhibit(away, now)
         elif self._inhibit is not None and self._inhibit.startswith(HOME_PREFIX):
             self._set_inhibit(None, now)
+            # Homed by hand: the bay may hold another pack than the one heard before (one
+            # put back from the shuttle); the car is identified again from scratch.
+            self._vehicle_token, self._identify_started_at = 0, None
         return away
 
     def _set_inhibit(self, reason: str | None, now: float) -> None:

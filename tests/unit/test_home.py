@@ -231,3 +231,22 @@ def test_a_lift_lowered_by_hand_is_shown_live_but_journaled_once() -> None:
         "machine away from home: car lifted at 500 mm",
         "machine away from home: car lifted at 7 mm, 3 of 10 bolts tight",
         None]
+
+
+def test_after_homing_the_car_is_identified_again() -> None:
+    """The technician may have put another pack in the bay: what was heard before counts no
+    more, the bay's identity is asked for again before a swap starts."""
+    from station.image import BAY, PackData
+
+    cfg = StationConfig.model_validate({"operation": {"auto_start": False}})
+    run = make_run(cfg, identity_burst=False)
+    run.until(lambda: run.core.ready_to_start)
+    run.plc.image.plc["lift_height"] = 500
+    run.step(n=2)
+    run.plc.asked.clear()
+    run.plc.manual_home()
+    run.step()
+    assert not run.core.ready_to_start  # not on what was heard before
+    asked = [r for r in run.plc.asked if r.location == BAY and PackData.IDENTITY in r.kinds]
+    assert asked
+    run.until(lambda: run.core.ready_to_start)
