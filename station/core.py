@@ -580,6 +580,11 @@ class StationCore:
             self._candidate = None
             self._set_inhibit(f"vehicle pack not trusted: {distrust.detail}", now)
             return
+        if not image.pack_present(BAY):  # nothing to swap, and nothing on CAN will count
+            self._candidate = None
+            self._set_inhibit(f"vehicle {token} on the platform without a pack in its bay "
+                              "(PLC vehicle_pack_present off)", now)
+            return
         view = self._view if self._view is not None else self.trust.view(image)
         rep = view.packs.get(BAY)
         # The bay pack's identity must have been heard since this vehicle arrived (not the

@@ -345,3 +345,14 @@ def test_readings_from_before_a_pack_arrived_are_not_its_own() -> None:
         trust.update(img, t)
         old.last_seen[PackData.STATUS] = old.last_seen[PackData.CELLS] = t
         assert pack_events(img, cfg, rates, t, binding_of=trust.binding_of) == [], t
+
+
+def test_a_car_without_a_pack_in_its_bay_is_an_explained_inhibit() -> None:
+    run = idle_run()
+    run.plc.image.plc.update(vehicle_pack_present=False)
+    car_arrives(run)
+    run.step(n=5)
+    assert run.core.state == State.IDLE and not run.kinds("swap_started")
+    assert "without a pack in its bay" in (run.core.status()["start_inhibited"] or "")
+    run.plc.image.plc.update(vehicle_pack_present=True)
+    run.until(lambda: bool(run.kinds("swap_started")))
