@@ -48,10 +48,11 @@ class StopProbe:
         model.set_outputs = spy  # type: ignore[method-assign]
 
 
-def load_process(group: str, fps: int, stop: Any, sent: Any) -> None:
+def load_process(group: str, port: int | None, fps: int, stop: Any, sent: Any) -> None:
     """Background traffic from other nodes: J1939 frames the station does not know. Its own
     process, so that it does not steal the simulated PLC's interpreter lock."""
-    bus = can.Bus(interface="udp_multicast", channel=group)
+    bus = can.Bus(interface="udp_multicast", channel=group,
+                  **({"port": port} if port else {}))
     burst = max(1, fps // 100)
     n = 0
     try:
@@ -82,8 +83,10 @@ async def main(trials: int, load_fps: int, poll_ms: float) -> None:
         stop_load = multiprocessing.Event()
         sent = multiprocessing.Value("q", 0)
         loader = multiprocessing.Process(target=load_process,
-                                         args=(group, load_fps, stop_load, sent))
-        injector = can.Bus(interface="udp_multicast", channel=group)
+                                         args=(group, rig.can_port, load_fps, stop_load, sent))
+        # on the rig's own CAN port: frames on another would never reach swapd
+        injector = can.Bus(interface="udp_multicast", channel=group,
+                           **({"port": rig.can_port} if rig.can_port else {}))
         daemon.start()
         loader.start()
         t_load0 = time.monotonic()
@@ -124,6 +127,9 @@ async def main(trials: int, load_fps: int, poll_ms: float) -> None:
     for f in failures:
         print("FAILED TRIAL:", f)
     for kind, xs in results.items():
+        if not xs:
+            print(f"{kind:>13}: no trial reached a stop")
+            continue
         print(f"{kind:>13}: n={len(xs)}  p50 {statistics.median(xs):6.2f} ms  "
               f"p99 {pct(xs, 99):6.2f} ms  max {max(xs):6.2f} ms")
 
