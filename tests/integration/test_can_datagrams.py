@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import can
@@ -20,6 +19,7 @@ import pytest
 
 from drivers.bms.canbus import PackBus, UdpPortLease, open_can_bus
 from drivers.bms.protocol import VEHICLE_PACK_SA, Decoded, PackProtocol
+from tests.integration.test_canbus import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -27,14 +27,6 @@ PROTO = PackProtocol()
 GROUP = "239.74.163.2"  # python-can's IPv4 default: the port alone must keep runs apart
 STATUS = {"SOC": 81.5, "PackVoltage": 402.3, "PackCurrent": -12.5, "MinCellTemp": 21,
           "MaxCellTemp": 24}
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.002)
 
 
 def wide_id_datagram() -> bytes:

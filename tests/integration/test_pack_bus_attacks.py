@@ -41,6 +41,16 @@ def send(bus: can.BusABC, name: str, values: dict[str, Any], sa: int) -> None:
     bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
 
 
+def cells(**flags: int) -> dict[str, Any]:
+    """PackCells of a healthy pack, with the fault bits given set."""
+    values: dict[str, Any] = {
+        "MaxCellVoltage": 3.9, "MinCellVoltage": 3.8, "InsulationResistance": 5000,
+        "FaultOverTemp": 0, "FaultOverVoltage": 0, "FaultUnderVoltage": 0,
+        "FaultInsulation": 0, "ThermalAlarm": 0, "FaultInternal": 0, "PackState": 0}
+    values.update(flags)
+    return values
+
+
 def kinds(rig: Rig, kind: str) -> list[dict[str, Any]]:
     return [e.data for e in rig.events if e.kind == kind]
 
@@ -166,10 +176,9 @@ async def test_fault_storms_from_empty_and_missing_slots_change_nothing(rig: Rig
     with stranger(rig) as bus:
         for i in range(600):  # ~300 frames/s for 2 s: fault flags, random payloads
             slot = rng.choice(empty + beyond)
-            values = {"MaxCellVoltage": 4.3, "MinCellVoltage": 3.0,
-                      "InsulationResistance": 10, "FaultOverTemp": 1, "FaultOverVoltage": 1,
-                      "FaultUnderVoltage": 0, "FaultInsulation": 1, "ThermalAlarm": 1,
-                      "FaultInternal": 1, "PackState": 2}
+            values = cells(FaultOverTemp=1, FaultOverVoltage=1, FaultInsulation=1,
+                           ThermalAlarm=1, FaultInternal=1, PackState=2,
+                           InsulationResistance=10)
             send(bus, "PackCells", values, sa=rack_sa(slot))
             if i % 3 == 0:
                 can_id = rng.choice([0x18FF1280, 0x18FF1180, 0x18FF1380]) | rng.choice(
@@ -193,11 +202,7 @@ async def test_a_fault_storm_at_real_packs_isolates_each_once_and_alarms_are_bou
     with stranger(rig) as bus:
         for i in range(900):
             slot = slots[i % len(slots)]
-            values = {"MaxCellVoltage": 3.9, "MinCellVoltage": 3.8,
-                      "InsulationResistance": 5000, "FaultOverTemp": 0, "FaultOverVoltage": 0,
-                      "FaultUnderVoltage": 0, "FaultInsulation": 0, "ThermalAlarm": 1,
-                      "FaultInternal": 0, "PackState": 0}
-            send(bus, "PackCells", values, sa=rack_sa(slot))
+            send(bus, "PackCells", cells(ThermalAlarm=1), sa=rack_sa(slot))
             if i % 10 == 0:
                 await asyncio.sleep(0.03)
     await asyncio.sleep(0.5)
@@ -216,11 +221,7 @@ async def test_an_operator_release_sends_clear_isolation_and_is_journaled(rig: R
     slot = occupied_slots(rig)[0]
     with stranger(rig) as bus:
         for _ in range(3):
-            send(bus, "PackCells", {"MaxCellVoltage": 3.9, "MinCellVoltage": 3.8,
-                                    "InsulationResistance": 5000, "FaultOverTemp": 0,
-                                    "FaultOverVoltage": 0, "FaultUnderVoltage": 0,
-                                    "FaultInsulation": 0, "ThermalAlarm": 1,
-                                    "FaultInternal": 0, "PackState": 0}, sa=rack_sa(slot))
+            send(bus, "PackCells", cells(ThermalAlarm=1), sa=rack_sa(slot))
     await rig.wait_for(lambda: slot in rig.core.locked_out_slots, timeout=10)
     await asyncio.sleep(1.0)  # the spoofed flag is gone: the real pack's frames say so
     controls = Controls(rig)
