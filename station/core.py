@@ -320,6 +320,7 @@ class StationCore:
         for ev in self.trust.update(image, now, granted):
             self._distrusted(ev, now)
         for loc in bound_before - set(self.trust.bindings):  # the pack (or the car) left
+            self._isolated = {k for k in self._isolated if k[0] != loc}
             if loc.is_bay:
                 self.alarms.clear(loc)
         self._view = self.trust.view(image)
