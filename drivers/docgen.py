@@ -184,6 +184,12 @@ this signal says.
   not mistake that for a new command.
 - Accept at least two simultaneous connections, so that a reconnecting controller is
   served before the PLC notices that the old connection is dead.
+- Report presence truthfully at all times, because the controller believes the pack bus
+  only where these inputs show a pack (`docs/security.md`): `vehicle_token` non-zero
+  while a vehicle is on the platform (a new value for every arrival), `vehicle_pack_present`
+  while a pack is in its bay, `rack_slot_occupied` for every slot holding a pack and
+  `rack_slot_count` for the slots that exist. A pack's CAN data is not acted on where they
+  show none, and the identity a location holds is bound when they show the pack arrive.
 - Keep every safety function (e-stop chain, light curtains, area scanners, door locks,
   lift and shuttle interlocks) in safety-rated hardware. The controller supervises; it is
   not the safety barrier.
