@@ -131,9 +131,10 @@ class StationCore:
         # slot -> why: a pack event, a conflict or an implausible pack; persisted in the
         # journal, released only by an operator (release_slot)
         self.locked_out_slots: dict[int, str] = dict(locked_out or {})
-        self.trust = PackTrust(cfg.sequence.speed_factor)
+        self.trust = PackTrust(cfg.sequence.speed_factor,
+                               settle_s=GRANT_HOLD_PERIODS * charge_period_s)
         self.alarms = AlarmGate()
-        self._granted: dict[Location, tuple[float, float]] = {}  # loc -> (A, last granted at)
+        self._granted: dict[Location, list[tuple[float, float]]] = {}  # loc -> [(t, A)]
         self._isolated: set[tuple[Location, int | None]] = set()  # told to isolate
         self._view: ProcessImage | None = None  # the trusted packs, this scan
         self._carried: dict[Location, Binding | None] = {}  # a pack's binding, in transit
@@ -315,7 +316,11 @@ class StationCore:
         """Bind locations to identities, cross-check what the pack bus says against the PLC
         and against what the station did (station/pack_trust.py); act on a distrusted pack."""
         hold = GRANT_HOLD_PERIODS * self.charge_period_s
-        granted = {loc: a for loc, (a, t) in self._granted.items() if now - t <= hold}
+        for loc in list(self._granted):  # the grants a pack may still be drawing on
+            self._granted[loc] = [(t, a) for t, a in self._granted[loc] if now - t <= hold]
+            if not self._granted[loc]:
+                del self._granted[loc]
+        granted = {loc: max(a for _, a in log) for loc, log in self._granted.items()}
         bound_before = set(self.trust.bindings)
         for ev in self.trust.update(image, now, granted):
             self._distrusted(ev, now)
@@ -424,7 +429,7 @@ class StationCore:
         grants = plan_charging(view, self.cfg, now, excluded, self._waiting_family)
         for g in grants:
             if g.command == PackCommandKind.CHARGE_ENABLE:
-                self._granted[g.location] = (g.current_limit_a, now)
+                self._granted.setdefault(g.location, []).append((now, g.current_limit_a))
             self._pack_commands.append(PackCommand(g.location, g.command, g.current_limit_a,
                                                    g.voltage_limit_v))
             last = self.charging.get(g.location)

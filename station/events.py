@@ -113,6 +113,7 @@ class Alarm(Event):
     serial: int | None
     alarm: str  # fault_flag | over_temp | temp_rise | insulation | charge_stalled |
     # identity_conflict | ratings_conflict | soc_implausible | readings_implausible |
+    # overcurrent |
     # alarms_suppressed
     reason: str
     action: str

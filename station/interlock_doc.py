@@ -73,13 +73,14 @@ def table_markdown() -> str:
         "## Distrusted packs (pack bus cross-checks)",
         "",
         "A pack whose identity or ratings conflict with the ones its location was bound to, "
-        "or whose SOC or readings are implausible (docs/security.md), is distrusted: one "
+        "or whose SOC, readings or charge current are implausible (docs/security.md), is "
+        "distrusted: one "
         "alarm naming both sides; a rack slot is locked out as above (and told to stop "
         "charging at once); at the vehicle bay no swap starts for that car. If the running "
         "swap depends on the pack (the bay, or the fetch slot until its pack is on the "
         "shuttle) the swap is aborted, reason `pack not trusted: ...`, fault code the "
         "alarm's kind (`identity_conflict`, `ratings_conflict`, `soc_implausible`, "
-        "`readings_implausible`).",
+        "`readings_implausible`, `overcurrent`).",
         "",
         "## Swap-step failures",
         "",

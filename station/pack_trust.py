@@ -14,8 +14,9 @@ PLC's presence sensors, and what it did itself. So:
   selected, charged, nor swapped until an operator releases it (or, at the bay, the car
   leaves). Nothing is ever picked between two identities.
 - A SOC that rose more than the charge the station granted since it last judged it (plus
-  a margin for the BMS's estimate), a SOC outside 0-100 %, or cell readings that contradict
-  each other (lowest above highest) are **implausible**: distrusted the same way.
+  a margin for the BMS's estimate), a SOC outside 0-100 %, cell readings that contradict
+  each other (lowest above highest), or a rack pack charging with more current than it
+  was granted are **implausible**: distrusted the same way.
 
 Pure logic: the core calls `update` every scan and acts on the events it returns.
 """
@@ -37,6 +38,9 @@ from station.image import (
 )
 
 SOC_MARGIN_PCT = 3.0  # a BMS's SOC estimate may step by this much without charge
+# A rack pack's charge current may exceed what was granted by this much (measurement and
+# control overshoot): more is a charger or a BMS that ignores its limit, or a stranger.
+OVERCURRENT_FACTOR, OVERCURRENT_MARGIN_A = 1.1, 5.0
 CAPACITY_TOLERANCE = 0.001  # relative: a rated capacity is a fixed number of the pack's
 
 
@@ -68,8 +72,11 @@ def _same(bound: PackIdentity, heard: PackIdentity) -> bool:
 
 
 class PackTrust:
-    def __init__(self, speed_factor: float = 1.0) -> None:
+    def __init__(self, speed_factor: float = 1.0, settle_s: float = 5.0) -> None:
         self.speed_factor = speed_factor  # simulated seconds per real second (charge sums)
+        # a pack may go on with a grant it had before it was bound here (a restart of the
+        # station): its current is judged only this long after the binding
+        self.settle_s = settle_s
         self.bindings: dict[Location, Binding] = {}
         self._expected: dict[Location, tuple[PackIdentity, float | None, Binding | None]] = {}
         self._last_update: float | None = None
@@ -139,7 +146,8 @@ class PackTrust:
     def update(self, image: ProcessImage, now: float,
                granted_a: Mapping[Location, float] | None = None) -> list[TrustEvent]:
         """Bind arrivals, drop departures, judge what was heard since the last scan.
-        `granted_a`: the charge current granted to each location since the last update."""
+        `granted_a`: the largest charge current granted to each location lately (what it
+        may still be drawing)."""
         dt = 0.0 if self._last_update is None else max(0.0, now - self._last_update)
         self._last_update = now
         if image.plc_read_at is None:
@@ -163,6 +171,8 @@ class PackTrust:
             if rep is None or b.distrust is not None:
                 continue
             ev = self._judge(b, rep)
+            if ev is None and not loc.is_bay and now - b.since > self.settle_s:
+                ev = self._judge_current(b, rep, (granted_a or {}).get(loc, 0.0))
             if ev is not None:
                 b.distrust = ev
                 out.append(ev)
@@ -228,6 +238,18 @@ class PackTrust:
                 return self._conflict(b, "ratings_conflict",
                                       f"rated capacity {b.capacity_ah:g} Ah bound, but "
                                       f"{cap:g} Ah heard")
+        return None
+
+    def _judge_current(self, b: Binding, rep: PackReport, granted: float
+                       ) -> TrustEvent | None:
+        if b.identity is None or rep.current_a is None or \
+                rep.last_seen.get(PackData.STATUS, -1e18) < b.since:
+            return None
+        limit = granted * OVERCURRENT_FACTOR + OVERCURRENT_MARGIN_A
+        if rep.current_a > limit:
+            return self._conflict(b, "overcurrent",
+                                  f"charging at {rep.current_a:g} A, granted {granted:g} A "
+                                  f"(at most {limit:g} A allowed)")
         return None
 
     def _judge_readings(self, b: Binding, rep: PackReport) -> TrustEvent | None:

@@ -356,3 +356,26 @@ def test_a_car_without_a_pack_in_its_bay_is_an_explained_inhibit() -> None:
     assert "without a pack in its bay" in (run.core.status()["start_inhibited"] or "")
     run.plc.image.plc.update(vehicle_pack_present=True)
     run.until(lambda: bool(run.kinds("swap_started")))
+
+
+def test_a_rack_pack_charging_above_its_grant_is_distrusted() -> None:
+    run = idle_run()
+    rep = run.plc.image.packs[Location.rack(1)]
+    rep.soc_pct = 40.0
+    rep.current_a = 120.0  # charging on a grant from before a restart: not judged yet
+    run.step(n=40)  # 2 s: within the settling time (5 PackControl periods)
+    assert not run.kinds("slot_locked")
+    granted = run.core.charging[Location.rack(1)]
+    assert granted.command == ENABLE
+    rep.current_a = granted.current_limit_a  # drawing what it was granted: fine
+    run.step(n=100)
+    assert not run.kinds("slot_locked")
+    rep.current_a = granted.current_limit_a * 1.5
+    run.step(n=2)
+    (locked,) = run.kinds("slot_locked")
+    assert locked["slot"] == 1 and locked["cause"] == "overcurrent"
+    assert f"granted {granted.current_limit_a:g} A" in locked["reason"]
+    run.step(n=30)  # the next charge period: told to stop, nothing granted any more
+    assert Location.rack(1) not in run.core.charging
+    stop = [e for e in run.kinds("pack_command") if e["slot"] == 1][-1]
+    assert stop["command"] == "charge_disable" and "not trusted" in stop["reason"]
