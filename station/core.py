@@ -135,6 +135,7 @@ class StationCore:
                                settle_s=GRANT_HOLD_PERIODS * charge_period_s)
         self.alarms = AlarmGate()
         self._granted: dict[Location, list[tuple[float, float]]] = {}  # loc -> [(t, A)]
+        self._granted_max: dict[Location, float] = {}  # what a pack may still be drawing
         self._isolated: set[tuple[Location, int | None]] = set()  # told to isolate
         self._view: ProcessImage | None = None  # the trusted packs, this scan
         self._carried: dict[Location, Binding | None] = {}  # a pack's binding, in transit
@@ -315,14 +316,8 @@ class StationCore:
     def _pack_trust(self, image: ProcessImage, now: float) -> None:
         """Bind locations to identities, cross-check what the pack bus says against the PLC
         and against what the station did (station/pack_trust.py); act on a distrusted pack."""
-        hold = GRANT_HOLD_PERIODS * self.charge_period_s
-        for loc in list(self._granted):  # the grants a pack may still be drawing on
-            self._granted[loc] = [(t, a) for t, a in self._granted[loc] if now - t <= hold]
-            if not self._granted[loc]:
-                del self._granted[loc]
-        granted = {loc: max(a for _, a in log) for loc, log in self._granted.items()}
         bound_before = set(self.trust.bindings)
-        for ev in self.trust.update(image, now, granted):
+        for ev in self.trust.update(image, now, self._granted_max):
             self._distrusted(ev, now)
         for loc in bound_before - set(self.trust.bindings):  # the pack (or the car) left
             self._isolated = {k for k in self._isolated if k[0] != loc}
@@ -427,9 +422,8 @@ class StationCore:
         excluded.update(self._stalls(image, now))
         view = self._view if self._view is not None else self.trust.view(image)
         grants = plan_charging(view, self.cfg, now, excluded, self._waiting_family)
+        self._note_grants(grants, now)
         for g in grants:
-            if g.command == PackCommandKind.CHARGE_ENABLE:
-                self._granted.setdefault(g.location, []).append((now, g.current_limit_a))
             self._pack_commands.append(PackCommand(g.location, g.command, g.current_limit_a,
                                                    g.voltage_limit_v))
             last = self.charging.get(g.location)
@@ -453,6 +447,19 @@ class StationCore:
                     t=now, location=str(loc), slot=loc.rack_slot, serial=last.serial,
                     command=PackCommandKind.CHARGE_DISABLE.value, current_limit_a=0.0,
                     voltage_limit_v=0.0, power_kw=0.0, reason=f"not trusted: {distrust.detail}"))
+
+    def _note_grants(self, grants: list[ChargeGrant], now: float) -> None:
+        """The largest current each pack was granted lately: it may still draw on it (pack
+        trust judges its SOC rise and its current by it). Kept once a charge period."""
+        hold = GRANT_HOLD_PERIODS * self.charge_period_s
+        for g in grants:
+            if g.command == PackCommandKind.CHARGE_ENABLE:
+                self._granted.setdefault(g.location, []).append((now, g.current_limit_a))
+        for loc in list(self._granted):
+            self._granted[loc] = [(t, a) for t, a in self._granted[loc] if now - t <= hold]
+            if not self._granted[loc]:
+                del self._granted[loc]
+        self._granted_max = {loc: max(a for _, a in log) for loc, log in self._granted.items()}
 
     def _stalls(self, image: ProcessImage, now: float) -> dict[int, str]:
         """A pack granted charge current that draws none for longer than stalled_after_s is
