@@ -13,6 +13,7 @@ import contextlib
 import itertools
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
@@ -165,6 +166,24 @@ def make_link(port: int) -> ModbusPlcLink:
                          timeout=0.3, backoff_min=0.01, backoff_max=0.1)
 
 
+@asynccontextmanager
+async def linked(plc: ModbusDouble, **proxy_kw: Any
+                 ) -> AsyncIterator[tuple[ModbusPlcLink, Recorder, DuplicatingProxy]]:
+    """The link running against the PLC double through a DuplicatingProxy."""
+    proxy = DuplicatingProxy(plc.port, **proxy_kw)
+    await proxy.start()
+    rec = Recorder()
+    link = make_link(proxy.port)
+    rec.attach(link)
+    task = asyncio.create_task(link.run())
+    try:
+        yield link, rec, proxy
+    finally:
+        await link.close()
+        await asyncio.wait_for(task, 2)
+        await proxy.stop()
+
+
 def check_inputs(rec: Recorder) -> None:
     """Every delivered block is one the PLC served, in order: never another request's."""
     last = -1
@@ -185,13 +204,7 @@ def longest_gap(rec: Recorder, since: float) -> float:
 async def test_duplicated_replies_detected_and_inputs_stay_fresh(
     plc: ModbusDouble, mode: str,
 ) -> None:
-    proxy = DuplicatingProxy(plc.port, every=3, mode=mode)
-    await proxy.start()
-    rec = Recorder()
-    link = make_link(proxy.port)
-    rec.attach(link)
-    task = asyncio.create_task(link.run())
-    try:
+    async with linked(plc, every=3, mode=mode) as (link, rec, proxy):
         await wait_until(lambda: len(rec.inputs) >= 1)
         t0 = time.monotonic()
         polls0, writes0 = link.stats.polls, link.stats.writes
@@ -204,47 +217,23 @@ async def test_duplicated_replies_detected_and_inputs_stay_fresh(
         assert link.stats.polls - polls0 >= 100, link.stats
         assert link.stats.writes - writes0 >= 40, link.stats
         assert link.stats.mismatched_replies >= 1, link.stats
-    finally:
-        await link.close()
-        await asyncio.wait_for(task, 2)
-        await proxy.stop()
 
 
 async def test_a_stream_out_of_step_is_reset_and_the_link_recovers(
     plc: ModbusDouble,
 ) -> None:
-    proxy = DuplicatingProxy(plc.port, every=20, mode="garbage")
-    await proxy.start()
-    rec = Recorder()
-    link = make_link(proxy.port)
-    rec.attach(link)
-    task = asyncio.create_task(link.run())
-    try:
+    async with linked(plc, every=20, mode="garbage") as (link, rec, _proxy):
         await wait_until(lambda: link.stats.resyncs == 1)
         n = len(rec.inputs)
         await wait_until(lambda: len(rec.inputs) >= n + 20)
         check_inputs(rec)
         assert link.stats.resyncs == 1 and link.stats.mismatched_replies == 0
         assert link.stats.reconnects == 1
-    finally:
-        await link.close()
-        await asyncio.wait_for(task, 2)
-        await proxy.stop()
 
 
 async def test_no_duplicates_no_mismatch(plc: ModbusDouble) -> None:
-    proxy = DuplicatingProxy(plc.port, every=10**9)
-    await proxy.start()
-    rec = Recorder()
-    link = make_link(proxy.port)
-    rec.attach(link)
-    task = asyncio.create_task(link.run())
-    try:
+    async with linked(plc, every=10**9) as (link, rec, _proxy):
         await wait_until(lambda: len(rec.inputs) >= 50)
         check_inputs(rec)
         assert link.stats.mismatched_replies == 0 and link.stats.resyncs == 0
         assert link.stats.poll_errors == 0
-    finally:
-        await link.close()
-        await asyncio.wait_for(task, 2)
-        await proxy.stop()
