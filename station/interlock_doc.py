@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from station.interlocks import INTERLOCKS, R
-from station.sequence import SEQUENCE
+from station.sequence import CHECK_SOC_TOLERANCE_PCT, SEQUENCE
 
 DOC = Path("docs/interlocks.md")
 
@@ -91,7 +91,10 @@ def table_markdown() -> str:
         "(`sensor_disagrees`); a bolt outside its torque/angle window, or not reported, after "
         "UNLOCK or LOCK (`unlock_failed`, `lock_failed`; simulator faults `bolt_torque_fail`, "
         "`bolt_not_reported`); the installed pack failing the post-swap BMS check "
-        "(`check_failed`).",
+        "(`check_failed`: its serial, family and chemistry must be the fetched pack's, its "
+        "SOC at most " f"{CHECK_SOC_TOLERANCE_PCT:g}" " % below the SOC it was fetched with "
+        "and at least `check.min_soc_pct`, no fault flag, insulation at least "
+        "`check.min_insulation_kohm`; the reason names what differs).",
         "",
         "## The controller's heartbeat",
         "",
