@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
+import zoneinfo
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -54,9 +55,25 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
+# A station id is a topic level and a certificate's common name: no MQTT wildcard, no slash
+StationId = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")]
+
+
+def _timezone(name: str) -> str:
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {name!r} (an IANA name: Europe/Berlin, "
+                         "Asia/Shanghai, UTC)") from exc
+    return name
+
+
 class StationSection(_Section):
-    id: Text = "PSS-SIM-0001"
+    id: StationId = "PSS-SIM-0001"
     name: Text = "Simulated swap station"
+    # local time of the power cap's daily schedule (grid peak hours are local)
+    timezone: Annotated[str, Field(min_length=1, max_length=64),
+                        AfterValidator(_timezone)] = "UTC"
 
 
 class ModbusSection(_Section):
@@ -383,6 +400,70 @@ class OperationSection(_Section):
     reset_on_start: bool = True  # only when the journal shows no unfinished swap
 
 
+class CloudSection(_Section):
+    """The link to the network's MQTT broker (station/cloud/). Off by default: the station
+    works without it, and the demo is broker-free."""
+
+    enabled: bool = False
+    host: str = Field("127.0.0.1", min_length=1, max_length=253, pattern=r"^[^\s\x00/]+$")
+    port: int = Field(8883, ge=1, le=65535)
+    topic_prefix: str = Field("swapnet/v1", min_length=1, max_length=64,
+                              pattern=r"^[A-Za-z0-9._-]+(/[A-Za-z0-9._-]+)*$")
+    # TLS: the broker's CA (pinned: no system store), the station's client certificate and
+    # key. None for all three: plain MQTT, allowed for a loopback bench only.
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    username: str | None = Field(None, min_length=1, max_length=128)
+    password_file: FilePath | None = None
+    # the Ed25519 public keys that may sign commands: <key_id>.pub (PEM) in this directory
+    trusted_keys_dir: FilePath | None = None
+    keepalive_s: int = Field(30, ge=5, le=600)
+    connect_timeout_s: float = Field(10.0, ge=0.5, le=120.0)
+    reconnect_min_s: float = Field(0.5, ge=0.05, le=60.0)
+    reconnect_max_s: float = Field(30.0, ge=0.5, le=600.0)
+    rack_period_s: float = Field(10.0, ge=0.5, le=3600.0)
+    max_in_flight: int = Field(200, ge=1, le=65535,
+                               description="QoS 1 publications awaiting their PUBACK")
+    max_command_bytes: int = Field(65536, ge=1024, le=1_048_576)
+    # a command's expires_at may lie at most this far after its issued_at, and issued_at at
+    # most clock_skew_s in the future
+    max_command_lifetime_s: float = Field(3600.0, ge=1.0, le=7 * 86400.0)
+    clock_skew_s: float = Field(30.0, ge=0.0, le=3600.0)
+    disk_alarm_free_mb: float = Field(200.0, ge=1.0, le=1_000_000.0,
+                                      description="free space under the journal: alarm below")
+
+    @model_validator(mode="after")
+    def _tls_complete(self) -> CloudSection:
+        tls = (self.ca_file, self.cert_file, self.key_file)
+        if any(v is not None for v in tls) and None in tls:
+            raise ValueError("cloud.ca_file, cloud.cert_file and cloud.key_file go together "
+                             "(TLS with a client certificate per station)")
+        if self.reconnect_min_s > self.reconnect_max_s:
+            raise ValueError(f"cloud.reconnect_min_s = {self.reconnect_min_s:g} s must not "
+                             f"exceed cloud.reconnect_max_s = {self.reconnect_max_s:g} s")
+        if self.enabled and self.trusted_keys_dir is None:
+            raise ValueError("cloud.enabled needs cloud.trusted_keys_dir: the public keys "
+                             "that may sign commands")
+        if self.password_file is not None and self.username is None:
+            raise ValueError("cloud.password_file needs cloud.username")
+        return self
+
+    @property
+    def tls(self) -> bool:
+        return self.ca_file is not None
+
+
+class NetworkSection(_Section):
+    """Who may swap here (the authorisation list from the network, station/network.py)."""
+
+    # off: every identified vehicle may swap (a station without a network, the demo)
+    require_authorisation: bool = False
+    # once the list has passed its validity (the station offline too long): refuse every
+    # vehicle, or let the listed ones go on swapping
+    when_list_expired: Literal["refuse", "allow_listed"] = "refuse"
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -405,6 +486,8 @@ class StationConfig(_Section):
     api: ApiSection = ApiSection()
     journal: JournalSection = JournalSection()
     operation: OperationSection = OperationSection()
+    cloud: CloudSection = CloudSection()
+    network: NetworkSection = NetworkSection()
     log: LogSection = LogSection()
 
     @model_validator(mode="after")

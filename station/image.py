@@ -219,6 +219,14 @@ class ProcessImage:
     plc: dict[str, Any] = field(default_factory=dict)  # contract signal name -> value
     plc_read_at: float | None = None  # monotonic time of the last good read of the PLC inputs
     packs: dict[Location, PackReport] = field(default_factory=dict)
+    # The vehicle on the platform as its own controller reports it over CAN (J1939-21
+    # BAM, drivers/bms/): its VIN, and the monotonic time that VIN was last heard.
+    vehicle_vin: str | None = None
+    vehicle_vin_at: float | None = None
+    # UTC wall-clock seconds at this scan (the daemon sets it): for what the network dates
+    # in wall time (authorisation validity, reservation expiry, the power cap's schedule).
+    # Never used for a timeout: those run on the monotonic clock.
+    wall_time: float | None = None
 
     def fresh(self, rep: PackReport, kind: PackData, now: float) -> bool:
         return now - rep.last_seen.get(kind, _NEVER) <= self.pack_timeouts.of(kind)
