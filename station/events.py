@@ -181,6 +181,21 @@ class CommandRefused(Event):
 
 
 @dataclass(frozen=True, kw_only=True)
+class CloudCommandRejected(Event):
+    """A message on the command topic refused before it became a command request: too
+    large, not JSON, not the schema, an unknown key or a bad signature, another station's,
+    expired, an unknown command or bad arguments (station/cloud/envelope.py)."""
+
+    kind: ClassVar[str] = "cloud_command_rejected"
+    request_id: str | None  # None when the message had none that could be read
+    command: str | None
+    code: str
+    reason: str
+    key_id: str | None
+    size: int  # bytes
+
+
+@dataclass(frozen=True, kw_only=True)
 class PackCommandChanged(Event):
     """What the station asks of one pack changed (charging, isolation): journaled on change;
     the PackControl refresh that carries it is not an event."""
@@ -200,6 +215,6 @@ EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (
         StateChanged, SwapStarted, StepStarted, StepDone, SwapEnded, Fault, Inhibit, Alarm,
         Recovery, CommandReceived, CommandAccepted, CommandRefused, PackCommandChanged,
-        SlotLocked, SlotReleased,
+        SlotLocked, SlotReleased, CloudCommandRejected,
     )
 }
