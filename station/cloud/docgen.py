@@ -74,7 +74,8 @@ What the back end may rely on:
   (the swap id, which starts with the station id). A message sent again is identical
   except `sent_at` and `replayed`.
 - **In journal order.** Events go out in the order they were journaled; a swap record
-  goes out right after the `swap_ended` event it comes from (its `event_id`).
+  goes out with the `swap_ended` event it comes from (its `event_id`). Order holds within
+  a topic: `swaps` and `events` are not ordered with each other.
 - **Gaps are visible.** `seq` numbers the published events of one station contiguously
   from 1 and is persisted with the outbox cursor (the same event gets the same `seq`
   after a crash). After deduplication a missing `seq` is a lost event: raise it.
