@@ -63,3 +63,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     if rep.when == "teardown":
         end_artifacts()
     return rep
+
+
+from tests.integration.broker_fixtures import broker, plain_broker  # noqa: F401, E402
