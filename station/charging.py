@@ -8,12 +8,13 @@ cell charge voltage, cell count) and its chemistry profile's (cut-off cell volta
 pack's cell count, C-rate), and the charger's per-slot maximum. A pack that has not
 reported its limits does not charge: the controller never guesses a cell count.
 
-The station power cap bounds the sum of the power granted (current limit x voltage limit,
-the most the pack can draw under the grant). Packs are served in order of how close they
-are to becoming ready for the next swap (the fewest SOC points short of the selection
-minimum first; packs already ready but below the target come after all others), among
-those first the packs that a car waiting on the platform for a charged pack could take,
-then by slot; the last one served gets what is left of the cap.
+The station power cap (the lower of the configured one, the grid connection's ceiling, and
+the network's in force now: station/network.py) bounds the sum of the power granted
+(current limit x voltage limit, the most the pack can draw under the grant). Packs are
+served in order of how close they are to becoming ready for the next swap (the fewest SOC
+points short of the selection minimum first; packs already ready but below the target
+come after all others), among those first the packs that a car waiting on the platform
+for a charged pack could take, then by slot; the last one served gets what is left of the cap.
 
 This is where sodium-ion shows its cold-weather advantage: at -10 C it charges while an LFP
 pack beside it waits.
@@ -91,12 +92,17 @@ def _priority(rep: PackReport, slot: int, cfg: StationConfig,
 
 def plan_charging(image: ProcessImage, cfg: StationConfig, now: float,
                   excluded: dict[int, str] | None = None,
-                  waiting_family: int | None = None) -> list[ChargeGrant]:
+                  waiting_family: int | None = None,
+                  cap_kw: float | None = None) -> list[ChargeGrant]:
     """A grant (enable with limits, or disable with the reason) for every rack pack heard;
     `excluded` slots (locked out, stalled) get a disable with the reason given. Packs that
-    a car waiting for a charged pack (`waiting_family`) could take are served first."""
+    a car waiting for a charged pack (`waiting_family`) could take are served first.
+    `cap_kw` is the cap in force now (the network's, station/network.py `cap_at`); never
+    above the configured `station_power_cap_kw`."""
     excluded = excluded or {}
-    budget_kw = cfg.charging.station_power_cap_kw
+    cap = cfg.charging.station_power_cap_kw if cap_kw is None else \
+        min(cap_kw, cfg.charging.station_power_cap_kw)
+    budget_kw = cap
     out: list[ChargeGrant] = []
     wanting: list[tuple[tuple[int, int, float, int], int, PackReport, float, float]] = []
     for slot, rep in rack_packs(image, cfg, now).items():
@@ -114,8 +120,7 @@ def plan_charging(image: ProcessImage, cfg: StationConfig, now: float,
         affordable = budget_kw * 1000.0 / voltage
         if affordable < MIN_GRANT_A:
             out.append(ChargeGrant(loc, rep.serial, PackCommandKind.CHARGE_DISABLE, 0.0, 0.0,
-                                   f"station power cap {cfg.charging.station_power_cap_kw:g} kW"
-                                   " reached"))
+                                   f"station power cap {cap:g} kW reached"))
             continue
         granted = min(current, float(int(affordable * 10)) / 10.0)  # round down: never over
         reason = "charging" if granted == current else \

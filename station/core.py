@@ -13,6 +13,7 @@ the vocabulary of station/image.py and the step rows of station/sequence.py.
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,10 +22,14 @@ from station.charging import ChargeGrant, plan_charging
 from station.config import StationConfig
 from station.events import (
     Alarm,
+    AuthorisationsSet,
     Event,
     Fault,
     Inhibit,
     PackCommandChanged,
+    PowerCapSet,
+    ReservationEnded,
+    ReservationMade,
     SlotLocked,
     SlotReleased,
     StateChanged,
@@ -42,15 +47,25 @@ from station.image import (
     Location,
     PackData,
     PackIdentity,
+    PackState,
     ProcessImage,
     StopRequest,
+)
+from station.network import (
+    MAX_RESERVATION_S,
+    AuthorisationList,
+    Network,
+    PowerCap,
+    Reservation,
+    ReservationRequest,
+    format_time,
 )
 from station.pack_commands import PackCommand, PackCommandKind, PackRequest
 from station.pack_safety import PackEvent, TempRiseTracker, pack_events
 from station.pack_trust import AlarmGate, Binding, PackTrust, TrustEvent
 from station.packml import Cmd, PackMLMachine, State, TransitionRefused
 from station.plan import PackInfo, SwapPlan
-from station.selection import Choice, choose_pack
+from station.selection import Choice, choose_pack, pack_to_reserve, rack_packs, ready
 from station.sequence import CHECK_KINDS, SEQUENCE, Step, StepView
 
 SENSOR_GRACE_S = 0.5  # PLC said done; the sensors must agree within this
@@ -72,6 +87,7 @@ class Decision:
     command_issued: bool = False  # a new PLC command: write at once
     pack_commands: list[PackCommand] = field(default_factory=list)
     pack_requests: list[PackRequest] = field(default_factory=list)
+    result: dict[str, Any] | None = None  # a command's answer (a reservation: id, slot, serial)
 
     @property
     def isolations(self) -> list[PackCommand]:
@@ -99,8 +115,14 @@ class StationCore:
         charge_period_s: float = 1.0,
         last_seq: int | None = None,
         locked_out: dict[int, str] | None = None,
+        authorisations: AuthorisationList | None = None,
+        power_cap: PowerCap | None = None,
+        reservations: tuple[Reservation, ...] | list[Reservation] = (),
     ) -> None:
         self.cfg = cfg
+        # what the network told this station (persisted in the journal, reloaded at start)
+        self.network = Network(cfg, authorisations, power_cap, reservations)
+        self._cap_kw = self.network.ceiling_kw  # the cap the last charging plan ran under
         self.charge_period_s = charge_period_s  # PackControl refresh period of the protocol
         self.machine = PackMLMachine(initial_state)
         self.reason: str | None = reason
@@ -184,11 +206,76 @@ class StationCore:
                                 for b in self.trust.bindings.values() if b.distrust},
             "charging_power_kw": round(sum(g.power_kw for g in self.charging.values()
                                            if g.command == PackCommandKind.CHARGE_ENABLE), 1),
+            "power_cap_kw": self.network.cap_at(self._wall()),
+            "authorisation_version": self.network.authorisation_version,
         }
 
+    def _wall(self) -> float | None:
+        return self._image.wall_time if self._image is not None else None
+
+    def rack_status(self, image: ProcessImage, now: float) -> dict[str, Any]:
+        """The rack as the network sees it: power_kw (what the rack packs report drawing),
+        power_cap_kw (in force now) and one entry per slot the PLC reports. A slot's state:
+        locked_out, empty, untrusted, unknown (occupied, its pack not heard, fresh and
+        identified), isolated, ready (selection would give it now, at selection.min_soc_pct,
+        to a vehicle of its family), charging, or waiting (neither: too cold, stalled...)."""
+        view = self._view if self._view is not None and image is self._image \
+            else self.trust.view(image)
+        heard = rack_packs(view, self.cfg, now)
+        occupied = image.plc.get("rack_slot_occupied") or []
+        reserved = {r.slot: r.vin for r in self.network.reservations.values()}
+        slots: list[dict[str, Any]] = []
+        drawn_kw = 0.0
+        for slot in range(1, image.rack_slot_count() + 1):
+            loc = Location.rack(slot)
+            occ = bool(occupied[slot - 1])
+            raw = image.packs.get(loc) if occ else None
+            rep = heard.get(slot)
+            grant = self.charging.get(loc)
+            granted = grant.power_kw if grant is not None and \
+                grant.command == PackCommandKind.CHARGE_ENABLE else 0.0
+            distrust = self.trust.distrust(loc) if occ else None
+            state, reason = "waiting", grant.reason if grant is not None else None
+            if slot in self.locked_out_slots:
+                state, reason = "locked_out", self.locked_out_slots[slot]
+            elif not occ:
+                state, reason = "empty", None
+            elif distrust is not None:
+                state, reason = "untrusted", distrust.detail
+            elif rep is None:
+                state, reason = "unknown", "pack not heard on CAN (fresh and identified)"
+            elif rep.state == PackState.ISOLATED or any(
+                    lo == loc for lo, _ in self._isolated):
+                state, reason = "isolated", "isolated"
+            elif ready(rep, self.cfg):
+                state, reason = "ready", None
+            elif granted > 0:
+                state = "charging"
+            if rep is not None and rep.current_a is not None and rep.voltage_v is not None \
+                    and rep.current_a > 0:
+                drawn_kw += rep.current_a * rep.voltage_v / 1000.0
+            shown = rep if rep is not None else raw if distrust is None else None
+            slots.append({
+                "slot": slot, "occupied": occ,
+                "serial": shown.serial if shown else None,
+                "chemistry": shown.chemistry if shown else None,
+                "family": shown.family if shown else None,
+                "soc_pct": shown.soc_pct if shown else None,
+                "soh_pct": shown.soh_pct if shown else None,
+                "min_cell_temp_c": shown.min_cell_temp_c if shown else None,
+                "max_cell_temp_c": shown.max_cell_temp_c if shown else None,
+                "state": state, "granted_power_kw": granted, "reason": reason,
+                "reserved_for": reserved.get(slot),
+            })
+        return {"power_kw": round(drawn_kw, 1),
+                "power_cap_kw": self.network.cap_at(image.wall_time), "slots": slots}
+
     # ---- operator commands -------------------------------------------------------------
-    def command(self, cmd: Cmd, now: float, origin: str = "operator") -> Decision:
-        """An operator or back-end command; raises CommandRefused with the reason."""
+    def command(self, cmd: Cmd, now: float, origin: str = "operator",
+                why: str | None = None) -> Decision:
+        """An operator or back-end command (`why`: the sender's words, journaled in the
+        reason); raises CommandRefused with the reason."""
+        said = f": {why}" if why else ""
         if not self.machine.allowed(cmd):
             raise CommandRefused(str(TransitionRefused(self.state, cmd)))
         if cmd in (Cmd.RESET, Cmd.CLEAR, Cmd.START, Cmd.UNHOLD, Cmd.UNSUSPEND):
@@ -211,20 +298,150 @@ class StationCore:
             self._start_swap(self._candidate, now, origin)
             return self._flush()
         if cmd == Cmd.ABORT:
-            self._abort(f"abort by {origin}", now)
+            self._abort(f"abort by {origin}{said}", now)
         elif cmd == Cmd.STOP:
-            self._stop_motion(StopRequest.CAT2, f"stop by {origin}", now, Cmd.STOP, "stopped")
+            self._stop_motion(StopRequest.CAT2, f"stop by {origin}{said}", now, Cmd.STOP,
+                              "stopped")
         elif cmd in (Cmd.HOLD, Cmd.SUSPEND):
             # Both stop the machine (category 2): a PLC left running a step while the swap
             # is paused would finish it unsupervised, and the resume would send it again.
-            self._stop_motion(StopRequest.CAT2, f"{cmd.value} by {origin}", now, cmd, None)
+            self._stop_motion(StopRequest.CAT2, f"{cmd.value} by {origin}{said}", now, cmd,
+                              None)
         else:
-            self._transition(cmd, now, f"{cmd.value} by {origin}")
+            self._transition(cmd, now, f"{cmd.value} by {origin}{said}")
         return self._flush()
+
+    # ---- the network's commands (station/network.py) --------------------------------------
+    def request_stop(self, why: str | None, origin: str, now: float) -> Decision:
+        """PackML STOP from afar (a stop is always safe); nothing restarts without a local
+        operator's reset."""
+        return self.command(Cmd.STOP, now, origin, why)
+
+    def request_hold(self, why: str | None, origin: str, now: float) -> Decision:
+        return self.command(Cmd.HOLD, now, origin, why)
+
+    def set_authorisations(self, auth: AuthorisationList, origin: str,
+                           now: float) -> Decision:
+        """A new authorisation list; its version must be greater than the one in force."""
+        current = self.network.authorisation_version
+        if current is not None and auth.version <= current:
+            raise CommandRefused(f"set_authorisations refused: version {auth.version} is not "
+                                 f"greater than the version in force ({current})")
+        wall = self._wall()
+        if wall is not None and auth.valid_until <= wall:
+            raise CommandRefused(f"set_authorisations refused: version {auth.version} expired "
+                                 f"at {format_time(auth.valid_until)}")
+        self.network.authorisations = auth
+        sm = auth.summary()
+        self._emit(AuthorisationsSet(t=now, version=auth.version, valid_from=sm["valid_from"],
+                                     valid_until=sm["valid_until"], entries=sm["entries"],
+                                     origin=origin, full=auth.as_dict()))
+        return self._flush()
+
+    def set_power_cap(self, cap: PowerCap, origin: str, now: float) -> Decision:
+        """The network's cap and daily schedule; only ever below the configured ceiling.
+        A lower cap is planned at the next scan, not at the next charge period."""
+        ceiling = self.network.ceiling_kw
+        over = [c for c in (cap.cap_kw, *(w.cap_kw for w in cap.schedule))
+                if c is not None and not 1.0 <= c <= ceiling]
+        if over:
+            raise CommandRefused(f"set_power_cap refused: {over[0]:g} kW is outside 1-"
+                                 f"{ceiling:g} kW (charging.station_power_cap_kw)")
+        self.network.power_cap = cap
+        self._next_charge_plan = float("-inf")
+        d = cap.as_dict()
+        self._emit(PowerCapSet(t=now, cap_kw=cap.cap_kw, schedule=d["schedule"],
+                               ceiling_kw=ceiling, origin=origin))
+        return self._flush()
+
+    def reserve_pack(self, req: ReservationRequest, origin: str, now: float,
+                     reservation_id: str | None = None) -> Decision:
+        """Keep the ready pack selection would give this vehicle now for it alone until
+        `req.expires_at`; the Decision's result says which (reservation_id, slot, serial)."""
+        image, wall = self._image, self._wall()
+        if image is None or image.plc_read_at is None:
+            raise CommandRefused("reserve_pack refused: the rack has not been read yet")
+        if wall is None:
+            raise CommandRefused("reserve_pack refused: no wall-clock time to date it by")
+        if req.expires_at <= wall:
+            raise CommandRefused(f"reserve_pack refused: expires_at "
+                                 f"{format_time(req.expires_at)} is not in the future")
+        if req.expires_at > wall + MAX_RESERVATION_S:
+            raise CommandRefused(f"reserve_pack refused: expires_at "
+                                 f"{format_time(req.expires_at)} is more than "
+                                 f"{MAX_RESERVATION_S / 3600:g} h ahead")
+        held = self.network.reservation_of(req.vin)
+        if held is not None:
+            raise CommandRefused(f"reserve_pack refused: vehicle {req.vin} already holds "
+                                 f"reservation {held.reservation_id} (slot {held.slot}); "
+                                 "cancel it first")
+        skip = set(self.locked_out_slots) | set(self.network.reserved_slots())
+        for plan in (self.plan, self._candidate):  # a pack on its way to a car
+            if plan is not None:
+                skip.add(plan.fetch_slot)
+        view = self._view if self._view is not None else self.trust.view(image)
+        choice = pack_to_reserve(view, self.cfg, req.family, req.min_soc_pct, now,
+                                 frozenset(skip))
+        if not isinstance(choice, Choice):
+            raise CommandRefused(f"reserve_pack refused: {choice.reason}")
+        p = choice.pack
+        assert p.slot is not None
+        r = Reservation(reservation_id or f"rsv-{uuid.uuid4().hex[:16]}", req.vin, req.family,
+                        req.min_soc_pct, req.expires_at, p.slot, p.serial)
+        self.network.reservations[r.reservation_id] = r
+        self._emit(ReservationMade(t=now, reservation_id=r.reservation_id, vin=r.vin,
+                                   family=r.family, min_soc_pct=r.min_soc_pct,
+                                   expires_at=format_time(r.expires_at), slot=r.slot,
+                                   serial=r.serial, soc_pct=p.soc_pct, origin=origin))
+        d = self._flush()
+        d.result = {"reservation_id": r.reservation_id, "slot": r.slot, "serial": r.serial}
+        return d
+
+    def cancel_reservation(self, reservation_id: str, origin: str, now: float) -> Decision:
+        r = self.network.reservations.pop(reservation_id, None)
+        if r is None:
+            raise CommandRefused(f"cancel_reservation refused: no active reservation "
+                                 f"{reservation_id!r} (used, expired, cancelled or unknown)")
+        self._emit(ReservationEnded(t=now, reservation_id=r.reservation_id, vin=r.vin,
+                                    slot=r.slot, serial=r.serial, outcome="cancelled",
+                                    reason=f"cancelled by {origin}", swap_id=None))
+        return self._flush()
+
+    def slot_maintenance(self, slot: int, action: str, reason: str, origin: str,
+                         now: float) -> Decision:
+        """Lock a rack slot out of use (no selection, storing or charging; persisted like a
+        pack event's lockout, cause "maintenance"), or release it by release_slot's rules
+        (which also release a pack event's lockout, refused while the event is still
+        seen)."""
+        if action == "release":
+            return self.release_slot(slot, reason, origin, now, word="slot release")
+        if action != "lock":
+            raise CommandRefused(f"slot_maintenance refused: unknown action {action!r}")
+        reason = reason.strip()
+        if not reason:
+            raise CommandRefused("slot lock refused: say why (the reason is journaled)")
+        count = self._image.rack_slot_count() if self._image is not None else 0
+        if not 1 <= slot <= (count or 255):
+            raise CommandRefused(f"slot lock refused: the rack has no slot {slot}"
+                                 + (f" (slots 1-{count})" if count else ""))
+        if slot in self.locked_out_slots:
+            raise CommandRefused(f"slot lock refused: rack slot {slot} is already locked "
+                                 f"out: {self.locked_out_slots[slot]}")
+        if self.plan is not None and slot in (self.plan.store_slot, self.plan.fetch_slot):
+            raise CommandRefused(f"slot lock refused: rack slot {slot} is in use by swap "
+                                 f"{self.plan.swap_id}; lock it when the swap has ended")
+        self.locked_out_slots[slot] = f"maintenance: {reason}"
+        self._candidate = None  # chosen before the lock: chosen again at the next scan
+        self._next_charge_plan = float("-inf")  # its pack stops charging at the next scan
+        self._emit(SlotLocked(t=now, slot=slot, serial=self.trust.serial(Location.rack(slot)),
+                              cause="maintenance", reason=reason, isolated=False))
+        return self._flush()
+
 
     # ---- the scan ----------------------------------------------------------------------
     def update(self, image: ProcessImage, now: float) -> Decision:
         self._image = image
+        self._lapse_reservations(image, now)
         self._scan(image, now)
         self._charging(image, now)
         self._ask_unidentified(image)
@@ -383,21 +600,21 @@ class StationCore:
             if slot is not None:
                 self._lock_out(slot, ev.serial, ev.kind, ev.detail, now, isolated=True)
 
-    def release_slot(self, slot: int, reason: str, origin: str, now: float) -> Decision:
+    def release_slot(self, slot: int, reason: str, origin: str, now: float,
+                     word: str = "pack release") -> Decision:
         """An operator has checked a locked-out slot's pack (or the bay's, slot 0) and puts
         it back in service; refused while its cause is still seen. Raises CommandRefused."""
         reason = reason.strip()
         if not reason:
-            raise CommandRefused("pack release refused: say why (the reason is journaled)")
+            raise CommandRefused(f"{word} refused: say why (the reason is journaled)")
         loc = BAY if slot == 0 else Location.rack(slot)
         if slot != 0 and slot not in self.locked_out_slots:
-            raise CommandRefused(f"pack release refused: {loc} is not locked out")
+            raise CommandRefused(f"{word} refused: {loc} is not locked out")
         if slot == 0 and self.trust.distrust(BAY) is None:
-            raise CommandRefused("pack release refused: the vehicle bay's pack is trusted")
+            raise CommandRefused(f"{word} refused: the vehicle bay's pack is trusted")
         still = [ev.detail for ev in self._pack_events if ev.location == loc]
         if still:
-            raise CommandRefused(f"pack release refused: {loc} still shows "
-                                 + "; ".join(still))
+            raise CommandRefused(f"{word} refused: {loc} still shows " + "; ".join(still))
         serial = self.trust.serial(loc)
         isolated = any(lo == loc for lo, _ in self._isolated)
         self.locked_out_slots.pop(slot, None)
@@ -414,14 +631,16 @@ class StationCore:
     def _charging(self, image: ProcessImage, now: float) -> None:
         """Every charge period: a grant for every rack pack, sent as PackControl (the packs
         stop charging without its refresh); journaled when a pack's grant changes."""
-        if now < self._next_charge_plan or image.plc_read_at is None:
+        cap = self.network.cap_at(image.wall_time)
+        lowered = cap < self._cap_kw  # a schedule window began: not a second over it
+        if (now < self._next_charge_plan and not lowered) or image.plc_read_at is None:
             return
         self._next_charge_plan = now + self.charge_period_s
-        excluded = {s: f"slot locked out after a pack event: {why}"
-                    for s, why in self.locked_out_slots.items()}
+        self._cap_kw = cap
+        excluded = {s: f"slot locked out: {why}" for s, why in self.locked_out_slots.items()}
         excluded.update(self._stalls(image, now))
         view = self._view if self._view is not None else self.trust.view(image)
-        grants = plan_charging(view, self.cfg, now, excluded, self._waiting_family)
+        grants = plan_charging(view, self.cfg, now, excluded, self._waiting_family, cap)
         self._note_grants(grants, now)
         for g in grants:
             self._pack_commands.append(PackCommand(g.location, g.command, g.current_limit_a,
@@ -613,8 +832,18 @@ class StationCore:
         if inhibited:
             self._set_inhibit("interlocks active: " + ", ".join(self.active_interlocks), now)
             return
+        # The VIN counts only when heard since this vehicle arrived (not the car before's)
+        vin = image.vehicle_vin if image.vehicle_vin_at is not None and \
+            image.vehicle_vin_at >= self._identify_started_at else None
+        refusal = self.network.authorise(vin, rep.family, image.wall_time)
+        if refusal is not None:  # waiting for the VIN, or not authorised: stays Idle
+            self._candidate, self._waiting_family = None, None
+            self._set_inhibit(refusal, now)
+            return
         choice = choose_pack(view, self.cfg, rep.family, now,
-                             excluded=frozenset(self.locked_out_slots))
+                             excluded=frozenset(self.locked_out_slots),
+                             reserved=self.network.reserved_slots(except_vin=vin),
+                             own=self.network.reservation_of(vin))
         if not isinstance(choice, Choice):
             self._candidate = None
             self._waiting_family = rep.family  # charging serves its family first
@@ -623,10 +852,10 @@ class StationCore:
         self._waiting_family = None
         self._set_inhibit(None, now)
         pack_out = PackInfo(rep.serial, rep.family, rep.chemistry, rep.soc_pct or 0.0,
-                            rep.soh_pct, None)
+                            rep.soh_pct, None, rep.rated_energy_kwh)
         swap_id = f"{self.cfg.station.id}-{self.swap_number:06d}"
         self._candidate = SwapPlan(swap_id, token, pack_out, choice.pack, choice.store_slot,
-                                   choice.pack.slot or 0, self._identify_started_at)
+                                   choice.pack.slot or 0, self._identify_started_at, vin)
         if self.cfg.operation.auto_start:
             self._start_swap(self._candidate, now, "automatic start")
 
@@ -636,12 +865,30 @@ class StationCore:
         self._emit(SwapStarted(t=now, swap_id=plan.swap_id, vehicle_token=plan.vehicle_token,
                                pack_out=plan.pack_out, pack_in=plan.pack_in,
                                store_slot=plan.store_slot, fetch_slot=plan.fetch_slot,
-                               origin=origin))
+                               origin=origin, vin=plan.vin))
+        own = self.network.reservation_of(plan.vin)
+        if own is not None:  # the reservation is spent on this swap, its own pack or not
+            del self.network.reservations[own.reservation_id]
+            kept = own.slot == plan.fetch_slot and own.serial == plan.pack_in.serial
+            self._emit(ReservationEnded(
+                t=now, reservation_id=own.reservation_id, vin=own.vin, slot=own.slot,
+                serial=own.serial, outcome="used", swap_id=plan.swap_id,
+                reason=None if kept else f"reserved pack {own.serial} (slot {own.slot}) no "
+                f"longer fit; given pack {plan.pack_in.serial} from slot {plan.fetch_slot}"))
         self._emit(StepStarted(t=plan.identify_started_at, swap_id=plan.swap_id,
                                step="identify", command=None, seq=None, param=None))
         self._emit(StepDone(t=now, swap_id=plan.swap_id, step="identify",
                             confirmed_by="sensors"))
         self._transition(Cmd.START, now, f"vehicle {plan.vehicle_token} identified ({origin})")
+
+    def _lapse_reservations(self, image: ProcessImage, now: float) -> None:
+        """A reservation past its expiry frees its pack (journaled)."""
+        for r in self.network.expired(image.wall_time):
+            del self.network.reservations[r.reservation_id]
+            self._emit(ReservationEnded(t=now, reservation_id=r.reservation_id, vin=r.vin,
+                                        slot=r.slot, serial=r.serial, outcome="expired",
+                                        reason=f"expired at {format_time(r.expires_at)}",
+                                        swap_id=None))
 
     def _home_inhibit(self, image: ProcessImage, now: float) -> str | None:
         """At rest, the machine away from home (station/home.py) holds back every start

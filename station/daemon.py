@@ -118,6 +118,8 @@ class Daemon:
             last_seq=self.journal.last_command_seq(),
             locked_out={slot: f"{row['cause']}: {row['reason']}"
                         for slot, row in self.journal.active_lockouts().items()},
+            authorisations=self.journal.authorisations(), power_cap=self.journal.power_cap(),
+            reservations=self.journal.active_reservations(),
         )
         self.commands = CommandEntry(self.core, self.journal, self.apply, clock)
         self.link: PlcLink = link or create_link(cfg.plc, clock=clock)
@@ -177,6 +179,7 @@ class Daemon:
         if self._recovering and self.image.plc_read_at is not None:
             self._recovering = False
             await self._explain_restart()
+        self.image.wall_time = time.time()  # network policy dates (UTC); never a timeout
         await self.apply(self.core.update(self.image, self.clock()))
         self.image.scanned()  # the latched one-frame readings have been judged
         if self._reset_pending and self.image.plc_read_at is not None:

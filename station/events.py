@@ -9,7 +9,7 @@ in the journal and on the wire; `data` is the event as a JSON-ready dict.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from station.plan import PackInfo
@@ -57,6 +57,7 @@ class SwapStarted(Event):
     store_slot: int
     fetch_slot: int
     origin: str
+    vin: str | None = None  # the vehicle's, heard on CAN since it arrived
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,6 +170,7 @@ class CommandAccepted(Event):
     command: str
     origin: str
     state: str
+    result: dict[str, Any] | None = None  # what it gave (a reservation: id, slot, serial)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,6 +180,8 @@ class CommandRefused(Event):
     command: str
     origin: str
     reason: str
+    # bad_args | not_permitted | refused | unknown_command (station/commands.py)
+    code: str = "refused"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -211,10 +215,66 @@ class PackCommandChanged(Event):
     reason: str
 
 
+@dataclass(frozen=True, kw_only=True)
+class AuthorisationsSet(Event):
+    """A new authorisation list is in force. The event's data is its summary; the whole
+    list (up to 20,000 entries) rides along for the journal's network state only."""
+
+    kind: ClassVar[str] = "authorisations_set"
+    version: int
+    valid_from: str  # RFC 3339 UTC
+    valid_until: str
+    entries: int  # how many
+    origin: str
+    full: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def data(self) -> dict[str, Any]:
+        d = super().data
+        del d["full"]
+        return d
+
+
+@dataclass(frozen=True, kw_only=True)
+class PowerCapSet(Event):
+    kind: ClassVar[str] = "power_cap_set"
+    cap_kw: float | None  # None: back to the configured ceiling
+    schedule: list[dict[str, Any]]  # [{from "HH:MM", to "HH:MM", cap_kw}], local time
+    ceiling_kw: float  # charging.station_power_cap_kw: never exceeded
+    origin: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReservationMade(Event):
+    kind: ClassVar[str] = "reservation_made"
+    reservation_id: str
+    vin: str
+    family: int
+    min_soc_pct: float
+    expires_at: str  # RFC 3339 UTC
+    slot: int
+    serial: int
+    soc_pct: float | None  # the kept pack's, when reserved
+    origin: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReservationEnded(Event):
+    kind: ClassVar[str] = "reservation_ended"
+    reservation_id: str
+    vin: str
+    slot: int
+    serial: int
+    outcome: str  # used | cancelled | expired
+    reason: str | None
+    swap_id: str | None  # the swap that used it
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (
         StateChanged, SwapStarted, StepStarted, StepDone, SwapEnded, Fault, Inhibit, Alarm,
         Recovery, CommandReceived, CommandAccepted, CommandRefused, PackCommandChanged,
-        SlotLocked, SlotReleased, CloudCommandRejected,
+        SlotLocked, SlotReleased, CloudCommandRejected, AuthorisationsSet, PowerCapSet,
+        ReservationMade, ReservationEnded,
     )
 }

@@ -7,6 +7,10 @@ still committing each decision before its outputs reach the PLC.
 The `events` table is also the outbox of every sink that must not lose an event (the cloud
 link): each such sink has a delivery cursor, the last event id it has confirmed, and reads
 the events after it. No second copy of the data is kept.
+
+What the network told the station (the authorisation list, the power cap, the active
+reservations: station/network.py) is kept beside the events it came with, and handed back
+to the core at start-up (`authorisations`, `power_cap`, `active_reservations`).
 """
 
 from __future__ import annotations
@@ -22,16 +26,27 @@ from typing import Any
 
 from station.events import (
     Alarm,
+    AuthorisationsSet,
     CommandAccepted,
     CommandRefused,
     Event,
     Fault,
+    PowerCapSet,
+    ReservationEnded,
+    ReservationMade,
     SlotLocked,
     SlotReleased,
     StepDone,
     StepStarted,
     SwapEnded,
     SwapStarted,
+)
+from station.network import (
+    AuthorisationList,
+    PowerCap,
+    Reservation,
+    parse_authorisations,
+    parse_power_cap,
 )
 from station.sequence import STEP_NAMES
 
@@ -67,9 +82,20 @@ CREATE TABLE IF NOT EXISTS lockouts (
 );
 CREATE TABLE IF NOT EXISTS commands (
     request_id TEXT PRIMARY KEY, command TEXT, origin TEXT, accepted INTEGER, reason TEXT,
-    state TEXT, wall REAL
+    state TEXT, wall REAL, code TEXT, result TEXT
+);
+CREATE TABLE IF NOT EXISTS network_state (
+    key TEXT PRIMARY KEY, value TEXT NOT NULL, wall REAL
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    reservation_id TEXT PRIMARY KEY, vin TEXT, family INTEGER, min_soc_pct REAL,
+    expires_at TEXT, slot INTEGER, serial INTEGER, made_wall REAL,
+    ended_wall REAL, outcome TEXT, swap_id TEXT
 );
 """
+# Columns added after a table was first created: a journal from before gets them at open.
+ADDED_COLUMNS = (("commands", "code", "TEXT"), ("commands", "result", "TEXT"),
+                 ("swaps", "vin", "TEXT"))
 
 
 class Journal:
@@ -81,6 +107,10 @@ class Journal:
         self.db.execute("PRAGMA journal_mode=WAL")
         self.db.execute("PRAGMA synchronous=FULL")  # a power cut loses no committed record
         self.db.executescript(SCHEMA)
+        for table, column, kind in ADDED_COLUMNS:
+            have = {r["name"] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                self.db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
     def close(self) -> None:
         self.db.close()
@@ -114,9 +144,10 @@ class Journal:
         match ev:
             case SwapStarted():
                 x("INSERT INTO swaps (swap_id, vehicle_token, started_wall, started_mono, "
-                  "pack_out, pack_in, store_slot, fetch_slot) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  "pack_out, pack_in, store_slot, fetch_slot, vin) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                   (ev.swap_id, ev.vehicle_token, wall, t, json.dumps(ev.pack_out.as_dict()),
-                   json.dumps(ev.pack_in.as_dict()), ev.store_slot, ev.fetch_slot))
+                   json.dumps(ev.pack_in.as_dict()), ev.store_slot, ev.fetch_slot, ev.vin))
             case StepStarted():
                 x("INSERT INTO steps (swap_id, step, command, seq, param, started_mono, note)"
                   " VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -144,15 +175,36 @@ class Journal:
                 x("INSERT INTO faults (wall, mono, swap_id, step, code, reason) "
                   "VALUES (?, ?, ?, ?, ?, ?)",
                   (wall, t, ev.swap_id, ev.step, ev.code, ev.reason))
-            case CommandAccepted() | CommandRefused():
-                accepted = isinstance(ev, CommandAccepted)
+            case CommandAccepted():
                 x("INSERT OR IGNORE INTO commands (request_id, command, origin, accepted, "
-                  "reason, state, wall) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                  (ev.request_id, ev.command, ev.origin, int(accepted),
-                   None if accepted else getattr(ev, "reason", None),
-                   getattr(ev, "state", None), wall))
+                  "reason, state, wall, code, result) VALUES (?, ?, ?, 1, NULL, ?, ?, 'ok', ?)",
+                  (ev.request_id, ev.command, ev.origin, ev.state, wall,
+                   None if ev.result is None else json.dumps(ev.result)))
+            case CommandRefused():
+                x("INSERT OR IGNORE INTO commands (request_id, command, origin, accepted, "
+                  "reason, state, wall, code, result) VALUES (?, ?, ?, 0, ?, NULL, ?, ?, NULL)",
+                  (ev.request_id, ev.command, ev.origin, ev.reason, wall, ev.code))
+            case AuthorisationsSet():
+                self._keep("authorisations", ev.full, wall)
+            case PowerCapSet():
+                self._keep("power_cap", {"cap_kw": ev.cap_kw, "schedule": ev.schedule}, wall)
+            case ReservationMade():
+                x("INSERT OR REPLACE INTO reservations (reservation_id, vin, family, "
+                  "min_soc_pct, expires_at, slot, serial, made_wall) "
+                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                  (ev.reservation_id, ev.vin, ev.family, ev.min_soc_pct, ev.expires_at,
+                   ev.slot, ev.serial, wall))
+            case ReservationEnded():
+                x("UPDATE reservations SET ended_wall = ?, outcome = ?, swap_id = ? "
+                  "WHERE reservation_id = ? AND ended_wall IS NULL",
+                  (wall, ev.outcome, ev.swap_id, ev.reservation_id))
             case _:
                 pass
+
+    def _keep(self, key: str, value: dict[str, Any], wall: float) -> None:
+        self.db.execute("INSERT INTO network_state (key, value, wall) VALUES (?, ?, ?) "
+                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
+                        "wall = excluded.wall", (key, json.dumps(value), wall))
 
     def step_commanded(self, swap_id: str, step: str, t_write: float) -> None:
         """The PLC acknowledged the write of this step's command at t_write."""
@@ -180,9 +232,35 @@ class Journal:
             (event_id, limit)).fetchall()
 
     def command_result(self, request_id: str) -> sqlite3.Row | None:
-        """The recorded result of a command request, for an idempotent answer."""
+        """The recorded result of a command request, for an idempotent answer: command,
+        accepted, reason, state, code (NULL before codes were kept), result (JSON or
+        NULL)."""
         return self.db.execute("SELECT * FROM commands WHERE request_id = ?",
                                (request_id,)).fetchone()
+
+    # ---- what the network told the station: handed to the core at start-up -------------
+    def _kept(self, key: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT value FROM network_state WHERE key = ?",
+                              (key,)).fetchone()
+        return None if row is None else dict(json.loads(row["value"]))
+
+    def authorisations(self) -> AuthorisationList | None:
+        """The latest authorisation list accepted (valid or not: the core judges that)."""
+        kept = self._kept("authorisations")
+        return None if kept is None else parse_authorisations(kept)
+
+    def power_cap(self) -> PowerCap | None:
+        """The network's power cap and schedule last set; the core bounds it by the
+        configured ceiling, whatever that is now."""
+        kept = self._kept("power_cap")
+        return None if kept is None else parse_power_cap(kept, ceiling_kw=float("inf"))
+
+    def active_reservations(self) -> list[Reservation]:
+        """Reservations neither used, cancelled nor lapsed (one expired while the daemon
+        was down lapses, journaled, at the first scan)."""
+        rows = self.db.execute("SELECT * FROM reservations WHERE ended_wall IS NULL "
+                               "ORDER BY made_wall").fetchall()
+        return [Reservation.from_dict(dict(r)) for r in rows]
 
     # ---- reading ----------------------------------------------------------------------
     def next_swap_number(self) -> int:

@@ -14,6 +14,7 @@ class PackInfo:
     soc_pct: float
     soh_pct: float | None = None
     slot: int | None = None  # rack slot, when the pack is in the rack
+    rated_energy_kwh: float | None = None  # from the pack's identity: billing's energy
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -28,3 +29,4 @@ class SwapPlan:
     store_slot: int  # where the depleted pack goes
     fetch_slot: int  # where the charged pack comes from
     identify_started_at: float  # monotonic time the vehicle was first seen
+    vin: str | None = None  # heard on CAN since the vehicle arrived; None when none was

@@ -5,10 +5,12 @@ Pure functions over the process image and the configuration, so every case is a 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from station.config import StationConfig
 from station.image import Location, PackData, PackReport, PackState, ProcessImage
+from station.network import Reservation
 from station.plan import PackInfo
 
 
@@ -67,31 +69,82 @@ def why_unfit(rep: PackReport, vehicle_family: int, cfg: StationConfig) -> str |
     return None
 
 
+def _fit(image: ProcessImage, cfg: StationConfig, vehicle_family: int, now: float,
+         skip: frozenset[int] | set[int], min_soc_pct: float = 0.0,
+         ) -> list[tuple[float, int, PackReport]]:
+    """(SOC, slot, report) of every rack pack this vehicle could take, not in `skip`."""
+    fit: list[tuple[float, int, PackReport]] = []
+    for slot, rep in rack_packs(image, cfg, now).items():
+        if slot not in skip and why_unfit(rep, vehicle_family, cfg) is None and \
+                (rep.soc_pct or 0.0) >= min_soc_pct:
+            fit.append((rep.soc_pct or 0.0, slot, rep))
+    fit.sort(key=lambda t: (-t[0], t[1]))  # the fullest, then the lowest slot
+    return fit
+
+
+def _info(soc: float, slot: int, rep: PackReport) -> PackInfo:
+    assert rep.serial is not None and rep.family is not None and rep.chemistry is not None
+    return PackInfo(rep.serial, rep.family, rep.chemistry, soc, rep.soh_pct, slot,
+                    rep.rated_energy_kwh)
+
+
 def choose_pack(
     image: ProcessImage, cfg: StationConfig, vehicle_family: int, now: float,
     excluded: frozenset[int] = frozenset(),
+    reserved: Mapping[int, Reservation] | None = None,
+    own: Reservation | None = None,
 ) -> Choice | NoChoice:
     """The fittest pack (highest SOC, then lowest slot) and a free slot for the depleted one;
-    `excluded` slots (locked out after a pack event) are used for neither."""
+    `excluded` slots (locked out) are used for neither. A pack `reserved` for another
+    vehicle is never given; a vehicle with its `own` reservation gets that pack while it
+    still holds the reserved serial and is fit (SOC at least the reservation's minimum),
+    else the fittest unreserved one."""
+    reserved = reserved or {}
     store = [s for s in free_slots(image) if s not in excluded]
     if not store:
         return NoChoice("no free rack slot for the depleted pack")
-    fit: list[tuple[float, int, PackReport]] = []
-    for slot, rep in rack_packs(image, cfg, now).items():
-        if slot not in excluded and why_unfit(rep, vehicle_family, cfg) is None:
-            fit.append((rep.soc_pct or 0.0, slot, rep))
+    packs = rack_packs(image, cfg, now)
+    if own is not None and own.slot not in excluded:
+        rep = packs.get(own.slot)
+        if rep is not None and rep.serial == own.serial and \
+                why_unfit(rep, vehicle_family, cfg) is None and \
+                (rep.soc_pct or 0.0) >= own.min_soc_pct:
+            return Choice(_info(rep.soc_pct or 0.0, own.slot, rep), store[0])
+    fit = _fit(image, cfg, vehicle_family, now, excluded | set(reserved))
     if not fit:
         occupied = len(image.plc.get("rack_slot_occupied", [])[:int(
             image.plc.get("rack_slot_count", 0))]) - len(store)
-        unheard = occupied - len(rack_packs(image, cfg, now))
+        unheard = occupied - len(packs)
         if unheard > 0:
             return NoChoice(f"waiting for {unheard} rack pack(s) to report on CAN")
+        kept = len(_fit(image, cfg, vehicle_family, now, excluded)) if reserved else 0
         return NoChoice(
             f"no charged pack for a family-{vehicle_family} vehicle "
             f"(SOC >= {cfg.selection.min_soc_pct} %, healthy)"
+            + (f"; {kept} reserved for other vehicles" if kept else "")
         )
-    fit.sort(key=lambda t: (-t[0], t[1]))
     soc, slot, rep = fit[0]
-    assert rep.serial is not None and rep.family is not None and rep.chemistry is not None
-    info = PackInfo(rep.serial, rep.family, rep.chemistry, soc, rep.soh_pct, slot)
-    return Choice(info, store[0])
+    return Choice(_info(soc, slot, rep), store[0])
+
+
+def pack_to_reserve(
+    image: ProcessImage, cfg: StationConfig, vehicle_family: int, min_soc_pct: float,
+    now: float, skip: frozenset[int],
+) -> Choice | NoChoice:
+    """The pack a reservation would keep: what selection would give this vehicle now (and
+    at least `min_soc_pct`), outside `skip` (locked out, reserved, the running swap's);
+    Choice.store_slot is meaningless here (0)."""
+    fit = _fit(image, cfg, vehicle_family, now, skip,
+               max(min_soc_pct, cfg.selection.min_soc_pct))
+    if not fit:
+        return NoChoice(f"no ready pack for a family-{vehicle_family} vehicle with SOC >= "
+                        f"{max(min_soc_pct, cfg.selection.min_soc_pct):g} % that is not "
+                        "already reserved")
+    soc, slot, rep = fit[0]
+    return Choice(_info(soc, slot, rep), 0)
+
+
+def ready(rep: PackReport, cfg: StationConfig) -> bool:
+    """Fit for selection now (at selection.min_soc_pct) by a vehicle of its own family."""
+    return rep.family is not None and rep.chemistry is not None and \
+        why_unfit(rep, rep.family, cfg) is None

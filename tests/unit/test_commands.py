@@ -34,8 +34,9 @@ def kinds(journal: Journal) -> list[str]:
 
 async def test_accepted_command_is_journaled_with_what_it_decided(entry) -> None:  # type: ignore[no-untyped-def]
     e, journal, applied = entry
-    r = await e.submit(CommandRequest("hold", Origin.CLOUD, "backend", request_id="c-1"))
-    assert r.accepted and r.state == "Holding" and not r.repeated
+    r = await e.submit(CommandRequest("request_hold", Origin.CLOUD, "backend",
+                                      request_id="c-1"))
+    assert r.accepted and r.state == "Holding" and not r.repeated and r.code == "ok"
     assert kinds(journal) == ["command_received", "fault", "state", "command_accepted"] or \
         kinds(journal) == ["command_received", "state", "command_accepted"]
     assert applied[0].outputs is not None and applied[0].outputs["stop_request"] == "cat2"
@@ -53,23 +54,28 @@ async def test_refusal_is_journaled_and_changes_nothing(entry) -> None:  # type:
 
 async def test_same_request_id_again_gets_the_same_answer_and_does_nothing(entry) -> None:  # type: ignore[no-untyped-def]
     e, journal, _ = entry
-    first = await e.submit(CommandRequest("hold", Origin.CLOUD, "backend", request_id="c-3"))
+    first = await e.submit(CommandRequest("request_hold", Origin.CLOUD, "backend",
+                                          request_id="c-3"))
     n = len(kinds(journal))
-    again = await e.submit(CommandRequest("hold", Origin.CLOUD, "backend", request_id="c-3"))
+    again = await e.submit(CommandRequest("request_hold", Origin.CLOUD, "backend",
+                                          request_id="c-3"))
     assert again.repeated and again.accepted == first.accepted and again.state == first.state
+    assert again.code == first.code == "ok"
     assert len(kinds(journal)) == n  # nothing done, nothing journaled twice
 
 
-@pytest.mark.parametrize(("req", "why"), [
-    (CommandRequest("launch", Origin.CLOUD, "x", request_id="c-4"), "unknown command"),
-    (CommandRequest("hold", Origin.CLOUD, "x", request_id="c-5", args={"slot": 3}),
-     "takes no arguments"),
-    (CommandRequest("sc", Origin.CLOUD, "x", request_id="c-6"), "unknown command"),
+@pytest.mark.parametrize(("req", "why", "code"), [
+    (CommandRequest("launch", Origin.CLOUD, "x", request_id="c-4"), "unknown command",
+     "unknown_command"),
+    (CommandRequest("hold", Origin.LOCAL, "x", request_id="c-5", args={"slot": 3}),
+     "takes no arguments", "bad_args"),
+    (CommandRequest("sc", Origin.CLOUD, "x", request_id="c-6"), "unknown command",
+     "unknown_command"),
 ])
-async def test_malformed_requests_are_refused_and_journaled(entry, req, why) -> None:  # type: ignore[no-untyped-def]
+async def test_malformed_requests_are_refused_and_journaled(entry, req, why, code) -> None:  # type: ignore[no-untyped-def]
     e, journal, _ = entry
     r = await e.submit(req)
-    assert not r.accepted and why in (r.reason or "")
+    assert not r.accepted and why in (r.reason or "") and r.code == code
     assert kinds(journal) == ["command_received", "command_refused"]
     assert e.core.state == State.EXECUTE
 
