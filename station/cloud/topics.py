@@ -56,11 +56,11 @@ class Topics:
     def responses(self) -> str:
         return self.leaf(RESPONSES)
 
-    def owns(self, topic: str) -> bool:
-        """A topic inside this station's own subtree (a response topic asked for by a
-        command must be, or it is not used)."""
-        own = f"{self.prefix}/{self.station_id}/"
-        return topic.startswith(own) and "+" not in topic and "#" not in topic
+    def is_response_topic(self, topic: str) -> bool:
+        """A command's MQTT 5 response topic is used only when it is this station's
+        responses leaf: the broker's ACL lets a station write nowhere else (a back end
+        tells its answers apart by request id and correlation data)."""
+        return topic == self.responses
 
 
 def station_of(topic: str, prefix: str) -> tuple[str, str] | None:
