@@ -59,8 +59,10 @@ CLOUD_COMMANDS: Final = (
 )
 # Commands that exist, but for a local operator at the station only: they pass these
 # checks so that the command entry answers them not_permitted (after replay).
+# (The bare stop and hold words too: the cloud sends request_stop and request_hold.)
 LOCAL_OPERATOR_COMMANDS: Final = frozenset({
     "reset", "clear", "unhold", "start", "abort", "suspend", "unsuspend", "pack_release",
+    "stop", "hold",
 })
 
 CODES: Final = (

@@ -270,7 +270,7 @@ def test_expired() -> None:
     assert isinstance(r, Rejection) and r.code == "expired"
 
 
-@pytest.mark.parametrize("command", ["fly", "stop", "hold", "state_complete", "pack_unlock"])
+@pytest.mark.parametrize("command", ["fly", "state_complete", "pack_unlock", "reserve"])
 def test_unknown_command(command: str) -> None:
     r = parse(encode(signed(body(command=command, args={}))))
     assert isinstance(r, Rejection) and r.code == "unknown_command"
