@@ -14,10 +14,13 @@ import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from cantools.database.can import Message
 from cantools.database.can.signal import Signal as CanSignal
 
+from drivers.bms import j1939_tp
+from drivers.bms.adapter import VIN_MESSAGE
 from drivers.bms.commander import REQUEST_REPEAT_S
 from drivers.bms.protocol import (
     PDU1_LIMIT,
@@ -245,14 +248,16 @@ SA: source address.
   pack sits. The DBC file carries one example identifier per message.
 - Data are **little-endian** (Intel byte order). Bits that no signal uses are **sent as 1**,
   as J1939 requires for "not available".
-- Every message is exactly 8 bytes (see Long messages).
+- Every message is exactly 8 bytes (`Request`: 3) but {long_list}, which {long_verb}
+  longer and {long_travel} in a J1939-21 BAM (`TP_CM` then `TP_DT` frames, see Long
+  messages).
 
 ## Addresses
 
 | address | node |
 |---|---|
 | 0x{station:02X} | the station controller (GB/T 27930 charger address) |
-| 0x{vehicle:02X} | the pack in the vehicle's battery bay (GB/T 27930 BMS address) |
+| 0x{vehicle:02X} | the pack in the vehicle's battery bay (GB/T 27930 BMS address), and its VIN |
 | 0x{rack:02X} + n - 1 | the pack in rack slot n (slot 1 at 0x{rack:02X}, slot 2 at 0x{rack1:02X}) |
 """
 
@@ -302,7 +307,9 @@ The controller never crashes on a frame. It counts and drops:
   length (`bad_length`), and payloads that do not decode (`bad_data`);
 - 11-bit (standard) frames (`not_extended`), remote frames and error frames;
 - its own frames echoed back (source address 0x{station:02X}) and PDU1 messages addressed to
-  another node.
+  another node;
+- transport frames and transfers that break J1939-21 (see Long messages), each counted as
+  `tp_<reason>`.
 
 Rejections are logged at most once per kind per second and counted in the bus statistics;
 the next good frame is delivered as usual.
@@ -330,6 +337,11 @@ Nothing on this bus is authenticated, so no frame is believed on its own
   the current granted (x 1.1 + 5 A). A pack that breaks this is distrusted the same way.
 - **Fault flags are acted on** at any bound location, immediately (isolate, lock out,
   alarm): acting on a false emergency only takes a pack out of service.
+- **The VIN only from the bay, only with a car there.** A `{vin_message}` counts only from
+  the bay's address 0x{vehicle:02X} and only while the PLC shows a vehicle with a reader token
+  (its pack may be out, mid-swap); it must be 17 characters of A-H, J-N, P, R-Z and 0-9
+  (ISO 3779: no I, O or Q) followed by `*`. Anything else is dropped and counted
+  (`vin_wrong_address`, `vin_no_vehicle`, `vin_invalid`); the VIN last believed stays.
 
 ## Interfaces
 
@@ -352,11 +364,36 @@ Nothing on this bus is authenticated, so no frame is believed on its own
 
 ## Long messages
 
-A message longer than 8 bytes, such as GB/T 27930's BRM with the vehicle's VIN (41 bytes),
-would travel with J1939-21 transport: a TP.CM connection management frame (BAM broadcast,
-or RTS/CTS to one node) followed by TP.DT data frames. This protocol version avoids
-transport altogether by keeping every message at 8 bytes; a future message that needs
-more must use TP.CM/TP.DT rather than a private segmentation.
+A message longer than 8 bytes ({long_list}) travels with J1939-21 transport, as a
+**BAM** (broadcast announce message); connection mode (RTS/CTS) is not used on this bus.
+The sender sends, all with priority {tp_priority} and to the global address 0xFF:
+
+1. one `TP_CM` (PGN 0x{tp_cm:04X}): control byte {cm_bam} (BAM), the message's size in bytes
+   (2 bytes), the number of `TP_DT` packets (size / 7, rounded up), a reserved byte 0xFF
+   and the PGN of the message carried (3 bytes);
+2. the `TP_DT` packets (PGN 0x{tp_dt:04X}), numbered 1..n in byte 1, each with the next 7
+   bytes of the message; the last packet's unused bytes are 0xFF.
+
+The packets follow the `TP_CM` and each other **{gap_min}-{gap_max} ms apart** (J1939-21). A
+message carries {min_size}..{max_size} bytes (255 packets of 7); a sender starts no new BAM
+before its last one has ended.
+
+`{vin_message}` (J1939-71 VI, PGN 0x{vi_pgn:04X}) is the vehicle's VIN: 17 ASCII characters
+and `*`, {vi_size} bytes, so a `TP_CM` and {vi_packets} `TP_DT` packets, which take at least
+{vi_min_ms} ms. The vehicle's BMS sends it from the bay's address 0x{vehicle:02X} when the car
+arrives on the platform (when its BMS wakes) and every {vi_period} ms while it is there. The
+station keeps the VIN it last believed and when it heard it (see What the station believes)
+for the vehicle on the platform.
+
+What the station does (`drivers/bms/j1939_tp.py`, one transfer per source address): a
+message is delivered only when all its packets came in order, each within
+**T1 = {t1} ms** of the one before (of the `TP_CM` for the first); then it is decoded like
+any frame. The station drops and counts, by reason (`tp_<reason>` in the bus statistics):
+
+{tp_reasons}
+
+A dropped transfer is never delivered in part; the sender's next BAM is taken afresh. A
+message that needs transport sent as one frame is `bad_length`.
 """
 
 
@@ -573,11 +610,30 @@ def render_plc_interface(contract: PlcContract | None = None) -> str:
 
 # ---------------------------------------------------------------------------- CAN
 
-NODE_NAMES = {"STATION": "station", "BMS": "pack"}
+NODE_NAMES = {"STATION": "station", "BMS": "pack", "VEHICLE": "vehicle"}
 NODE_ADDRESSES = {
     "STATION": f"station (0x{STATION_SA:02X})",
     "BMS": f"pack (0x{VEHICLE_PACK_SA:02X} in the vehicle, 0x{RACK_SA_BASE:02X} + n - 1 "
     "in rack slot n)",
+    "VEHICLE": f"the vehicle's BMS (0x{VEHICLE_PACK_SA:02X}, the bay)",
+}
+
+# What the BAM receiver drops, by reason (j1939_tp.DROP_REASONS): the rule a sender broke.
+TP_REASONS: dict[str, str] = {
+    "bad_frame": "a `TP_CM` or `TP_DT` that is not 8 bytes",
+    "not_bam": "a `TP_CM` that is no BAM (RTS/CTS, abort) or a BAM not sent to 0xFF",
+    "bad_size": "a size below {min_size}, a packet count that does not fit the size, or a "
+    "size the message does not have (the DBC's length)",
+    "too_large": "a size above {max_size} bytes",
+    "unknown_pgn": "a BAM of a PGN that is no long message of the DBC (its packets are "
+    "ignored)",
+    "restarted": "a new `TP_CM` from the same address before the last packet: the old "
+    "transfer is dropped, the new one taken",
+    "no_session": "a `TP_DT` without a `TP_CM` before it",
+    "bad_sequence": "a `TP_DT` out of order (a packet lost or repeated): the transfer is "
+    "dropped",
+    "too_many_packets": "a `TP_DT` numbered beyond the count announced",
+    "timeout": "T1 passed without the next packet",
 }
 
 
@@ -592,6 +648,9 @@ def _source(msg: Message) -> str:
 
 def _destination(msg: Message) -> str:
     pf = (msg.frame_id >> 16) & 0xFF
+    if pf < PDU1_LIMIT and (msg.frame_id >> 8) & 0xFF == j1939_tp.GLOBAL_DA \
+            and "STATION" not in msg.senders:
+        return "global (0xFF)"
     if pf < PDU1_LIMIT:
         nodes = " or ".join(NODE_NAMES.get(r, r) for r in sorted(msg.receivers)) or "node"
         return f"one {nodes}, its address in PS"
@@ -655,6 +714,30 @@ def _pack_timeouts(protocol: PackProtocol, messages: Sequence[Message]) -> str:
     )
 
 
+def _transport_fmt(protocol: PackProtocol, by_name: dict[str, Message]) -> dict[str, Any]:
+    long = [m for m in protocol.db.messages if m.length > 8]
+    names = [f"`{m.name}`" for m in long]
+    vi = by_name[VIN_MESSAGE]
+    packets = j1939_tp.packets_for(vi.length)
+    limits = {"min_size": j1939_tp.MIN_SIZE, "max_size": j1939_tp.MAX_SIZE}
+    return {
+        "long_list": ", ".join(names), "long_verb": "is" if len(long) == 1 else "are",
+        "long_travel": "travels" if len(long) == 1 else "travel",
+        "tp_priority": j1939_tp.TP_PRIORITY, "tp_cm": j1939_tp.TP_CM_PGN,
+        "tp_dt": j1939_tp.TP_DT_PGN, "cm_bam": j1939_tp.CM_BAM,
+        "gap_min": round(j1939_tp.BAM_GAP_MIN_S * 1000),
+        "gap_max": round(j1939_tp.BAM_GAP_MAX_S * 1000),
+        "t1": _attr(by_name["TP_DT"], "RxTimeoutMs"),
+        "vin_message": VIN_MESSAGE, "vi_pgn": protocol.pgn_of(VIN_MESSAGE),
+        "vi_size": vi.length, "vi_packets": packets,
+        "vi_min_ms": round(packets * j1939_tp.BAM_GAP_MIN_S * 1000),
+        "vi_period": vi.cycle_time,
+        "tp_reasons": "\n".join(f"- `tp_{r}`: {TP_REASONS[r].format(**limits)};"
+                                for r in j1939_tp.DROP_REASONS).rstrip(";") + ".",
+        **limits,
+    }
+
+
 def render_can_protocol(protocol: PackProtocol | None = None) -> str:
     """The pack CAN protocol contract as Markdown."""
     protocol = protocol or PackProtocol()
@@ -674,14 +757,16 @@ def render_can_protocol(protocol: PackProtocol | None = None) -> str:
            "pack_timeouts": _pack_timeouts(protocol, protocol.db.messages),
            "request_repeat_ms": round(REQUEST_REPEAT_S * 1000),
            "t_control": _attr(by_name["PackControl"], "RxTimeoutMs"),
-           "p_control": by_name["PackControl"].cycle_time}
+           "p_control": by_name["PackControl"].cycle_time,
+           **_transport_fmt(protocol, by_name)}
     out = ["# Pack CAN protocol\n",
            GENERATED_NOTE.format(source="drivers/bms/dbc/swap_pack.dbc"),
            "What the station controller and every pack BMS say to each other on the pack "
            "CAN bus. A pack\nvendor implements this; the controller side is "
            "`drivers/bms/canbus.py` (the bus),\n`drivers/bms/protocol.py` (frames and "
-           "the DBC), `drivers/bms/adapter.py` (messages into the\nstation's process image) "
-           "and `drivers/bms/commander.py` (PackControl and Request).\n",
+           "the DBC), `drivers/bms/j1939_tp.py` (J1939-21 transport),\n"
+           "`drivers/bms/adapter.py` (messages into the station's process image) and\n"
+           "`drivers/bms/commander.py` (PackControl and Request).\n",
            CAN_PROSE_HEAD.format(**fmt),
            "## Messages\n",
            "Period: how often the sender sends it. Timeout: after how long without it the "

@@ -8,6 +8,15 @@ turn the pack model's names (chemistry, state, command) into codes and back.
 A BMS announces itself with all its messages at once when it wakes up or is connected,
 then keeps each message's period; a pack with `identity_burst` off leaves PackIdentity out
 of that burst (it comes on its period, or at once on a J1939 Request).
+
+The car on the platform sends its VIN (J1939-71 Vehicle Identification, 18 bytes) as a
+J1939-21 BAM from the bay's address while its BMS is awake: at once when the car arrives
+(or its BMS wakes after the swap), then every GenMsgCycleTime (5000 ms) scaled by the
+simulation speed, like the car's own time. The BAM's packets are 50 ms apart
+(j1939_tp.BAM_GAP_MIN_S) at speed 1, shortened by the speed but never below
+VIN_GAP_FLOOR_S of real time. `vin_send` off (the `vehicle_vin` control op, or
+`[sim] vin_broadcast = false`) makes the cars send none; `vin_source` sends it from
+another address (a bench's misbehaving node).
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ from typing import Any
 
 import can
 
-from drivers.bms.adapter import FAULT_SIGNALS
+from drivers.bms import j1939_tp
+from drivers.bms.adapter import FAULT_SIGNALS, VIN_DELIMITER, VIN_DELIMITER_SIGNAL, VIN_SIGNAL
 from drivers.bms.protocol import (
     STATION_SA,
+    VEHICLE_PACK_SA,
     FrameError,
     PackProtocol,
 )
@@ -38,6 +49,8 @@ log = logging.getLogger(__name__)
 
 BMS_NODE = "BMS"  # the DBC node whose messages a simulated pack sends
 IDENTITY = "PackIdentity"
+VIN_MESSAGE = "VehicleIdentification"
+VIN_GAP_FLOOR_S = 0.010  # a sped-up BAM's packets are never closer than this, real time
 # the pack model's fault flag -> its PackCells bit: the inverse of the controller's own
 # translation (drivers/bms/adapter.py), so the two sides cannot name a bit differently
 FAULT_BITS: dict[str, str] = {fault.value: bit for bit, fault in FAULT_SIGNALS.items()}
@@ -126,7 +139,19 @@ class CanPacks:
         self.send_errors = 0
         self.controls = 0
         self.bad_frames: Counter[str] = Counter()
+        # the cars' Vehicle Identification (a BAM): on/off, from which address, how many sent
+        self.vin_send = model.config.vin_broadcast
+        self.vin_source = VEHICLE_PACK_SA
+        self.vin_sent = 0
+        self.vin_last_bam: list[float] = []  # real send times of the last BAM's frames
+        self._vin_wake = asyncio.Event()
+        self._vin_task: asyncio.Task[None] | None = None
         proto = self.protocol
+        vin_period = proto.period_s(VIN_MESSAGE)
+        if vin_period is None:
+            raise ValueError(f"{VIN_MESSAGE}: the DBC gives no GenMsgCycleTime")
+        self._vin_period = vin_period
+        self._vin_delimiter = proto.codes(VIN_MESSAGE, VIN_DELIMITER_SIGNAL)[VIN_DELIMITER]
         self._control_pgn = proto.pgn_of("PackControl")
         self._request_pgn = proto.pgn_of("Request")
         self._command_names = proto.choices("PackControl", "ControlCommand")
@@ -139,7 +164,7 @@ class CanPacks:
         self.periods: dict[str, float] = {}
         for msg in proto.db.messages:
             period = proto.period_s(msg.name)
-            if BMS_NODE in msg.senders and period is not None:
+            if BMS_NODE in msg.senders and period is not None and msg.length <= 8:
                 self.periods[msg.name] = period
         self.tick_s = min(self.periods.values())
         self._name_of_pgn = {proto.pgn_of(n): n for n in self.periods}
@@ -154,14 +179,16 @@ class CanPacks:
         loop = asyncio.get_running_loop()
         self._notifier = can.Notifier(self._bus, [self._on_frame], timeout=0.1, loop=loop)
         self._task = asyncio.create_task(self._run(), name="sim-can-packs")
+        self._vin_task = asyncio.create_task(self._vin_run(), name="sim-vehicle-vin")
         log.info("pack CAN on %s channel %s", self.cfg.interface, self.cfg.channel)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._vin_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._vin_task = None
         if self._notifier is not None:
             # On the loop thread: it removes fd readers from the loop; a reader thread
             # (virtual bus) is joined within its 0.1 s receive timeout.
@@ -214,6 +241,73 @@ class CanPacks:
             for name in names:
                 self._send(name, signals[name], sa)
 
+    # ---- the car's VIN ---------------------------------------------------------------
+    def vehicle_arrived(self) -> None:
+        """A car is on the platform: its BMS sends its VIN now, not at the next poll."""
+        self._vin_wake.set()
+
+    def vin_gap_s(self) -> float:
+        """Real time between a BAM's frames: J1939-21's 50 ms, shortened when the
+        simulation runs faster than real time, never below VIN_GAP_FLOOR_S."""
+        speed = self.model.config.speed
+        return max(VIN_GAP_FLOOR_S, j1939_tp.BAM_GAP_MIN_S / max(speed, 1.0))
+
+    def vin_period_s(self) -> float:
+        """Real time between two VIs: the DBC's period over the speed, but a BAM never
+        starts before the one before has ended (a new TP.CM would abort it)."""
+        frames = 1 + j1939_tp.packets_for(self.protocol.message(VIN_MESSAGE).length)
+        return max(self._vin_period / self.model.config.speed, frames * self.vin_gap_s())
+
+    def vin_sender(self) -> tuple[int, str] | None:
+        """(token, VIN) of the car whose BMS sends its VIN now; None: nobody sends one."""
+        v = self.model.vehicle
+        if self.silent or not self.vin_send or v is None or not v.vin:
+            return None
+        if VEHICLE_PACK_SA not in self.model.can_packs() or \
+                self.model.faults.can_silenced(VEHICLE_PACK_SA):
+            return None  # its BMS is asleep, out (mid-swap) or silenced
+        return v.token, v.vin
+
+    async def _vin_run(self) -> None:
+        # the car, VIN and address the last VI was for: any change sends one at once
+        sent_for: tuple[int, str, int] | None = None
+        next_at = 0.0
+        while True:
+            now = self.real_clock()
+            sender = self.vin_sender()
+            if sender is None:
+                sent_for = None  # its BMS, when it wakes, sends at once
+            elif (*sender, self.vin_source) != sent_for or now >= next_at:
+                sent_for, next_at = (*sender, self.vin_source), now + self.vin_period_s()
+                await self.send_vin(sender[1])
+                continue
+            wait = self.tick_s if sender is None else min(self.tick_s, next_at - now)
+            self._vin_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._vin_wake.wait(), max(0.0, wait))
+
+    async def send_vin(self, vin: str) -> None:
+        """One Vehicle Identification as a BAM from vin_source, its frames vin_gap_s()
+        apart (measured on the real clock, so never closer)."""
+        try:
+            frames = self.protocol.encode_frames(
+                VIN_MESSAGE, {VIN_SIGNAL: vin, VIN_DELIMITER_SIGNAL: self._vin_delimiter},
+                sa=self.vin_source)
+        except ValueError as exc:  # a VIN the DBC cannot carry (config validates it)
+            self.send_errors += 1
+            log.warning("VIN %r not sent: %s", vin, exc)
+            return
+        gap = self.vin_gap_s()
+        times: list[float] = []
+        for can_id, data in frames:
+            if times:
+                while (left := times[-1] + gap - self.real_clock()) > 0:
+                    await asyncio.sleep(left)
+            self._send_frame(can_id, data, VIN_MESSAGE, self.vin_source)
+            times.append(self.real_clock())
+        self.vin_last_bam = times
+        self.vin_sent += 1
+
     def _answer_request(self, pgn: int, destination: int | None) -> None:
         """J1939 Request: the addressed packs (0xFF: all) send the PGN asked for at once."""
         name = self._name_of_pgn.get(pgn)
@@ -229,9 +323,19 @@ class CanPacks:
             return
         try:
             can_id, data = self.protocol.encode(name, values, sa=sa)
+        except ValueError as exc:  # an encoder range error
+            self.send_errors += 1
+            log.debug("send %s from %#x failed: %s", name, sa, exc)
+            return
+        self._send_frame(can_id, data, name, sa)
+
+    def _send_frame(self, can_id: int, data: bytes, name: str, sa: int) -> None:
+        if self._bus is None:
+            return
+        try:
             self._bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
             self.sent += 1
-        except (can.CanError, ValueError) as exc:  # a full queue or an encoder range error
+        except can.CanError as exc:  # a full queue
             self.send_errors += 1
             log.debug("send %s from %#x failed: %s", name, sa, exc)
 

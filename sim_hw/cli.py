@@ -6,6 +6,8 @@
     swap-sim fault clear NAME                       (NAME "all" clears every fault)
     swap-sim observer [--json] [--clear]            safety invariant violations so far
     swap-sim manual-home                            the technician's homing after an abort
+    swap-sim vin [--on|--off] [--source-address A] [--set VIN] [--json]
+                                                    the cars' VIN on CAN (a J1939 BAM)
 
 The subcommands take `--socket PATH` (default: `sim.control_socket` of `--config FILE` if
 given, else /tmp/swap-sim.sock) and exit non-zero with the reason when the simulator
@@ -55,7 +57,7 @@ def _parser() -> argparse.ArgumentParser:
                              f"control_socket from --config, else {DEFAULT_SOCKET})")
     common.add_argument("--config", default=argparse.SUPPRESS,
                         help="read control_socket from this simulator config")
-    sub = p.add_subparsers(dest="command", metavar="{fault,observer,manual-home}")
+    sub = p.add_subparsers(dest="command", metavar="{fault,observer,manual-home,vin}")
     fault = sub.add_parser("fault", help="list, set or clear injected faults")
     fsub = fault.add_subparsers(dest="action", required=True, metavar="{list,set,clear}")
     fl = fsub.add_parser("list", parents=[common], help="every fault and whether it is set")
@@ -72,7 +74,33 @@ def _parser() -> argparse.ArgumentParser:
     ob.add_argument("--clear", action="store_true", help="then forget them")
     sub.add_parser("manual-home", parents=[common],
                    help="the technician's hand pendant: bring the machine home after an abort")
+    vin = sub.add_parser("vin", parents=[common],
+                         help="the cars' VIN on CAN (Vehicle Identification in a J1939 BAM)")
+    onoff = vin.add_mutually_exclusive_group()
+    onoff.add_argument("--on", dest="send", action="store_const", const=True,
+                       help="the cars send their VIN (the default)")
+    onoff.add_argument("--off", dest="send", action="store_const", const=False,
+                       help="the cars send no VIN")
+    vin.add_argument("--source-address", type=_address,
+                     help='send it from this address (e.g. 0x80; "bay": 0xF4 again)')
+    vin.add_argument("--set", dest="vin", help="the VIN of the car on the platform")
+    vin.add_argument("--json", action="store_true", help="print the state as JSON")
     return p
+
+
+_BAY = -1  # --source-address bay
+
+
+def _address(text: str) -> int:
+    if text.strip().lower() == "bay":
+        return _BAY
+    try:
+        value = int(text, 0)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is no address (0..253, or bay)") from None
+    if not 0 <= value <= 0xFD:
+        raise argparse.ArgumentTypeError(f"{text!r}: an address is 0..253 (0x00..0xFD)")
+    return value
 
 
 # ------------------------------------------------------------------ run the simulator
@@ -217,6 +245,27 @@ def _client(args: argparse.Namespace) -> int:
         if args.command == "manual-home":
             done = call(path, {"op": "manual_home"})["done"]
             print("homed: " + ", ".join(done) if done else "already home")
+            return 0
+        if args.command == "vin":
+            payload: dict[str, Any] = {"op": "vehicle_vin"}
+            if args.send is not None:
+                payload["send"] = args.send
+            if args.source_address is not None:
+                payload["source_address"] = None if args.source_address == _BAY \
+                    else args.source_address
+            if args.vin is not None:
+                payload["vin"] = args.vin
+            state = call(path, payload)["vin"]
+            if args.json:
+                print(json.dumps(state, indent=2))
+            else:
+                car = (f"car {state['vehicle_token']} VIN {state['vehicle_vin']}"
+                       if state["vehicle_token"] is not None else "no car on the platform")
+                print(f"VIN on CAN {'on' if state['send'] else 'off'}, from "
+                      f"{state['source_address']:#04x}; {car}"
+                      f"{', sending' if state['sending_now'] else ''}; "
+                      f"{state['bams_sent']} BAMs sent, packets {state['gap_ms']:g} ms apart, "
+                      f"every {state['period_s']:g} s")
             return 0
         if args.command == "observer":
             answer = call(path, {"op": "observer"})

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import tomllib
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Annotated, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -22,6 +22,13 @@ PackFamily = Literal[20, 25]
 MAX_SLOTS = min(30, MAX_RACK_SLOTS)
 MAX_BOLTS = 12
 MAX_SOCKET_PATH = 107  # sun_path holds 108 bytes on Linux, one for the terminating NUL
+
+
+# A simulated car's VIN as its BMS sends it (J1939-71 Vehicle Identification, 17 ASCII
+# characters then '*'): any 17 printable ASCII characters but '*', so that a bench can also
+# send a VIN the station must refuse (ISO 3779 has no I, O or Q; sim_hw.vehicles.default_vin
+# makes valid ones).
+SimVin = Annotated[str, Field(pattern=r"^[!-)+-~]{17}$")]
 
 
 class SimConfigError(ValueError):
@@ -123,6 +130,7 @@ class ScheduledArrival(_Strict):
     chemistry: Chemistry
     soc: float = Field(ge=0, le=100)
     temp_c: float = Field(ge=-40, le=80)  # the pack's hottest cell on arrival
+    vin: SimVin | None = None  # None: from `[sim] vins`, else derived from its token
 
 
 class ArrivalsConfig(_Strict):
@@ -200,6 +208,12 @@ class SimConfig(_Strict):
     rack_pack: list[RackPackConfig] = Field(default_factory=list)
     # None: one car arrival_gap_s after each departure (the original behaviour)
     arrivals: ArrivalsConfig | None = None
+    # The cars' VINs, in the order they drive onto the platform (a scheduled arrival's own
+    # `vin` first); a car beyond the list gets one derived from its reader token.
+    vins: list[SimVin] = Field(default_factory=list)
+    # Each car's BMS sends its VIN (Vehicle Identification, a J1939-21 BAM at the bay's
+    # address) on arrival and every 5 s / speed; false: no car sends one.
+    vin_broadcast: bool = True
 
     @model_validator(mode="after")
     def _check_rack(self) -> SimConfig:

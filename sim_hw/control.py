@@ -10,10 +10,17 @@ One JSON object per line in, one per line out:
     {"op": "observer_clear"}                               -> {"ok": true}
     {"op": "truth"}                                        -> {"ok": true, "truth": {...}}
     {"op": "manual_home"}                                  -> {"ok": true, "done": [...]}
+    {"op": "vehicle_vin", "send": B, "source_address": A, "vin": V}
+                                                           -> {"ok": true, "vin": {...}}
 
 `manual_home` is the technician's hand pendant: it brings the machine home after an abort
 (the car lowered, the bay's pack bolted, packs off the shuttle and the stacker put back),
 outside the controller.
+
+`vehicle_vin` is the cars' VIN on CAN (a J1939-71 Vehicle Identification BAM): every key is
+optional; `send` false makes the cars send none (a car without a VIN), `source_address`
+sends it from another address (null: the bay's 0xF4 again), `vin` changes the VIN of the
+car on the platform. The answer is the state after the change.
 
 Anything wrong (bad JSON, unknown op, unknown fault, bad value) is answered with
 {"ok": false, "error": "..."}; the connection stays usable.
@@ -39,7 +46,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
 OPS = ("fault_list", "fault_set", "fault_clear", "fault_clear_all", "observer",
-       "observer_clear", "truth", "manual_home")
+       "observer_clear", "truth", "manual_home", "vehicle_vin")
 
 
 def handle(sim: SimStation, request: object) -> dict[str, Any]:
@@ -68,6 +75,9 @@ def handle(sim: SimStation, request: object) -> dict[str, Any]:
             return {"ok": True, "truth": sim.truth()}
         if op == "manual_home":
             return {"ok": True, **sim.manual_home()}
+        if op == "vehicle_vin":
+            kwargs = {k: request[k] for k in ("send", "source_address", "vin") if k in request}
+            return {"ok": True, "vin": sim.vehicle_vin(**kwargs)}
     except (FaultError, ValueError) as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": False, "error": f"unknown op {op!r}; known: {', '.join(OPS)}"}

@@ -10,11 +10,13 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from drivers.bms.protocol import PackProtocol
+from pydantic import TypeAdapter, ValidationError
+
+from drivers.bms.protocol import VEHICLE_PACK_SA, PackProtocol
 from drivers.plc.regmap import RegisterMap, load_register_map
 from sim_hw.can_packs import CanPacks
 from sim_hw.clock import SimClock
-from sim_hw.config import SimConfig
+from sim_hw.config import SimConfig, SimVin
 from sim_hw.control import ControlServer
 from sim_hw.faults import FaultRegistry
 from sim_hw.mechanics import CommandRecord, SimEvent, StationModel
@@ -24,6 +26,8 @@ from sim_hw.plc_server import PlcServer
 log = logging.getLogger(__name__)
 
 TICK_S = 0.01  # real seconds between model advances (the PLC's scan cycle)
+_KEEP: Any = object()
+_VIN = TypeAdapter(SimVin)
 
 
 class SimStation:
@@ -86,6 +90,43 @@ class SimStation:
         self.model.advance(*self.clock.now())
         return self.model.manual_home()
 
+    def vehicle_vin(self, *, send: bool | None = None, source_address: Any = _KEEP,
+                    vin: str | None = None) -> dict[str, Any]:
+        """The cars' Vehicle Identification (VIN in a BAM): turn it on or off (`send`), send
+        it from another address (`source_address`, None: the bay's 0xF4 again), or change
+        the VIN of the car on the platform (`vin`). Returns the state after the change;
+        raises ValueError for a bad value or a VIN with no car to give it to."""
+        if send is not None and not isinstance(send, bool):
+            raise ValueError(f"send must be true or false, not {send!r}")
+        if source_address is not _KEEP and source_address is not None and (
+                isinstance(source_address, bool) or not isinstance(source_address, int)
+                or not 0 <= source_address <= 0xFD):
+            raise ValueError(f"source_address must be 0..253 or null, not {source_address!r}")
+        if vin is not None:
+            try:
+                vin = _VIN.validate_python(vin)
+            except ValidationError:
+                raise ValueError(f"vin {vin!r}: 17 printable ASCII characters but '*'") \
+                    from None
+            self.sync()
+            if self.model.vehicle is None:
+                raise ValueError("no car on the platform to give the VIN to")
+            self.model.vehicle.vin = vin
+        can = self.can
+        if send is not None:
+            can.vin_send = send
+        if source_address is not _KEEP:
+            can.vin_source = VEHICLE_PACK_SA if source_address is None else source_address
+        if send or vin is not None or source_address is not _KEEP:
+            can.vehicle_arrived()  # send now, with what changed
+        v = self.model.vehicle
+        return {"send": can.vin_send, "source_address": can.vin_source,
+                "vehicle_token": v.token if v is not None else None,
+                "vehicle_vin": v.vin if v is not None else None,
+                "sending_now": can.vin_sender() is not None, "bams_sent": can.vin_sent,
+                "gap_ms": round(can.vin_gap_s() * 1000, 1),
+                "period_s": round(can.vin_period_s(), 3)}
+
     def truth(self) -> dict[str, Any]:
         self.model.advance(*self.clock.now())
         return self.model.truth()
@@ -146,5 +187,7 @@ class SimStation:
 
     def _on_event(self, ev: SimEvent) -> None:
         self.events.append(ev)
+        if ev.kind == "arrival":
+            self.can.vehicle_arrived()  # its BMS sends the car's VIN at once
         for fn in self._listeners:
             fn(ev)

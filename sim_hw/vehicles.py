@@ -16,6 +16,9 @@ The schedule is a pure function of the configuration and the seed
 (`arrival_schedule`): a non-homogeneous Poisson process with a rate per hour of the day
 (`arrival_times`), each car's family, chemistry, SOC and pack temperature drawn from the
 configured mix. Sim time 0 is 00:00 of the first day.
+
+Every car has a VIN: its scheduled arrival's `vin`, else the next of `[sim] vins`, else one
+derived from its reader token (`default_vin`).
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Vehicle:
     bay_awake_from: float | None = None  # sim time from which the bay pack talks on CAN
     visit: dict[str, Any] = field(default_factory=dict)  # pack_out, stored/fetched slot
     queued_at: float | None = None  # sim seconds: came to the station (None: = arrived_at)
+    vin: str | None = None  # its BMS sends it in Vehicle Identification
 
     def describe(self) -> str:
         p = self.pack
@@ -56,7 +60,8 @@ class Vehicle:
         waited = ""
         if self.queued_at is not None and self.queued_at < self.arrived_at:
             waited = f", queued {self.arrived_at - self.queued_at:.0f} s"
-        return (f"vehicle {self.token} arrived: family {self.family}, {pack}, "
+        vin = f"VIN {self.vin}, " if self.vin else ""
+        return (f"vehicle {self.token} arrived: {vin}family {self.family}, {pack}, "
                 f"offsets x={self.offset_x_mm:+.1f} y={self.offset_y_mm:+.1f} mm{waited}")
 
 
@@ -71,6 +76,7 @@ class CarRecord:
     soc: float
     temp_c: float
     outcome: CarOutcome = "waiting"
+    vin: str | None = None  # the schedule's, if it gave one
     entered_at: float | None = None  # drove onto the platform
     token: int | None = None
     swap_started_at: float | None = None  # the PLC took the first command for this car
@@ -99,6 +105,34 @@ def _first_command_since(t: float, commands: Sequence[_Command]) -> float | None
             break
         started = rec.taken_sim
     return started
+
+
+# ---- VINs -------------------------------------------------------------------------------
+
+VIN_WMI = "SWS"  # world manufacturer identifier of the simulated cars (no real maker's)
+VIN_VDS = "BSTN2"  # vehicle descriptor section
+VIN_YEAR_PLANT = "TS"  # model year 2026 (T), plant S
+_VIN_VALUES = {**{str(d): d for d in range(10)},
+               **dict(zip("ABCDEFGH", range(1, 9), strict=True)),
+               **dict(zip("JKLMN", range(1, 6), strict=True)), "P": 7, "R": 9,
+               **dict(zip("STUVWXYZ", range(2, 10), strict=True))}
+_VIN_WEIGHTS = (8, 7, 6, 5, 4, 3, 2, 10, 0, 9, 8, 7, 6, 5, 4, 3, 2)
+
+
+def vin_check_digit(vin: str) -> str:
+    """The check digit (position 9) of a 17-character VIN, as North America requires it."""
+    total = sum(_VIN_VALUES[c] * w for c, w in zip(vin, _VIN_WEIGHTS, strict=True))
+    r = total % 11
+    return "X" if r == 10 else str(r)
+
+
+def default_vin(token: int) -> str:
+    """A valid ISO 3779 VIN (with its check digit) for the car with this reader token: the
+    same token, the same VIN, so a run's cars can be told apart and named again."""
+    if not 0 <= token <= 999_999:
+        raise ValueError(f"token {token} does not fit a VIN's 6-digit serial")
+    vin = f"{VIN_WMI}{VIN_VDS}0{VIN_YEAR_PLANT}{token:06d}"
+    return vin[:8] + vin_check_digit(vin) + vin[9:]
 
 
 # ---- the arrival profile ---------------------------------------------------------------
@@ -188,6 +222,7 @@ class VehicleSource:
         self._saturated = False
         self._end_s = math.inf
         self._live_rng = random.Random(f"arrivals-live-{config.seed}")
+        self._vins = list(config.vins)
         if self.arrivals is not None:
             self.next_at = None
             self._pending.extend(arrival_schedule(self.arrivals, config.seed))
@@ -219,7 +254,15 @@ class VehicleSource:
             offset_y_mm=self._offset(),
             pack=self._pack(family),
             bay_awake_from=t,  # its BMS is awake while the car is driven in
+            vin=self._vin(None),
         )
+
+    def _vin(self, scheduled: str | None) -> str:
+        """The VIN of the car driving on now (its token already drawn)."""
+        if scheduled is not None:
+            return scheduled
+        n = self.arrived - 1
+        return self._vins[n] if n < len(self._vins) else default_vin(self._token)
 
     def departed(self, t: float, visit: dict[str, Any] | None = None,
                  commands: Sequence[_Command] = ()) -> None:
@@ -316,7 +359,7 @@ class VehicleSource:
             else:
                 a = self._pending.popleft()
                 car = CarRecord(n=len(self.records) + 1, queued_at=a.at_s, family=a.family,
-                                chemistry=a.chemistry, soc=a.soc, temp_c=a.temp_c)
+                                chemistry=a.chemistry, soc=a.soc, temp_c=a.temp_c, vin=a.vin)
                 self.records.append(car)
                 self._queue.append(car)
 
@@ -332,6 +375,7 @@ class VehicleSource:
         self.arrived += 1
         self._token = self._token % 0xFFFF + 1
         car.entered_at, car.token, car.outcome = t, self._token, "on_platform"
+        car.vin = self._vin(car.vin)
         self._platform = car
         self._free_from = math.inf  # until it leaves
         return Vehicle(
@@ -343,6 +387,7 @@ class VehicleSource:
             pack=self._scheduled_pack(car),
             bay_awake_from=t,
             queued_at=car.queued_at,
+            vin=car.vin,
         )
 
     # ---- packs --------------------------------------------------------------------------

@@ -5,9 +5,15 @@ of pack data (`PackData`), which fault bit means which `PackFault`, how the valu
 name pack states and chemistries, and which source address is which `Location`. The core
 sees locations, kinds and faults only; the value tables, periods and timeouts are read from
 the DBC (through `PackProtocol`), never retyped here.
+
+It also takes the vehicle's VIN (J1939-71 Vehicle Identification, reassembled from its BAM
+by the pack bus) into `image.vehicle_vin` / `vehicle_vin_at`, on the same terms as pack
+data: only from the bay's address, only while the PLC shows a vehicle there.
 """
 
 from __future__ import annotations
+
+import re
 
 from drivers.bms.protocol import (
     MAX_RACK_SLOTS,
@@ -50,7 +56,20 @@ FAULT_SIGNALS: dict[str, PackFault] = {
     "FaultInternal": PackFault.INTERNAL,
 }
 
-STAT_KEYS = ("applied", "not_a_pack", "not_pack_data", "no_such_slot", "location_empty")
+VIN_MESSAGE = "VehicleIdentification"
+VIN_SIGNAL = "Vin"
+VIN_DELIMITER_SIGNAL = "VinDelimiter"
+VIN_DELIMITER = "delimiter"  # its name in the DBC's value table ('*' ends a J1939 text)
+# ISO 3779: 17 characters, digits and capitals except I, O and Q (read as 1 and 0)
+VIN_PATTERN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
+
+STAT_KEYS = (
+    "applied", "not_a_pack", "not_pack_data", "no_such_slot", "location_empty",
+    "vin_applied",  # a VIN set into the image
+    "vin_invalid",  # not 17 ISO 3779 characters, or not ended by the delimiter
+    "vin_wrong_address",  # a VI from any address but the bay's
+    "vin_no_vehicle",  # a VI while the PLC shows no vehicle (with a reader token)
+)
 
 
 class BmsAdapter:
@@ -91,10 +110,27 @@ class BmsAdapter:
         if period is None:
             raise ValueError("PackControl: the DBC gives no GenMsgCycleTime")
         self._control_period = period
+        self._vin_delimiter = self._vin_vocabulary()
         self._control_timeout = self._timeout("PackControl")
         if self._control_timeout <= self._control_period:
             raise ValueError(f"PackControl: timeout {self._control_timeout} s not above its "
                              f"period {self._control_period} s")
+
+    def _vin_vocabulary(self) -> int:
+        """Check the DBC's Vehicle Identification; the code of its delimiter ('*')."""
+        try:
+            msg = self.protocol.message(VIN_MESSAGE)
+        except KeyError:
+            raise ValueError(f"the DBC has no {VIN_MESSAGE} message") from None
+        names = {s.name for s in msg.signals}
+        missing = [n for n in (VIN_SIGNAL, VIN_DELIMITER_SIGNAL) if n not in names]
+        if missing:
+            raise ValueError(f"{VIN_MESSAGE}: no signal {', '.join(missing)}")
+        try:
+            return self.protocol.codes(VIN_MESSAGE, VIN_DELIMITER_SIGNAL)[VIN_DELIMITER]
+        except KeyError:
+            raise ValueError(f"{VIN_MESSAGE}.{VIN_DELIMITER_SIGNAL}: no value "
+                             f"{VIN_DELIMITER!r}") from None
 
     def _timeout(self, message: str) -> float:
         t = self.protocol.timeout_s(message)
@@ -158,13 +194,16 @@ class BmsAdapter:
         `stats`): a frame from an address that is no pack location, from a rack slot the
         PLC does not report, from a location the PLC shows empty (a pack cannot talk from
         where there is none: whatever sends it is not to be acted on), or a message that
-        carries no pack data.
+        carries no pack data. A VehicleIdentification sets the vehicle's VIN instead
+        (`_apply_vin`) and returns BAY when it did.
 
         A report is never started anew because another identity arrives: what is heard
         stays, and every identity, rating set and SOC heard is latched until the core's
         next scan, which judges it against the identity bound to the location
         (station/pack_trust.py). A report starts anew only once the location was empty.
         """
+        if msg.name == VIN_MESSAGE:
+            return self._apply_vin(image, msg, t)
         loc = self.location_of(msg.source)
         if loc is None:
             self.stats["not_a_pack"] += 1
@@ -226,3 +265,27 @@ class BmsAdapter:
         rep.last_seen[kind] = t
         self.stats["applied"] += 1
         return loc
+
+    def _apply_vin(self, image: ProcessImage, msg: Decoded, t: float) -> Location | None:
+        """The vehicle's VIN into the image; BAY when it was taken, None when dropped.
+
+        Taken only from the bay's address (the vehicle's BMS) and only while the PLC shows
+        a vehicle with a reader token (its pack may be out mid-swap: the VIN is the car's,
+        not the pack's). Nothing on the bus is authenticated: a VIN decides nothing that
+        the PLC's view of the platform does not back."""
+        if msg.source != VEHICLE_PACK_SA:
+            self.stats["vin_wrong_address"] += 1
+            return None
+        if image.plc_read_at is None or not image.plc.get("vehicle_present") or \
+                not image.plc.get("vehicle_token"):
+            self.stats["vin_no_vehicle"] += 1
+            return None
+        vin = msg.signals.get(VIN_SIGNAL)
+        if not isinstance(vin, str) or VIN_PATTERN.fullmatch(vin) is None or \
+                msg.signals.get(VIN_DELIMITER_SIGNAL) != self._vin_delimiter:
+            self.stats["vin_invalid"] += 1
+            return None
+        image.vehicle_vin = vin
+        image.vehicle_vin_at = t
+        self.stats["vin_applied"] += 1
+        return BAY

@@ -6,6 +6,11 @@ udp_multicast) is watched by the loop itself (add_reader, no thread hop); one wi
 (virtual) is read by a thread that hands each frame to the loop with call_soon_threadsafe.
 Each frame is stamped with the injected clock when it is taken off the bus.
 
+J1939-21 transport frames (TP.CM, TP.DT) never reach on_message: a BamReceiver per bus
+reassembles them, and the message a complete BAM carries is decoded and delivered like a
+frame, stamped with the time of its last packet. What the receiver drops is counted
+(`stats["tp_<reason>"]`, j1939_tp.DROP_REASONS) and logged, rate-limited.
+
 The reader is hand-made rather than a can.Notifier so that a failing bus (interface down,
 adapter unplugged) is reopened with back-off instead of spinning or killing a thread, and
 so that an exception from the core's callback ends run() instead of vanishing in a log.
@@ -26,7 +31,15 @@ from typing import Any
 import can
 import structlog
 
-from drivers.bms.protocol import STATION_SA, Decoded, FrameError, PackProtocol
+from drivers.bms import j1939_tp
+from drivers.bms.protocol import (
+    STATION_SA,
+    TRANSPORT_PGNS,
+    Decoded,
+    FrameError,
+    PackProtocol,
+    split_id,
+)
 from drivers.ratelimit import RateLimitedWarnings
 
 log = structlog.get_logger(__name__)
@@ -51,6 +64,9 @@ STAT_KEYS = (
     "send_errors",
     "bus_errors",
     "malformed_datagrams",
+    "tp_frames",  # TP.CM and TP.DT frames taken by the BAM receiver
+    "tp_completed",  # messages reassembled from a BAM
+    *(f"tp_{reason}" for reason in j1939_tp.DROP_REASONS),
 )
 
 
@@ -197,6 +213,8 @@ class PackBus:
         self.on_message: Callable[[Decoded, float], None] | None = None
         self.on_reject: Callable[[str, int, bytes], None] | None = None
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self.tp = j1939_tp.BamReceiver(t1_s=_t1(protocol), sizes=protocol.long_messages(),
+                                       on_drop=self._tp_drop)
         self._bus: can.BusABC | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: asyncio.Future[None] | None = None
@@ -391,6 +409,12 @@ class PackBus:
             st["own"] += 1  # our own frames echoed back (udp_multicast, loopback)
             return
         data = bytes(msg.data)
+        if self.tp.open_transfers:
+            self.tp.expire(t)  # T1 runs whatever else is on the bus
+        _, pgn, sa, da = split_id(can_id)
+        if pgn in TRANSPORT_PGNS:
+            self._transport(pgn, sa, da, can_id, data, t)
+            return
         try:
             decoded = self.protocol.decode(can_id, data)
         except FrameError as exc:
@@ -403,9 +427,49 @@ class PackBus:
         if self.on_message is not None:
             self.on_message(decoded, t)
 
+    def _transport(self, pgn: int, sa: int, da: int | None, can_id: int, data: bytes,
+                   t: float) -> None:
+        st = self.stats
+        if da not in (None, self.own_address, j1939_tp.GLOBAL_DA):
+            st["other_destination"] += 1  # a connection between two other nodes
+            return
+        st["tp_frames"] += 1
+        transfer = self.tp.feed(pgn, sa, da, data, t)
+        if transfer is None:
+            return
+        st["tp_completed"] += 1
+        try:
+            decoded = self.protocol.decode_transfer(transfer.pgn, sa, transfer.payload)
+        except FrameError as exc:
+            self.stats[exc.kind] = self.stats.get(exc.kind, 0) + 1
+            self._limited.warning(f"can.{exc.kind}", id=f"{can_id:#x}", transport="bam",
+                                  size=len(transfer.payload), why=str(exc))
+            if self.on_reject is not None:
+                self.on_reject(exc.kind, can_id, transfer.payload)
+            return
+        st["decoded"] += 1
+        if self.on_message is not None:
+            self.on_message(decoded, t)
+
+    def _tp_drop(self, drop: j1939_tp.Drop) -> None:
+        key = f"tp_{drop.reason}"
+        self.stats[key] = self.stats.get(key, 0) + 1
+        pgn = None if drop.pgn is None else f"{drop.pgn:#06x}"
+        self._limited.warning(f"can.{key}", source=f"{drop.source:#04x}", pgn=pgn,
+                              why=drop.detail)
+
     def _reject(self, kind: str, msg: can.Message, why: str) -> None:
         self.stats[kind] = self.stats.get(kind, 0) + 1
         data = bytes(msg.data)
         self._limited.warning(f"can.{kind}", id=f"{msg.arbitration_id:#x}", dlc=len(data), why=why)
         if self.on_reject is not None:
             self.on_reject(kind, msg.arbitration_id, data)
+
+
+def _t1(protocol: PackProtocol) -> float:
+    """T1 of the BAM receiver: the DBC's RxTimeoutMs of TP_DT, else J1939-21's 750 ms."""
+    try:
+        t1 = protocol.timeout_s("TP_DT")
+    except KeyError:
+        t1 = None
+    return t1 if t1 is not None else j1939_tp.T1_S

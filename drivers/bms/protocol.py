@@ -6,6 +6,12 @@ The protocol is data: a new pack vendor is a new DBC file with the same message 
 The DBC is the one source of the value tables (VAL_: chemistry codes, pack states, control
 commands), the periods (GenMsgCycleTime) and the timeouts (RxTimeoutMs); read them through
 `PackProtocol.choices`, `codes`, `period_s` and `timeout_s`, never retype them.
+
+A message longer than 8 bytes (VehicleIdentification) travels in a J1939-21 BAM
+(drivers/bms/j1939_tp.py): `encode_frames` splits it, `decode_transfer` decodes the
+reassembled payload, and `decode` refuses it as a single frame. A signal with the DBC
+attribute TextEncoding (e.g. "ascii") is text: a byte-aligned little-endian field whose
+first character is its lowest byte, decoded to and encoded from `str`.
 """
 
 from __future__ import annotations
@@ -18,6 +24,8 @@ from typing import Any
 import cantools
 from cantools.database.can import Database, Message
 
+from drivers.bms import j1939_tp
+
 DEFAULT_DBC = "swap_pack.dbc"
 
 STATION_SA = 0x56  # the station's charging controller (GB/T 27930 charger address)
@@ -26,6 +34,8 @@ RACK_SA_BASE = 0x80  # rack slot n (1-based) answers at RACK_SA_BASE + n - 1
 MAX_RACK_SLOTS = 0x60
 
 PDU1_LIMIT = 0xF0  # PF below 0xF0: destination-specific (PS byte is the destination)
+FRAME_BYTES = 8  # classic CAN; a longer message needs J1939-21 transport
+TRANSPORT_PGNS = (j1939_tp.TP_CM_PGN, j1939_tp.TP_DT_PGN)
 
 
 class FrameError(ValueError):
@@ -94,10 +104,19 @@ class PackProtocol:
         self._by_pgn: dict[int, Message] = {}
         self._fill_mask: dict[str, bytes] = {}
         self._choices: dict[tuple[str, str], dict[int, str]] = {}
+        self._text: dict[str, dict[str, tuple[str, int]]] = {}  # message -> signal -> (enc, n)
         for msg in self.db.messages:
             _, pgn, _, _ = split_id(msg.frame_id)
             self._by_pgn[pgn] = msg
             self._fill_mask[msg.name] = _unused_bits(msg)
+            if msg.length > FRAME_BYTES and not \
+                    j1939_tp.MIN_SIZE <= msg.length <= j1939_tp.MAX_SIZE:
+                raise ValueError(f"{msg.name}: {msg.length} bytes; J1939-21 transport carries "
+                                 f"{j1939_tp.MIN_SIZE}..{j1939_tp.MAX_SIZE}")
+            fields = {sig.name: _text_field(msg, sig) for sig in msg.signals
+                      if _text_encoding(sig)}
+            if fields:
+                self._text[msg.name] = fields
             for sig in msg.signals:
                 if sig.choices:
                     self._choices[msg.name, sig.name] = {
@@ -136,12 +155,32 @@ class PackProtocol:
         ms = int(attr.value) if attr is not None else 0
         return ms / 1000.0 if ms else None
 
+    def long_messages(self) -> dict[int, int]:
+        """PGN -> length of every message longer than one frame (sent in a BAM)."""
+        return {split_id(m.frame_id)[1]: m.length for m in self.db.messages
+                if m.length > FRAME_BYTES}
+
     def decode(self, can_id: int, data: bytes | bytearray) -> Decoded:
-        """Decode one frame; raises FrameError for unknown ids, bad lengths or bad data."""
+        """Decode one frame; raises FrameError for unknown ids, bad lengths or bad data.
+        A message longer than a frame is bad_length here: it comes only in a transport."""
         _, pgn, sa, da = split_id(can_id)
         msg = self._by_pgn.get(pgn)
         if msg is None:
             raise FrameError("unknown_id", f"unknown PGN {pgn:#06x} (id {can_id:#010x})")
+        if msg.length > FRAME_BYTES:
+            raise FrameError("bad_length", f"{msg.name}: {len(data)} bytes in one frame; "
+                             f"its {msg.length} bytes come only in a J1939-21 BAM")
+        return self._decode(msg, pgn, sa, da, data)
+
+    def decode_transfer(self, pgn: int, sa: int, payload: bytes) -> Decoded:
+        """Decode a message reassembled from a J1939-21 transport (a BAM: no destination)."""
+        msg = self._by_pgn.get(pgn)
+        if msg is None:
+            raise FrameError("unknown_id", f"unknown PGN {pgn:#06x} in a transport")
+        return self._decode(msg, pgn, sa, None, payload)
+
+    def _decode(self, msg: Message, pgn: int, sa: int, da: int | None,
+                data: bytes | bytearray) -> Decoded:
         if len(data) != msg.length:
             raise FrameError(
                 "bad_length", f"{msg.name}: {len(data)} bytes, expected {msg.length}"
@@ -151,18 +190,65 @@ class PackProtocol:
         except Exception as exc:  # cantools raises several types on malformed payloads
             raise FrameError("bad_data", f"{msg.name}: {exc}") from exc
         assert isinstance(signals, dict)
-        return Decoded(msg.name, pgn, sa, da, dict(signals))
+        out: dict[str, Any] = dict(signals)
+        for sig, (encoding, n) in self._text.get(msg.name, {}).items():
+            raw = int(out[sig]).to_bytes(n, "little")
+            try:
+                out[sig] = raw.decode(encoding)
+            except UnicodeDecodeError as exc:
+                raise FrameError("bad_data", f"{msg.name}.{sig}: not {encoding}: "
+                                 f"{raw!r}") from exc
+        return Decoded(msg.name, pgn, sa, da, out)
 
     def encode(
         self, name: str, values: dict[str, Any], sa: int, da: int | None = None, priority: int = 6
     ) -> tuple[int, bytes]:
-        """Encode one message -> (29-bit id, 8 data bytes); unused bits are sent as 1."""
+        """Encode one message -> (29-bit id, its data bytes: 8 for a frame, more for a
+        message that needs transport); unused bits are sent as 1. Text signals take str."""
         msg = self.message(name)
+        values = dict(values)
+        for sig, (encoding, n) in self._text.get(name, {}).items():
+            raw = str(values[sig]).encode(encoding)
+            if len(raw) != n:
+                raise ValueError(f"{name}.{sig}: {len(raw)} bytes of {encoding}, needs {n}")
+            values[sig] = int.from_bytes(raw, "little")
         data = bytearray(msg.encode(values, scaling=True, strict=True))
         for i, m in enumerate(self._fill_mask[name]):
             data[i] |= m
         _, pgn, _, _ = split_id(msg.frame_id)
         return join_id(priority, pgn, sa, da), bytes(data)
+
+    def encode_frames(self, name: str, values: dict[str, Any], sa: int,
+                      da: int | None = None) -> list[tuple[int, bytes]]:
+        """A message as the frames that carry it: one frame, or a J1939-21 BAM (TP.CM then
+        the TP.DT packets, to the global address) for a message longer than 8 bytes. The
+        caller spaces a BAM's frames (j1939_tp.BAM_GAP_MIN_S..BAM_GAP_MAX_S)."""
+        can_id, data = self.encode(name, values, sa, da)
+        if len(data) <= FRAME_BYTES:
+            return [(can_id, data)]
+        if da not in (None, j1939_tp.GLOBAL_DA):
+            raise ValueError(f"{name}: a BAM goes to every node, not to {da:#04x}")
+        return j1939_tp.bam_frames(self.pgn_of(name), data, sa)
+
+
+def _text_encoding(sig: Any) -> str:
+    attrs = sig.dbc.attributes if sig.dbc is not None else {}
+    attr = attrs.get("TextEncoding")
+    return str(attr.value) if attr is not None and attr.value else ""
+
+
+def _text_field(msg: Message, sig: Any) -> tuple[str, int]:
+    """(encoding, bytes) of a text signal; ValueError for one that is no byte field."""
+    encoding = _text_encoding(sig)
+    try:
+        "".encode(encoding)
+    except LookupError:
+        raise ValueError(f"{msg.name}.{sig.name}: unknown TextEncoding {encoding!r}") from None
+    if sig.byte_order != "little_endian" or sig.start % 8 or sig.length % 8 or \
+            sig.scale != 1 or sig.offset != 0 or sig.is_signed:
+        raise ValueError(f"{msg.name}.{sig.name}: a text signal must be whole little-endian "
+                         "unsigned bytes, scale 1, offset 0")
+    return encoding, sig.length // 8
 
 
 def _unused_bits(msg: Message) -> bytes:

@@ -245,6 +245,52 @@ async def test_cli_fault_and_observer(sim: SimStation, sockdir: Path) -> None:
     assert code == 1 and "no simulator running" in err
 
 
+async def test_vehicle_vin_over_the_socket_and_the_cli(sim: SimStation, ctl: Client,
+                                                        sockdir: Path) -> None:
+    """The cars' VIN on CAN: off (a car without a VIN), from another address, another VIN."""
+    async def until(cond: Any) -> None:
+        for _ in range(200):
+            if cond():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("timed out")
+
+    await until(lambda: sim.model.vehicle is not None and sim.can.vin_sent >= 1)
+    got = await ctl(op="vehicle_vin")
+    state = got["vin"]
+    assert got["ok"] and state["send"] and state["source_address"] == 0xF4
+    assert state["vehicle_vin"] == sim.model.vehicle.vin and state["sending_now"]  # type: ignore[union-attr]
+    assert state["gap_ms"] == 10 and state["period_s"] == 0.25  # speed 20
+
+    got = await ctl(op="vehicle_vin", send=False)
+    assert got["ok"] and got["vin"]["send"] is False and not got["vin"]["sending_now"]
+    sent = sim.can.vin_sent
+    await asyncio.sleep(0.6)  # two periods: nothing sent
+    assert sim.can.vin_sent == sent
+
+    got = await ctl(op="vehicle_vin", send=True, source_address=rack_sa(2),
+                    vin="WVWZZZ1JZXW000001")
+    assert got["ok"] and got["vin"]["source_address"] == rack_sa(2)
+    assert sim.model.vehicle.vin == "WVWZZZ1JZXW000001"  # type: ignore[union-attr]
+    await until(lambda: sim.can.vin_sent > sent)
+
+    for bad, why in ((dict(send="yes"), "send must be true or false"),
+                     (dict(source_address=0xFF), "source_address must be 0..253"),
+                     (dict(vin="SHORT"), "17 printable ASCII")):
+        answer = await ctl(op="vehicle_vin", **bad)
+        assert answer["ok"] is False and why in answer["error"], answer
+
+    sock = str(sim.config.control_socket)
+    code, out, err = await swap_sim("vin", "--off", "--source-address", "bay", "--socket", sock)
+    assert code == 0, err
+    assert out.startswith("VIN on CAN off, from 0xf4; car 1 VIN WVWZZZ1JZXW000001")
+    assert sim.can.vin_send is False and sim.can.vin_source == 0xF4
+    code, out, err = await swap_sim("vin", "--on", "--json", "--socket", sock)
+    assert code == 0 and json.loads(out)["send"] is True, err
+    code, _, err = await swap_sim("vin", "--source-address", "0x1FF", "--socket", sock)
+    assert code == 2 and "0..253" in err
+
+
 def test_shipped_config_names_the_control_socket() -> None:
     from sim_hw.config import load_sim_config
 

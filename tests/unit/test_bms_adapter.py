@@ -308,3 +308,102 @@ def test_a_dbc_the_adapter_cannot_read_fails_at_start(tmp_path: Path) -> None:
 def test_pack_control_period_and_timeout_come_from_the_dbc(adapter: BmsAdapter) -> None:
     assert adapter.control_period_s() == P.period_s("PackControl") == 1.0
     assert adapter.control_timeout_s() == P.timeout_s("PackControl") == 3.0
+
+
+# ---- the vehicle's VIN (VehicleIdentification, reassembled from its BAM) ----------------
+
+VIN = "LSJA24U61NG123456"
+
+
+def feed_vin(adapter: BmsAdapter, img: ProcessImage, vin: str, t: float,
+             sa: int = VEHICLE_PACK_SA, delimiter: int = 42) -> Location | None:
+    _, payload = P.encode("VehicleIdentification", {"Vin": vin, "VinDelimiter": delimiter},
+                          sa=sa)
+    return adapter.apply(img, P.decode_transfer(0xFEEC, sa, payload), t)
+
+
+def vin_stats(adapter: BmsAdapter) -> dict[str, int]:
+    return {k: v for k, v in adapter.stats.items() if k.startswith("vin_") and v}
+
+
+def test_a_vin_from_the_bay_sets_the_image(adapter: BmsAdapter, image: ProcessImage) -> None:
+    assert feed_vin(adapter, image, VIN, 12.5) == BAY
+    assert image.vehicle_vin == VIN and image.vehicle_vin_at == 12.5
+    assert feed_vin(adapter, image, VIN, 17.5) == BAY  # heard again: the time moves on
+    assert image.vehicle_vin_at == 17.5
+    assert vin_stats(adapter) == {"vin_applied": 2}
+    assert image.packs == {}  # a VIN is no pack data
+
+
+def test_a_vin_while_the_bay_pack_is_out_counts(adapter: BmsAdapter,
+                                                image: ProcessImage) -> None:
+    image.plc["vehicle_pack_present"] = False  # mid-swap: the car is still there
+    assert feed_vin(adapter, image, VIN, 1.0) == BAY
+    assert image.vehicle_vin == VIN
+
+
+@pytest.mark.parametrize("sa", [rack_sa(1), STATION_SA, 0x00, 0xF3, 0xFE])
+def test_a_vin_from_another_address_is_dropped(adapter: BmsAdapter, image: ProcessImage,
+                                              sa: int) -> None:
+    assert feed_vin(adapter, image, VIN, 1.0, sa=sa) is None
+    assert image.vehicle_vin is None and image.vehicle_vin_at is None
+    assert vin_stats(adapter) == {"vin_wrong_address": 1}
+
+
+@pytest.mark.parametrize("plc", [
+    {"vehicle_present": False, "vehicle_token": 0},
+    {"vehicle_present": True, "vehicle_token": 0},  # no reader token
+    {"vehicle_present": False, "vehicle_token": 7},
+])
+def test_a_vin_while_the_plc_shows_no_vehicle_is_dropped(
+    adapter: BmsAdapter, image: ProcessImage, plc: dict[str, Any]
+) -> None:
+    image.plc.update(plc)
+    assert feed_vin(adapter, image, VIN, 1.0) is None
+    assert image.vehicle_vin is None
+    assert vin_stats(adapter) == {"vin_no_vehicle": 1}
+
+
+def test_a_vin_before_the_plc_was_read_is_dropped(adapter: BmsAdapter) -> None:
+    img = ProcessImage(pack_timeouts=adapter.timeouts())
+    img.plc = plc_showing_packs()  # values, but never a good read
+    assert feed_vin(adapter, img, VIN, 1.0) is None
+    assert vin_stats(adapter) == {"vin_no_vehicle": 1}
+
+
+@pytest.mark.parametrize("vin", [
+    "LSJA24U61NG12345I",  # I, O and Q are not VIN characters (ISO 3779)
+    "LSJA24U61NG12345O",
+    "QSJA24U61NG123456",
+    "lsja24u61ng123456",  # capitals only
+    "LSJA24U61NG 23456",
+    "LSJA24U61NG12345*",
+    "LSJA24U61NG1234\x00\x00",
+])
+def test_a_vin_that_is_no_iso_3779_vin_is_dropped(adapter: BmsAdapter, image: ProcessImage,
+                                                  vin: str) -> None:
+    assert feed_vin(adapter, image, vin, 1.0) is None
+    assert image.vehicle_vin is None
+    assert vin_stats(adapter) == {"vin_invalid": 1}
+
+
+def test_a_vin_without_its_delimiter_is_dropped(adapter: BmsAdapter,
+                                                image: ProcessImage) -> None:
+    assert feed_vin(adapter, image, VIN, 1.0, delimiter=0xFF) is None
+    assert vin_stats(adapter) == {"vin_invalid": 1}
+
+
+def test_a_dropped_vin_leaves_the_one_heard(adapter: BmsAdapter, image: ProcessImage) -> None:
+    feed_vin(adapter, image, VIN, 1.0)
+    feed_vin(adapter, image, "WVWZZZ1JZXW000001", 2.0, sa=rack_sa(2))
+    feed_vin(adapter, image, "LSJA24U61NG12345O", 3.0)
+    assert (image.vehicle_vin, image.vehicle_vin_at) == (VIN, 1.0)
+
+
+def test_a_dbc_without_the_vin_message_fails_at_start(tmp_path: Path) -> None:
+    renamed = _dbc_variant(tmp_path, " VehicleIdentification: ", " VehicleId: ")
+    with pytest.raises(ValueError, match="no VehicleIdentification message"):
+        BmsAdapter(renamed)
+    no_delimiter = _dbc_variant(tmp_path, '42 "delimiter"', '42 "star"')
+    with pytest.raises(ValueError, match="VinDelimiter: no value 'delimiter'"):
+        BmsAdapter(no_delimiter)

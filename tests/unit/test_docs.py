@@ -56,3 +56,17 @@ def test_check_mode_reports_stale_docs(tmp_path: Path) -> None:
     assert docgen.main(["--out", str(tmp_path), "--check"]) == 1
     assert docgen.main(["--out", str(tmp_path)]) == 0
     assert docgen.main(["--out", str(tmp_path), "--check"]) == 0
+
+
+def test_can_doc_names_every_transport_drop_and_vin_rule() -> None:
+    from drivers.bms.adapter import STAT_KEYS
+    from drivers.bms.j1939_tp import DROP_REASONS
+
+    text = GENERATED[docgen.CAN_DOC]
+    for reason in DROP_REASONS:
+        assert f"`tp_{reason}`" in text, reason
+    for key in STAT_KEYS:
+        if key.startswith("vin_") and key != "vin_applied":
+            assert f"`{key}`" in text, key
+    for topic in ("T1 = 750 ms", "50-200 ms apart", "ISO 3779", "9..1785 bytes"):
+        assert topic in text, topic

@@ -29,6 +29,9 @@ def sample_values(msg: Message) -> dict[str, Any]:
     """A value for every signal, away from its limits, exactly representable."""
     values: dict[str, Any] = {}
     for i, sig in enumerate(msg.signals):
+        if sig.dbc is not None and "TextEncoding" in sig.dbc.attributes:
+            values[sig.name] = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"[:sig.length // 8]
+            continue
         lo = sig.minimum if sig.minimum is not None else 0
         hi = sig.maximum if sig.maximum is not None else lo + 1
         raw_lo = round((lo - sig.offset) / sig.scale)
@@ -49,7 +52,13 @@ def test_round_trip_every_message(name: str) -> None:
     sa, da = (STATION_SA, rack_sa(5)) if is_pdu1(name) else (rack_sa(5), None)
     can_id, data = PROTO.encode(name, values, sa, da)
     assert len(data) == msg.length
-    decoded = PROTO.decode(can_id, data)
+    if msg.length > 8:  # carried in a J1939-21 transport, never as one frame
+        with pytest.raises(FrameError) as err:
+            PROTO.decode(can_id, data)
+        assert err.value.kind == "bad_length"
+        decoded = PROTO.decode_transfer(PROTO.pgn_of(name), sa, data)
+    else:
+        decoded = PROTO.decode(can_id, data)
     assert decoded.name == name
     assert decoded.pgn == PROTO.pgn_of(name)
     assert decoded.source == sa and decoded.destination == da
@@ -58,9 +67,12 @@ def test_round_trip_every_message(name: str) -> None:
 
 def test_every_message_is_eight_bytes_and_little_endian() -> None:
     for msg in PROTO.db.messages:
-        # J1939-21 Request (PGN 0xEA00) is 3 bytes by definition; all the rest carry 8
-        assert msg.length == (3 if msg.name == "Request" else 8), msg.name
+        # J1939-21 Request (PGN 0xEA00) is 3 bytes by definition; J1939-71 Vehicle
+        # Identification (17-character VIN + '*') travels in a BAM; all the rest carry 8
+        want = {"Request": 3, "VehicleIdentification": 18}.get(msg.name, 8)
+        assert msg.length == want, msg.name
         assert all(s.byte_order == "little_endian" for s in msg.signals)
+    assert PROTO.long_messages() == {0xFEEC: 18}
 
 
 def test_unused_bits_are_sent_as_one() -> None:
@@ -198,3 +210,63 @@ def test_encode_out_of_range_raises() -> None:
     values["ControlCommand"] = 9
     with pytest.raises(EncodeError, match="ControlCommand"):
         PROTO.encode("PackControl", values, STATION_SA, VEHICLE_PACK_SA)
+
+
+# ---- the VIN: J1939-71 Vehicle Identification in a J1939-21 BAM ------------------------
+
+VIN = "LSJA24U61NG123456"
+
+
+def test_vehicle_identification_is_ascii_vin_and_star() -> None:
+    assert PROTO.pgn_of("VehicleIdentification") == 0xFEEC
+    assert PROTO.message("VehicleIdentification").senders == ["VEHICLE"]
+    assert PROTO.period_s("VehicleIdentification") == pytest.approx(5.0)
+    assert PROTO.timeout_s("VehicleIdentification") is None  # the VIN does not go stale
+    _, data = PROTO.encode("VehicleIdentification", {"Vin": VIN, "VinDelimiter": 42},
+                           VEHICLE_PACK_SA)
+    assert data == VIN.encode() + b"*"
+    decoded = PROTO.decode_transfer(0xFEEC, VEHICLE_PACK_SA, data)
+    assert decoded.signals == {"Vin": VIN, "VinDelimiter": 42}
+    assert decoded.destination is None
+
+
+def test_a_text_signal_takes_exactly_its_bytes_and_decodes_only_its_encoding() -> None:
+    with pytest.raises(ValueError, match="16 bytes of ascii, needs 17"):
+        PROTO.encode("VehicleIdentification", {"Vin": VIN[:16], "VinDelimiter": 42},
+                     VEHICLE_PACK_SA)
+    with pytest.raises(FrameError) as err:
+        PROTO.decode_transfer(0xFEEC, VEHICLE_PACK_SA, b"\xc3" * 17 + b"*")
+    assert err.value.kind == "bad_data"
+    with pytest.raises(FrameError) as err:
+        PROTO.decode_transfer(0xFEEC, VEHICLE_PACK_SA, VIN.encode() + b"*!")
+    assert err.value.kind == "bad_length"
+
+
+def test_encode_frames_sends_a_long_message_as_a_bam() -> None:
+    frames = PROTO.encode_frames("VehicleIdentification", {"Vin": VIN, "VinDelimiter": 42},
+                                 VEHICLE_PACK_SA)
+    assert [hex(i) for i, _ in frames] == ["0x1cecfff4"] + ["0x1cebfff4"] * 3
+    assert frames[0][1] == bytes([32, 18, 0, 3, 0xFF, 0xEC, 0xFE, 0x00])
+    assert frames[1][1] == b"\x01LSJA24U"
+    assert frames[3][1] == b"\x03456*\xff\xff\xff"
+    # a short message is one frame, as encode() gives it
+    values = sample_values(PROTO.message("PackStatus"))
+    assert PROTO.encode_frames("PackStatus", values, rack_sa(1)) == \
+        [PROTO.encode("PackStatus", values, rack_sa(1))]
+
+
+def test_the_dbc_describes_the_transport_frames_the_code_sends() -> None:
+    """TP_CM and TP_DT in the DBC (the documented layout) decode what j1939_tp sends."""
+    frames = PROTO.encode_frames("VehicleIdentification", {"Vin": VIN, "VinDelimiter": 42},
+                                 VEHICLE_PACK_SA)
+    cm = PROTO.decode(*frames[0])
+    assert cm.name == "TP_CM" and cm.destination == 0xFF
+    assert cm.signals == {"Control": PROTO.codes("TP_CM", "Control")["bam"],
+                          "TotalSize": 18, "PacketCount": 3, "Pgn": 0xFEEC}
+    for seq, (can_id, data) in enumerate(frames[1:], start=1):
+        dt = PROTO.decode(can_id, data)
+        assert dt.name == "TP_DT" and dt.signals["Sequence"] == seq
+        chunk = int(dt.signals["Data"]).to_bytes(7, "little")
+        assert chunk == data[1:]
+    assert PROTO.timeout_s("TP_DT") == pytest.approx(0.75)  # T1
+    assert PROTO.timeout_s("TP_CM") == pytest.approx(0.75)

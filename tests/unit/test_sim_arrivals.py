@@ -164,3 +164,44 @@ def test_served_and_waits_through_the_station_model() -> None:
     assert first.entered_at == 2.0 and first.swap_started_at is not None
     assert first.wait_s == pytest.approx(first.swap_started_at - 2.0)
     assert m.history[0]["pack_in"] is not None
+
+
+# ---- every car has a VIN -------------------------------------------------------------------
+
+def test_default_vins_are_valid_and_follow_the_token() -> None:
+    import re
+
+    from sim_hw.vehicles import default_vin, vin_check_digit
+
+    assert vin_check_digit("1M8GDM9AXKP042788") == "X"  # the textbook example
+    assert vin_check_digit("11111111111111111") == "1"
+    vins = [default_vin(t) for t in (1, 2, 0xFFFF)]
+    assert len(set(vins)) == 3 and vins[0] == default_vin(1)
+    for vin in vins:
+        assert re.fullmatch(r"[A-HJ-NPR-Z0-9]{17}", vin), vin
+        assert vin[8] == vin_check_digit(vin)
+    assert vins[2].endswith("065535")
+
+
+def test_each_car_gets_its_vin_from_the_config_else_from_its_token() -> None:
+    from sim_hw.vehicles import default_vin
+
+    src = VehicleSource(SimConfig(vins=["WVWZZZ1JZXW000001"], arrival_gap_s=0), set())
+    first = src.due(1.0, [20])
+    assert first is not None and first.vin == "WVWZZZ1JZXW000001"
+    assert "VIN WVWZZZ1JZXW000001" in first.describe()
+    src.departed(2.0)
+    second = src.due(2.0, [20])
+    assert second is not None and second.vin == default_vin(second.token)
+
+
+def test_a_scheduled_car_brings_its_own_vin() -> None:
+    from sim_hw.vehicles import default_vin
+
+    src = source(schedule=[{**car(10.0), "vin": "LSJA24U61NG123456"}, car(20.0)])
+    first = src.due(10.0, [20])
+    assert first is not None and first.vin == "LSJA24U61NG123456"
+    src.departed(15.0)
+    second = src.due(30.0, [20])
+    assert second is not None and second.vin == default_vin(second.token)
+    assert [r.vin for r in src.records] == ["LSJA24U61NG123456", second.vin]

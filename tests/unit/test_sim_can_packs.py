@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import itertools
 import uuid
 from collections.abc import Iterator
 
 import can
 import pytest
 
-from drivers.bms.protocol import STATION_SA, VEHICLE_PACK_SA, PackProtocol, rack_sa
+from drivers.bms.protocol import STATION_SA, VEHICLE_PACK_SA, PackProtocol, rack_sa, split_id
 from sim_hw.can_packs import FAULT_BITS, CanPacks, open_bus, pack_signals
 from sim_hw.config import CanConfig, SimConfig
 from sim_hw.mechanics import StationModel
 from sim_hw.packs import FAULTS, SimPack
+from sim_hw.vehicles import default_vin
 
 PROTO = PackProtocol()
 
@@ -232,6 +236,132 @@ def test_a_pack_without_identity_burst_sends_identity_on_its_period_or_when_aske
             cp.send_cycle(101.0 + i * 0.1)
         ids = [s for n, sa, s in drain(listener) if n == "PackIdentity" and sa == rack_sa(2)]
         assert len(ids) == 1 and ids[0]["PackSerial"] == 0x0BADCAFE  # at 102.1
+    finally:
+        assert cp._bus is not None
+        cp._bus.shutdown()
+
+
+# ---- the car's VIN: Vehicle Identification in a J1939-21 BAM -----------------------------
+
+def car_on_platform(**config: object) -> StationModel:
+    model = StationModel(SimConfig.model_validate(config))
+    model.advance(2.0)  # the first car drives on 1 s after start
+    assert model.vehicle is not None
+    return model
+
+
+def bam_of(frames: list[can.Message]) -> tuple[int, bytes] | None:
+    from drivers.bms.j1939_tp import BamReceiver
+
+    rx = BamReceiver(sizes=PROTO.long_messages())
+    done = None
+    for msg in frames:
+        _, pgn, sa, da = split_id(msg.arbitration_id)
+        r = rx.feed(pgn, sa, da, bytes(msg.data), 0.0)
+        if r is not None:
+            done = (r.source, r.payload)
+    return done
+
+
+def frames_on(bus: can.BusABC) -> list[can.Message]:
+    out = []
+    while (msg := bus.recv(0.05)) is not None:
+        out.append(msg)
+    return out
+
+
+def test_the_car_sends_its_vin_as_a_bam_50_ms_apart(channel: str,
+                                                    listener: can.BusABC) -> None:
+    model = car_on_platform()
+    cp = packs_on(channel, model)
+    try:
+        vin = model.vehicle.vin  # type: ignore[union-attr]
+        assert vin == default_vin(1)
+        assert cp.vin_sender() == (1, vin)
+        asyncio.run(cp.send_vin(vin))
+        frames = frames_on(listener)
+        assert [f.arbitration_id for f in frames] == [0x1CECFFF4] + [0x1CEBFFF4] * 3
+        assert bam_of(frames) == (VEHICLE_PACK_SA, vin.encode() + b"*")
+        gaps = [b - a for a, b in itertools.pairwise(cp.vin_last_bam)]
+        assert len(gaps) == 3 and all(0.05 <= g < 0.2 for g in gaps), gaps
+        assert cp.vin_sent == 1
+    finally:
+        assert cp._bus is not None
+        cp._bus.shutdown()
+
+
+@pytest.mark.parametrize(("speed", "gap", "period"), [
+    (1.0, 0.05, 5.0),  # J1939-21's 50 ms; the DBC's 5000 ms
+    (0.5, 0.05, 10.0),  # slower than real time: never slower packets than 50 ms
+    (2.0, 0.025, 2.5),
+    (20.0, 0.01, 0.25),  # 2.5 ms would be too close: the 10 ms floor
+    (250.0, 0.01, 0.04),  # 20 ms would start a BAM before the last one (4 frames) ended
+])
+def test_vin_timing_follows_the_speed(speed: float, gap: float, period: float) -> None:
+    cp = CanPacks(StationModel(SimConfig(speed=speed)), CanConfig(), PROTO)
+    assert cp.vin_gap_s() == pytest.approx(gap)
+    assert cp.vin_period_s() == pytest.approx(period)
+
+
+def test_who_sends_a_vin() -> None:
+    model = car_on_platform()
+    cp = CanPacks(model, CanConfig(), PROTO)
+    assert cp.vin_sender() is not None
+    cp.vin_send = False  # the `vehicle_vin` control op: a car without a VIN
+    assert cp.vin_sender() is None
+    cp.vin_send = True
+    model.faults.set("can_silent", target="vehicle")
+    assert cp.vin_sender() is None
+    model.faults.clear("can_silent")
+    model.vehicle.bay_awake_from = None  # type: ignore[union-attr]  # its BMS asleep
+    assert cp.vin_sender() is None
+    assert CanPacks(StationModel(SimConfig()), CanConfig(), PROTO).vin_sender() is None
+    assert CanPacks(car_on_platform(vin_broadcast=False), CanConfig(), PROTO).vin_sender() \
+        is None
+
+
+def test_vin_on_arrival_then_every_period(channel: str, listener: can.BusABC) -> None:
+    """The sender task: at once for a car on the platform, then every 5 s / speed."""
+    model = car_on_platform(speed=50.0)  # period 0.1 s real
+    cp = packs_on(channel, model)
+
+    async def run() -> None:
+        task = asyncio.create_task(cp._vin_run())
+        await asyncio.sleep(0.27)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(run())
+        assert 2 <= cp.vin_sent <= 4, cp.vin_sent
+        cms = [f for f in frames_on(listener) if f.arbitration_id == 0x1CECFFF4]
+        assert len(cms) >= 2
+    finally:
+        assert cp._bus is not None
+        cp._bus.shutdown()
+
+
+def test_vin_from_another_address(channel: str, listener: can.BusABC) -> None:
+    model = car_on_platform(speed=100.0)
+    cp = packs_on(channel, model)
+    cp.vin_source = rack_sa(3)
+    try:
+        asyncio.run(cp.send_vin("WVWZZZ1JZXW000001"))
+        assert bam_of(frames_on(listener)) == (rack_sa(3), b"WVWZZZ1JZXW000001*")
+    finally:
+        assert cp._bus is not None
+        cp._bus.shutdown()
+
+
+def test_a_vin_of_a_cyclic_burst_is_never_sent_as_one_frame(channel: str,
+                                                            listener: can.BusABC) -> None:
+    model = car_on_platform()
+    cp = packs_on(channel, model)
+    try:
+        cp.send_cycle(100.0)  # the bay pack's burst: no VehicleIdentification in it
+        names = {n for n, _, _ in drain(listener)}
+        assert "VehicleIdentification" not in names and "PackIdentity" in names
     finally:
         assert cp._bus is not None
         cp._bus.shutdown()

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from sim_hw.config import SimConfig, SimConfigError, load_sim_config, with_overrides
+from sim_hw.config import (
+    SimConfig,
+    SimConfigError,
+    load_sim_config,
+    parse_sim_config,
+    with_overrides,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -73,6 +79,11 @@ soc = 91.5
             "chemistry = 'nmc'\nsoc = 50\n",
             "sim.rack_pack.0.slot",
         ),
+        ("[sim]\nvins = ['SHORT']\n", "sim.vins.0"),
+        ("[sim]\nvins = ['LSJA24U61NG12345*']\n", "sim.vins.0"),  # '*' ends the field
+        ("[sim]\nvins = ['LSJA24U61NG12345\u00e9']\n", "sim.vins.0"),  # ASCII only
+        ("[sim.arrivals]\nschedule = [{at_s = 1, family = 20, chemistry = 'nmc', soc = 10,"
+         " temp_c = 20, vin = 'X'}]\n", "sim.arrivals.schedule.0.vin"),
         (  # a DBC chemistry the simulator has no cell model for
             "[[sim.rack_pack]]\nslot = 1\nserial = 1\nfamily = 20\nchemistry = 'lto'\nsoc = 50\n",
             "sim.rack_pack.0.chemistry",
@@ -93,6 +104,12 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
     f.write_text("[sim\n")
     with pytest.raises(SimConfigError, match="not valid TOML"):
         load_sim_config(f)
+
+
+def test_vins_may_break_iso_3779_so_a_bench_can_send_a_bad_one() -> None:
+    c = parse_sim_config({"sim": {"vins": ["LSJA24U61NG12345O"], "vin_broadcast": False}})
+    assert c.vins == ["LSJA24U61NG12345O"] and c.vin_broadcast is False
+    assert SimConfig().vin_broadcast is True and SimConfig().vins == []
 
 
 def test_overrides_are_validated() -> None:
