@@ -77,6 +77,10 @@ HOME_CHECKED = frozenset({State.IDLE, State.STOPPED, State.ABORTED, State.COMPLE
 # A pack may go on charging for a few PackControl periods after its last grant: count the
 # grant that long when judging how far its SOC could rise.
 GRANT_HOLD_PERIODS = 5
+# Without authorisation required, a car whose VIN has not been heard yet waits this long
+# for it while packs are reserved (J1939-71 Vehicle Identification comes every 5 s), then
+# swaps as a car without a reservation.
+VIN_WAIT_S = 6.0
 FETCH_INDEX = next(i for i, s in enumerate(SEQUENCE) if s.name == "fetch")
 
 
@@ -836,6 +840,10 @@ class StationCore:
         vin = image.vehicle_vin if image.vehicle_vin_at is not None and \
             image.vehicle_vin_at >= self._identify_started_at else None
         refusal = self.network.authorise(vin, rep.family, image.wall_time)
+        if refusal is None and vin is None and self.network.reservations and \
+                now - self._identify_started_at < VIN_WAIT_S:
+            # the car may hold a reservation: give its VIN one broadcast period to come
+            refusal = "waiting for the vehicle's VIN on CAN (packs are reserved here)"
         if refusal is not None:  # waiting for the VIN, or not authorised: stays Idle
             self._candidate, self._waiting_family = None, None
             self._set_inhibit(refusal, now)

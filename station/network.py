@@ -52,7 +52,7 @@ class ArgsError(ValueError):
 
 
 # ---- time ----------------------------------------------------------------------------------
-def parse_time(value: Any, name: str) -> float:
+def parse_time(value: Any, name: str = "time") -> float:
     """An RFC 3339 time with its offset ("2026-11-30T23:59:59.123Z") -> UTC epoch seconds."""
     if not isinstance(value, str) or not 20 <= len(value) <= 35:
         raise ArgsError(f"{name} must be an RFC 3339 time like 2026-11-30T23:59:59.123Z")

@@ -59,6 +59,7 @@ class ScriptedPlc:
     # when asked or on its 1 s period; the scripted bus answers a request at the next tick)
     refused: int = 0  # commands refused because another was still running
     next_vehicle: bool = False  # the next car is on the platform the moment one leaves
+    vin: str | None = None  # the car's VIN, heard on CAN every tick while it is there
 
     def __post_init__(self) -> None:
         self.image.plc = {
@@ -93,6 +94,8 @@ class ScriptedPlc:
         self.image.plc_read_at = now
         asked = {r.location for r in requests or () if PackData.IDENTITY in r.kinds}
         self.asked.extend(requests or ())
+        if self.vin is not None and p["vehicle_present"]:
+            self.image.vehicle_vin, self.image.vehicle_vin_at = self.vin, now
         if self._next_pack is not None and (BAY in asked or None in asked):
             self._next_pack.first_seen = now
             self.image.packs[BAY], self._next_pack = self._next_pack, None
@@ -221,10 +224,13 @@ class Run:
     plc: ScriptedPlc
     now: float = 0.0
     events: list[Event] = field(default_factory=list)
+    wall0: float | None = None  # UTC epoch seconds at now = 0 (None: no wall time)
 
     def step(self, dt: float = 0.05, n: int = 1) -> None:
         for _ in range(n):
             self.now += dt
+            if self.wall0 is not None:
+                self.plc.image.wall_time = self.wall0 + self.now
             d = self.core.update(self.plc.image, self.now)
             self._take(d)
 
@@ -248,10 +254,14 @@ class Run:
         return [e.data for e in self.events if e.kind == kind]
 
 
-def make_run(cfg: StationConfig | None = None, prepare: Any = None, **plc_kw: Any) -> Run:
-    """A core reset to Idle in front of a scripted PLC; prepare(plc) runs before the reset."""
+def make_run(cfg: StationConfig | None = None, prepare: Any = None,
+             wall0: float | None = None, core_kw: dict[str, Any] | None = None,
+             **plc_kw: Any) -> Run:
+    """A core reset to Idle in front of a scripted PLC; prepare(plc) runs before the reset.
+    `wall0`: the wall time (UTC epoch seconds) at now = 0, advancing with it; `core_kw`:
+    more arguments for StationCore (the network state a restart hands over)."""
     cfg = cfg or StationConfig()
-    run = Run(StationCore(cfg), ScriptedPlc(**plc_kw))
+    run = Run(StationCore(cfg, **(core_kw or {})), ScriptedPlc(**plc_kw), wall0=wall0)
     if prepare:
         prepare(run.plc)
     run.step()
