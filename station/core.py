@@ -343,16 +343,14 @@ class StationCore:
         return self._flush()
 
     def set_power_cap(self, cap: PowerCap, origin: str, now: float) -> Decision:
-        """The network's cap and daily schedule; only ever below the configured ceiling.
-        A lower cap is planned at the next scan, not at the next charge period."""
+        """The network's cap and daily schedule; only ever below the configured ceiling."""
         ceiling = self.network.ceiling_kw
         over = [c for c in (cap.cap_kw, *(w.cap_kw for w in cap.schedule))
                 if c is not None and not 1.0 <= c <= ceiling]
         if over:
             raise CommandRefused(f"set_power_cap refused: {over[0]:g} kW is outside 1-"
                                  f"{ceiling:g} kW (charging.station_power_cap_kw)")
-        self.network.power_cap = cap
-        self._next_charge_plan = float("-inf")
+        self.network.power_cap = cap  # a lower cap is planned at the next scan (_charging)
         d = cap.as_dict()
         self._emit(PowerCapSet(t=now, cap_kw=cap.cap_kw, schedule=d["schedule"],
                                ceiling_kw=ceiling, origin=origin))

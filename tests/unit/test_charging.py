@@ -189,3 +189,14 @@ def test_the_core_tells_charging_which_family_waits() -> None:
     run.step(n=40)
     assert "no charged pack for a family-20" in (run.core.status()["start_inhibited"] or "")
     assert run.core._waiting_family == 20
+
+
+def test_the_cap_in_force_bounds_the_grants_and_never_passes_the_configured_one() -> None:
+    img = rack({s: {"soc": 40.0} for s in range(1, 9)})
+    cfg = StationConfig()
+    assert granted_power_kw(plan_charging(img, cfg, NOW)) > 100.0
+    assert granted_power_kw(plan_charging(img, cfg, NOW, cap_kw=100.0)) <= 100.0
+    capped = plan_charging(img, cfg, NOW, cap_kw=20.0)
+    assert any("station power cap 20 kW reached" in g.reason for g in capped)
+    assert granted_power_kw(plan_charging(img, cfg, NOW, cap_kw=1e6)) <= \
+        cfg.charging.station_power_cap_kw

@@ -38,7 +38,7 @@ def cfg(required: bool = True, when_expired: str = "refuse", tz: str = "UTC",
     return StationConfig(
         station=StationSection(timezone=tz),
         network=NetworkSection(require_authorisation=required,
-                               when_list_expired=when_expired),  # type: ignore[arg-type]
+                               when_list_expired=when_expired),
         operation=base.operation.model_copy(update={"auto_start": auto_start}))
 
 
@@ -311,14 +311,17 @@ def test_a_lower_cap_takes_effect_at_the_next_scan() -> None:
 
 
 def test_a_schedule_window_opening_is_honoured_at_once() -> None:
-    run = make_run(cfg(required=False), prepare=no_car,
-                   wall0=local("2026-11-30T21:59:59", "UTC"),
+    def half_full(plc: ScriptedPlc) -> None:
+        no_car(plc)
+        for rep in plc.image.packs.values():
+            rep.soc_pct = 50.0
+
+    run = make_run(cfg(required=False), prepare=half_full,
+                   wall0=local("2026-11-30T21:59:59.600", "UTC"),
                    core_kw={"power_cap": parse_power_cap(NIGHT_CAP, 500.0)})
-    for rep in run.plc.image.packs.values():
-        rep.soc_pct = 50.0
-    run.step(n=10)  # 21:59:59.65: a plan under 500 kW
+    run.step(n=3)  # 21:59:59.9: planned at 0.05 s under 500 kW, next plan due at 1.05 s
     assert granted_kw(run) > 50.0
-    run.step(n=8)  # past 22:00:00 by 0.05 s
+    run.step(n=3)  # 22:00:00.05
     assert 0 < granted_kw(run) <= 50.0
 
 
@@ -496,6 +499,25 @@ async def test_a_slot_locked_for_maintenance_is_used_for_nothing(station: Statio
     assert fetched(run) == 1  # not slot 2's LFP 97 %
     row = station.journal.active_lockouts()[2]
     assert (row["cause"], row["reason"]) == ("maintenance", "connector worn")
+
+
+async def test_a_pack_on_its_way_to_a_car_is_not_reserved(swapping: Station) -> None:
+    plan = swapping.run.core.plan
+    assert plan is not None and plan.fetch_slot == 2  # still in the rack until FETCH
+    r = await swapping.send("reserve_pack", {"vin": VIN_A, "family": 20, "min_soc_pct": 80,
+                                             "expires_at": expiry(swapping.run)})
+    assert r.accepted and r.result is not None and r.result["slot"] == 1
+
+
+def test_a_lock_between_identify_and_a_manual_start_is_honoured() -> None:
+    run = make_run(cfg(required=False, auto_start=False), wall0=T0)
+    run.until(lambda: run.core.ready_to_start)
+    run._take(run.core.slot_maintenance(2, "lock", "door", "local: op", run.now))
+    with pytest.raises(CommandRefused, match="start refused"):
+        run.cmd(Cmd.START)  # the vehicle was to get slot 2's pack
+    run.step()
+    run.cmd(Cmd.START)
+    assert run.kinds("swap_started")[0]["fetch_slot"] == 1
 
 
 async def test_a_slot_lock_is_refused_for_a_slot_in_use_or_absent(swapping: Station) -> None:

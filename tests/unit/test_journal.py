@@ -73,3 +73,39 @@ def test_a_restart_never_reuses_a_journaled_sequence_number(tmp_path: Path) -> N
     seqs = [r["seq"] for r in j2.steps(swap["swap_id"]) if r["seq"] is not None]
     assert len(seqs) == len(set(seqs)), seqs
     assert core.seq not in (sent, sent - 1)
+
+
+def test_a_journal_from_before_the_network_gains_its_columns(tmp_path: Path) -> None:
+    """Codes, results and the swap's VIN were added later: an older journal opens, and a
+    command recorded before them answers with a code all the same."""
+    import sqlite3
+
+    from station.events import CommandAccepted, CommandRefused
+
+    path = tmp_path / "old.sqlite"
+    db = sqlite3.connect(path)
+    db.executescript(
+        "CREATE TABLE commands (request_id TEXT PRIMARY KEY, command TEXT, origin TEXT, "
+        "accepted INTEGER, reason TEXT, state TEXT, wall REAL);"
+        "INSERT INTO commands VALUES ('old-1', 'stop', 'local: x', 0, 'no', NULL, 1.0);"
+        "CREATE TABLE swaps (swap_id TEXT PRIMARY KEY, vehicle_token INTEGER, "
+        "started_wall REAL, started_mono REAL, ended_mono REAL, outcome TEXT, reason TEXT, "
+        "last_step TEXT, pack_out TEXT, pack_in TEXT, store_slot INTEGER, "
+        "fetch_slot INTEGER);")
+    db.commit()
+    db.close()
+    j = Journal(path)
+    old = j.command_result("old-1")
+    assert old is not None and old["code"] is None and old["result"] is None
+    j.record([CommandAccepted(t=1.0, request_id="r-1", command="reserve_pack", origin="cloud",
+                              state="Idle", result={"reservation_id": "x", "slot": 2,
+                                                    "serial": 5}),
+              CommandRefused(t=1.0, request_id="r-2", command="reset", origin="cloud",
+                             reason="for a local operator", code="not_permitted")])
+    r1, r2 = j.command_result("r-1"), j.command_result("r-2")
+    assert r1 is not None and r1["code"] == "ok" and '"slot": 2' in r1["result"]
+    assert r2 is not None and r2["code"] == "not_permitted" and r2["result"] is None
+    run = make_run()
+    run.until(lambda: bool(run.kinds("swap_started")))
+    j.record(run.events)
+    assert j.swaps()[0]["vin"] is None  # the column is there; this car said none

@@ -44,7 +44,7 @@ def net(auth: AuthorisationList | None = None, *, required: bool = True,
     cfg = StationConfig(
         station=StationSection(timezone=tz),
         network=NetworkSection(require_authorisation=required,
-                               when_list_expired=when_expired),  # type: ignore[arg-type]
+                               when_list_expired=when_expired),
         charging=ChargingSection(station_power_cap_kw=ceiling_kw))
     return Network(cfg, auth, cap)
 

@@ -75,3 +75,31 @@ def test_unheard_rack_packs_are_waited_for_not_reported_missing() -> None:
     del img.packs[Location.rack(2)]  # occupied, not heard on CAN yet
     c = choose_pack(img, StationConfig(), 20, NOW)
     assert isinstance(c, NoChoice) and c.reason == "waiting for 1 rack pack(s) to report on CAN"
+
+
+def test_a_pack_reserved_for_another_vehicle_is_never_chosen() -> None:
+    from station.network import Reservation
+    img = image((1, 20, "nmc", 85.0), (2, 20, "lfp", 96.0))
+    kept = Reservation("r-1", "LSJA24U99MS000001", 20, 80.0, 1e10, 2, 5002)
+    c = choose_pack(img, StationConfig(), 20, NOW, reserved={2: kept})
+    assert isinstance(c, Choice) and c.pack.slot == 1
+    c = choose_pack(image((2, 20, "lfp", 96.0)), StationConfig(), 20, NOW, reserved={2: kept})
+    assert isinstance(c, NoChoice) and c.reason.endswith("; 1 reserved for other vehicles")
+
+
+def test_a_vehicle_gets_its_own_reserved_pack_while_it_is_fit() -> None:
+    from station.network import Reservation
+    img = image((1, 20, "nmc", 99.0), (2, 20, "lfp", 90.0))
+    own = Reservation("r-1", "LSJA24U99MS000001", 20, 85.0, 1e10, 2, 5002)
+    c = choose_pack(img, StationConfig(), 20, NOW, own=own)
+    assert isinstance(c, Choice) and c.pack.slot == 2  # not the fuller slot 1
+    assert c.pack.rated_energy_kwh == 75.0
+    for change in ({"soc_pct": 84.0}, {"serial": 9999}):  # below its minimum; another pack
+        img = image((1, 20, "nmc", 99.0), (2, 20, "lfp", 90.0))
+        for k, v in change.items():
+            setattr(img.packs[Location.rack(2)], k, v)
+        c = choose_pack(img, StationConfig(), 20, NOW, own=own)
+        assert isinstance(c, Choice) and c.pack.slot == 1, change
+    c = choose_pack(image((1, 20, "nmc", 99.0), (2, 20, "lfp", 90.0)), StationConfig(), 20,
+                    NOW, excluded=frozenset({2}), own=own)  # locked out since
+    assert isinstance(c, Choice) and c.pack.slot == 1
