@@ -31,6 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--summary-json", type=Path)
     demo.add_argument("--journal", type=Path, help="keep the journal here (default: temporary)")
     demo.add_argument("--log-level", default="warning")
+    demo.add_argument("--broker", metavar="URL",
+                      help="also publish telemetry to this MQTT broker (mqtt://HOST:PORT, or "
+                      "mqtts://HOST:PORT with --ca/--cert/--key); default: no broker")
+    demo.add_argument("--station-id", default=None, help="the demo station's id on the broker")
+    demo.add_argument("--trusted-keys", type=Path, metavar="DIR",
+                      help="public keys whose signed commands the demo station accepts")
+    demo.add_argument("--ca", type=Path, help="the broker's CA (mqtts)")
+    demo.add_argument("--cert", type=Path, help="the station's client certificate (mqtts)")
+    demo.add_argument("--key", type=Path, help="the station's client key (mqtts)")
     return p
 
 
@@ -209,9 +218,16 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         configure_logging(args.log_level, "console" if sys.stderr.isatty() else "json")
-        from station.demo import run_demo
+        from station.demo import BrokerOptionError, cloud_overrides, run_demo
 
-        return asyncio.run(run_demo(args.swaps, args.speed, args.summary_json, args.journal))
+        try:
+            cloud = cloud_overrides(args.broker, args.station_id, args.trusted_keys, args.ca,
+                                    args.cert, args.key)
+        except BrokerOptionError as exc:
+            print(f"swapd demo: {exc}", file=sys.stderr)
+            return 2
+        return asyncio.run(run_demo(args.swaps, args.speed, args.summary_json, args.journal,
+                                    cloud=cloud))
     if args.cmd == "check-config":
         try:
             _load_and_check(args.file)

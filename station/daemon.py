@@ -21,8 +21,10 @@ from drivers.bms.adapter import BmsAdapter
 from drivers.bms.canbus import PackBus
 from drivers.bms.commander import PackCommander
 from drivers.bms.protocol import Decoded, PackProtocol
+from drivers.plc.contract import load_contract
 from drivers.plc.link import PlcLink
 from drivers.plc.registry import create_link
+from station.cloud.link import CloudLink, disk_free_mb
 from station.commands import CommandEntry, CommandRequest, CommandResult, Origin
 from station.config import StationConfig
 from station.core import IDENTIFY_KINDS, CommandRefused, Decision, ResumePoint, StationCore
@@ -56,6 +58,9 @@ TICK_S = 0.05  # scan at least this often, for timeouts and staleness
 STOP_ACK_WAIT_S = 0.1
 STOP_SCAN_S = 5.0  # at shutdown the scan finishes its decision within this, else it is cut
 STOP_TASKS_S = 5.0  # the other tasks' (links, writes) cancellation may take this long
+CLOUD_DRAIN_S = 2.0  # at shutdown the cloud link may deliver its backlog for this long
+DISK_CHECK_S = 30.0  # free space under the journal is checked this often
+SOFTWARE_VERSION = "0.1.0"
 
 
 CLEAN_END_STATES = (None, "Idle", "Resetting", "Complete", "Completing")
@@ -132,6 +137,15 @@ class Daemon:
         self.bus.on_message = self._on_message
         self.packs = PackCommander(self.bus, self.adapter, clock=clock)
         self.notifier = SystemdNotifier()
+        self.started_wall = time.time()
+        self.cloud: CloudLink | None = None
+        if cfg.cloud.enabled:  # a key file readable by others stops the start (CloudConfigError)
+            self.cloud = CloudLink(
+                cfg, self.journal, status=self.core.status, rack=self._rack_status,
+                submit=self.submit, record=self._record_events, contracts=self._contracts(),
+                software_version=SOFTWARE_VERSION, started_wall=self.started_wall)
+            self.events.subscribe("cloud", self.cloud.notify)
+        self._disk_low = False
         self._wake = asyncio.Event()
         self._last_scan = clock()
         self._background: set[asyncio.Task[None]] = set()
@@ -158,6 +172,26 @@ class Daemon:
         step = SEQUENCE[resume.step_index].name
         log.warning("recovery.unfinished_swap", swap_id=row["swap_id"], step=step)
         return State.HELD, f"restart during {step}: waiting for the PLC read-back", resume
+
+    def _contracts(self) -> dict[str, str]:
+        """The versions of the contracts this station speaks (its birth message says)."""
+        return {"plc_contract": load_contract(self.cfg.plc.contract).version,
+                "can_protocol": str(self.protocol.db.version or "unversioned")}
+
+    def _rack_status(self) -> dict[str, Any]:
+        return self.core.rack_status(self.image, self.clock())
+
+    async def _record_events(self, events: list[Event]) -> None:
+        """Events a transport records itself (a cloud message refused before it became a
+        command): journaled in order with the decisions, then to the sinks."""
+        await self.apply(Decision(events=events))
+
+    def status(self) -> dict[str, Any]:
+        """The operator's status: the core's, plus the links."""
+        out = self.core.status()
+        if self.cloud is not None:
+            out["cloud"] = self.cloud.describe()
+        return out
 
     # ---- driver callbacks (run in the event loop) --------------------------------------
     def _on_inputs(self, values: dict[str, Any], t: float) -> None:
@@ -350,6 +384,38 @@ class Daemon:
             self.notifier.status(f"{self.core.state.label}; {self.core.reason or ''}")
             await asyncio.sleep(interval)
 
+    async def _disk_loop(self) -> None:
+        """Free space under the journal: below [cloud] disk_alarm_free_mb an alarm (once,
+        journaled and so published); the journal is the outbox and must not fill the disk
+        silently while the broker is away."""
+        limit = self.cfg.cloud.disk_alarm_free_mb
+        while True:
+            free = disk_free_mb(self.cfg.journal.path)
+            low = free < limit
+            if low and not self._disk_low:
+                backlog = self.cloud.outbox.backlog() if self.cloud is not None else 0
+                await self.apply(Decision(events=[Alarm(
+                    t=self.clock(), location="station", slot=None, serial=None,
+                    alarm="disk_low",
+                    reason=f"{free:.0f} MB free under the journal ({self.cfg.journal.path}), "
+                    f"below {limit:g} MB; {backlog} events not yet delivered to the cloud",
+                    action="free disk space: the journal keeps every undelivered event")]))
+            elif not low and self._disk_low:
+                log.info("disk.recovered", free_mb=round(free))
+            self._disk_low = low
+            await asyncio.sleep(DISK_CHECK_S)
+
+    async def _cloud_loop(self) -> None:
+        """The cloud link in its own task: a bug in it is logged and the link restarted; it
+        never stops the station."""
+        assert self.cloud is not None
+        while True:
+            try:
+                await self.cloud.run()
+            except Exception:
+                log.exception("cloud.crashed")
+                await asyncio.sleep(5.0)
+
     async def run(self, stop: asyncio.Event | None = None) -> None:
         stop = stop or asyncio.Event()
         log.info("swapd.start", station=self.cfg.station.id, state=self.core.state.label,
@@ -363,14 +429,17 @@ class Daemon:
             asyncio.create_task(self.bus.run(), name="can"),
             scan,
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
+            asyncio.create_task(self._disk_loop(), name="disk"),
         ]
+        if self.cloud is not None:
+            tasks.append(asyncio.create_task(self._cloud_loop(), name="cloud"))
         api = None
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
             if self.cfg.api.socket is not None:
                 api = LocalApiServer(
                     self.cfg.api.socket,
-                    functools.partial(handle_request, status=self.core.status,
+                    functools.partial(handle_request, status=self.status,
                                       submit=self.submit),
                     mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
                 )
@@ -402,6 +471,8 @@ class Daemon:
         if not (await asyncio.wait({scan}, timeout=STOP_SCAN_S))[0]:
             stuck.append(scan)
             scan.cancel()
+        if self.cloud is not None:  # the last decisions delivered, and offline said
+            await self.cloud.close(CLOUD_DRAIN_S)
         others = [t for t in tasks if t is not scan]
         while pending := [t for t in (*others, *self._background) if not t.done()]:
             for t in pending:

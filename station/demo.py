@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import tempfile
+import urllib.parse
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,6 +30,44 @@ from station.packml import State
 from station.rig import Rig, speed_refusal
 
 NOMINAL_SWAP_S = 144.0
+DEMO_STATION_ID = "PSS-DEMO-0001"
+
+
+class BrokerOptionError(ValueError):
+    """The demo's --broker options do not make a usable [cloud] section."""
+
+
+def cloud_overrides(url: str | None, station_id: str | None, trusted_keys: Path | None,
+                    ca: Path | None, cert: Path | None, key: Path | None
+                    ) -> dict[str, Any] | None:
+    """The config sections that make the demo publish to a broker (None: broker-free)."""
+    if url is None:
+        if any(v is not None for v in (station_id, trusted_keys, ca, cert, key)):
+            raise BrokerOptionError("--station-id, --trusted-keys, --ca, --cert and --key "
+                                    "go with --broker")
+        return None
+    u = urllib.parse.urlsplit(url)
+    if u.scheme not in ("mqtt", "mqtts") or not u.hostname:
+        raise BrokerOptionError(f"--broker {url!r}: expected mqtt://HOST:PORT or "
+                                "mqtts://HOST:PORT")
+    try:
+        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+    except ValueError as exc:
+        raise BrokerOptionError(f"--broker {url!r}: {exc}") from None
+    tls = (ca, cert, key)
+    if u.scheme == "mqtts" and None in tls:
+        raise BrokerOptionError("mqtts needs --ca, --cert and --key")
+    if u.scheme == "mqtt" and any(v is not None for v in tls):
+        raise BrokerOptionError("--ca/--cert/--key need an mqtts:// broker")
+    if trusted_keys is None:
+        # no key trusted: every command is answered, and refused (unknown_key)
+        trusted_keys = Path(tempfile.mkdtemp(prefix="swapd-demo-keys-"))
+    cloud: dict[str, Any] = {"enabled": True, "host": u.hostname, "port": port,
+                             "trusted_keys_dir": str(trusted_keys), "rack_period_s": 2.0}
+    if u.scheme == "mqtts":
+        cloud.update(ca_file=str(ca), cert_file=str(cert), key_file=str(key))
+    return {"cloud": cloud, "station": {"id": station_id or DEMO_STATION_ID,
+                                        "name": "Demo station (simulated)"}}
 
 
 class Progress:
@@ -111,7 +151,7 @@ def format_summary(s: dict[str, Any]) -> str:
 
 async def run_demo(
     swaps: int, speed: float, summary_json: Path | None = None, journal: Path | None = None,
-    out: TextIO = sys.stdout,
+    out: TextIO = sys.stdout, cloud: dict[str, Any] | None = None,
 ) -> int:
     refusal = speed_refusal(speed, SimConfig(speed=speed), ModbusSection().poll_period_s)
     if refusal is not None:
@@ -121,10 +161,16 @@ async def run_demo(
           f"(a swap is ~{NOMINAL_SWAP_S:.0f} s simulated, ~{NOMINAL_SWAP_S / speed:.1f} s here)",
           file=out, flush=True)
     progress = Progress(out, speed)
+    if cloud is not None:
+        c = cloud["cloud"]
+        print(f"publishing to mqtt{'s' if 'ca_file' in c else ''}://{c['host']}:{c['port']} "
+              f"as station {cloud['station']['id']} (watch: swapnet watch --broker "
+              f"mqtt://{c['host']}:{c['port']})", file=out, flush=True)
     # swapd's default PLC poll period, as on a station; the journal in a temporary
     # directory of the rig unless one is given
     async with Rig(speed=speed, vehicles=swaps, journal=journal, observer=progress,
-                   poll_period_s=None, capture_log=False, name="swapd-demo") as rig:
+                   poll_period_s=None, capture_log=False, name="swapd-demo",
+                   config=cloud) as rig:
         daemon, task = rig.daemon, rig.task
         assert task is not None
         loop = asyncio.get_running_loop()

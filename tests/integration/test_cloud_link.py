@@ -1,0 +1,240 @@
+"""swapd on the network: the daemon against the simulated station, publishing to a real
+mosquitto (TLS, a client certificate per station, the ACL) and taking signed commands.
+
+Every message the back end receives is checked against its JSON Schema (cloud_support);
+every test asserts none failed."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from sim_hw.broker import Broker
+from station.rig import ProcessRig, Rig
+from tests.integration.cloud_support import Backend, cloud_config, make_keys, signed
+
+STATION = "ST-A"
+
+
+def journal_events(path: Path) -> list[tuple[int, str]]:
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return [(int(r[0]), str(r[1])) for r in
+                db.execute("SELECT id, kind FROM events ORDER BY id")]
+    finally:
+        db.close()
+
+
+def assert_delivered_once_in_order(backend: Backend, journal: Path) -> list[dict[str, Any]]:
+    """Every journaled event reached the back end (after deduplication by event id), in
+    journal order, with seq 1..n and no gap."""
+    events = backend.events(STATION)
+    expected = journal_events(journal)
+    got = [(e["event_id"], e["kind"]) for e in events]
+    assert got == expected, (len(got), len(expected), got[-5:], expected[-5:])
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    return events
+
+
+def rig_config(broker: Broker, keys: Path, **cloud: Any) -> dict[str, Any]:
+    return {"station": {"id": STATION}, "cloud": cloud_config(broker, STATION, keys, **cloud)}
+
+
+def describe(rig: Any) -> Any:
+    cloud = getattr(rig.daemon, "cloud", None)
+    return cloud.describe() if cloud is not None else "(another process)"
+
+
+async def wait_delivered(rig: Any, backend: Backend, journal: Path, timeout: float = 30) -> None:
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while True:
+        expected = len(journal_events(journal))
+        if len(backend.events(STATION)) >= expected > 0:
+            return
+        assert loop.time() < end, (f"{len(backend.events(STATION))} of {expected} events "
+                                   f"delivered; the link: {describe(rig)}")
+        await asyncio.sleep(0.05)
+
+
+async def test_a_swap_seen_from_the_back_end(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        async with Backend(broker) as backend, Rig(
+                speed=50, vehicles=1, workdir=tmp_path, config=rig_config(broker, keys)) as rig:
+            await rig.wait_for(lambda: len(rig.ended()) == 1, 90, "one swap")
+            await wait_delivered(rig, backend, rig.journal_path)
+            await rig.wait_for(lambda: backend.on("swaps"), 10, "the swap record")
+            status = backend.on("status")
+            assert status[0]["online"] is True and status[0]["session"] >= 1
+            assert backend.on("state")[-1]["packml_state"] == rig.status()["packml_state"]
+            assert backend.on("rack") and backend.on("rack")[-1]["slots"]
+        # the daemon stopped: its last word on status is offline
+        await asyncio.sleep(0.3)
+        assert backend.invalid == []
+        assert_delivered_once_in_order(backend, rig.journal_path)
+        record = backend.on("swaps")[0]
+        swap = rig.ended()[0]
+        assert record["record_id"] == swap["swap_id"]
+        assert record["outcome"] == "completed"
+        assert record["pack_in"]["serial"] != record["pack_out"]["serial"]
+        assert record["energy_kwh"] is None or record["energy_kwh"] > 0
+        assert record["duration_s"] > 0
+        assert backend.on("status")[-1]["online"] is False
+
+
+async def test_broker_outage_during_swaps_loses_nothing(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        async with Backend(broker) as backend, Rig(
+                speed=50, vehicles=3, workdir=tmp_path, config=rig_config(broker, keys)) as rig:
+            await rig.wait_for(lambda: rig.daemon.cloud.stats.published > 5, 30, "publishing")
+            broker.stop()
+            # the station goes on swapping without its broker
+            ended_before = len(rig.ended())
+            await rig.wait_for(lambda: len(rig.ended()) >= ended_before + 1, 120,
+                               "a swap during the outage")
+            assert not rig.daemon.cloud.stats.connected, describe(rig)
+            assert rig.daemon.cloud.outbox.backlog() > 0
+            broker.start()
+            await rig.wait_for(lambda: len(rig.ended()) == 3, 120, "three swaps")
+            await wait_delivered(rig, backend, rig.journal_path)
+            await rig.wait_for(lambda: len(backend.on("swaps")) >= 3, 20, "3 swap records")
+        assert backend.invalid == []
+        events = assert_delivered_once_in_order(backend, rig.journal_path)
+        assert any(e["replayed"] for e in events), "the backlog is marked replayed"
+        assert not events[0]["replayed"]
+        assert len({r["record_id"] for r in backend.on("swaps")}) == 3
+
+
+async def test_sigkill_while_publishing_loses_nothing(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        async with Backend(broker) as backend, ProcessRig(
+                speed=50, vehicles=2, workdir=tmp_path, config=rig_config(broker, keys)) as rig:
+            for _ in range(3):
+                await rig.wait_for(lambda: len(backend.events(STATION)) > 0, 30, "publishing")
+                await asyncio.sleep(0.7)
+                rig.daemon.kill()
+                # the will: the broker says the station is offline, for the session it had
+                async with asyncio.timeout(15):
+                    while backend.on("status")[-1]["online"] is not False:
+                        await asyncio.sleep(0.05)
+                assert backend.on("status")[-1]["reason"] == "connection lost"
+                rig.daemon.start()
+                await resume_after_restart(rig)
+            await rig.wait_for(lambda: sum(1 for v in rig.sim.truth()["history"]
+                                           if v.get("pack_in")) >= 2, 120, "two swaps")
+            await wait_delivered(rig, backend, rig.journal_path, 60)
+        assert backend.invalid == []
+        events = assert_delivered_once_in_order(backend, rig.journal_path)
+        sessions = [s["session"] for s in backend.on("status")]
+        assert sessions == sorted(sessions) and len(set(sessions)) >= 4
+        # a copy sent again after a restart (acknowledged, but the cursor not yet written)
+        # is marked replayed and carries the seq of its first copy
+        first = {e["event_id"]: e for e in events}
+        for copy in backend.on("events", STATION):
+            original = first[copy["event_id"]]
+            assert copy["seq"] == original["seq"]
+            if copy is not original and copy != original:
+                assert copy["replayed"], copy
+
+
+async def resume_after_restart(rig: ProcessRig) -> None:
+    """A restart mid-swap holds the swap until an operator's unhold (the kill tests show
+    why); here the operator says go on."""
+    st = await rig.daemon.status()
+    while st["packml_state"] == "Held" and "waiting" in (st["reason"] or ""):
+        await asyncio.sleep(0.05)
+        st = await rig.daemon.status()
+    if st["packml_state"] == "Held":
+        r = await rig.daemon.command("unhold")
+        assert r["ok"], r
+
+
+async def test_commands_answered_and_journaled(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    key = make_keys(keys)
+    with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        async with Backend(broker) as backend, Rig(
+                speed=50, vehicles=0, workdir=tmp_path, config=rig_config(broker, keys)) as rig:
+            await rig.wait_for(lambda: rig.daemon.cloud.stats.connected, 15, "connected")
+            ok = signed("snapshot", {}, station=STATION, key=key)
+            await backend.send(STATION, ok)
+            r = await backend.wait_response(ok["request_id"])
+            assert (r["accepted"], r["code"]) == (True, "ok"), r
+            # the same request again: the first answer, nothing done twice
+            await backend.send(STATION, ok)
+            await rig.wait_for(lambda: sum(1 for b in backend.on("responses")
+                                           if b["request_id"] == ok["request_id"]) == 2, 10)
+            again = [b for b in backend.on("responses") if b["request_id"] == ok["request_id"]]
+            assert again[1]["repeated"] is True and again[1]["accepted"] is True
+            bad = dict(signed("request_stop", {}, station=STATION, key=key))
+            bad["signature"] = bad["signature"][:-4] + "AAA="
+            cases: list[tuple[dict[str, Any] | bytes, str]] = [
+                (bad, "bad_signature"),
+                (signed("snapshot", {}, station="ST-B", key=key), "wrong_station"),
+                (signed("snapshot", {}, station=STATION, key=key, ttl_s=-1), "expired"),
+                (signed("snapshot", {}, station=STATION, key=key, key_id="nobody"),
+                 "unknown_key"),
+                (signed("reset", {}, station=STATION, key=key), "not_permitted"),
+                (signed("launch", {}, station=STATION, key=key), "unknown_command"),
+            ]
+            for body, code in cases:
+                assert isinstance(body, dict)
+                await backend.send(STATION, body)
+                r = await backend.wait_response(body["request_id"])
+                assert (r["accepted"], r["code"]) == (False, code), r
+            await backend.send(STATION, b"{not json")
+            await backend.send(STATION, b"x" * 1_000_000)
+            await rig.wait_for(lambda: {"malformed_json", "too_large"} <= {
+                b["code"] for b in backend.on("responses")}, 10, "malformed and too large")
+            assert rig.task is not None and not rig.task.done()  # swapd runs on
+        assert backend.invalid == []
+        kinds = [k for _, k in journal_events(rig.journal_path)]
+        assert kinds.count("cloud_command_rejected") >= 6
+        assert "command_refused" in kinds  # reset from the cloud
+
+
+async def test_swaps_go_on_with_no_broker_at_all(tmp_path: Path) -> None:
+    """Broker unreachable from the start: swaps complete, the backlog waits on disk, and it
+    is all delivered once a broker appears."""
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    broker = Broker(tmp_path / "broker", stations=[STATION])
+    try:
+        async with Rig(speed=50, vehicles=1, workdir=tmp_path,
+                       config=rig_config(broker, keys)) as rig:
+            await rig.wait_for(lambda: len(rig.ended()) == 1, 90, "a swap with no broker")
+            assert rig.daemon.cloud.stats.last_error is not None
+            assert rig.daemon.cloud.outbox.backlog() > 0
+            broker.start()
+            async with Backend(broker) as backend:
+                await wait_delivered(rig, backend, rig.journal_path)
+                assert_delivered_once_in_order(backend, rig.journal_path)
+                assert all(e["replayed"] for e in backend.events(STATION)[:5])
+    finally:
+        broker.stop()
+
+
+async def test_acl_denial_is_not_counted_delivered(tmp_path: Path) -> None:
+    """A station whose certificate is another station's: the broker's ACL refuses its
+    publications (MQTT 5 PUBACK reason code); the cursor does not move, the link says why,
+    and the station goes on swapping."""
+    keys = tmp_path / "keys"
+    make_keys(keys)
+    with Broker(tmp_path / "broker", stations=[STATION, "ST-B"]) as broker:
+        cfg = rig_config(broker, keys)
+        cert, key = broker.client_files("ST-B")
+        cfg["cloud"].update(cert_file=str(cert), key_file=str(key))
+        async with Rig(speed=50, vehicles=1, workdir=tmp_path, config=cfg) as rig:
+            await rig.wait_for(lambda: len(rig.ended()) == 1, 90, "a swap")
+            await rig.wait_for(lambda: "refused" in (rig.daemon.cloud.stats.last_error or ""),
+                               15, "the refusal")
+            assert rig.daemon.cloud.outbox.cursor().event_id == 0
+            assert rig.daemon.cloud.stats.published == 0
