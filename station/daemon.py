@@ -486,5 +486,7 @@ class Daemon:
         await self.link.close()
         await self.bus.close()
         await self.events.close()
+        if self.cloud is not None:
+            self.cloud.outbox.close()
         self.journal.close()
         log.info("swapd.stopped", state=self.core.state.label)

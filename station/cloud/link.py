@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
+import paho.mqtt.client as mqtt
 import structlog
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
@@ -124,15 +125,50 @@ class LinkStats:
 
 
 class _Client(aiomqtt.Client):
-    """aiomqtt drops the PUBACK's reason code; a refused publication (an ACL denial, MQTT 5)
-    must not count as delivered, so it is kept here, set before the publisher wakes up."""
+    """aiomqtt, with two additions for the outbox:
+    - the PUBACK's reason code: aiomqtt drops it, but a refused publication (an ACL
+      denial, MQTT 5) must not count as delivered; it fails that message's future and is
+      kept in `refused`, set before anything waiting on it wakes up;
+    - `publish_nowait`: the publication handed to paho at once (in call order, so in
+      journal order) and a future resolved by its PUBACK, without a task, an event and a
+      timer per message as `publish` has (replay of a long backlog is CPU-bound)."""
 
     refused: str | None = None
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acks: dict[int, asyncio.Future[None]] = {}
+
+    def publish_nowait(self, topic: str, payload: bytes) -> asyncio.Future[None]:
+        """QoS 1; the future is done when the broker has acknowledged it."""
+        info = self._client.publish(topic, payload, 1, False, None)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, f"could not publish on {topic}")
+        fut: asyncio.Future[None] = self._loop.create_future()
+        if info.is_published():
+            fut.set_result(None)
+        else:  # the PUBACK cannot have come yet: paho reads only in the loop's callbacks
+            self._acks[info.mid] = fut
+        return fut
+
+    def fail_pending(self, exc: BaseException) -> None:
+        for fut in self._acks.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self._acks.clear()
+
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
-        if getattr(reason_code, "is_failure", False) and self.refused is None:
+        failed = getattr(reason_code, "is_failure", False)
+        if failed and self.refused is None:
             self.refused = str(reason_code)
+        fut = self._acks.pop(mid, None)
+        if fut is not None and not fut.done():
+            if failed:
+                fut.set_exception(PublishRefused(f"the broker refused a publication: "
+                                                 f"{reason_code}"))
+            else:
+                fut.set_result(None)
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
@@ -157,7 +193,7 @@ class CloudLink:
         self.status, self.rack, self.submit, self.record = status, rack, submit, record
         self.contracts, self.software_version = dict(contracts), software_version
         self.started_wall, self.clock, self.wall = started_wall, clock, wall
-        self.outbox = Outbox(journal.db)
+        self.outbox = Outbox(journal.path)
         self.config_hash = messages.config_hash(cfg)
         self.stats = LinkStats(acked_event_id=self.outbox.cursor().event_id)
         self._tls = tls_context(cfg)
@@ -332,7 +368,7 @@ class CloudLink:
         self._acked = start
         self._confirmed_at = self.clock()
         window = asyncio.Semaphore(self.cfg.cloud.max_in_flight)
-        queue: asyncio.Queue[tuple[Cursor, list[asyncio.Task[None]], bool]] = asyncio.Queue()
+        queue: asyncio.Queue[_Sent] = asyncio.Queue()
         acker = asyncio.create_task(self._ack(client, queue, window), name="cloud:ack")
         pos, seq = start.event_id, start.seq
         try:
@@ -348,6 +384,7 @@ class CloudLink:
                     waiter.cancel()
                     self._confirm()
                     continue
+                sent_wall = self.wall()  # one per read: utc() is not free at 3,000/s
                 for row in rows:
                     await window.acquire()
                     if acker.done():
@@ -355,20 +392,20 @@ class CloudLink:
                     seq += 1
                     event_id = int(row["id"])
                     replayed = event_id <= live_from
-                    # created in order, so paho sends them in journal order
-                    tasks = [asyncio.create_task(self._publish(
-                        client, topic, body, qos=1)) for topic, body in
-                        self._outbox_messages(row, seq, replayed)]
-                    queue.put_nowait((Cursor(event_id, seq), tasks, replayed))
+                    acks = [client.publish_nowait(topic, messages.encode(body))
+                            for topic, body in self._outbox_messages(row, seq, replayed,
+                                                                     sent_wall)]
+                    queue.put_nowait(_Sent(Cursor(event_id, seq), acks, replayed))
                     pos = event_id
         finally:
             acker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await acker
+            client.fail_pending(ConnectionError("session ended"))
 
-    def _outbox_messages(self, row: Any, seq: int,
-                         replayed: bool) -> list[tuple[str, dict[str, Any]]]:
-        sid, now = self.cfg.station.id, self.wall()
+    def _outbox_messages(self, row: Any, seq: int, replayed: bool,
+                         sent_wall: float) -> list[tuple[str, dict[str, Any]]]:
+        sid = self.cfg.station.id
         data = {k: v for k, v in json.loads(row["data"]).items() if k != "t"}
         out: list[tuple[str, dict[str, Any]]] = []
         if row["kind"] == "swap_ended":
@@ -377,21 +414,21 @@ class CloudLink:
             if swap is not None:
                 out.append((self.topics.swaps, messages.swap_record(
                     sid, swap, ended_wall=float(row["wall"]), event_id=int(row["id"]),
-                    replayed=replayed, sent_wall=now)))
+                    replayed=replayed, sent_wall=sent_wall)))
         out.append((self.topics.events, messages.event_message(
             sid, int(row["id"]), seq, str(row["kind"]), data, float(row["wall"]), replayed,
-            now)))
+            sent_wall)))
         return out
 
-    async def _ack(self, client: _Client,
-                   queue: asyncio.Queue[tuple[Cursor, list[asyncio.Task[None]], bool]],
+    async def _ack(self, client: _Client, queue: asyncio.Queue[_Sent],
                    window: asyncio.Semaphore) -> None:
         """Moves the cursor past each event once all its messages are acknowledged, in
         order; a failure (or a refused PUBACK) leaves it before that event."""
         while True:
-            cursor, tasks, replayed = await queue.get()
+            sent = await queue.get()
             try:
-                await asyncio.gather(*tasks)
+                for ack in sent.acks:
+                    await ack
             except BaseException:
                 for _ in range(self.cfg.cloud.max_in_flight):
                     window.release()  # the publisher must not wait for an acker that died
@@ -400,10 +437,10 @@ class CloudLink:
             if client.refused is not None:
                 raise PublishRefused(f"the broker refused a publication: {client.refused} "
                                      f"(check its ACL for station {self.cfg.station.id})")
-            self._acked = cursor
-            self.stats.acked_event_id = cursor.event_id
-            self.stats.published += len(tasks)
-            self.stats.replayed += len(tasks) if replayed else 0
+            self._acked = sent.cursor
+            self.stats.acked_event_id = sent.cursor.event_id
+            self.stats.published += len(sent.acks)
+            self.stats.replayed += len(sent.acks) if sent.replayed else 0
             self._confirm()
 
     def _confirm(self, force: bool = False) -> None:
@@ -527,6 +564,13 @@ class CloudLink:
             props = Properties(PacketTypes.PUBLISH)
             props.CorrelationData = corr
         await self._publish(client, topic, body, qos=1, properties=props)
+
+
+@dataclass
+class _Sent:
+    cursor: Cursor
+    acks: list[asyncio.Future[None]]
+    replayed: bool
 
 
 @dataclass

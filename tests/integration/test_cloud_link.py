@@ -153,8 +153,11 @@ async def resume_after_restart(rig: ProcessRig) -> None:
         await asyncio.sleep(0.05)
         st = await rig.daemon.status()
     if st["packml_state"] == "Held":
-        r = await rig.daemon.command("unhold")
-        assert r["ok"], r
+        # just restarted, the packs may not be heard yet (pack_silent): ask again
+        async with asyncio.timeout(15):
+            while not (r := await rig.daemon.command("unhold"))["ok"]:
+                assert "interlocks active" in r["error"], r
+                await asyncio.sleep(0.2)
 
 
 async def test_commands_answered_and_journaled(tmp_path: Path) -> None:
