@@ -425,7 +425,8 @@ class CloudSection(_Section):
     rack_period_s: float = Field(10.0, ge=0.5, le=3600.0)
     max_in_flight: int = Field(200, ge=1, le=65535,
                                description="QoS 1 publications awaiting their PUBACK")
-    max_command_bytes: int = Field(65536, ge=1024, le=1_048_576)
+    # a full authorisation list (5,000 entries of ~45 bytes) fits in the default
+    max_command_bytes: int = Field(262_144, ge=1024, le=1_048_576)
     # a command's expires_at may lie at most this far after its issued_at, and issued_at at
     # most clock_skew_s in the future
     max_command_lifetime_s: float = Field(3600.0, ge=1.0, le=7 * 86400.0)

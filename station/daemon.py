@@ -71,7 +71,8 @@ def resume_point(swap: Any, steps: list[Any]) -> ResumePoint:
     plan = SwapPlan(swap["swap_id"], int(swap["vehicle_token"]),
                     PackInfo(**json.loads(swap["pack_out"])),
                     PackInfo(**json.loads(swap["pack_in"])),
-                    int(swap["store_slot"]), int(swap["fetch_slot"]), 0.0)
+                    int(swap["store_slot"]), int(swap["fetch_slot"]), 0.0,
+                    vin=swap["vin"] if "vin" in swap.keys() else None)
     last = steps[-1] if steps else None
     if last is None or last["step"] == "identify":
         index = 0

@@ -102,8 +102,9 @@ What the back end may rely on:
 ## Commands: signed, checked, answered
 
 The back end publishes commands to `<prefix>/<station_id>/commands` (QoS 1); the station
-answers each on `<prefix>/<station_id>/responses`, or on the MQTT 5 response topic of the
-request (with its correlation data) when that topic is inside the station's own subtree.
+answers each on `<prefix>/<station_id>/responses` (the only topic the broker's ACL lets it
+answer on; an MQTT 5 response topic naming another is not used), with the request's MQTT 5
+correlation data when it had some.
 
 The envelope: `command`, `args` (object), `request_id` (`[A-Za-z0-9._:-]{1,64}`, unique per
 command), `station_id`, `issued_at`, `expires_at` (RFC 3339), `key_id`
@@ -114,11 +115,11 @@ command), `station_id`, `issued_at`, `expires_at` (RFC 3339), `key_id`
 gap).
 
 Checks, in this order; the first that fails is the response's `code` (each rejection is
-journaled as a `cloud_command_rejected` event and counted):
+journaled as a `cloud_command_rejected` event, at most 60 a minute, and counted):
 
 | order | code | when |
 |---|---|---|
-| 1 | `too_large` | the payload exceeds `cloud.max_command_bytes` (64 KiB) |
+| 1 | `too_large` | the payload exceeds `cloud.max_command_bytes` (default 256 KiB) |
 | 2 | `malformed_json` | not a JSON object in UTF-8 |
 | 3 | `schema` | the envelope's fields or types are wrong |
 | 4 | `unknown_key` | `key_id` names no trusted key |

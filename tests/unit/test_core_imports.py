@@ -16,7 +16,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 CORE = ("core", "interlocks", "sequence", "selection", "charging", "pack_safety", "packml",
-        "plan", "image", "events", "pack_commands", "home")
+        "plan", "image", "events", "pack_commands", "home", "network", "pack_trust")
 FORBIDDEN_PACKAGES = ("drivers", "sim_hw", "pymodbus", "can", "cantools", "asyncua",
                       "aiomqtt", "asyncio", "socket", "sqlite3")
 FILE_CALLS = {"open", "read_text", "read_bytes", "write_text", "write_bytes", "load",

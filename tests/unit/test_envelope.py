@@ -346,11 +346,17 @@ def test_bounds_at_their_edges_are_taken() -> None:
         assert code(encode(signed(body(command=command, args=args)))) == "ok", (command, args)
 
 
-def test_twenty_thousand_authorisation_entries_are_taken() -> None:
+def test_a_full_authorisation_list_fits_the_default_size() -> None:
+    from station.config import CloudSection
+    from station.network import MAX_ENTRIES
+
     args = {**VALID_ARGS["set_authorisations"],
-            "entries": [{"vin_prefix": "L", "families": [1]}] * 20000}
+            "entries": [{"vin": "LSJA24U67MS123456", "families": [25]}] * MAX_ENTRIES}
     payload = encode(signed(body(command="set_authorisations", args=args)))
-    assert code(payload, max_bytes=1 << 20) == "ok"
+    assert code(payload, max_bytes=CloudSection().max_command_bytes) == "ok"
+    args["entries"] = args["entries"] + args["entries"][:1]
+    payload = encode(signed(body(command="set_authorisations", args=args)))
+    assert code(payload, max_bytes=CloudSection().max_command_bytes) == "bad_args"
 
 
 # ---- the order -------------------------------------------------------------------------------

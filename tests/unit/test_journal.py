@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from pathlib import Path
 
 from station.journal import Journal
@@ -73,6 +75,24 @@ def test_a_restart_never_reuses_a_journaled_sequence_number(tmp_path: Path) -> N
     seqs = [r["seq"] for r in j2.steps(swap["swap_id"]) if r["seq"] is not None]
     assert len(seqs) == len(set(seqs)), seqs
     assert core.seq not in (sent, sent - 1)
+
+
+def test_a_restart_mid_swap_keeps_the_vin_and_the_rated_energies(tmp_path: Path) -> None:
+    """The swap record after a restart mid-swap still names the vehicle and can still be
+    billed: the resumed plan is the journaled one, VIN and rated energies included."""
+    from station.daemon import resume_point
+    from station.events import SwapStarted
+
+    run = make_run()
+    run.until(lambda: run.core.step is not None and run.core.step.name == "unlock")
+    started = next(e for e in run.events if isinstance(e, SwapStarted))
+    j = Journal(tmp_path / "j.sqlite")
+    j.record([dataclasses.replace(started, vin="LSJA24U67MS123456")])
+    swap = j.unfinished_swap()
+    assert swap is not None
+    plan = resume_point(swap, j.steps(swap["swap_id"])).plan
+    assert plan.vin == "LSJA24U67MS123456"
+    assert plan.pack_in == started.pack_in and plan.pack_out == started.pack_out
 
 
 def test_a_journal_from_before_the_network_gains_its_columns(tmp_path: Path) -> None:

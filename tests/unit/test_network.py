@@ -135,7 +135,7 @@ def test_an_authorisation_list_survives_its_own_dict() -> None:
     ({"entries": [{"vin": VIN_A, "families": []}]}, "families must list 1-64"),
     ({"entries": [{"vin": VIN_A, "families": list(range(65))}]}, "families must list 1-64"),
     ({"entries": [{"vin": VIN_A, "families": [251]}]}, "families[] must be a whole number 0-250"),
-    ({"entries": [{"vin": VIN_A, "families": [20]}] * 20_001}, "at most 20000 entries"),
+    ({"entries": [{"vin": VIN_A, "families": [20]}] * 5_001}, "at most 5000 entries"),
     ({"entries": "all"}, "entries must be a list"),
     ({"extra": 1}, "unknown argument(s): extra"),
 ])
@@ -145,11 +145,11 @@ def test_authorisation_args_are_bounded(change: dict[str, Any], why: str) -> Non
     assert why in str(exc.value)
 
 
-def test_twenty_thousand_entries_are_taken() -> None:
-    entries = [{"vin": f"LSJA24U99MS{i:06d}", "families": [20]} for i in range(20_000)]
+def test_five_thousand_entries_are_taken() -> None:
+    entries = [{"vin": f"LSJA24U99MS{i:06d}", "families": [20]} for i in range(5_000)]
     n = net(parse_authorisations(auth_args(entries=entries)))
-    assert n.authorise("LSJA24U99MS019999", 20, T0) is None
-    assert n.authorise("LSJA24U99MS020000", 20, T0) is not None
+    assert n.authorise("LSJA24U99MS004999", 20, T0) is None
+    assert n.authorise("LSJA24U99MS005000", 20, T0) is not None
 
 
 # ---- the power cap ---------------------------------------------------------------------
