@@ -72,7 +72,7 @@ def resume_point(swap: Any, steps: list[Any]) -> ResumePoint:
                     PackInfo(**json.loads(swap["pack_out"])),
                     PackInfo(**json.loads(swap["pack_in"])),
                     int(swap["store_slot"]), int(swap["fetch_slot"]), 0.0,
-                    vin=swap["vin"] if "vin" in swap.keys() else None)
+                    vin=swap["vin"])  # the journal has the column (added to older ones)
     last = steps[-1] if steps else None
     if last is None or last["step"] == "identify":
         index = 0
