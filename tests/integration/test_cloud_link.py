@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from sim_hw.broker import Broker
+from station.cloud import messages
 from station.rig import ProcessRig, Rig
 from tests.integration.cloud_support import Backend, cloud_config, make_keys, signed
 
@@ -241,3 +243,55 @@ async def test_acl_denial_is_not_counted_delivered(tmp_path: Path) -> None:
                                15, "the refusal")
             assert rig.daemon.cloud.outbox.cursor().event_id == 0
             assert rig.daemon.cloud.stats.published == 0
+
+
+async def test_authorisation_from_the_network_decides_who_swaps(tmp_path: Path) -> None:
+    """The whole chain: the car's VIN over CAN (J1939 BAM), the list from a signed cloud
+    command over the broker, the decision at identify, the inhibit published, the swap
+    record naming the VIN. No list: nobody swaps. A list for other families: still not.
+    The brand's VIN prefix for this family: the swap goes."""
+    from sim_hw.vehicles import VIN_WMI, default_vin
+
+    keys = tmp_path / "keys"
+    key = make_keys(keys)
+    with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        cfg = rig_config(broker, keys)
+        cfg["network"] = {"require_authorisation": True}
+        async with Backend(broker) as backend, Rig(
+                speed=50, vehicles=1, workdir=tmp_path, config=cfg) as rig:
+            def inhibit() -> str:
+                return str(rig.status()["start_inhibited"] or "")
+
+            await rig.wait_for(lambda: "no authorisation list received" in inhibit(), 30,
+                               "the no-list inhibit")
+            family = int(rig.sim.truth()["vehicle_family"])
+            other = 20 if family != 20 else 25
+            now = time.time()
+
+            async def send_list(version: int, families: list[int]) -> None:
+                cmd = signed("set_authorisations", {
+                    "version": version, "valid_from": messages.utc(now - 60),
+                    "valid_until": messages.utc(now + 3600),
+                    "entries": [{"vin_prefix": VIN_WMI, "families": families}]},
+                    station=STATION, key=key)
+                await backend.send(STATION, cmd)
+                r = await backend.wait_response(cmd["request_id"])
+                assert r["accepted"], r
+
+            await send_list(1, [other])
+            vin = default_vin(1)
+            refusal = f"vehicle {vin} not authorised for family {family}"
+            await rig.wait_for(lambda: refusal in inhibit(), 30, "the refusal")
+            await asyncio.sleep(0.5)
+            assert rig.ended() == [] and rig.status()["packml_state"] == "Idle"
+            await send_list(2, [family, other])
+            await rig.wait_for(lambda: len(rig.ended()) == 1, 90, "the authorised swap")
+            await wait_delivered(rig, backend, rig.journal_path)
+            await rig.wait_for(lambda: backend.on("swaps"), 10, "the swap record")
+        assert backend.invalid == []
+        assert any(refusal in str(s["start_inhibited"]) for s in backend.on("state"))
+        assert any(e["kind"] == "inhibit" and refusal in str(e["data"]["reason"])
+                   for e in backend.events(STATION))
+        record = backend.on("swaps")[0]
+        assert record["vehicle"]["vin"] == vin and record["outcome"] == "completed"
+        assert backend.on("state")[-1]["authorisation_version"] == 2
