@@ -26,6 +26,7 @@ import asyncio
 import collections
 import contextlib
 import json
+import logging
 import os
 import random
 import ssl
@@ -105,6 +106,19 @@ def tls_context(cfg: StationConfig) -> ssl.SSLContext | None:
         raise CloudConfigError(f"cloud TLS files: {type(exc).__name__}: "
                                f"{getattr(exc, 'strerror', None) or exc}") from None
     return ctx
+
+
+class _LastError(logging.Handler):
+    """paho says why a TLS session failed (an unknown CA, a certificate the broker does not
+    take) only in its log, while aiomqtt reports a timeout: keep paho's last error for the
+    link's own log line and status."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.text: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.text = record.getMessage()[:300]
 
 
 @dataclass
@@ -201,6 +215,10 @@ class CloudLink:
         if cfg.cloud.trusted_keys_dir is None:
             raise CloudConfigError("cloud.trusted_keys_dir is not set")
         self.keyring = Keyring.load(cfg.cloud.trusted_keys_dir)
+        self._paho_error = _LastError()
+        self._mqtt_log = logging.getLogger(f"swapd.cloud.mqtt.{cfg.station.id}")
+        self._mqtt_log.addHandler(self._paho_error)
+        self._mqtt_log.propagate = False  # said once, in cloud.disconnected
         self._wake_outbox = asyncio.Event()
         self._wake_state = asyncio.Event()
         self._snapshot = False
@@ -271,7 +289,8 @@ class CloudLink:
                 raise
             except Exception as exc:  # every failure ends the session, never the daemon
                 self._had_outage = True
-                self.stats.last_error = _explain(exc)
+                self.stats.last_error = _explain(exc, self._paho_error.text)
+                self._paho_error.text = None
                 log.warning("cloud.disconnected", broker=f"{c.host}:{c.port}",
                             error=self.stats.last_error, session=self.stats.session,
                             retry_in_s=round(delay, 2))
@@ -293,6 +312,7 @@ class CloudLink:
         client = _Client(
             c.host, c.port, identifier=self.cfg.station.id, username=c.username,
             password=self._password, protocol=aiomqtt.ProtocolVersion.V5, will=will,
+            logger=self._mqtt_log,
             keepalive=c.keepalive_s, timeout=c.connect_timeout_s, tls_context=self._tls,
             # room above the outbox's window: state and responses never queue behind it
             max_inflight_messages=c.max_in_flight + 20, properties=props,
@@ -591,8 +611,11 @@ def _rack_signature(rack: Mapping[str, Any]) -> tuple[Any, ...]:
     return slots, rack.get("power_cap_kw")
 
 
-def _explain(exc: BaseException) -> str:
+def _explain(exc: BaseException, paho_error: str | None = None) -> str:
     """A failure in words for the log: no payload, no secret, just what and where."""
+    if paho_error and "ssl" in paho_error.lower():
+        return (f"TLS refused: {paho_error} (check cloud.ca_file is the broker's CA and "
+                "that the broker trusts this station's certificate)")
     if isinstance(exc, aiomqtt.MqttCodeError):
         return f"MQTT: {exc}"
     if isinstance(exc, ssl.SSLError):
