@@ -35,6 +35,10 @@ def table_markdown() -> str:
         "- **inhibit**: at rest (Idle, Stopped, Aborted, ...) no swap starts and no reset, "
         "clear or unhold is accepted while the condition holds.",
         "",
+        "Clear, reset, unhold and start come only from an operator at the station "
+        "(`swapctl`): the network may stop or hold the station (`request_stop`, "
+        "`request_hold`), never lift a stop or a hold (docs/security.md).",
+        "",
         "An interlock with steps applies in motion only while the swap is in one of them. "
         "*Motion* means Starting, Execute, Completing, Holding, Unholding, Suspending, "
         "Unsuspending. *Held* is a Held or Suspended swap (also the state a restart mid-swap "
@@ -67,8 +71,11 @@ def table_markdown() -> str:
         "or in the car. Only locations the PLC shows full count: a flag from an empty slot, "
         "or one the station does not have, is dropped. The pack is isolated once and one "
         "alarm is raised per pack and kind; a lockout is journaled, survives a restart, and "
-        "is lifted only by an operator (`swapctl pack release SLOT --reason ...`, refused "
-        "while the event is still seen), which also sends `clear_isolation`.",
+        "is lifted only by someone who has checked the pack: an operator at the station "
+        "(`swapctl pack release SLOT --reason ...`) or the network's signed "
+        "`slot_maintenance` command with action `release` (docs/security.md). Either is "
+        "refused while the event is still seen, journals its reason and sender, and sends "
+        "`clear_isolation`.",
         "",
         "## Distrusted packs (pack bus cross-checks)",
         "",
