@@ -329,8 +329,9 @@ Nothing on this bus is authenticated, so no frame is believed on its own
   PackLimits (cell count, maximum charge voltage, maximum cell charge voltage) and its
   rated capacity are bound the same way, on first hearing. **A pack must never change
   them while connected.** Another value at a bound location is a conflict: the pack is
-  taken out of selection and charging, an alarm names both, and an operator must
-  release the slot (`swapctl pack release`).
+  taken out of selection and charging, an alarm names both, and the slot stays locked
+  out until it is released (`swapctl pack release`, or the network's signed
+  `slot_maintenance` release; docs/security.md).
 - **A plausible SOC.** SOC must stay within 0-100 % and may rise only as far as the
   charge the station granted allows, plus 3 % for the estimate; lowest cell temperature
   and voltage must not exceed the highest; a rack pack must not charge with more than

@@ -194,6 +194,25 @@ def check_files(cfg: StationConfig) -> None:
     _check_can(cfg)
     _check_api(cfg)
     _check_journal(cfg)
+    _check_cloud(cfg)
+
+
+def _check_cloud(cfg: StationConfig) -> None:
+    """The network's files: the TLS CA, certificate and key (the key and the password file
+    readable by the service only), the trusted signing keys."""
+    if not cfg.cloud.enabled:
+        return
+    from station.cloud.link import CloudConfigError, check_private_file, tls_context
+    from station.cloud.signing import Keyring, SigningError
+
+    try:
+        tls_context(cfg)
+        if cfg.cloud.password_file is not None:
+            check_private_file(cfg.cloud.password_file, "cloud.password_file")
+        assert cfg.cloud.trusted_keys_dir is not None  # the config requires it when enabled
+        Keyring.load(cfg.cloud.trusted_keys_dir)
+    except (CloudConfigError, SigningError) as exc:
+        raise ConfigError(f"[cloud]: {exc}") from None
 
 
 def _load_and_check(path: Path | None) -> StationConfig:
@@ -251,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 async def _run(cfg: StationConfig) -> int:
+    from station.cloud.link import CloudConfigError
     from station.daemon import Daemon
     from station.local_api import LocalApiError
 
@@ -262,6 +282,9 @@ async def _run(cfg: StationConfig) -> int:
         await Daemon(cfg).run(stop)
     except LocalApiError as exc:  # the socket is taken by another daemon, or cannot be made
         print(f"swapd: [api]: {exc}", file=sys.stderr)
+        return 2
+    except CloudConfigError as exc:  # a key file others can read, a CA that does not load
+        print(f"swapd: [cloud]: {exc}", file=sys.stderr)
         return 2
     return 0
 

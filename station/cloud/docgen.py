@@ -119,17 +119,22 @@ journaled as a `cloud_command_rejected` event, at most 60 a minute, and counted)
 
 | order | code | when |
 |---|---|---|
-| 1 | `too_large` | the payload exceeds `cloud.max_command_bytes` (default 256 KiB) |
-| 2 | `malformed_json` | not a JSON object in UTF-8 |
-| 3 | `schema` | the envelope's fields or types are wrong |
-| 4 | `unknown_key` | `key_id` names no trusted key |
-| 5 | `bad_signature` | the signature does not verify |
-| 6 | `wrong_station` | `station_id` is another station's |
-| 7 | `not_yet_valid` | `issued_at` after now + `cloud.clock_skew_s`, or a lifetime \
-(`expires_at` - `issued_at`) above `cloud.max_command_lifetime_s` |
+| 1 | `too_large` | more than `cloud.max_command_bytes` (default 256 KiB); not even decoded |
+| 2 | `malformed_json` | not UTF-8, not JSON, not an object, a key twice in one object \
+(which value was signed would be ambiguous), NaN or Infinity, an integer beyond \
++-(2^53-1) (JCS cannot carry it), a lone surrogate, nesting deeper than 32 |
+| 3 | `schema` | not the envelope of `command.json` (a field missing, extra or of the \
+wrong type or pattern, a time that is no date) |
+| 4 | `unknown_key` | `key_id` names no key in `cloud.trusted_keys_dir` |
+| 5 | `bad_signature` | the signature is not base64, not 64 bytes, or does not verify |
+| 6 | `wrong_station` | `station_id` is another station's (a command replayed to a \
+neighbour) |
+| 7 | `not_yet_valid` | `issued_at` more than `cloud.clock_skew_s` ahead of the station's \
+clock, or a lifetime (`expires_at` - `issued_at`) above `cloud.max_command_lifetime_s` |
 | 8 | `expired` | `expires_at` <= now |
-| 9 | `unknown_command` | not a command the cloud may send |
-| 10 | `bad_args` | the arguments break that command's schema |
+| 9 | `unknown_command` | not a command of the network nor of a local operator |
+| 10 | `bad_args` | the arguments break that command's schema (`$defs/args.<command>`: \
+every value bounded) |
 
 Then the station's one command entry (the same as for `swapctl`): a `request_id` answered
 before gets its first result again, with `repeated` true, from the journal; a command

@@ -542,8 +542,8 @@ class CloudLink:
         if res.accepted and cmd.command == "snapshot" and not res.repeated:
             self.snapshot()
         code = getattr(res, "code", "ok" if res.accepted else "refused")
-        self.stats.rejected[code] = self.stats.rejected.get(code, 0) + (0 if res.accepted
-                                                                         else 1)
+        if not res.accepted:
+            self.stats.rejected[code] = self.stats.rejected.get(code, 0) + 1
         return self._response(res.request_id, res.command, res.accepted, code, res.reason,
                               res.state, res.repeated, getattr(res, "result", None))
 

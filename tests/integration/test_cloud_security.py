@@ -103,3 +103,28 @@ async def test_a_password_never_reaches_the_log_or_the_status(
         assert link.stats.last_error is not None
         seen = caplog.text + json.dumps(link.describe()) + repr(link.stats)
         assert secret not in seen
+
+
+def test_check_config_refuses_a_readable_key_and_swapd_does_not_start(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The start-up check: `swapd check-config` and `swapd` itself refuse a station key
+    others can read, with the path and the mode, exit 2, no traceback."""
+    from station import cli
+
+    make_keys(tmp_path / "keys")
+    with Broker(tmp_path / "broker", stations=["ST-A"]) as broker:
+        cert, key = broker.client_files("ST-A")
+        conf = tmp_path / "swapd.toml"
+        conf.write_text(
+            f'[journal]\npath = "{tmp_path / "j.sqlite"}"\n'
+            f'[cloud]\nenabled = true\nhost = "{broker.host}"\nport = {broker.port}\n'
+            f'ca_file = "{broker.ca_file}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'
+            f'trusted_keys_dir = "{tmp_path / "keys"}"\n')
+        key.chmod(0o640)
+        assert cli.main(["check-config", str(conf)]) == 2
+        assert cli.main(["--config", str(conf)]) == 2
+        err = capsys.readouterr().err
+        assert "[cloud]" in err and "mode 0640" in err and str(key) in err
+        assert "Traceback" not in err
+        key.chmod(0o600)
+        assert cli.main(["check-config", str(conf)]) == 0
