@@ -89,8 +89,10 @@ What the back end may rely on:
   messages await their acknowledgement.
 - **Rack samples are not backlog.** While offline only the latest `rack` sample is kept;
   it is published on reconnect. Events, alarms and swap records are never dropped.
-- **Retention.** The journal never deletes an event the cloud has not acknowledged. A
-  disk nearly full (`cloud.disk_alarm_free_mb`) raises an alarm, journaled and published.
+- **Retention.** swapd deletes no event from its journal (there is no pruning yet; any
+  added later must stop at the cloud's cursor). A disk nearly full under the journal
+  (below `cloud.disk_alarm_free_mb`, checked every 30 s) raises an alarm `disk_low`,
+  journaled and published, with the number of events not yet delivered.
 - **The station does not wait.** Swaps go on while the broker is down; what they journal
   is delivered when it is back.
 - **Birth and will.** The birth (`status`, online true) carries a `session` number, one

@@ -65,8 +65,10 @@ async def test_a_swap_seen_from_the_back_end(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     make_keys(keys)
     with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        # a disk "nearly full" below 1 TB free: the alarm is raised, journaled, published
+        cfg = rig_config(broker, keys, disk_alarm_free_mb=1_000_000)
         async with Backend(broker) as backend, Rig(
-                speed=50, vehicles=1, workdir=tmp_path, config=rig_config(broker, keys)) as rig:
+                speed=50, vehicles=1, workdir=tmp_path, config=cfg) as rig:
             await rig.wait_for(lambda: len(rig.ended()) == 1, 90, "one swap")
             await wait_delivered(rig, backend, rig.journal_path)
             await rig.wait_for(lambda: backend.on("swaps"), 10, "the swap record")
@@ -86,6 +88,9 @@ async def test_a_swap_seen_from_the_back_end(tmp_path: Path) -> None:
         assert record["energy_kwh"] is None or record["energy_kwh"] > 0
         assert record["duration_s"] > 0
         assert backend.on("status")[-1]["online"] is False
+        disk = [e for e in backend.events(STATION) if e["kind"] == "alarm"
+                and e["data"]["alarm"] == "disk_low"]
+        assert len(disk) == 1 and "MB free under the journal" in disk[0]["data"]["reason"]
 
 
 async def test_broker_outage_during_swaps_loses_nothing(tmp_path: Path) -> None:
