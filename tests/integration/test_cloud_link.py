@@ -194,12 +194,36 @@ async def test_commands_answered_and_journaled(tmp_path: Path) -> None:
                  "unknown_key"),
                 (signed("reset", {}, station=STATION, key=key), "not_permitted"),
                 (signed("launch", {}, station=STATION, key=key), "unknown_command"),
+                (signed("slot_maintenance", {"slot": 0, "action": "lock", "reason": "x"},
+                        station=STATION, key=key), "bad_args"),
+            ]
+            now = time.time()
+            auth = {"version": 1, "valid_from": messages.utc(now - 60),
+                    "valid_until": messages.utc(now + 3600),
+                    "entries": [{"vin_prefix": "SWS", "families": [20, 25]}]}
+            cases += [
+                (signed("set_authorisations", auth, station=STATION, key=key), "ok"),
+                # the core says no: a list must be newer than the one in force
+                (signed("set_authorisations", auth, station=STATION, key=key), "refused"),
             ]
             for body, code in cases:
                 assert isinstance(body, dict)
                 await backend.send(STATION, body)
                 r = await backend.wait_response(body["request_id"])
-                assert (r["accepted"], r["code"]) == (False, code), r
+                assert (r["accepted"], r["code"]) == (code == "ok", code), r
+                assert code == "ok" or r["reason"], r
+            # the cloud may hold a swap, and never lift the hold
+            await rig.wait_for(lambda: rig.status()["packml_state"] == "Execute", 60, "a swap")
+            hold = signed("request_hold", {"reason": "grid event"}, station=STATION, key=key)
+            await backend.send(STATION, hold)
+            assert (await backend.wait_response(hold["request_id"]))["accepted"]
+            await rig.wait_for(lambda: rig.status()["packml_state"] == "Held", 10, "Held")
+            unhold = signed("unhold", {}, station=STATION, key=key)
+            await backend.send(STATION, unhold)
+            r = await backend.wait_response(unhold["request_id"])
+            assert (r["accepted"], r["code"]) == (False, "not_permitted"), r
+            await asyncio.sleep(0.3)
+            assert rig.status()["packml_state"] == "Held"
             await backend.send(STATION, b"{not json")
             await backend.send(STATION, b"x" * 1_000_000)
             await rig.wait_for(lambda: {"malformed_json", "too_large"} <= {
