@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 
 from station.core import CommandRefused
+from station.home import away_from_home
 from station.interlocks import INTERLOCKS, Interlock, Reaction
 from station.journal import Journal
 from station.packml import Cmd, State
@@ -113,8 +114,12 @@ async def clear_and_reset(rig: Rig) -> None:
         packs = packs_in_truth(rig)
         assert rig.manual_home()["done"]  # the technician's hand pendant
         assert packs_in_truth(rig) == packs  # every pack still accounted for
-        await rig.wait_for(lambda: core.status()["start_inhibited"] is None, WAIT_S,
-                           what="the read-back to show the machine home")
+    # The read-back must show the machine home too: a fault the simulator cleared a moment
+    # ago (a ghost pack on the shuttle) is still in swapd's image until its next poll.
+    # (the status's inhibit is only set by the next scan in Stopped: ask the image itself)
+    await rig.wait_for(lambda: away_from_home(rig.daemon.image.plc,
+                                              rig.daemon.cfg.sequence) is None, WAIT_S,
+                       what="the read-back to show the machine home")
     await rig.daemon.command(Cmd.RESET)
     await rig.wait_for(lambda: core.state == State.IDLE, WAIT_S, what="Idle")
 
