@@ -18,7 +18,6 @@ import contextlib
 import json
 import os
 import ssl
-import stat
 import sys
 import time
 import uuid
@@ -36,6 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from station.cloud import topics
+from station.cloud.link import CloudConfigError, check_private_file
 from station.cloud.signing import (
     KEY_ID,
     KEY_SUFFIX,
@@ -99,14 +99,9 @@ def parse_broker(url: str, ca: str | None = None, cert: str | None = None,
 def _private_file(path: Path, what: str) -> None:
     """A key or password file readable by others is refused, as the station does."""
     try:
-        st = os.stat(path)
-    except OSError as exc:
-        raise ConsoleError(f"{path}: {exc.strerror or 'cannot read'}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise ConsoleError(f"{path}: not a regular file")
-    if st.st_mode & 0o077:
-        raise ConsoleError(f"{path}: mode {stat.S_IMODE(st.st_mode):04o}: {what} must not be "
-                           "readable by others (chmod 600)")
+        check_private_file(path, what)
+    except CloudConfigError as exc:
+        raise ConsoleError(str(exc)) from None
 
 
 def tls_context(b: Broker) -> ssl.SSLContext | None:
