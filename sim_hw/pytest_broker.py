@@ -1,6 +1,8 @@
 """A real mosquitto per test (sim_hw.broker): `broker` with TLS, client certificates and
 the swapnet ACL (stations ST-A and ST-B, back end "backend"); `plain_broker` without TLS,
-anonymous, no ACL. Loaded by tests/integration/conftest.py.
+anonymous, no ACL. Loaded by tests/integration/conftest.py (a module of the installed
+package, so a conftest copied elsewhere, as tests/integration/test_rig.py does, still finds it;
+pytest is a test dependency: only tests import this).
 
 mosquitto missing is a failure, not a skip: CI installs it (scripts/_system_deps.sh), and
 a suite that silently skips the broker tests would pass without testing the link."""

@@ -65,4 +65,4 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     return rep
 
 
-from tests.integration.broker_fixtures import broker, plain_broker  # noqa: F401, E402
+from sim_hw.pytest_broker import broker, plain_broker  # noqa: F401, E402
