@@ -115,6 +115,15 @@ async def test_broker_outage_during_swaps_loses_nothing(tmp_path: Path) -> None:
         events = assert_delivered_once_in_order(backend, rig.journal_path)
         assert any(e["replayed"] for e in events), "the backlog is marked replayed"
         assert not events[0]["replayed"]
+        # after the outage the present goes first: the birth, then the state, then backlog
+        order = [(r.topic.rsplit("/", 1)[-1], r.body) for r in backend.received]
+        first_replayed = next(i for i, (leaf, b) in enumerate(order)
+                              if leaf == "events" and b["replayed"])
+        births = [i for i, (leaf, b) in enumerate(order)
+                  if leaf == "status" and b["online"] and b["session"] > 1]
+        states = [i for i, (leaf, _) in enumerate(order) if leaf == "state"]
+        assert births and births[0] < first_replayed, (births, first_replayed)
+        assert any(births[0] < i < first_replayed for i in states), "state before backlog"
         assert len({r["record_id"] for r in backend.on("swaps")}) == 3
 
 
@@ -324,3 +333,51 @@ async def test_authorisation_from_the_network_decides_who_swaps(tmp_path: Path) 
         record = backend.on("swaps")[0]
         assert record["vehicle"]["vin"] == vin and record["outcome"] == "completed"
         assert backend.on("state")[-1]["authorisation_version"] == 2
+
+
+async def test_a_reserved_pack_goes_to_its_vehicle_and_the_cap_is_honoured(
+        tmp_path: Path) -> None:
+    """reserve_pack and set_power_cap, signed, over the broker: the first car does not get
+    the pack kept for the second; the second does; the network's cap is in force."""
+    from sim_hw.config import ArrivalsConfig
+    from sim_hw.vehicles import default_vin
+
+    keys = tmp_path / "keys"
+    key = make_keys(keys)
+    first, second = "SWSBSTN20TS000101", "SWSBSTN20TS000102"
+    cars = [{"at_s": at, "family": 20, "chemistry": "nmc", "soc": 15.0, "temp_c": 30.0,
+             "vin": vin} for at, vin in ((120.0, first), (130.0, second))]
+    assert default_vin(1) not in (first, second)
+    with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        async with Backend(broker) as backend, Rig(
+                speed=50, vehicles=2, workdir=tmp_path, config=rig_config(broker, keys),
+                sim={"arrivals": ArrivalsConfig.model_validate(
+                    {"schedule": cars, "patience_s": None})}) as rig:
+            def ready20() -> list[dict[str, Any]]:
+                return [s for s in rig.core.rack_status(rig.daemon.image, rig.daemon.clock())
+                        ["slots"] if s["state"] == "ready" and s["family"] == 20]
+
+            await rig.wait_for(lambda: len(ready20()) >= 2, 30, "two ready family-20 packs")
+            best = max(ready20(), key=lambda s: (s["soc_pct"], -s["slot"]))
+            reserve = signed("reserve_pack", {
+                "vin": second, "family": 20, "min_soc_pct": 80,
+                "expires_at": messages.utc(time.time() + 3600)}, station=STATION, key=key)
+            cap = signed("set_power_cap", {"cap_kw": 50.0}, station=STATION, key=key)
+            for cmd in (reserve, cap):
+                await backend.send(STATION, cmd)
+            r = await backend.wait_response(reserve["request_id"])
+            assert r["accepted"] and r["result"]["serial"] == best["serial"], r
+            assert (await backend.wait_response(cap["request_id"]))["accepted"]
+            await rig.wait_for(lambda: len(rig.ended()) == 2, 120, "both swaps")
+            await rig.wait_for(lambda: len(backend.on("swaps")) == 2, 20, "both records")
+            await rig.wait_for(lambda: any(b["power_cap_kw"] == 50.0
+                                           for b in backend.on("rack")), 20, "the cap")
+        assert backend.invalid == []
+        records = {rec["vehicle"]["vin"]: rec for rec in backend.on("swaps")}
+        assert records[first]["pack_in"]["serial"] != best["serial"]
+        assert records[second]["pack_in"]["serial"] == best["serial"]
+        assert backend.on("state")[-1]["power_cap_kw"] == 50.0
+        kinds = [e["kind"] for e in backend.events(STATION)]
+        assert "reservation_made" in kinds and "power_cap_set" in kinds
+        used = [e for e in backend.events(STATION) if e["kind"] == "reservation_ended"]
+        assert used and used[0]["data"]["outcome"] == "used", used
