@@ -70,6 +70,10 @@ What the back end may rely on:
   the cloud's delivery cursor moves only when the broker has acknowledged the publish
   (PUBACK). After a broker outage, a reconnect, a swapd restart or a SIGKILL, publishing
   resumes from the cursor. A message may therefore arrive more than once.
+- **MQTT 5 where the broker offers it.** The station connects with MQTT 5; a broker that
+  answers "unsupported protocol version" gets MQTT 3.1.1 from then on (logged as
+  `cloud.mqtt311`). Under 3.1.1 a publication the broker's ACL refuses is acknowledged
+  like any other, so it would count as delivered: run a broker that offers MQTT 5.
 - **Deduplicate** events by (`station_id`, `event_id`) and swap records by `record_id`
   (the swap id, which starts with the station id). A message sent again is identical
   except `sent_at` and `replayed`.

@@ -40,6 +40,7 @@ from typing import Any
 import aiomqtt
 import paho.mqtt.client as mqtt
 import structlog
+from aiomqtt.exceptions import MqttConnectError
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
@@ -233,6 +234,9 @@ class CloudLink:
         # (not the few events of the start-up before its first connection)
         self._boot_last = self.outbox.last_event_id()
         self._had_outage = False
+        # MQTT 5 where the broker offers it (a refused PUBACK is visible only in 5); a
+        # broker that answers "unsupported protocol version" gets 3.1.1 from then on
+        self.protocol = aiomqtt.ProtocolVersion.V5
 
     def _read_password(self) -> str | None:
         p = self.cfg.cloud.password_file
@@ -288,6 +292,13 @@ class CloudLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # every failure ends the session, never the daemon
+                if self._no_mqtt5(exc):
+                    self.protocol = aiomqtt.ProtocolVersion.V311
+                    log.warning("cloud.mqtt311", broker=f"{c.host}:{c.port}",
+                                consequence="the broker does not offer MQTT 5: using 3.1.1, "
+                                "where a publication its ACL refuses cannot be told from a "
+                                "delivered one")
+                    continue
                 self._had_outage = True
                 self.stats.last_error = _explain(exc, self._paho_error.text)
                 self._paho_error.text = None
@@ -303,15 +314,26 @@ class CloudLink:
             await asyncio.sleep(delay * random.uniform(0.5, 1.0))
             delay = min(delay * 2.0, c.reconnect_max_s)
 
+    def _no_mqtt5(self, exc: BaseException) -> bool:
+        """A CONNACK "unsupported protocol version" (5: 0x84; a 3.1.1 broker's own 0x01)
+        to an MQTT 5 CONNECT."""
+        if self.protocol != aiomqtt.ProtocolVersion.V5 or \
+                not isinstance(exc, MqttConnectError):
+            return False
+        rc = getattr(exc, "rc", None)
+        return getattr(rc, "value", rc) in (0x84, 0x01)
+
     def _client(self, session: int) -> _Client:
         c = self.cfg.cloud
         will = aiomqtt.Will(self.topics.status, messages.encode(self._status_body(
             online=False, session=session, reason="connection lost")), qos=1, retain=True)
-        props = Properties(PacketTypes.CONNECT)
-        props.MaximumPacketSize = MAX_PACKET_BYTES
+        v5 = self.protocol == aiomqtt.ProtocolVersion.V5
+        props = Properties(PacketTypes.CONNECT) if v5 else None
+        if props is not None:
+            props.MaximumPacketSize = MAX_PACKET_BYTES
         client = _Client(
             c.host, c.port, identifier=self.cfg.station.id, username=c.username,
-            password=self._password, protocol=aiomqtt.ProtocolVersion.V5, will=will,
+            password=self._password, protocol=self.protocol, will=will,
             logger=self._mqtt_log,
             keepalive=c.keepalive_s, timeout=c.connect_timeout_s, tls_context=self._tls,
             # room above the outbox's window: state and responses never queue behind it

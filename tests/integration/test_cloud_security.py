@@ -35,7 +35,8 @@ def link_for(tmp: Path, cloud: dict[str, Any]) -> CloudLink:
     return CloudLink(cfg, Journal(tmp / "j.sqlite"), status=lambda: dict(STATUS),
                      rack=lambda: {"power_kw": 0.0, "power_cap_kw": 500.0, "slots": []},
                      submit=nothing,
-                     record=nothing, contracts={}, software_version="test",
+                     record=nothing, software_version="test",
+                     contracts={"plc_contract": "1.0", "can_protocol": "swap_pack 1.0"},
                      started_wall=time.time())
 
 
@@ -128,3 +129,59 @@ def test_check_config_refuses_a_readable_key_and_swapd_does_not_start(
         assert "Traceback" not in err
         key.chmod(0o600)
         assert cli.main(["check-config", str(conf)]) == 0
+
+
+async def _mqtt311_only_front(upstream_port: int) -> asyncio.Server:
+    """A broker that speaks only MQTT 3.1.1, as older ones do: an MQTT 5 CONNECT gets a
+    3.1.1 CONNACK "unacceptable protocol version"; a 3.1.1 one is passed to mosquitto."""
+    async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        first = await r.read(4096)
+        i = 1
+        while first[i] & 0x80:  # the remaining length's bytes
+            i += 1
+        level = first[i + 1 + 6]  # after the protocol name "MQTT" and its length
+        if level == 5:
+            w.write(bytes([0x20, 0x02, 0x00, 0x01]))
+            await w.drain()
+            w.close()
+            return
+        ur, uw = await asyncio.open_connection("127.0.0.1", upstream_port)
+        uw.write(first)
+
+        async def pipe(a: asyncio.StreamReader, b: asyncio.StreamWriter) -> None:
+            try:
+                while data := await a.read(65536):
+                    b.write(data)
+                    await b.drain()
+            finally:
+                b.close()
+
+        await asyncio.gather(pipe(r, uw), pipe(ur, w), return_exceptions=True)
+
+    return await asyncio.start_server(handle, "127.0.0.1", 0)
+
+
+async def test_a_broker_without_mqtt5_gets_3_1_1_and_the_events(tmp_path: Path) -> None:
+    from aiomqtt import ProtocolVersion
+
+    from station.events import Inhibit
+    from tests.integration.cloud_support import Backend
+
+    make_keys(tmp_path / "keys")
+    with Broker(tmp_path / "broker", tls=False) as broker:
+        front = await _mqtt311_only_front(broker.port)
+        port = front.sockets[0].getsockname()[1]
+        link = link_for(tmp_path, {"host": "127.0.0.1", "port": port})
+        async with Backend(broker) as backend:
+            link.journal.record([Inhibit(t=1.0, reason="r", vehicle_token=1)])
+            task = asyncio.create_task(link.run())
+            async with asyncio.timeout(10):
+                while not backend.events():
+                    await asyncio.sleep(0.05)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        front.close()
+        assert link.protocol == ProtocolVersion.V311
+        assert [e["kind"] for e in backend.events()] == ["inhibit"]
+        assert backend.invalid == []
