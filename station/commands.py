@@ -222,7 +222,7 @@ class CommandEntry:
 
 def _journaled_args(req: CommandRequest) -> dict[str, Any]:
     """The arguments as journaled (and published): an authorisation list by its header and
-    size, not its 20,000 entries."""
+    size, not its (up to 5,000) entries."""
     args = dict(req.args) if isinstance(req.args, Mapping) else {"args": str(req.args)[:200]}
     if req.command == SET_AUTHORISATIONS and isinstance(args.get("entries"), list):
         args["entries_count"] = len(args.pop("entries"))

@@ -218,7 +218,7 @@ class PackCommandChanged(Event):
 @dataclass(frozen=True, kw_only=True)
 class AuthorisationsSet(Event):
     """A new authorisation list is in force. The event's data is its summary; the whole
-    list (up to 20,000 entries) rides along for the journal's network state only."""
+    list (up to 5,000 entries) rides along for the journal's network state only."""
 
     kind: ClassVar[str] = "authorisations_set"
     version: int
