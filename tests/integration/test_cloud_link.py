@@ -7,6 +7,7 @@ every test asserts none failed."""
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 import time
 from pathlib import Path
@@ -381,3 +382,67 @@ async def test_a_reserved_pack_goes_to_its_vehicle_and_the_cap_is_honoured(
         assert "reservation_made" in kinds and "power_cap_set" in kinds
         used = [e for e in backend.events(STATION) if e["kind"] == "reservation_ended"]
         assert used and used[0]["data"]["outcome"] == "used", used
+
+
+async def test_the_back_end_console_and_mqtt5_correlation_against_a_station(
+        tmp_path: Path) -> None:
+    """`swapnet keygen` and `swapnet send` (a subprocess, TLS with the back end's
+    certificate) against the real station; and an MQTT 5 command with a response topic and
+    correlation data gets its answer on the responses leaf with the same correlation."""
+    import ssl
+    import sys
+
+    import aiomqtt
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from station.cloud.signing import load_private_key
+
+    keys = tmp_path / "keys"
+    keys.mkdir(mode=0o755)
+    swapnet = [sys.executable, "-m", "station.cloud.swapnet"]
+    gen = await asyncio.create_subprocess_exec(
+        *swapnet, "keygen", "--out", str(keys), "--key-id", "ops-1")
+    assert await gen.wait() == 0
+    key_file = keys / "ops-1.key"
+    (tmp_path / "ops-1.key").write_bytes(key_file.read_bytes())  # the back end's copy
+    (tmp_path / "ops-1.key").chmod(0o600)
+    key_file.unlink()  # the station keeps only the public half
+    with Broker(tmp_path / "broker", stations=[STATION]) as broker:
+        cert, bkey = broker.client_files("backend")
+        async with Rig(speed=50, vehicles=0, workdir=tmp_path,
+                       config=rig_config(broker, keys)) as rig:
+            await rig.wait_for(lambda: rig.daemon.cloud.stats.connected, 15, "connected")
+            send = await asyncio.create_subprocess_exec(
+                *swapnet, "send", "--broker", f"mqtts://{broker.host}:{broker.port}",
+                "--ca", str(broker.ca_file), "--cert", str(cert), "--key", str(bkey),
+                "--signing-key", str(tmp_path / "ops-1.key"), "--key-id", "ops-1",
+                "--station", STATION, "snapshot", stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE)
+            out, err = await send.communicate()
+            assert send.returncode == 0, (out, err)
+            answer = json.loads(out)
+            assert (answer["accepted"], answer["code"]) == (True, "ok"), answer
+
+            ctx = ssl.create_default_context(cafile=str(broker.ca_file))
+            ctx.load_cert_chain(str(cert), str(bkey))
+            leaf = f"swapnet/v1/{STATION}/responses"
+            async with aiomqtt.Client(broker.host, broker.port, identifier="backend-v5",
+                                      protocol=aiomqtt.ProtocolVersion.V5,
+                                      tls_context=ctx) as c:
+                await c.subscribe(leaf, qos=1)
+                cmd = signed("snapshot", {}, station=STATION, key_id="ops-1",
+                             key=load_private_key(tmp_path / "ops-1.key"))
+                props = Properties(PacketTypes.PUBLISH)
+                props.ResponseTopic = leaf
+                props.CorrelationData = b"corr-42"
+                await c.publish(f"swapnet/v1/{STATION}/commands", json.dumps(cmd), qos=1,
+                                properties=props)
+                async with asyncio.timeout(10):
+                    async for m in c.messages:
+                        body = json.loads(bytes(m.payload))  # type: ignore[arg-type]
+                        if body["request_id"] == cmd["request_id"]:
+                            break
+                assert m.properties is not None
+                assert m.properties.CorrelationData == b"corr-42"
+                assert body["accepted"] is True
