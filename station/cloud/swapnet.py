@@ -311,7 +311,8 @@ class Watcher:
     def _events(self, station: str, m: dict[str, Any]) -> None:
         seq, replayed = m.get("seq"), bool(m.get("replayed"))
         self.out(f"{station} event #{seq} {m.get('kind')} (event id {m.get('event_id')}) "
-                 f"at {m.get('at')}" + (" [replayed]" if replayed else ""))
+                 f"at {m.get('at')}" + (" [replayed]" if replayed else "")
+                 + _event_detail(m.get("data")))
         if not isinstance(seq, int) or isinstance(seq, bool):
             return
         last = self.last_seq.get(station)
@@ -454,5 +455,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _event_detail(data: Any) -> str:
+    """What a person watching wants of an event: the step, the alarm or fault and why."""
+    if not isinstance(data, dict):
+        return ""
+    parts = [str(data[k])[:40] for k in ("step", "new", "command", "alarm", "code")
+             if isinstance(data.get(k), str | int) and not isinstance(data.get(k), bool)]
+    why = data.get("reason")
+    if isinstance(why, str) and why:
+        parts.append(why[:160])
+    return (": " + ", ".join(parts)) if parts else ""
+
+
 if __name__ == "__main__":
     sys.exit(main())
+
