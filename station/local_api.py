@@ -42,8 +42,9 @@ if TYPE_CHECKING:
 log = structlog.get_logger("local_api")
 
 COMMANDS = ("status", "reset", "clear", "start", "stop", "hold", "unhold", "suspend",
-            "unsuspend", "abort", "pack_release")
-ARGS = {"pack_release": ("slot", "reason")}  # a command's arguments, taken from the request
+            "unsuspend", "abort", "pack_release", "slot_maintenance")
+# a command's arguments, taken from the request
+ARGS = {"pack_release": ("slot", "reason"), "slot_maintenance": ("slot", "action", "reason")}
 DEFAULT_SOCKET_PATH = "/run/swapd/swapd.sock"
 SOCKET_ENV = "SWAPD_SOCKET"
 MAX_LINE = 64 * 1024  # bytes in one request line, without the newline

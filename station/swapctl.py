@@ -36,8 +36,9 @@ HELP = {
     "unsuspend": "Suspended -> Unsuspending -> Execute",
     "abort": "category-1 stop: the swap ends as aborted -> Aborted (needs clear, then reset)",
 }
-# every word the socket takes has a sub-command here ("pack_release" is `swapctl pack release`)
-assert (*HELP, "pack_release") == COMMANDS
+# every word the socket takes has a sub-command here ("pack_release" is `swapctl pack release`,
+# "slot_maintenance" is `swapctl slot lock|release`)
+assert (*HELP, "pack_release", "slot_maintenance") == COMMANDS
 
 _LABELS = (
     ("packml_state", "state"),
@@ -75,11 +76,24 @@ def _parser() -> argparse.ArgumentParser:
     rel.add_argument("--reason", required=True, help="why it is safe now (journaled)")
     rel.add_argument("--json", action="store_true",
                      help="print the daemon's status object as JSON")
+    text = ("take a rack slot out of service for maintenance (nothing is stored in, taken "
+            "from or charged in it, across restarts) or put it back; the reason is journaled")
+    slot = sub.add_parser("slot", help="maintenance locks", description=text)
+    ssub = slot.add_subparsers(dest="slot_command", required=True, metavar="ACTION")
+    for action in ("lock", "release"):
+        sp = ssub.add_parser(action, help=f"{action} a rack slot", description=text)
+        sp.add_argument("slot", type=int, help="rack slot number")
+        sp.add_argument("--reason", required=True, help="why (journaled)")
+        sp.add_argument("--json", action="store_true",
+                        help="print the daemon's status object as JSON")
     return p
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, object]] | str:
     """(the command word, the request) for the arguments, or a usage error."""
+    if args.command == "slot":
+        return "slot_maintenance", {"cmd": "slot_maintenance", "slot": args.slot,
+                                    "action": args.slot_command, "reason": args.reason}
     if args.command != "pack":
         return args.command, {"cmd": args.command}
     slot: object = args.slot

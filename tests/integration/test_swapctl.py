@@ -196,3 +196,22 @@ async def test_pack_release_over_the_socket(rig: Rig, sock_dir: Path) -> None:
     row = rig.journal.db.execute(
         "SELECT data FROM events WHERE kind = 'slot_released'").fetchone()
     assert json.loads(row["data"])["reason"] == "thermal sensor replaced"
+
+
+async def test_a_maintenance_lock_over_the_socket(rig: Rig, sock_dir: Path) -> None:
+    """An operator at the station takes a slot out of service and puts it back, as the
+    network can with slot_maintenance; both journaled with the reason."""
+    sock = str(sock_dir / "swapd.sock")
+    r = await swapctl_run("--socket", sock, "slot", "lock", "4", "--reason", "charger swap")
+    assert r.rc == 0 and "slot_maintenance accepted" in r.out, r
+    assert 4 in rig.core.locked_out_slots and "charger swap" in rig.core.locked_out_slots[4]
+    r = await swapctl_run("--socket", sock, "slot", "lock", "4", "--reason", "again")
+    assert r.rc == 1, r  # already locked: the core says so
+    r = await swapctl_run("--socket", sock, "slot", "lock", "0", "--reason", "x")
+    assert r.rc == 1 and "slot" in r.err, r  # bounded: a rack slot is 1..n
+    r = await swapctl_run("--socket", sock, "slot", "release", "4", "--reason", "done")
+    assert r.rc == 0, r
+    assert 4 not in rig.core.locked_out_slots
+    kinds = [row["kind"] for row in rig.journal.db.execute(
+        "SELECT kind FROM events WHERE kind IN ('slot_locked', 'slot_released')")]
+    assert kinds == ["slot_locked", "slot_released"]
