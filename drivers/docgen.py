@@ -333,8 +333,10 @@ Nothing on this bus is authenticated, so no frame is believed on its own
   out until it is released (`swapctl pack release`, or the network's signed
   `slot_maintenance` release; docs/security.md).
 - **A plausible SOC.** SOC must stay within 0-100 % and may rise only as far as the
-  charge the station granted allows, plus 3 % for the estimate; lowest cell temperature
-  and voltage must not exceed the highest; a rack pack must not charge with more than
+  charge the station granted allows, plus 3 % for the estimate (a pack bound on first
+  hearing, after a restart of the station, is also allowed its own charge current limit
+  for its first 5 control periods: it may still draw on a grant from before); lowest cell
+  temperature and voltage must not exceed the highest; a rack pack must not charge with more than
   the current granted (x 1.1 + 5 A). A pack that breaks this is distrusted the same way.
 - **Fault flags are acted on** at any bound location, immediately (isolate, lock out,
   alarm): acting on a false emergency only takes a pack out of service.

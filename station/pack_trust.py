@@ -62,6 +62,9 @@ class Binding:
     capacity_ah: float | None = None
     soc_ref: float | None = None  # the last SOC judged, as the reference for the next
     ah_granted: float = 0.0  # charge the station allowed since soc_ref (ampere-hours)
+    # the SOC reference came with the pack (the swap put it here, with what was learnt of it
+    # where it was); False: bound on first hearing, it may still draw on an older grant
+    history: bool = False
     distrust: TrustEvent | None = None  # why the location is not trusted (None: trusted)
 
 
@@ -170,6 +173,11 @@ class PackTrust:
             rep = image.packs.get(loc)
             if rep is None or b.distrust is not None:
                 continue
+            if rep is not None and not b.history and now - b.since <= self.settle_s and \
+                    rep.max_charge_current_a:
+                # bound on first hearing (a restart, a pack put in by hand): until it has
+                # settled it may go on with a grant from before, at most at its own limit
+                b.ah_granted += rep.max_charge_current_a * dt * self.speed_factor / 3600.0
             ev = self._judge(b, rep)
             if ev is None and not loc.is_bay and now - b.since > self.settle_s:
                 ev = self._judge_current(b, rep, (granted_a or {}).get(loc, 0.0))
@@ -183,13 +191,14 @@ class PackTrust:
         expected = self._expected.pop(loc, None)
         if expected is not None:
             identity, b.soc_ref, carried = expected
-            b.identity = identity
+            b.identity, b.history = identity, b.soc_ref is not None
             if carried is not None and carried.distrust is None and \
                     carried.identity is not None and _same(identity, carried.identity):
                 b.identity, b.ratings, b.capacity_ah = (carried.identity, carried.ratings,
                                                         carried.capacity_ah)
                 if carried.soc_ref is not None:
                     b.soc_ref, b.ah_granted = carried.soc_ref, carried.ah_granted
+                    b.history = True
         self.bindings[loc] = b
         return b
 

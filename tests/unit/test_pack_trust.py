@@ -199,7 +199,8 @@ def test_a_soc_rising_without_the_charge_granted_is_implausible() -> None:
     run = idle_run()
     rep = run.plc.image.packs[Location.rack(3)]  # 99 %: full, nothing granted
     rep.soc_pct = 10.4
-    run.step(n=5)  # the reference moves down to what it reports
+    settled = run.now + run.core.trust.settle_s + 1.0
+    run.until(lambda: run.now > settled)  # the reference moves down to what it reports
     rep.soc_pct = 100.0
     run.step(n=2)
     (locked,) = run.kinds("slot_locked")
@@ -379,3 +380,33 @@ def test_a_rack_pack_charging_above_its_grant_is_distrusted() -> None:
     assert Location.rack(1) not in run.core.charging
     stop = [e for e in run.kinds("pack_command") if e["slot"] == 1][-1]
     assert stop["command"] == "charge_disable" and "not trusted" in stop["reason"]
+
+
+def test_a_pack_still_charging_on_a_grant_from_before_a_restart_is_not_implausible() -> None:
+    """Found by the kill test: swapd killed while a rack pack charged; the pack went on
+    charging on the dead process's last grant until its PackControl timeout. The restarted
+    station bound it on first hearing (SOC 80.1 %), had granted it nothing yet, and called
+    the 83.5 % it then heard implausible (aborting the swap that installed it). Until the
+    binding has settled, a pack with no known history may still be drawing on a grant from
+    before, at most at its own charge current limit; after that only what the station
+    grants counts (a stranger's SOC far above that is still caught at once:
+    tests/integration/test_pack_bus_attacks.py spoofs right after the start)."""
+    run = idle_run()
+    img = run.plc.image
+    slot = Location.rack(1)
+    rep = img.packs[slot]
+    # x50, as the kill test runs: 100 A for 5 s is ~7 Ah, 7 % of 100 Ah
+    rep.soc_pct, rep.rated_capacity_ah, rep.max_charge_current_a = 80.1, 100.0, 100.0
+    trust = PackTrust(speed_factor=50.0, settle_s=5.0)
+    assert trust.update(img, 0.0) == []  # bound on first hearing: no history
+    for t in (0.5, 1.0, 1.5, 2.0):
+        img.plc_read_at = t
+        assert trust.update(img, t) == []
+    rep.soc_pct = 83.5  # the old grant went on for a while
+    assert trust.update(img, 2.0) == []
+    for t in (3.0, 4.0, 5.0, 6.0, 7.0):  # settled
+        img.plc_read_at = t
+        assert trust.update(img, t) == []
+    rep.soc_pct = 95.0  # nothing granted since: implausible
+    out = trust.update(img, 7.0)
+    assert [e.kind for e in out] == ["soc_implausible"], out
