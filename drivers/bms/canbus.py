@@ -34,7 +34,7 @@ import structlog
 from drivers.bms import j1939_tp
 from drivers.bms.protocol import (
     STATION_SA,
-    TRANSPORT_PGNS,
+    TRANSPORT_DP_PF,
     Decoded,
     FrameError,
     PackProtocol,
@@ -411,8 +411,8 @@ class PackBus:
         data = bytes(msg.data)
         if self.tp.open_transfers:
             self.tp.expire(t)  # T1 runs whatever else is on the bus
-        _, pgn, sa, da = split_id(can_id)
-        if pgn in TRANSPORT_PGNS:
+        if (can_id >> 16) & 0x3FF in TRANSPORT_DP_PF:  # the id is split once, by decode
+            _, pgn, sa, da = split_id(can_id)
             self._transport(pgn, sa, da, can_id, data, t)
             return
         try:

@@ -36,6 +36,9 @@ MAX_RACK_SLOTS = 0x60
 PDU1_LIMIT = 0xF0  # PF below 0xF0: destination-specific (PS byte is the destination)
 FRAME_BYTES = 8  # classic CAN; a longer message needs J1939-21 transport
 TRANSPORT_PGNS = (j1939_tp.TP_CM_PGN, j1939_tp.TP_DT_PGN)
+# their data page and PDU format (identifier bits 16-25), for a test of a frame's id that
+# costs one shift and one mask on the CAN ingest path
+TRANSPORT_DP_PF = frozenset(pgn >> 8 for pgn in TRANSPORT_PGNS)
 
 
 class FrameError(ValueError):
