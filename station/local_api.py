@@ -58,11 +58,14 @@ class DuplicateKey(ValueError):
     """A JSON object that names a key twice: which value was meant is not known."""
 
 
-def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json.loads' object_pairs_hook for everything the station is sent (a request here, a
+    cloud command): a key twice is refused, never the last one winning."""
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise DuplicateKey(f"duplicate key {k!r} in a request")
+            key = repr(k) if len(k) <= 40 else repr(k[:37]) + "..."
+            raise DuplicateKey(f"duplicate key {key}")
         out[k] = v
     return out
 
@@ -310,10 +313,11 @@ class LocalApiServer:
 
     async def _answer(self, line: bytes, peer: PeerCred) -> bytes:
         try:
-            req = json.loads(line, object_pairs_hook=_no_duplicate_keys)
+            req = json.loads(line, object_pairs_hook=no_duplicate_keys)
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError
             why = ("nested too deeply" if isinstance(exc, RecursionError)
-                   else str(exc) if isinstance(exc, DuplicateKey) else f"malformed JSON: {exc}")
+                   else f"{exc} in a request" if isinstance(exc, DuplicateKey)
+                   else f"malformed JSON: {exc}")
             self._warn.warning("local_api.bad_request", uid=peer.uid, pid=peer.pid, error=why)
             return _encode(_error(why))
         if not isinstance(req, dict):

@@ -47,6 +47,7 @@ import jsonschema
 from jsonschema.exceptions import ValidationError, best_match
 
 from station.cloud.signing import BadSignature, Keyring, UnknownKey
+from station.local_api import DuplicateKey, no_duplicate_keys
 
 MAX_DEPTH: Final = 32  # the deepest command (set_authorisations) is 4 levels
 MAX_REASON_CHARS: Final = 200
@@ -97,15 +98,6 @@ class Rejection:
 
 class _Refused(ValueError):
     """Raised inside the JSON decoder's hooks: JSON this station does not take."""
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise _Refused(f"duplicate key {_short(k, 40)}")
-        out[k] = v
-    return out
 
 
 def _constant(name: str) -> Any:
@@ -168,9 +160,9 @@ def _load_json(payload: bytes) -> tuple[Any, str | None]:
     except UnicodeDecodeError as exc:
         return None, f"not UTF-8 (byte {exc.start})"
     try:
-        obj = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_constant,
+        obj = json.loads(text, object_pairs_hook=no_duplicate_keys, parse_constant=_constant,
                          parse_int=_int, parse_float=_float)
-    except _Refused as exc:
+    except (_Refused, DuplicateKey) as exc:
         return None, str(exc)
     except RecursionError:
         return None, f"nested deeper than {MAX_DEPTH} levels"
