@@ -87,14 +87,118 @@ class ModbusSection(_Section):
     # a Modbus TCP answer takes milliseconds; one not there after 30 s never comes
     timeout_s: float = Field(1.0, ge=0.01, le=30.0)
 
+    @property
+    def update_period_s(self) -> float:
+        """How often fresh inputs arrive: one poll."""
+        return self.poll_period_s
+
+    @property
+    def quiet_period_s(self) -> float:
+        """The longest a working link goes without delivering inputs: one poll."""
+        return self.poll_period_s
+
+
+OpcUaPolicy = Literal["Basic256Sha256", "Aes256Sha256RsaPss", "Aes128Sha256RsaOaep", "None"]
+OPCUA_DEFAULT_PKI = Path("/var/lib/swapd/pki")
+
+
+class OpcUaSection(_Section):
+    """`[plc.opcua]`: the OPC UA link (drivers/plc/opcua_link.py). Secure by default:
+    Basic256Sha256 with SignAndEncrypt; policy "None" needs `allow_insecure = true` and is
+    warned about at every start."""
+
+    endpoint: str = Field("opc.tcp://127.0.0.1:4840", max_length=400, pattern=(
+        r"^opc\.tcp://([^\s\x00/:\[\]]+|\[[0-9A-Fa-f:.]+\])"  # host or [IPv6]
+        r"(:\d{1,5})?(/[^\s\x00]*)?$"))  # :port, /path
+    node_map: FilePath | None = None  # None: the node map shipped with the package
+    security_policy: OpcUaPolicy = "Basic256Sha256"
+    security_mode: Literal["SignAndEncrypt", "Sign"] = "SignAndEncrypt"
+    allow_insecure: bool = False  # must be true for security_policy = "None"
+    # The trust list, laid out as PLC vendors do: trusted/certs (server certificates, or the
+    # CAs that issued them, swapd accepts), rejected/certs (refused ones, for an operator),
+    # own/certs and own/private (swapd's application certificate and key, `swapd certs
+    # create`).
+    pki_dir: FilePath = OPCUA_DEFAULT_PKI
+    certificate: FilePath | None = None  # None: pki_dir/own/certs/swapd.der
+    private_key: FilePath | None = None  # None: pki_dir/own/private/swapd.pem
+    application_uri: str = Field("urn:swapstation:swapd", min_length=1, max_length=200,
+                                 pattern=r"^[A-Za-z][A-Za-z0-9+.-]*:[^\s\x00]+$")
+    # User authentication: anonymous (neither), username + password_file (a file readable
+    # by the service only), or an X.509 user certificate and its key.
+    username: str | None = Field(None, min_length=1, max_length=100,
+                                 pattern=r"^[^\x00-\x1f\x7f]+$")
+    password_file: FilePath | None = None
+    user_certificate: FilePath | None = None
+    user_private_key: FilePath | None = None
+    # Subscription: inputs are monitored items of one subscription
+    publishing_interval_ms: float = Field(10.0, ge=1.0, le=1000.0)
+    sampling_interval_ms: float = Field(5.0, ge=0.0, le=1000.0)  # 0: as fast as possible
+    queue_size: int = Field(1, ge=1, le=100)
+    keepalive_count: int = Field(10, ge=1, le=1000)
+    # every connect (socket, secure channel, session, subscription) within this deadline
+    connect_timeout_s: float = Field(5.0, ge=0.1, le=60.0)
+    request_timeout_s: float = Field(1.0, ge=0.01, le=30.0)  # a read, a write, a call
+    session_timeout_s: float = Field(30.0, ge=1.0, le=3600.0)
+
+    @model_validator(mode="after")
+    def _secure_unless_said(self) -> OpcUaSection:
+        if self.security_policy == "None" and not self.allow_insecure:
+            raise ValueError('plc.opcua.security_policy = "None" sends everything in the '
+                             "clear, unauthenticated: set plc.opcua.allow_insecure = true to "
+                             "mean it")
+        if (self.username is None) != (self.password_file is None):
+            raise ValueError("plc.opcua.username and plc.opcua.password_file go together")
+        if (self.user_certificate is None) != (self.user_private_key is None):
+            raise ValueError("plc.opcua.user_certificate and plc.opcua.user_private_key go "
+                             "together")
+        if self.username is not None and self.user_certificate is not None:
+            raise ValueError("plc.opcua: a username or a user certificate, not both")
+        if self.security_policy == "None" and self.username is not None:
+            raise ValueError('plc.opcua: a password over security_policy = "None" would '
+                             "cross the network readable by anyone")
+        return self
+
+    @property
+    def lifetime_count(self) -> int:
+        """The subscription's lifetime in publishing intervals (OPC UA: at least three
+        keep-alives); the server drops the subscription after this long unanswered."""
+        return max(3 * self.keepalive_count, 100)
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        rest = self.endpoint[len("opc.tcp://"):].split("/", 1)[0]
+        host, colon, port = rest.rpartition(":")
+        if not colon or (host.startswith("[") and not host.endswith("]")):
+            return rest.strip("[]"), 4840  # no port: OPC UA's registered 4840
+        return host.strip("[]"), int(port)
+
+    @property
+    def certificate_path(self) -> Path:
+        return self.certificate or self.pki_dir / "own" / "certs" / "swapd.der"
+
+    @property
+    def private_key_path(self) -> Path:
+        return self.private_key or self.pki_dir / "own" / "private" / "swapd.pem"
+
+    @property
+    def update_period_s(self) -> float:
+        """How often fresh inputs can arrive: one publishing interval."""
+        return self.publishing_interval_ms / 1000
+
+    @property
+    def quiet_period_s(self) -> float:
+        """The longest a working subscription is silent: its keep-alive period."""
+        return self.publishing_interval_ms * self.keepalive_count / 1000
+
 
 # Protocol name -> its config section. The link implementations are found by the same
 # names in drivers/plc/registry.py.
-PLC_PROTOCOL_SECTIONS: dict[str, type[_Section]] = {"modbus": ModbusSection}
+PLC_PROTOCOL_SECTIONS: dict[str, type[_Section]] = {"modbus": ModbusSection,
+                                                     "opcua": OpcUaSection}
 
 
 class PlcSection(_Section):
-    protocol: Literal["modbus"] = "modbus"
+    protocol: Literal["modbus", "opcua"] = "modbus"
     contract: FilePath | None = None  # None: the PLC contract shipped with the package
     heartbeat_period_s: float = Field(0.1, ge=0.001, le=1.0)
     # below 1 s: a step timeout is never shorter than 1 s (SequenceSection.timeout), and a
@@ -102,6 +206,7 @@ class PlcSection(_Section):
     stale_after_s: float = Field(0.5, ge=0.01, lt=1.0,
                                  description="PLC inputs older than this are unsafe")
     modbus: ModbusSection | None = None
+    opcua: OpcUaSection | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -122,11 +227,13 @@ class PlcSection(_Section):
 
     @model_validator(mode="after")
     def _periods_below_staleness(self) -> PlcSection:
-        poll = getattr(self.link_section(), "poll_period_s", None)
-        if poll is not None and self.stale_after_s < 2 * poll:
+        quiet = self.link_section().quiet_period_s
+        if self.stale_after_s < 2 * quiet:
+            what = ("poll_period_s" if self.protocol == "modbus"
+                    else "publishing_interval_ms x keepalive_count")
             raise ValueError(
                 f"plc.stale_after_s = {self.stale_after_s:g} s must be at least twice "
-                f"plc.{self.protocol}.poll_period_s = {poll:g} s: one late read is not a "
+                f"plc.{self.protocol}.{what} = {quiet:g} s: one late update is not a "
                 "dead PLC")
         if self.heartbeat_period_s >= self.stale_after_s:
             raise ValueError(
@@ -134,15 +241,20 @@ class PlcSection(_Section):
                 f"plc.stale_after_s = {self.stale_after_s:g} s")
         return self
 
-    def link_section(self) -> _Section:
+    def link_section(self) -> ModbusSection | OpcUaSection:
         """The chosen protocol's section (its defaults when the file has none)."""
         section = getattr(self, self.protocol)
-        return section if section is not None else PLC_PROTOCOL_SECTIONS[self.protocol]()
+        if section is None:
+            section = PLC_PROTOCOL_SECTIONS[self.protocol]()
+        assert isinstance(section, ModbusSection | OpcUaSection)
+        return section
 
     @property
     def endpoint(self) -> str:
         s = self.link_section()
-        return f"{self.protocol}://{getattr(s, 'host', '?')}:{getattr(s, 'port', '?')}"
+        if isinstance(s, OpcUaSection):
+            return s.endpoint
+        return f"{self.protocol}://{s.host}:{s.port}"
 
 
 class CanSection(_Section):
@@ -501,12 +613,12 @@ class StationConfig(_Section):
                     f"chemistry.{name}.charge_cutoff_cell_v = {lim.charge_cutoff_cell_v:g} V: "
                     f"a {name} cell's charge cut-off lies within {lo:g}..{hi:g} V")
         seq, il = self.sequence, self.interlocks
-        poll = getattr(self.plc.link_section(), "poll_period_s", None)
-        if poll is not None and seq.handshake_timeout_s < 2 * poll:
+        update = self.plc.link_section().update_period_s
+        if seq.handshake_timeout_s < 2 * update:
             raise ValueError(
                 f"sequence.handshake_timeout_s = {seq.handshake_timeout_s:g} s must be at "
-                f"least two PLC polls (plc.{self.plc.protocol}.poll_period_s = {poll:g} s): "
-                "the echo is seen on a read")
+                f"least two PLC input updates (plc.{self.plc.protocol}: {update:g} s): "
+                "the echo is seen in the inputs")
         if seq.position_tolerance_mm >= il.vehicle_drift_mm:
             raise ValueError(
                 f"sequence.position_tolerance_mm = {seq.position_tolerance_mm:g} mm must be "

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from station.config import ConfigError, StationConfig, load_config
+from station.config import ConfigError, OpcUaSection, StationConfig, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -80,19 +80,49 @@ def test_step_timeouts_default_from_the_step_rows_and_override_by_name() -> None
     assert seq.timeout("release") == STEPS_BY_NAME["release"].timeout_s
 
 
-def test_a_section_or_key_of_another_protocol_is_named(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    from station import config
-
-    class OtherSection(config.ModbusSection):
-        endpoint: str = "opc.tcp://plc:4840"
-
-    monkeypatch.setitem(config.PLC_PROTOCOL_SECTIONS, "other", OtherSection)
-    with pytest.raises(ValueError, match=r"section of protocol 'other', but plc\.protocol is "
+def test_a_section_or_key_of_another_protocol_is_named() -> None:
+    with pytest.raises(ValueError, match=r"section of protocol 'opcua', but plc\.protocol is "
                                          r"'modbus'"):
-        StationConfig.model_validate({"plc": {"protocol": "modbus", "other": {}}})
-    with pytest.raises(ValueError, match="'endpoint' is a key of protocol 'other'"):
+        StationConfig.model_validate({"plc": {"protocol": "modbus", "opcua": {}}})
+    with pytest.raises(ValueError, match=r"section of protocol 'modbus', but plc\.protocol is "
+                                         r"'opcua'"):
+        StationConfig.model_validate({"plc": {"protocol": "opcua", "modbus": {}}})
+    with pytest.raises(ValueError, match="'endpoint' is a key of protocol 'opcua'"):
         StationConfig.model_validate({"plc": {"endpoint": "opc.tcp://x:4840"}})
+    with pytest.raises(ValueError, match="'poll_period_s' is a key of protocol 'modbus'"):
+        StationConfig.model_validate({"plc": {"protocol": "opcua", "poll_period_s": 0.1}})
+
+
+def test_opcua_is_secure_unless_the_file_says_otherwise() -> None:
+    cfg = StationConfig.model_validate({"plc": {"protocol": "opcua"}})
+    section = cfg.plc.link_section()
+    assert isinstance(section, OpcUaSection)
+    assert (section.security_policy, section.security_mode) == ("Basic256Sha256",
+                                                                "SignAndEncrypt")
+    with pytest.raises(ValueError, match="allow_insecure"):
+        StationConfig.model_validate(
+            {"plc": {"protocol": "opcua", "opcua": {"security_policy": "None"}}})
+    ok = StationConfig.model_validate({"plc": {"protocol": "opcua", "opcua": {
+        "security_policy": "None", "allow_insecure": True}}})
+    assert ok.plc.endpoint == "opc.tcp://127.0.0.1:4840"
+    with pytest.raises(ValueError, match="password"):  # a password in the clear: never
+        StationConfig.model_validate({"plc": {"protocol": "opcua", "opcua": {
+            "security_policy": "None", "allow_insecure": True, "username": "swapd",
+            "password_file": "/etc/swapd/opcua.password"}}})
+    with pytest.raises(ValueError, match="go together"):
+        StationConfig.model_validate({"plc": {"protocol": "opcua", "opcua": {
+            "username": "swapd"}}})
+    for bad in ("http://plc:4840", "opc.tcp://plc:port", "opc.tcp://pl c"):
+        with pytest.raises(ValueError, match="endpoint"):
+            StationConfig.model_validate({"plc": {"protocol": "opcua", "opcua": {
+                "endpoint": bad}}})
+
+
+def test_a_subscription_quieter_than_staleness_allows_is_refused() -> None:
+    # keep-alive every 50 x 10 ms = 0.5 s: a quiet but healthy PLC would look dead
+    with pytest.raises(ValueError, match="keepalive_count"):
+        StationConfig.model_validate({"plc": {"protocol": "opcua", "opcua": {
+            "keepalive_count": 50}}})
 
 
 def test_a_broken_contract_or_dbc_file_stops_the_daemon(tmp_path: Path) -> None:
