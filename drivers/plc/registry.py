@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 # protocol name -> (module, class name of its PlcLink)
 PLC_LINKS: dict[str, tuple[str, str]] = {
     "modbus": ("drivers.plc.modbus_link", "ModbusPlcLink"),
+    "opcua": ("drivers.plc.opcua_link", "OpcUaPlcLink"),
 }
 
 

@@ -1,0 +1,690 @@
+"""PLC link over OPC UA (asyncua client), driven by the node map (the contract's OPC UA
+addressing, drivers/plc/nodemap.py).
+
+Inputs arrive by subscription: every contract input is a monitored item (data change) of
+one subscription. Each publish response is applied as a whole: its data changes update
+the link's copy of the input image, and once the image is complete, good and of the right
+types, it goes to the core with the time the response arrived. A keep-alive (a publish
+response without data) says the server still samples and nothing changed, so the same
+image goes out again with the keep-alive's time. An input with a bad status or a value of
+the wrong type withholds the whole image (the core sees the inputs age, as for a Modbus
+exception reply) and is logged naming the node.
+
+The subscription is watched: no publish response within `keepalive_count` publishing
+intervals (x 1.5, for the network) means it is dead; the link drops the session and
+connects anew. Every connection is a new client, session and subscription: swapd never
+reactivates an old session or transfers a subscription (an S7-1500 answers
+TransferSubscriptions with BadServiceUnsupported anyway), and a response of a session it
+gave up is ignored, so nothing from before a reconnect reaches the core.
+
+Outputs: the whole block at once by a method call ("method" mode of the node map), or
+Write requests in the map's order with cmd_seq alone and last ("write" mode), on change,
+every heartbeat period (the link owns ctrl_heartbeat) and at once with write_now(). After a
+reconnect the whole block is written again before anything else.
+
+Security: the policy and mode of `[plc.opcua]` (Basic256Sha256 / SignAndEncrypt by
+default), swapd's application certificate, the trust list (drivers/plc/opcua_security.py:
+an unknown server certificate is refused and copied to rejected/), username/password or an
+X.509 user certificate. A connection whose server certificate expires is dropped at that
+moment (and the next one is refused).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Self
+
+import structlog
+from asyncua import Client, ua
+from asyncua.crypto import security_policies
+from pydantic import BaseModel
+
+from drivers.plc.contract import PlcContract
+from drivers.plc.link import Clock, LinkStats, PlcLink
+from drivers.plc.nodemap import NodeMap, NodeSignal, NodeValueError, load_node_map
+from drivers.ratelimit import RateLimitedWarnings
+from station.config import OpcUaSection, PlcSection
+
+HEARTBEAT = "ctrl_heartbeat"
+LOG_INTERVAL = 1.0  # at most one log line per error kind per second
+BACKOFF_MIN_S = 0.1
+BACKOFF_MAX_S = 5.0
+STALL_MARGIN = 1.5  # a keep-alive may come this much later than promised (network, load)
+CLOSE_TIMEOUT_S = 1.0  # closing a session politely; a dead server is not waited for
+
+POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
+    "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
+    "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
+    "Aes128Sha256RsaOaep": security_policies.SecurityPolicyAes128Sha256RsaOaep,
+}
+MODES = {"SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
+         "Sign": ua.MessageSecurityMode.Sign}
+
+# asyncua logs every publish at INFO and tracebacks of expected failures (a refused
+# certificate, a lost connection) at ERROR; the link reports those itself, once and clearly.
+logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+
+
+class OpcUaLinkError(Exception):
+    """A connection that cannot be used: the message says why, naming the node or the file."""
+
+
+@dataclass
+class OpcUaLinkStats(LinkStats):
+    publishes: int = 0  # publish responses received (data and keep-alives)
+    keepalives: int = 0
+    stalls: int = 0  # subscriptions judged dead (no publish within the keep-alive period)
+    bad_values: int = 0  # publish responses withheld: an input bad or of the wrong type
+
+
+def describe_error(exc: BaseException) -> str:
+    """One line for an asyncua failure: the status name and its meaning where known."""
+    if isinstance(exc, ua.UaStatusCodeError):
+        name, doc = ua.status_codes.code_to_name_doc.get(exc.code, (f"0x{exc.code:08X}", ""))
+        return f"{name}: {doc}" if doc else name
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return str(exc) or type(exc).__name__
+
+
+class _Session:
+    """One connection: its client, resolved nodes and subscription. Thrown away whole."""
+
+    def __init__(self, client: Client, generation: int) -> None:
+        self.client = client
+        self.generation = generation
+        self.nodes: dict[str, ua.NodeId] = {}  # signal -> resolved NodeId
+        self.method: tuple[ua.NodeId, ua.NodeId] | None = None
+        self.handles: dict[int, NodeSignal] = {}  # monitored item client handle -> signal
+        self.subscription_id: int | None = None
+        self.raw: dict[str, Any] = {}  # signal -> last value (wire form)
+        self.bad: dict[str, str] = {}  # signal -> why its latest value is unusable
+        self.last_publish: float = 0.0  # loop time of the last publish response
+        self.server_cert_expires: datetime | None = None
+        self.lost = asyncio.Event()
+        self.lost_reason = ""
+
+
+class OpcUaPlcLink(PlcLink):
+    """PlcLink over OPC UA. Stats: `polls` images delivered, `poll_errors` publish
+    responses withheld (bad or wrong-typed inputs) and dead subscriptions, `writes` /
+    `write_errors` acknowledged / failed output writes, `exceptions` bad status codes by
+    name, `reconnects` connection attempts after a failure, plus `publishes`,
+    `keepalives`, `stalls` and `bad_values`.
+
+    An exception raised by on_inputs or on_connection ends run(): a broken core must not
+    keep the heartbeat alive."""
+
+    def __init__(
+        self,
+        section: OpcUaSection,
+        nmap: NodeMap,
+        *,
+        heartbeat_period: float,
+        clock: Clock = time.monotonic,
+        backoff_min: float = BACKOFF_MIN_S,
+        backoff_max: float = BACKOFF_MAX_S,
+        logger: Any = None,
+    ) -> None:
+        super().__init__()
+        self.stats: OpcUaLinkStats = OpcUaLinkStats()
+        hb = nmap.signals.get(HEARTBEAT)
+        if hb is None or hb.direction != "out" or hb.enum is not None or hb.type == "Boolean":
+            raise ValueError(f"the contract has no numeric output signal {HEARTBEAT}")
+        self.section = section
+        self.nmap = nmap
+        self.heartbeat_period = heartbeat_period
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        self._clock = clock
+        self._log = (logger or structlog.get_logger(__name__)).bind(plc=section.endpoint)
+        self._limited = RateLimitedWarnings(self._log, LOG_INTERVAL)
+        self._security = None if section.security_policy == "None" else \
+            POLICIES[section.security_policy]
+        self._session: _Session | None = None
+        self._generation = 0
+        self._desired: dict[str, Any] = {}
+        self._heartbeat = 0
+        self._heartbeat_due = float("-inf")
+        self._version = 0
+        self._acked_version = -1
+        self._written: dict[str, Any] | None = None  # wire values the PLC last acknowledged
+        self._write_lock = asyncio.Lock()
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._closing = False
+        self._reported: bool | None = None
+        self._trust: Any = None  # the trust list (opcua_security.TrustList), made on first use
+        self.last_refusal: str | None = None  # why the last connection was refused
+
+    @classmethod
+    def from_config(
+        cls, plc: PlcSection, section: BaseModel, contract: PlcContract, clock: Clock
+    ) -> Self:
+        """`[plc]` gives the heartbeat period, `[plc.opcua]` the endpoint, the node map
+        (None: the one shipped with the package), security and the subscription's
+        intervals."""
+        if not isinstance(section, OpcUaSection):
+            raise TypeError(f"OpcUaPlcLink needs an OpcUaSection, not {type(section).__name__}")
+        nmap = load_node_map(section.node_map, contract=contract)
+        return cls(section, nmap, heartbeat_period=plc.heartbeat_period_s, clock=clock)
+
+    # ------------------------------------------------------------------ interface
+
+    @property
+    def connected(self) -> bool:
+        s = self._session
+        return s is not None and s.subscription_id is not None and not s.lost.is_set()
+
+    def set_outputs(self, values: dict[str, Any]) -> None:
+        for name in values:
+            sig = self.nmap.signals.get(name)
+            if sig is None or sig.direction != "out":
+                raise ValueError(f"{name} is not an output signal of the PLC contract")
+            if name == HEARTBEAT:
+                raise ValueError(f"{HEARTBEAT} is written by the link itself")
+        merged = {**self._desired, **values}
+        self.nmap.encode(merged)  # a bad value fails in the caller, not in the link's cycle
+        if merged != self._desired:
+            self._desired = merged
+            self._version += 1
+            self._wake.set()
+
+    async def write_now(self) -> float | None:
+        if not self.connected:
+            return None
+        return await self._write(force=True)
+
+    async def run(self) -> None:
+        self._closing = False
+        self._stop.clear()
+        backoff = self.backoff_min
+        if self._security is None:
+            self._log.warning("plc.opcua_insecure", policy="None",
+                              note="no signature, no encryption: anyone on the network can "
+                              "read and forge the PLC's signals")
+        try:
+            while not self._closing:
+                session = await self._open()
+                if session is not None:
+                    self._report(True)
+                    self._log.info("plc.connected", generation=session.generation)
+                    if await self._cycle(session):
+                        backoff = self.backoff_min  # only after a good image
+                    if self._closing:
+                        break
+                    self._log.warning("plc.disconnected", reason=session.lost_reason,
+                                      last_error=self.stats.last_error)
+                    await self._drop()
+                self._report(False)
+                self.stats.reconnects += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stop.wait(), backoff)
+                backoff = min(backoff * 2, self.backoff_max)
+        finally:
+            await self._drop()
+            if self._reported:
+                self._report(False)
+
+    async def close(self) -> None:
+        self._closing = True
+        self._stop.set()
+        self._wake.set()
+        s = self._session
+        if s is not None:
+            s.lost_reason = "closed"
+            s.lost.set()
+
+    # ------------------------------------------------------------------ connection
+
+    def _new_client(self) -> Client:
+        sec = self.section
+        client = Client(sec.endpoint, timeout=sec.request_timeout_s, watchdog_intervall=1.0)
+        client.application_uri = sec.application_uri
+        client.name = "swapd"
+        client.description = "swapd station controller"
+        client.session_timeout = int(sec.session_timeout_s * 1000)
+        return client
+
+    async def _open(self) -> _Session | None:
+        """Connect a new client within the connect deadline; None (logged) on failure."""
+        self._generation += 1
+        client = self._new_client()
+        session = _Session(client, self._generation)
+        self._session = session
+        try:
+            await asyncio.wait_for(self._connect(session), self.section.connect_timeout_s)
+        except (Exception, TimeoutError) as exc:  # every asyncua failure is an Exception
+            error = self._refusal(exc)
+            self.stats.last_error = f"connect: {error}"
+            self._limited.warning("plc.connect_failed", error=error,
+                                  reconnects=self.stats.reconnects)
+            await self._drop()
+            return None
+        self.last_refusal = None
+        self._acked_version = -1  # the PLC may have restarted: the whole block again
+        self._written = None
+        self._heartbeat_due = float("-inf")
+        return session
+
+    def _refusal(self, exc: BaseException) -> str:
+        """Why a connect failed, in words an operator can act on."""
+        text = describe_error(exc)
+        if isinstance(exc, TimeoutError):
+            text = (f"no answer within {self.section.connect_timeout_s:g} s "
+                    "(plc.opcua.connect_timeout_s)")
+        elif isinstance(exc, ua.UaError) and "No matching endpoints" in str(exc):
+            text = (f"the server offers no endpoint with security policy "
+                    f"{self.section.security_policy} and mode {self._mode_name()} "
+                    "(plc.opcua.security_policy / security_mode)")
+        elif isinstance(exc, ua.UaStatusCodeError) and exc.code in (
+                ua.StatusCodes.BadUserAccessDenied, ua.StatusCodes.BadIdentityTokenRejected,
+                ua.StatusCodes.BadIdentityTokenInvalid):
+            who = self.section.username or ("the X.509 user certificate"
+                                             if self.section.user_certificate else "anonymous")
+            text = f"the server refused user {who}: {text} (check the password file or " \
+                   "the user's rights on the PLC)"
+        rejection = getattr(self._trust, "last_rejection", None)
+        if rejection and isinstance(exc, ua.UaStatusCodeError) and "Certificate" in text:
+            text = f"{text}: {rejection}"
+        self.last_refusal = text
+        return text
+
+    def _mode_name(self) -> str:
+        return "None" if self._security is None else self.section.security_mode
+
+    async def _connect(self, session: _Session) -> None:
+        client, sec = session.client, self.section
+        if self._security is not None:
+            from drivers.plc.opcua_security import TrustList, check_private_key_file
+
+            if self._trust is None:
+                self._trust = TrustList(sec.pki_dir, peer="server")
+            check_private_key_file(sec.private_key_path, "plc.opcua.private_key")
+            client.certificate_validator = self._trust.validate
+            await client.set_security(self._security, str(sec.certificate_path),
+                                      str(sec.private_key_path),
+                                      mode=MODES[sec.security_mode])
+        if sec.username is not None and sec.password_file is not None:
+            from drivers.plc.opcua_security import read_password
+
+            client.set_user(sec.username)
+            client.set_password(read_password(sec.password_file))
+        elif sec.user_certificate is not None and sec.user_private_key is not None:
+            from drivers.plc.opcua_security import check_private_key_file
+
+            check_private_key_file(sec.user_private_key, "plc.opcua.user_private_key")
+            await client.load_client_certificate(str(sec.user_certificate))
+            await client.load_private_key(Path(sec.user_private_key))
+        await client.connect(auto_reconnect=False)
+        client.connection_lost_callback = self._lost_callback(session)
+        peer = getattr(client.security_policy, "peer_certificate", None)
+        if peer:
+            from cryptography import x509
+
+            cert = x509.load_der_x509_certificate(peer)
+            session.server_cert_expires = cert.not_valid_after_utc
+        await self._resolve(session)
+        await self._subscribe(session)
+
+    def _lost_callback(self, session: _Session) -> Any:
+        async def lost(exc: Exception) -> None:
+            self._lose(session, f"connection lost: {describe_error(exc)}")
+        return lost
+
+    def _lose(self, session: _Session, reason: str) -> None:
+        if not session.lost.is_set():
+            session.lost_reason = reason
+            session.lost.set()
+            self._wake.set()
+
+    async def _resolve(self, session: _Session) -> None:
+        """The NodeIds of every mapped signal (the namespace index, browse paths), checked
+        to exist with the map's data type, array size and access."""
+        client, nmap = session.client, self.nmap
+        try:
+            ns = await client.get_namespace_index(nmap.namespace_uri)
+        except ValueError:
+            raise OpcUaLinkError(f"the server has no namespace {nmap.namespace_uri!r} "
+                                 f"(server.namespace_uri in {nmap.origin})") from None
+        for sig in nmap.signals.values():
+            if sig.node is not None:
+                session.nodes[sig.name] = ua.NodeId.from_string(f"ns={ns};{sig.node}")
+            else:
+                assert sig.path is not None
+                names = [f"{ns}:{p}" for p in (*nmap.root, *sig.path)]
+                try:
+                    node = await client.nodes.objects.get_child(names)
+                except ua.UaStatusCodeError as exc:
+                    raise OpcUaLinkError(f"{sig.name}: no node at browse path "
+                                         f"{'/'.join((*nmap.root, *sig.path))}: "
+                                         f"{describe_error(exc)}") from None
+                session.nodes[sig.name] = node.nodeid
+        if nmap.output_mode == "method":
+            assert nmap.method_object is not None and nmap.method is not None
+            session.method = (ua.NodeId.from_string(f"ns={ns};{nmap.method_object}"),
+                              ua.NodeId.from_string(f"ns={ns};{nmap.method}"))
+        problems = await check_nodes(client, nmap, session.nodes, session.method)
+        if problems:
+            raise OpcUaLinkError("; ".join(problems))
+
+    async def _subscribe(self, session: _Session) -> None:
+        sec, client = self.section, session.client
+        params = ua.CreateSubscriptionParameters()
+        params.RequestedPublishingInterval = sec.publishing_interval_ms
+        params.RequestedMaxKeepAliveCount = sec.keepalive_count
+        params.RequestedLifetimeCount = sec.lifetime_count
+        params.MaxNotificationsPerPublish = 0
+        params.PublishingEnabled = True
+        params.Priority = 0
+        result = await client.uaclient.create_subscription(
+            params, self._publish_callback(session))
+        session.subscription_id = result.SubscriptionId
+        session.last_publish = asyncio.get_running_loop().time()
+        items = []
+        for i, sig in enumerate(self.nmap.inputs(), start=1):
+            item = ua.MonitoredItemCreateRequest()
+            item.ItemToMonitor = ua.ReadValueId(NodeId=session.nodes[sig.name],
+                                                AttributeId=ua.AttributeIds.Value)
+            item.MonitoringMode = ua.MonitoringMode.Reporting
+            item.RequestedParameters = ua.MonitoringParameters(
+                ClientHandle=i, SamplingInterval=sec.sampling_interval_ms,
+                QueueSize=sec.queue_size, DiscardOldest=True)
+            items.append(item)
+            session.handles[i] = sig
+        mparams = ua.CreateMonitoredItemsParameters()
+        mparams.SubscriptionId = result.SubscriptionId
+        mparams.TimestampsToReturn = ua.TimestampsToReturn.Neither
+        mparams.ItemsToCreate = items
+        results = await client.uaclient.create_monitored_items(mparams)
+        bad = [f"{session.handles[i + 1].name}: {_code_name(r.StatusCode)}"
+               for i, r in enumerate(results) if not r.StatusCode.is_good()]
+        if bad:
+            raise OpcUaLinkError(f"monitored items refused: {'; '.join(bad)}")
+
+    async def _drop(self) -> None:
+        """Throw the current client away: close the session politely if the server still
+        answers within CLOSE_TIMEOUT_S, else cut the socket and end the client's tasks."""
+        s = self._session
+        self._session = None
+        if s is None:
+            return
+        s.lost.set()
+        client = s.client
+        try:
+            await asyncio.wait_for(client.disconnect(), CLOSE_TIMEOUT_S)
+        except (Exception, TimeoutError):
+            with contextlib.suppress(Exception):
+                client.disconnect_socket()
+        tasks = [getattr(client, name, None) for name in
+                 ("_supervisor_task", "_stale_watchdog_task", "_renew_channel_task")]
+        tasks.append(getattr(client.uaclient.session, "_publish_task", None))
+        for task in tasks:
+            if isinstance(task, asyncio.Task) and not task.done():
+                task.cancel()
+
+    def _report(self, up: bool) -> None:
+        if self._reported is not up:
+            self._reported = up
+            if self.on_connection is not None:
+                self.on_connection(up)
+
+    # ------------------------------------------------------------------ inputs
+
+    def _publish_callback(self, session: _Session) -> Any:
+        def on_publish(result: ua.PublishResult) -> None:
+            if session is not self._session or session.lost.is_set():
+                return  # a session given up: nothing from before a reconnect
+            t = self._clock()
+            session.last_publish = asyncio.get_running_loop().time()
+            self.stats.publishes += 1
+            data = result.NotificationMessage.NotificationData or []
+            if not data:
+                self.stats.keepalives += 1
+            for notification in data:
+                if isinstance(notification, ua.DataChangeNotification):
+                    for item in notification.MonitoredItems:
+                        self._apply_item(session, item)
+                elif isinstance(notification, ua.StatusChangeNotification):
+                    self._lose(session, "subscription ended by the server: "
+                               f"{_code_name(notification.Status)}")
+                    return
+            self._deliver(session, t)
+        return on_publish
+
+    def _apply_item(self, session: _Session, item: ua.MonitoredItemNotification) -> None:
+        sig = session.handles.get(item.ClientHandle)
+        if sig is None:
+            return
+        dv = item.Value
+        status = dv.StatusCode if dv is not None else None
+        if status is not None and not status.is_good():
+            name = _code_name(status)
+            session.bad[sig.name] = f"status {name}"
+            self.stats.exceptions[name] = self.stats.exceptions.get(name, 0) + 1
+            return
+        variant = dv.Value if dv is not None else None
+        try:
+            if variant is None or variant.Value is None:
+                raise NodeValueError(f"{sig.name} ({sig.address}): no value")
+            expected = getattr(ua.VariantType, sig.type)
+            if variant.VariantType != expected:
+                raise NodeValueError(f"{sig.name} ({sig.address}): {sig.type} expected, got "
+                                     f"{variant.VariantType.name}")
+            sig.from_wire(variant.Value)
+        except NodeValueError as exc:
+            session.bad[sig.name] = str(exc)
+            self.stats.exceptions["type_mismatch"] = \
+                self.stats.exceptions.get("type_mismatch", 0) + 1
+            return
+        session.raw[sig.name] = variant.Value
+        session.bad.pop(sig.name, None)
+
+    def _deliver(self, session: _Session, t: float) -> None:
+        if session.bad:
+            self.stats.poll_errors += 1
+            self.stats.bad_values += 1
+            name, why = next(iter(session.bad.items()))
+            self.stats.last_error = f"input {why}"
+            self._limited.warning("plc.input_bad", signal=name, node=self.nmap.signals[
+                name].address, error=why, bad=sorted(session.bad))
+            return
+        if len(session.raw) < len(session.handles):
+            return  # not every input has come yet: no half image
+        values = self.nmap.decode(session.raw)
+        self.stats.polls += 1
+        if self.on_inputs is not None:
+            self.on_inputs(values, t)
+
+    # ------------------------------------------------------------------ cycle
+
+    async def _cycle(self, session: _Session) -> bool:
+        """Write outputs and watch the session until it is lost or the link closes.
+        Returns True if at least one image was delivered."""
+        loop = asyncio.get_running_loop()
+        polls = self.stats.polls
+        stall_after = self.section.quiet_period_s * STALL_MARGIN
+        while not session.lost.is_set() and not self._closing:
+            now = loop.time()
+            if now - session.last_publish > stall_after:
+                self.stats.stalls += 1
+                self.stats.poll_errors += 1
+                self._lose(session, f"subscription silent for {now - session.last_publish:.3f} s "
+                           f"(keep-alive promised every {self.section.quiet_period_s:g} s)")
+                break
+            expires = session.server_cert_expires
+            if expires is not None and datetime.now(UTC) >= expires:
+                self._lose(session, f"the server certificate expired at {expires.isoformat()}")
+                break
+            if self._acked_version != self._version or now >= self._heartbeat_due:
+                await self._write(force=False)
+            self._wake.clear()
+            wait = min(max(self._heartbeat_due - loop.time(), 0.0),
+                       stall_after - (loop.time() - session.last_publish))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(wait, 0.001))
+        return self.stats.polls > polls
+
+    async def _write(self, force: bool) -> float | None:
+        """Write the outputs if they changed or the heartbeat is due (always if `force`);
+        return the acknowledgement time, or None on failure."""
+        async with self._write_lock:
+            session = self._session
+            if session is None or session.lost.is_set():
+                return None
+            loop = asyncio.get_running_loop()
+            now = loop.time()
+            version = self._version
+            if not force and self._acked_version == version and now < self._heartbeat_due:
+                return None
+            self._heartbeat = (self._heartbeat + 1) & 0xFFFF
+            self._heartbeat_due = now + self.heartbeat_period
+            block = self.nmap.encode({**self.nmap.zero("out"), **self._desired,
+                                      HEARTBEAT: self._heartbeat})
+            timeout = self.section.request_timeout_s
+            try:
+                if self.nmap.output_mode == "method":
+                    await asyncio.wait_for(self._call(session, block), timeout)
+                else:
+                    await asyncio.wait_for(self._write_steps(session, block), timeout * len(
+                        self.nmap.write_order))
+            except (Exception, TimeoutError) as exc:
+                self.stats.write_errors += 1
+                error = describe_error(exc)
+                if isinstance(exc, ua.UaStatusCodeError):
+                    name = error.split(":", 1)[0]
+                    self.stats.exceptions[name] = self.stats.exceptions.get(name, 0) + 1
+                self.stats.last_error = f"write: {error}"
+                self._limited.warning("plc.write_error", error=error)
+                if isinstance(exc, TimeoutError | ConnectionError | OSError):
+                    self._lose(session, f"write: {error}")
+                return None
+            t = self._clock()
+            self.stats.writes += 1
+            self._acked_version = version
+            self._written = block
+            return t
+
+    async def _call(self, session: _Session, block: dict[str, Any]) -> None:
+        assert session.method is not None
+        request = ua.CallMethodRequest()
+        request.ObjectId, request.MethodId = session.method
+        request.InputArguments = [
+            ua.Variant(block[name], getattr(ua.VariantType, self.nmap.signals[name].type))
+            for name in self.nmap.arguments]
+        (result,) = await session.client.uaclient.call([request])
+        result.StatusCode.check()  # BadInvalidArgument: see the argument results
+        for name, status in zip(self.nmap.arguments, result.InputArgumentResults or [],
+                                strict=False):
+            if not status.is_good():
+                raise OpcUaLinkError(f"argument {name} refused: {_code_name(status)}")
+
+    async def _write_steps(self, session: _Session, block: dict[str, Any]) -> None:
+        previous = self._written
+        for step in self.nmap.write_order:
+            if previous is not None and HEARTBEAT not in step and \
+                    all(previous.get(n) == block[n] for n in step):
+                continue  # unchanged since the PLC last acknowledged it
+            params = ua.WriteParameters()
+            for name in step:
+                sig = self.nmap.signals[name]
+                wv = ua.WriteValue()
+                wv.NodeId = session.nodes[name]
+                wv.AttributeId = ua.AttributeIds.Value
+                wv.Value = ua.DataValue(ua.Variant(block[name], getattr(ua.VariantType,
+                                                                         sig.type)))
+                params.NodesToWrite.append(wv)
+            results = await session.client.uaclient.write(params)
+            for name, status in zip(step, results, strict=True):
+                if not status.is_good():
+                    raise ua.UaStatusCodeError(status.value) from OpcUaLinkError(
+                        f"write {name} ({self.nmap.signals[name].address}) refused")
+
+
+def _code_name(status: ua.StatusCode | None) -> str:
+    if status is None:
+        return "Good"
+    return ua.status_codes.code_to_name_doc.get(status.value, (f"0x{status.value:08X}", ""))[0]
+
+
+def _good(dv: ua.DataValue) -> bool:
+    return dv.StatusCode is None or dv.StatusCode.is_good()
+
+
+def _value(dv: ua.DataValue) -> Any:
+    return dv.Value.Value if dv.Value is not None else None
+
+
+async def check_nodes(client: Client, nmap: NodeMap, nodes: dict[str, ua.NodeId],
+                      method: tuple[ua.NodeId, ua.NodeId] | None) -> list[str]:
+    """Every mapped node: does it exist, is it a variable of the map's data type and array
+    size, can the controller read it (inputs) and write it ("write" mode outputs)? One
+    line per problem, naming the signal and the node; empty when all is well."""
+    attrs = (ua.AttributeIds.NodeClass, ua.AttributeIds.DataType, ua.AttributeIds.ValueRank,
+             ua.AttributeIds.ArrayDimensions, ua.AttributeIds.UserAccessLevel)
+    params = ua.ReadParameters()
+    names = list(nodes)
+    for name in names:
+        for attr in attrs:
+            params.NodesToRead.append(ua.ReadValueId(NodeId=nodes[name], AttributeId=attr))
+    if method is not None:
+        for node in method:
+            params.NodesToRead.append(ua.ReadValueId(NodeId=node,
+                                                     AttributeId=ua.AttributeIds.NodeClass))
+    results = await client.uaclient.read(params)
+    problems: list[str] = []
+    for i, name in enumerate(names):
+        sig = nmap.signals[name]
+        where = f"{name} ({sig.address})"
+        ncls, dtype, rank, dims, access = results[i * len(attrs):(i + 1) * len(attrs)]
+        if not _good(ncls):
+            problems.append(f"{where}: missing ({_code_name(ncls.StatusCode)})")
+            continue
+        if _value(ncls) != ua.NodeClass.Variable:
+            problems.append(f"{where}: not a variable ({ua.NodeClass(_value(ncls)).name})")
+            continue
+        want = ua.NodeId(getattr(ua.ObjectIds, sig.type), ua.Int16(0))
+        if _value(dtype) != want:
+            problems.append(f"{where}: data type {_type_name(_value(dtype))}, the map says "
+                            f"{sig.type}")
+        r, d = _value(rank), _value(dims)
+        if sig.count > 1:
+            if r != 1 or (d and list(d) != [sig.count]):
+                problems.append(f"{where}: expected a one-dimensional array of {sig.count}, "
+                                f"value rank {r}, dimensions {d}")
+        elif r not in (-1, None):
+            problems.append(f"{where}: expected a scalar, value rank {r}")
+        level = _value(access)
+        if isinstance(level, int):
+            if not level & ua.AccessLevel.CurrentRead.mask:
+                problems.append(f"{where}: not readable by this user")
+            if sig.direction == "out" and nmap.output_mode == "write" and \
+                    not level & ua.AccessLevel.CurrentWrite.mask:
+                problems.append(f"{where}: not writable by this user (output, write mode)")
+    if method is not None:
+        base = len(names) * len(attrs)
+        for label, node, res, want_cls in (
+                ("outputs.object", method[0], results[base], ua.NodeClass.Object),
+                ("outputs.method", method[1], results[base + 1], ua.NodeClass.Method)):
+            if not _good(res):
+                problems.append(f"{label} ({node.to_string()}): missing "
+                                f"({_code_name(res.StatusCode)})")
+            elif _value(res) != want_cls:
+                problems.append(f"{label} ({node.to_string()}): not of node class "
+                                f"{want_cls.name}")
+    return problems
+
+
+def _type_name(node: Any) -> str:
+    if isinstance(node, ua.NodeId) and node.NamespaceIndex == 0:
+        for name in ("Boolean", "SByte", "Byte", "Int16", "UInt16", "Int32", "UInt32", "Int64",
+                     "UInt64", "Float", "Double", "String", "DateTime", "ByteString"):
+            if node.Identifier == getattr(ua.ObjectIds, name):
+                return name
+    return str(node)
