@@ -111,5 +111,13 @@ class PlcLink(abc.ABC):
         request rises (it goes out before the journal's fsync)."""
 
     @abc.abstractmethod
+    async def probe(self) -> list[str]:
+        """Connect once, check that every signal of the addressing is there as the file
+        says (exists, its type, readable), read the inputs once and disconnect, writing
+        nothing. One line per problem, naming the signal and its address; [] when all is
+        well. Raises ConnectionError (naming the endpoint and why) when no connection can
+        be made. Used by `swapd check-config --probe`, never while run() runs."""
+
+    @abc.abstractmethod
     async def close(self) -> None:
         """Stop run() and drop the connection. Used at daemon shutdown, from any state."""

@@ -264,6 +264,37 @@ class ModbusPlcLink(PlcLink):
             if self._reported:
                 self._report(False)
 
+    async def probe(self) -> list[str]:
+        """Read the input block and the output block once (FC3): an exception reply or a
+        short answer is a problem naming the block's addresses."""
+        if not await self._connect():
+            raise ConnectionError(f"{self.host}:{self.port}: {self.stats.last_error}")
+        client = self._client
+        assert client is not None
+        rmap = self.rmap
+        problems: list[str] = []
+        try:
+            for what, start, length in (("input block", rmap.input_start, rmap.input_length),
+                                        ("output block", rmap.output_start,
+                                         rmap.output_length)):
+                where = f"{what} {start}-{start + length - 1} (unit {rmap.unit_id})"
+                try:
+                    rr = await self._request(client.read_holding_registers(
+                        start, count=length, device_id=rmap.unit_id))
+                except (ModbusException, OSError, TimeoutError) as exc:
+                    problems.append(f"{where}: no answer: {exc or type(exc).__name__}")
+                    continue
+                if rr.isError():
+                    problems.append(f"{where}: exception {self._count_exception(rr)}")
+                elif len(rr.registers) != length:
+                    problems.append(f"{where}: {len(rr.registers)} registers, expected {length}")
+                elif what == "input block":
+                    rmap.decode_inputs(list(rr.registers))
+        finally:
+            self._drop()
+            self._client = None
+        return problems
+
     async def close(self) -> None:
         self._closing = True
         self._stop.set()

@@ -109,6 +109,7 @@ class _Session:
         self.server_cert_expires: datetime | None = None
         self.lost = asyncio.Event()
         self.lost_reason = ""
+        self.problems: list[str] = []  # mapped nodes missing or not as the map says
 
 
 class OpcUaPlcLink(PlcLink):
@@ -299,7 +300,7 @@ class OpcUaPlcLink(PlcLink):
     def _mode_name(self) -> str:
         return "None" if self._security is None else self.section.security_mode
 
-    async def _connect(self, session: _Session) -> None:
+    async def _connect(self, session: _Session, *, subscribe: bool = True) -> None:
         client, sec = session.client, self.section
         if self._security is not None:
             from drivers.plc.opcua_security import TrustList, check_private_key_file
@@ -330,8 +331,47 @@ class OpcUaPlcLink(PlcLink):
 
             cert = x509.load_der_x509_certificate(peer)
             session.server_cert_expires = cert.not_valid_after_utc
-        await self._resolve(session)
+        session.problems = await self._resolve(session)
+        if not subscribe:
+            return
+        if session.problems:
+            raise OpcUaLinkError("; ".join(session.problems))
         await self._subscribe(session)
+
+    async def probe(self) -> list[str]:
+        """Connect with the configured security and user, resolve every mapped node, check
+        each one's node class, data type, array size and access, read the inputs once."""
+        self._generation += 1
+        session = _Session(self._new_client(), self._generation)
+        self._session = session
+        try:
+            try:
+                await asyncio.wait_for(self._connect(session, subscribe=False),
+                                       self.section.connect_timeout_s)
+            except (Exception, TimeoutError) as exc:
+                raise ConnectionError(f"{self.section.endpoint}: {self._refusal(exc)}") \
+                    from None
+            problems = session.problems
+            if not problems:
+                problems = await self._read_inputs_once(session)
+            return problems
+        finally:
+            await self._drop()
+
+    async def _read_inputs_once(self, session: _Session) -> list[str]:
+        params = ua.ReadParameters()
+        inputs = self.nmap.inputs()
+        for sig in inputs:
+            params.NodesToRead.append(ua.ReadValueId(NodeId=session.nodes[sig.name],
+                                                     AttributeId=ua.AttributeIds.Value))
+        problems = []
+        for sig, dv in zip(inputs, await session.client.uaclient.read(params), strict=True):
+            item = ua.MonitoredItemNotification(ClientHandle=0, Value=dv)
+            session.handles[0] = sig
+            self._apply_item(session, item)
+            if sig.name in session.bad:
+                problems.append(f"{sig.name} ({sig.address}): {session.bad[sig.name]}")
+        return problems
 
     def _lost_callback(self, session: _Session) -> Any:
         async def lost(exc: Exception) -> None:
@@ -344,35 +384,34 @@ class OpcUaPlcLink(PlcLink):
             session.lost.set()
             self._wake.set()
 
-    async def _resolve(self, session: _Session) -> None:
+    async def _resolve(self, session: _Session) -> list[str]:
         """The NodeIds of every mapped signal (the namespace index, browse paths), checked
-        to exist with the map's data type, array size and access."""
+        to exist with the map's data type, array size and access: the problems found."""
         client, nmap = session.client, self.nmap
         try:
             ns = await client.get_namespace_index(nmap.namespace_uri)
         except ValueError:
-            raise OpcUaLinkError(f"the server has no namespace {nmap.namespace_uri!r} "
-                                 f"(server.namespace_uri in {nmap.origin})") from None
+            return [f"the server has no namespace {nmap.namespace_uri!r} "
+                    f"(server.namespace_uri in {nmap.origin})"]
+        problems: list[str] = []
         for sig in nmap.signals.values():
             if sig.node is not None:
                 session.nodes[sig.name] = ua.NodeId.from_string(f"ns={ns};{sig.node}")
-            else:
-                assert sig.path is not None
-                names = [f"{ns}:{p}" for p in (*nmap.root, *sig.path)]
-                try:
-                    node = await client.nodes.objects.get_child(names)
-                except ua.UaStatusCodeError as exc:
-                    raise OpcUaLinkError(f"{sig.name}: no node at browse path "
-                                         f"{'/'.join((*nmap.root, *sig.path))}: "
-                                         f"{describe_error(exc)}") from None
-                session.nodes[sig.name] = node.nodeid
+                continue
+            assert sig.path is not None
+            names = [f"{ns}:{p}" for p in (*nmap.root, *sig.path)]
+            try:
+                node = await client.nodes.objects.get_child(names)
+            except ua.UaStatusCodeError as exc:
+                problems.append(f"{sig.name} ({'/'.join((*nmap.root, *sig.path))}): no such "
+                                f"browse path ({describe_error(exc)})")
+                continue
+            session.nodes[sig.name] = node.nodeid
         if nmap.output_mode == "method":
             assert nmap.method_object is not None and nmap.method is not None
             session.method = (ua.NodeId.from_string(f"ns={ns};{nmap.method_object}"),
                               ua.NodeId.from_string(f"ns={ns};{nmap.method}"))
-        problems = await check_nodes(client, nmap, session.nodes, session.method)
-        if problems:
-            raise OpcUaLinkError("; ".join(problems))
+        return problems + await check_nodes(client, nmap, session.nodes, session.method)
 
     async def _subscribe(self, session: _Session) -> None:
         sec, client = self.section, session.client
