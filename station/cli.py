@@ -40,7 +40,37 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ca", type=Path, help="the broker's CA (mqtts)")
     demo.add_argument("--cert", type=Path, help="the station's client certificate (mqtts)")
     demo.add_argument("--key", type=Path, help="the station's client key (mqtts)")
+    _certs_parser(sub)
     return p
+
+
+def _certs_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """`swapd certs create|trust|list`: swapd's OPC UA application certificate and the
+    trust list of PLC certificates ([plc.opcua] pki_dir)."""
+    certs = sub.add_parser("certs", help="swapd's OPC UA certificate and the trust list of "
+                           "PLC certificates")
+    csub = certs.add_subparsers(dest="certs_cmd", required=True, metavar="COMMAND")
+    cfg_help = "station configuration (TOML); default: the built-in [plc.opcua] defaults"
+    create = csub.add_parser("create", help="make swapd's application certificate and key")
+    create.add_argument("--config", type=Path, dest="config_sub", help=cfg_help)
+    create.add_argument("--cert", type=Path, help="default: plc.opcua.certificate, else "
+                        "pki_dir/own/certs/swapd.der")
+    create.add_argument("--key", type=Path, help="default: plc.opcua.private_key, else "
+                        "pki_dir/own/private/swapd.pem")
+    create.add_argument("--uri", help="the application URI (default: "
+                        "plc.opcua.application_uri)")
+    create.add_argument("--hostname", action="append", dest="hostnames", metavar="NAME",
+                        help="a DNS name of this machine for the certificate (repeatable; "
+                        "default: this host's name)")
+    create.add_argument("--days", type=int, default=3650, help="validity (default 3650)")
+    create.add_argument("--force", action="store_true",
+                        help="replace an existing certificate and key")
+    trust = csub.add_parser("trust", help="trust a PLC's (or its CA's) certificate: copy it "
+                            "into pki_dir/trusted/certs")
+    trust.add_argument("file", type=Path, help="the certificate (DER or PEM)")
+    trust.add_argument("--config", type=Path, dest="config_sub", help=cfg_help)
+    lst = csub.add_parser("list", help="the trusted and the rejected certificates")
+    lst.add_argument("--config", type=Path, dest="config_sub", help=cfg_help)
 
 
 def _readable_file(key: str, path: Path | None) -> None:
@@ -255,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         print(f"{args.file}: ok")
         return 0
+    if args.cmd == "certs":
+        return _certs(args)
     path = getattr(args, "config_sub", None) or args.config
     try:
         cfg = _load_and_check(path)
@@ -267,6 +299,85 @@ def main(argv: list[str] | None = None) -> int:
     except Exception:  # in the log's format (one JSON object per line), not a bare traceback
         structlog.get_logger("swapd").exception("swapd.crashed")
         return 1
+
+
+def _certs(args: argparse.Namespace) -> int:
+    """`swapd certs ...`: exit 0, or 2 with one line saying what is wrong."""
+    import socket
+    from datetime import UTC, datetime
+
+    from drivers.plc import opcua_security as sec_mod
+    from station.config import OpcUaSection
+
+    prog = f"swapd certs {args.certs_cmd}"
+
+    def fail(exc: Exception) -> int:
+        if isinstance(exc, OSError) and exc.filename is not None and exc.strerror:
+            text = f"{exc.filename}: {exc.strerror}"
+        else:
+            text = str(exc)
+        print(f"{prog}: {' '.join(text.split())}", file=sys.stderr)
+        return 2
+
+    path = args.config_sub or args.config
+    try:
+        cfg = _load_and_check(path) if path is not None else StationConfig()
+    except ConfigError as exc:
+        return fail(exc)
+    section = cfg.plc.opcua or OpcUaSection()
+    trust_list = sec_mod.TrustList(section.pki_dir, peer="server")
+
+    if args.certs_cmd == "create":
+        cert_path = args.cert or section.certificate_path
+        key_path = args.key or section.private_key_path
+        uri = args.uri or section.application_uri
+        hostnames = args.hostnames or [socket.gethostname()]
+        try:
+            cert = sec_mod.create_application_certificate(
+                cert_path, key_path, application_uri=uri, hostnames=hostnames,
+                days=args.days, overwrite=args.force)
+        except (OSError, ValueError) as exc:
+            return fail(exc)
+        print(f"certificate:      {cert_path} (DER)")
+        print(f"private key:      {key_path} (mode 0600; it never leaves this machine)")
+        print(f"application URI:  {uri}")
+        print(f"host names:       {', '.join(hostnames)}")
+        print(f"SHA-1 thumbprint: {sec_mod.thumbprint(cert)}")
+        print(f"valid until:      {sec_mod.expires_at(cert):%Y-%m-%d %H:%M} UTC")
+        if uri != section.application_uri:
+            print(f"note: plc.opcua.application_uri is {section.application_uri!r}: swapd "
+                  "presents that URI, and a PLC refuses a certificate that does not carry it")
+        print(f"For the PLC's administrator: put {cert_path} into the PLC's trusted "
+              "certificates (its OPC UA server's trust list) and compare the thumbprint "
+              "above. Never hand out the private key.")
+        return 0
+
+    if args.certs_cmd == "trust":
+        try:
+            dest = trust_list.trust(args.file)
+            cert = sec_mod.load_certificates(dest.read_bytes())[0]
+        except (OSError, ValueError) as exc:  # OpcUaSecurityError is a ValueError
+            return fail(exc)
+        print(f"trusted: CN={sec_mod.common_name(cert) or '-'} sha1 "
+              f"{sec_mod.thumbprint(cert)} until {sec_mod.expires_at(cert):%Y-%m-%d}: {dest}")
+        return 0
+
+    try:  # list
+        lists = trust_list.list()
+    except OSError as exc:
+        return fail(exc)
+    now = datetime.now(UTC)
+    for state in ("trusted", "rejected"):
+        for info in lists[state]:
+            if info.problem is not None or info.not_after is None:
+                print(f"{state:8}  {info.path}: {info.problem}")
+                continue
+            expired = " (expired)" if info.not_after < now else ""
+            print(f"{state:8}  {info.subject}  sha1 {info.thumbprint}  until "
+                  f"{info.not_after:%Y-%m-%d}{expired}  {info.uri or '-'}  {info.path}")
+    if not any(lists.values()):
+        print(f"no certificates in {trust_list.trusted_dir} or {trust_list.rejected_dir}")
+    return 0
 
 
 async def _run(cfg: StationConfig) -> int:
