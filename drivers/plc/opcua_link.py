@@ -48,6 +48,12 @@ from pydantic import BaseModel
 from drivers.plc.contract import PlcContract
 from drivers.plc.link import Clock, LinkStats, PlcLink
 from drivers.plc.nodemap import NodeMap, NodeSignal, NodeValueError, load_node_map
+from drivers.plc.opcua_security import (
+    CertificateRejectedError,
+    TrustList,
+    check_private_key_file,
+    read_password,
+)
 from drivers.ratelimit import RateLimitedWarnings
 from station.config import OpcUaSection, PlcSection
 
@@ -161,7 +167,7 @@ class OpcUaPlcLink(PlcLink):
         self._stop = asyncio.Event()
         self._closing = False
         self._reported: bool | None = None
-        self._trust: Any = None  # the trust list (opcua_security.TrustList), made on first use
+        self._trust: TrustList | None = None  # made on first use
         self.last_refusal: str | None = None  # why the last connection was refused
 
     @classmethod
@@ -291,9 +297,11 @@ class OpcUaPlcLink(PlcLink):
                                              if self.section.user_certificate else "anonymous")
             text = f"the server refused user {who}: {text} (check the password file or " \
                    "the user's rights on the PLC)"
-        rejection = getattr(self._trust, "last_rejection", None)
-        if rejection and isinstance(exc, ua.UaStatusCodeError) and "Certificate" in text:
-            text = f"{text}: {rejection}"
+        if isinstance(exc.__cause__, CertificateRejectedError):  # we refused the PLC
+            text = str(exc.__cause__)
+        elif isinstance(exc, ua.UaStatusCodeError) and "Certificate" in text:
+            text = (f"{text} (the PLC refused swapd's certificate "
+                    f"{self.section.certificate_path}: put it in the PLC's trusted list)")
         self.last_refusal = text
         return text
 
@@ -303,8 +311,6 @@ class OpcUaPlcLink(PlcLink):
     async def _connect(self, session: _Session, *, subscribe: bool = True) -> None:
         client, sec = session.client, self.section
         if self._security is not None:
-            from drivers.plc.opcua_security import TrustList, check_private_key_file
-
             if self._trust is None:
                 self._trust = TrustList(sec.pki_dir, peer="server")
             check_private_key_file(sec.private_key_path, "plc.opcua.private_key")
@@ -313,13 +319,9 @@ class OpcUaPlcLink(PlcLink):
                                       str(sec.private_key_path),
                                       mode=MODES[sec.security_mode])
         if sec.username is not None and sec.password_file is not None:
-            from drivers.plc.opcua_security import read_password
-
             client.set_user(sec.username)
             client.set_password(read_password(sec.password_file))
         elif sec.user_certificate is not None and sec.user_private_key is not None:
-            from drivers.plc.opcua_security import check_private_key_file
-
             check_private_key_file(sec.user_private_key, "plc.opcua.user_private_key")
             await client.load_client_certificate(str(sec.user_certificate))
             await client.load_private_key(Path(sec.user_private_key))

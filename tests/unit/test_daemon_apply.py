@@ -54,6 +54,9 @@ class LinkDouble(PlcLink):
         self.log.append(("ack", stop))
         return time.monotonic()
 
+    async def probe(self) -> list[str]:
+        return []
+
     async def close(self) -> None:
         pass
 
