@@ -31,8 +31,9 @@ from drivers.bms.protocol import (
     split_id,
 )
 from drivers.plc.contract import COMMAND_ENUM, ContractSignal, PlcContract, load_contract
+from drivers.plc.nodemap import SEQ_SIGNAL, NodeMap, NodeSignal, load_node_map
 from drivers.plc.regmap import RegisterMap, Signal, load_register_map
-from station.config import ModbusSection
+from station.config import ModbusSection, OpcUaSection, PlcSection
 
 DOCS_DIR = Path(__file__).resolve().parent.parent / "docs"
 PLC_DOC = "plc-interface.md"
@@ -101,9 +102,11 @@ PLC_PROSE_TAIL = """\
 
 The controller runs the swap one command at a time; the PLC carries each command out.
 
-1. The controller writes `cmd_code`, `cmd_param1`, `cmd_param2` **and a new `cmd_seq` in
-   one write** (one request carrying every output), so the PLC can never see a new
-   sequence number with old parameters.
+1. The controller writes `cmd_code`, `cmd_param1`, `cmd_param2` **and a new `cmd_seq`**
+   so that the PLC can never see a new sequence number with old parameters: in one write
+   carrying every output, or, where the addressing takes several requests, with `cmd_seq`
+   alone in the last one, sent once the others are acknowledged (each protocol's section
+   below says which).
 2. The PLC takes a command only when `cmd_seq` changes to a value other than 0. It checks
    the preconditions (table above), then echoes the sequence number in `cmd_ack_seq`
    with `cmd_status` = {busy}, or = {error} with `cmd_error_code` set if it refuses.
@@ -156,7 +159,7 @@ a bolt outside its window aborts it at once.
 - `plc_heartbeat` (PLC -> controller) is incremented by the PLC at least every
   {plc_hb_ms} ms and wraps from 65535 to 0. When it has not changed for {plc_timeout}, the
   controller treats every PLC input as stale, requests a stop and holds the swap; it does
-  not trust a PLC that answers requests but no longer scans.
+  not trust a PLC that still communicates but no longer scans.
 
 ## Stop requests
 
@@ -181,12 +184,13 @@ this signal says.
   error {stopped}.
 - Supervise `ctrl_heartbeat` (stop on {ctrl_timeout} without change) and increment
   `plc_heartbeat` every scan batch, at least every {plc_hb_ms} ms.
-- After a PLC start-up, take the `cmd_seq` found in the controller's first write as
-  already seen: do not run it, report `cmd_ack_seq` = 0 and `cmd_status` = {idle}. The
-  controller re-sends all its outputs after every reconnection, and a restarted PLC must
-  not mistake that for a new command.
-- Accept at least two simultaneous connections, so that a reconnecting controller is
-  served before the PLC notices that the old connection is dead.
+- After a PLC start-up, take the `cmd_seq` found in the first output block the controller
+  writes as already seen: do not run it, report `cmd_ack_seq` = 0 and `cmd_status` =
+  {idle}. The controller re-sends all its outputs after every reconnection, and a
+  restarted PLC must not mistake that for a new command.
+- Accept at least two simultaneous connections (OPC UA: sessions), so that a
+  reconnecting controller is served before the PLC notices that the old connection is
+  dead.
 - Report presence truthfully at all times, because the controller believes the pack bus
   only where these inputs show a pack (`docs/security.md`): `vehicle_token` non-zero
   while a vehicle is on the platform (a new value for every arrival), `vehicle_pack_present`
@@ -226,6 +230,153 @@ MODBUS_PROSE_TAIL = """\
 - **Refuse writes to inputs** with exception 02 (ILLEGAL DATA ADDRESS); answer requests
   outside the map with exception 02 as well.
 - Take the whole output block of one FC16 request as one write (the handshake's step 1).
+"""
+
+OPCUA_PROSE_HEAD = """\
+### Namespace and nodes
+
+- OPC UA over `opc.tcp` (binary): the PLC is the server, the controller (swapd) a client
+  (Sessions and security below).
+- Every NodeId in this section is in the namespace **`{ns_uri}`** and is written
+  without its index:
+  `{example_node}` stands for
+  `ns=<index>;{example_node}`.
+  The controller looks the index up in the server's `NamespaceArray` at every connect, so
+  the PLC may number its namespaces as it likes; a server without this namespace is
+  refused, naming it.
+- The station object is `Objects/{root}` (browse names in that namespace).
+  In this map {address_kinds};
+  a node map may instead give any signal as a browse path under the station object,
+  which the controller follows at every connect.
+- Each signal is a Variable whose `DataType` attribute is the table's built-in type itself
+  (namespace 0; not a subtype, not an enumeration type), with `ValueRank` -1 (scalar);
+  {array_note}
+  Values are engineering values (no scale); an enumerated signal carries its value's code
+  (Enumerations and Commands above) in its integer type.
+- At every connect the controller reads `NodeClass`, `DataType`, `ValueRank`,
+  `ArrayDimensions` and `UserAccessLevel` of every node and refuses the connection, naming
+  each node that differs from the table or lacks the access of the last column (for the
+  controller's user).
+"""
+
+OPCUA_PROSE_INPUTS = """\
+### Inputs: one subscription
+
+- The controller subscribes to every input: **one subscription**, one monitored item per
+  input (attribute Value, data change with OPC UA's default filter: trigger StatusValue,
+  no deadband), no timestamps requested.
+  - monitored items: sampling interval **{sampling_ms} ms**, queue size **{queue}**,
+    discard oldest;
+  - the subscription: publishing interval **{pub_ms} ms**, max keep-alive count
+    **{keepalive}**, lifetime count max({life_factor} x keep-alive count, {life_floor}) =
+    {lifetime}, no limit on notifications per publish.
+
+  These are `[plc.opcua]` settings (`sampling_interval_ms`, `queue_size`,
+  `publishing_interval_ms`, `keepalive_count`); the defaults are shown.
+- **The server must send a publish response (data or a keep-alive) at least every
+  publishing interval x keep-alive count** ({quiet_ms} ms by default). The controller
+  judges the subscription dead after {margin} x that ({stall_ms} ms) without one, and
+  connects anew with a new session. It counts with the values it requested: the server
+  must grant them (revise neither the publishing interval nor the keep-alive count upward).
+- **All inputs of one publish response are applied together**, as one image stamped with
+  the time the response arrived; a keep-alive says nothing changed, and the last image
+  counts again as of the keep-alive's arrival. Inputs that belong together (`cmd_ack_seq`
+  with `cmd_status` and `cmd_error_code`) the PLC updates in the same scan, and its server
+  must take one sampling of them from one scan, so that one publish response carries them
+  together: a new `cmd_ack_seq` with the previous command's `cmd_status` would be taken
+  as the new command's status.
+- An input with a status other than Good (Bad or Uncertain), without a value, or with a
+  value of another data type (the Variant must carry exactly the table's type, an array
+  exactly its length) makes the controller **ignore the whole response**, and every one
+  after it until that input has a good value again. The inputs then age: after
+  `[plc] stale_after_s` ({stale_s} s by default) the controller treats them as stale
+  (interlock `plc_inputs_stale`).
+- After a connect the first image is used only once every input has been received (a
+  server reports each monitored item's value when the item is created).
+"""
+
+OPCUA_PROSE_METHOD = """\
+### Outputs: one method call
+
+The controller writes the whole output block as **one call of a method**, its input
+arguments the outputs in the order below (no output arguments):
+
+- object: `{object}`
+- method: `{method}`
+
+(both NodeIds in the namespace above).
+
+{arguments}
+- The PLC takes the whole block in one scan, all of it or none of it, before the call
+  returns. **The call returns Good once the block is taken**: that answer is the
+  acknowledgement, whose time the controller journals as the moment a new command was
+  given. A Bad status (of the call or of any input argument) means the block was not
+  taken: the controller writes it again on its next cycle.
+- The output variables show the last block the PLC took; the controller only reads them.
+- A node map may write the outputs with Write requests instead (`[outputs] mode =
+  "write"`); the section generated from such a map says how.
+"""
+
+OPCUA_PROSE_WRITE = """\
+### Outputs: Write requests in order
+
+The controller writes the outputs with **Write requests (attribute Value), in this
+order, each acknowledged (Good for every node) before the next is sent**:
+
+{write_order}
+`{seq}` comes alone and last, so the PLC sees a new sequence number only once the code and
+parameters of its command are in. A request whose values are unchanged since the PLC last
+acknowledged the whole block may be skipped, except the one that carries
+`ctrl_heartbeat`. A Bad status for any node means the write failed: the controller
+starts again on its next cycle.
+"""
+
+OPCUA_PROSE_TAIL = """\
+In both modes the output block is written on change (at once for a new command or a rising
+stop request), and at least every `[plc] heartbeat_period_s` ({hb_cfg_ms} ms by default)
+with a new `ctrl_heartbeat`; a write that failed is retried within that period, and after
+every (re)connect the whole block goes out again before anything else. A call or Write
+not answered within `request_timeout_s` (below) ends the session.
+
+### Sessions and security
+
+- Endpoint: `[plc.opcua] endpoint`, `opc.tcp://host:port/path`
+  (default `{endpoint}`; port {port} when none is given).
+- Security policies: {policies},
+  each with mode {modes}; the default is **{policy} with {mode}**.
+  Policy None (no signature, no encryption) only with `allow_insecure = true`; the
+  controller then warns at every start, and never sends a password.
+- The controller's application instance certificate (`swapd certs create`) carries its
+  application URI in its subjectAltName (`application_uri`,
+  default `{app_uri}`); the PLC must trust it.
+- The PLC's certificate must be in the controller's trust list, `pki_dir/trusted/certs`
+  (`pki_dir` default `{pki_dir}`), or be signed by a CA whose certificate is
+  there (its CRLs in `trusted/crl`), and be valid. Otherwise the connection is refused
+  and the certificate copied to `pki_dir/rejected/certs` for an operator to inspect
+  (`swapd certs trust` trusts it). A connection is dropped the moment the server
+  certificate expires.
+- User: anonymous (the default), a username and password (`username`, `password_file`; the
+  password is encrypted with the server's certificate as OPC UA Part 4 says), or an X.509
+  user certificate (`user_certificate`, `user_private_key`).
+- The controller asks for a session timeout of {session_s} s (`session_timeout_s`);
+  every read, write or call must be answered within {request_s} s
+  (`request_timeout_s`), and a connect (socket, secure channel, session, namespace and
+  node checks, subscription) must complete within {connect_s} s (`connect_timeout_s`).
+- **After any loss** (connection lost, a request not answered, the subscription dead or
+  ended by the server, the server certificate expired) the controller throws the session
+  away (closing it if the server answers within {close_s} s) and makes a **new secure
+  channel, session and subscription**, after {backoff_min} s, doubling up to
+  {backoff_max} s while connects fail. It never reactivates a session and never transfers
+  a subscription (no TransferSubscriptions); nothing from an old session is used. A
+  session it could not close stays on the server until its timeout: the PLC must accept a
+  new session meanwhile.
+
+### PackML status (optional)
+
+A PLC may offer `Status/StateCurrent` and `Status/UnitModeCurrent` (Int32: the PackML
+state and unit mode numbers) under the station object, named after the PackML status tags
+(ISA-TR88.00.02; OPC 30050 is PackML's OPC UA model); the simulated PLC does. The
+controller does not read them: nothing above depends on them.
 """
 
 CAN_PROSE_HEAD = """\
@@ -421,6 +572,11 @@ def _table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _and_list(items: Sequence[str], sep: str = ", ", last: str = " and ") -> str:
+    """'a', 'a and b', 'a, b and c'."""
+    return sep.join(items[:-1]) + last + items[-1] if len(items) > 1 else "".join(items)
+
+
 def _addr_range(first: int, count: int) -> str:
     return str(first) if count == 1 else f"{first}-{first + count - 1}"
 
@@ -512,15 +668,18 @@ def _enum_section(contract: PlcContract, enum: str) -> str:
     ])
 
 
+def _engineering(spec: ContractSignal) -> str:
+    """What a wire value means: the contract type, or the code of its enumeration."""
+    if spec.enum is None:
+        return spec.type
+    return "command code" if spec.enum == COMMAND_ENUM else f"code of `{spec.enum}`"
+
+
 def _register_row(sig: Signal) -> list[str]:
     name = f"`{sig.name}`" if sig.count == 1 else f"`{sig.name}[{sig.count}]`"
     scale = "" if sig.type == "bool" else _num(sig.scale)
-    engineering: str = sig.spec.type
-    if sig.enum is not None:
-        engineering = "command code" if sig.enum.name == COMMAND_ENUM else \
-            f"code of `{sig.enum.name}`"
-    return [_addr_range(sig.address, sig.count), name, sig.type, scale, engineering,
-            sig.unit, _direction(sig.direction)]
+    return [_addr_range(sig.address, sig.count), name, sig.type, scale,
+            _engineering(sig.spec), sig.unit, _direction(sig.direction)]
 
 
 def _reserved_rows(start: int, length: int, used: set[int], direction: str) -> list[
@@ -571,9 +730,148 @@ def render_modbus_addressing(contract: PlcContract, rmap: RegisterMap | None = N
     ])
 
 
+def _opc_type(sig: NodeSignal) -> str:
+    """The node's data type as the table shows it: "UInt16", or "Float[12]" for an array."""
+    return sig.type if sig.count == 1 else f"{sig.type}[{sig.count}]"
+
+
+def _node_cell(nmap: NodeMap, sig: NodeSignal) -> str:
+    if sig.node is not None:
+        return f"`{sig.node}`"
+    assert sig.path is not None
+    return "browse path `" + "/".join((*nmap.root, *sig.path)) + "`"
+
+
+def _access(nmap: NodeMap, sig: NodeSignal) -> str:
+    """The access the controller's user needs (what the link checks at connect)."""
+    if sig.direction == "out" and nmap.output_mode == "write":
+        return "CurrentRead, CurrentWrite"
+    return "CurrentRead"
+
+
+def _node_row(nmap: NodeMap, sig: NodeSignal) -> list[str]:
+    return [_node_cell(nmap, sig), f"`{sig.name}`", _opc_type(sig), _engineering(sig.spec),
+            sig.unit, _direction(sig.direction), _access(nmap, sig)]
+
+
+def _address_kinds(nmap: NodeMap) -> str:
+    """How this map gives its signals, for the prose: "every signal is a string NodeId"."""
+    kinds = {"i": "numeric", "s": "string", "g": "GUID", "b": "opaque"}
+    ids = sorted({kinds[s.node[0]] for s in nmap.signals.values() if s.node is not None})
+    paths = sum(1 for s in nmap.signals.values() if s.node is None)
+    parts = []
+    if ids:
+        parts.append(f"{' or '.join(ids)} NodeId")
+    if paths:
+        parts.append("browse paths under the station object")
+    if not paths:
+        return f"every signal is given by its {parts[0]}, as listed"
+    return "signals are given by " + (parts[0] + "s and by " if ids else "") + parts[-1]
+
+
+def _array_note(nmap: NodeMap) -> str:
+    arrays = [s for s in nmap.signals.values() if s.count > 1]
+    if not arrays:
+        return "no signal is an array."
+    a = arrays[0]
+    return (f"an array such as `{_opc_type(a)}` is one-dimensional: `ValueRank` 1,\n"
+            f"  `ArrayDimensions` [{a.count}], always exactly {a.count} elements.")
+
+
+def lifetime_rule() -> tuple[int, int]:
+    """The subscription's lifetime count as OpcUaSection.lifetime_count computes it,
+    `max(factor x keepalive_count, floor)`: (factor, floor), read off the property at the
+    ends of keepalive_count's range (tests/unit/test_docs.py checks every count)."""
+    field = OpcUaSection.model_fields["keepalive_count"]
+    bounds = {type(m).__name__: m for m in field.metadata}
+    lo, hi = int(bounds["Ge"].ge), int(bounds["Le"].le)
+    floor = OpcUaSection(keepalive_count=lo).lifetime_count
+    return OpcUaSection(keepalive_count=hi).lifetime_count // hi, floor
+
+
+def render_opcua_addressing(contract: PlcContract, nmap: NodeMap | None = None, *,
+                            section: OpcUaSection | None = None,
+                            plc: PlcSection | None = None) -> str:
+    """The "OPC UA addressing" section of the PLC doc (without its heading). The numbers
+    come from `section` and `plc` (`[plc.opcua]` and `[plc]`), their defaults when None:
+    the doc states the defaults."""
+    from drivers.plc.opcua_link import (  # imports asyncua: only when rendering
+        BACKOFF_MAX_S,
+        BACKOFF_MIN_S,
+        CLOSE_TIMEOUT_S,
+        MODES,
+        POLICIES,
+        STALL_MARGIN,
+    )
+
+    nmap = nmap or load_node_map(contract=contract)
+    sec = section or OpcUaSection()
+    plc = plc or PlcSection(protocol="opcua", opcua=sec)
+    factor, floor = lifetime_rule()
+    first = next(iter(nmap.signals.values()))
+    fmt = {
+        **_contract_fmt(contract),
+        "ns_uri": nmap.namespace_uri,
+        "root": "/".join(nmap.root),
+        "example_node": first.node if first.node is not None else "s=...",
+        "address_kinds": _address_kinds(nmap),
+        "array_note": _array_note(nmap),
+        "sampling_ms": _num(sec.sampling_interval_ms),
+        "queue": str(sec.queue_size),
+        "pub_ms": _num(sec.publishing_interval_ms),
+        "keepalive": str(sec.keepalive_count),
+        "life_factor": str(factor),
+        "life_floor": str(floor),
+        "lifetime": str(sec.lifetime_count),
+        "quiet_ms": _num(round(sec.quiet_period_s * 1000, 6)),
+        "margin": _num(STALL_MARGIN),
+        "stall_ms": _num(round(sec.quiet_period_s * STALL_MARGIN * 1000, 6)),
+        "stale_s": _num(plc.stale_after_s),
+        "hb_cfg_ms": _num(round(plc.heartbeat_period_s * 1000, 6)),
+        "seq": SEQ_SIGNAL,
+        "endpoint": sec.endpoint,
+        "port": str(OpcUaSection(endpoint="opc.tcp://plc").host_port[1]),
+        "policies": ", ".join(POLICIES),
+        "modes": " or ".join(MODES),
+        "policy": sec.security_policy,
+        "mode": sec.security_mode,
+        "app_uri": sec.application_uri,
+        "pki_dir": str(sec.pki_dir),
+        "session_s": _num(sec.session_timeout_s),
+        "request_s": _num(sec.request_timeout_s),
+        "connect_s": _num(sec.connect_timeout_s),
+        "close_s": _num(CLOSE_TIMEOUT_S),
+        "backoff_min": _num(BACKOFF_MIN_S),
+        "backoff_max": _num(BACKOFF_MAX_S),
+    }
+    if nmap.output_mode == "method":
+        outputs = OPCUA_PROSE_METHOD.format(
+            method=nmap.method, object=nmap.method_object,
+            arguments=_table(["Argument", "Signal", "Data type"],
+                             [[str(i), f"`{n}`", _opc_type(nmap.signals[n])]
+                              for i, n in enumerate(nmap.arguments, start=1)]))
+    else:
+        steps = "".join(f"{i}. " + ", ".join(f"`{n}`" for n in step) + "\n"
+                        for i, step in enumerate(nmap.write_order, start=1))
+        outputs = OPCUA_PROSE_WRITE.format(write_order=steps, seq=SEQ_SIGNAL)
+    return "\n".join([
+        OPCUA_PROSE_HEAD.format(**fmt),
+        "### Nodes\n",
+        "What each signal means is in Signals above; here is its node, its data type and "
+        "the access\nthe controller needs.\n",
+        _table(["NodeId", "Signal", "Data type", "Engineering", "Unit", "Direction", "Access"],
+               [_node_row(nmap, s) for s in nmap.signals.values()]),
+        OPCUA_PROSE_INPUTS.format(**fmt),
+        outputs,
+        OPCUA_PROSE_TAIL.format(**fmt),
+    ])
+
+
 PLC_ADDRESSINGS: list[PlcAddressing] = [
     PlcAddressing("Modbus TCP addressing", "drivers/plc/maps/modbus_map.toml",
                   render_modbus_addressing),
+    PlcAddressing("OPC UA addressing", "drivers/plc/maps/opcua_map.toml",
+                  render_opcua_addressing),
 ]
 
 
@@ -584,8 +882,9 @@ def render_plc_interface(contract: PlcContract | None = None) -> str:
     if missing:
         raise ValueError(f"no preconditions documented for commands {sorted(missing)}")
     fmt = _contract_fmt(contract)
-    sources = "` and `".join([PLC_CONTRACT_SOURCE] + [a.source for a in PLC_ADDRESSINGS])
-    addressing_list = ", ".join(a.title for a in PLC_ADDRESSINGS)
+    sources = _and_list([PLC_CONTRACT_SOURCE] + [a.source for a in PLC_ADDRESSINGS],
+                        "`, `", "` and `")  # GENERATED_NOTE quotes the first and the last
+    addressing_list = _and_list([a.title for a in PLC_ADDRESSINGS])
     enums = [e for e in contract.enums if e != COMMAND_ENUM]
 
     out = ["# PLC interface contract\n",
