@@ -11,7 +11,14 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from drivers.bms.protocol import MAX_RACK_SLOTS
 from sim_hw.packs import CHEMISTRIES, Chemistry
@@ -42,6 +49,79 @@ class _Strict(BaseModel):
 class ModbusConfig(_Strict):
     host: str = "127.0.0.1"
     port: int = Field(default=5020, ge=0, le=65535)  # 0 = any free port (tests)
+
+
+# OPC UA security policies the simulated PLC can offer (asyncua's SecurityPolicyType): a
+# base name means SignAndEncrypt, "<base>_Sign" / "<base>_SignAndEncrypt" say the mode,
+# "None" is no security at all.
+OPCUA_POLICY_BASES = ("Basic128Rsa15", "Basic256", "Basic256Sha256", "Aes128Sha256RsaOaep",
+                      "Aes256Sha256RsaPss")
+OPCUA_MODES = ("Sign", "SignAndEncrypt")
+OPCUA_NO_SECURITY = "NoSecurity"  # asyncua's name for policy "None"
+
+
+def opcua_policy_type(name: str) -> str:
+    """A policy name as configured -> asyncua's SecurityPolicyType member name
+    ("Basic256Sha256" -> "Basic256Sha256_SignAndEncrypt", "None" -> "NoSecurity");
+    ValueError for a name asyncua does not know."""
+    if name in ("None", OPCUA_NO_SECURITY):
+        return OPCUA_NO_SECURITY
+    base, _, mode = name.partition("_")
+    if base in OPCUA_POLICY_BASES and (not mode or mode in OPCUA_MODES):
+        return f"{base}_{mode or 'SignAndEncrypt'}"
+    known = ", ".join([*OPCUA_POLICY_BASES, "None"])
+    raise ValueError(f"security policy {name!r} is not one of {known} (optionally with "
+                     "_Sign or _SignAndEncrypt)")
+
+
+class OpcUaConfig(_Strict):
+    """`[sim.opcua]`: the simulated PLC as an OPC UA server (with `plc_protocol = "opcua"`).
+
+    Clients connect to opc.tcp://host:port/path (a relay in front of the server, so that
+    the PLC can go silent without closing a connection). Each policy is offered with
+    SignAndEncrypt unless it says `_Sign`; "None" (no security) only when listed. The
+    server's certificate and key are kept in pki_dir/own (made at the first start);
+    with trust_any_client = false only the client certificates in pki_dir/trusted/certs
+    are accepted. With `users` a username and password is required, else anonymous.
+    """
+
+    host: str = Field(default="127.0.0.1", min_length=1, max_length=253,
+                      pattern=r"^[^\s/\x00\[\]]+$")
+    port: int = Field(default=4840, ge=0, le=65535)  # 0 = any free port (tests)
+    path: str = Field(default="/swapstation", max_length=200, pattern=r"^(/[^\s\x00]*)?$")
+    node_map: str | None = Field(default=None, min_length=1)  # None: the shipped map
+    policies: list[str] = Field(
+        default_factory=lambda: ["Basic256Sha256", "Aes256Sha256RsaPss"], min_length=1)
+    pki_dir: str | None = Field(default=None, min_length=1)  # None: a temporary directory
+    trust_any_client: bool = True
+    users: dict[str, str] = Field(default_factory=dict)  # username -> password
+    certificate_valid_s: float | None = Field(default=None, gt=0)  # None: 10 years
+    scan_s: float = Field(default=0.005, gt=0, le=1.0)  # real s between input refreshes
+
+    @field_validator("policies")
+    @classmethod
+    def _known_policies(cls, policies: list[str]) -> list[str]:
+        seen: dict[str, str] = {}
+        for name in policies:
+            kind = opcua_policy_type(name)  # ValueError naming the unknown one
+            if kind in seen:
+                raise ValueError(f"{name!r} is {seen[kind]!r} again")
+            seen[kind] = name
+        return policies
+
+    @field_validator("users")
+    @classmethod
+    def _real_users(cls, users: dict[str, str]) -> dict[str, str]:
+        for user, password in users.items():
+            if not user or not user.isprintable():
+                raise ValueError(f"user name {user!r} must be non-empty and printable")
+            if not password:
+                raise ValueError(f"user {user}: the password must not be empty")
+        return users
+
+    def policy_types(self) -> list[str]:
+        """The policies as asyncua SecurityPolicyType member names, in the order given."""
+        return [opcua_policy_type(p) for p in self.policies]
 
 
 class CanConfig(_Strict):
@@ -201,7 +281,10 @@ class SimConfig(_Strict):
     ctrl_heartbeat_timeout_s: float = Field(default=1.0, gt=0)  # real seconds, not scaled
     # Unix socket for the local control API (fault injection, observer); None = none
     control_socket: str | None = Field(default=None, min_length=1, max_length=MAX_SOCKET_PATH)
+    # the PLC's protocol: Modbus TCP (`[sim.modbus]`) or OPC UA (`[sim.opcua]`)
+    plc_protocol: Literal["modbus", "opcua"] = "modbus"
     modbus: ModbusConfig = Field(default_factory=ModbusConfig)
+    opcua: OpcUaConfig = Field(default_factory=OpcUaConfig)
     can: CanConfig = Field(default_factory=CanConfig)
     station: StationConfig = Field(default_factory=StationConfig)
     timing: TimingConfig = Field(default_factory=TimingConfig)

@@ -10,10 +10,16 @@ Two kinds of effect, kept apart on purpose:
   the car's true position (`vehicle_moved`), a bolt's gun run (`bolt_torque_fail`), a
   pack's temperature, BMS flags and insulation, and the wires (`plc_silent`, `can_silent`,
   `network_down`);
-- **sensor** faults corrupt only the values the PLC reports over Modbus
+- **sensor** faults corrupt only the values the PLC reports on the wire
   (`lift_overtravel`, `shuttle_misplaced`, `bolt_not_reported`, `pack_present_ghost`,
   `pack_missing_sensor`). The sim PLC's own interlocks and the observer keep judging the
   truth, as the safety-rated hardware of a real station would.
+
+The OPC UA faults (`opcua_bad_status`, `opcua_wrong_type`, `opcua_subscription_stall`,
+`opcua_write_refused`) corrupt only what the OPC UA server says; they exist on a
+simulator whose PLC speaks OPC UA (`SimConfig.plc_protocol`): `list()` shows them there
+only and `set()` refuses them on a Modbus PLC. An OPC UA fault that names an input takes
+the contract's name of an input signal as its target.
 
 Pack faults take a place as their target ("vehicle", "shuttle", "stacker" or a slot
 number). The place is resolved to a pack when the fault is applied (at once if a pack is
@@ -35,7 +41,7 @@ from sim_hw.packs import SimPack
 if TYPE_CHECKING:
     from sim_hw.mechanics import StationModel
 
-TargetKind = Literal["bolt", "place", "can"]
+TargetKind = Literal["bolt", "place", "can", "input"]
 Target = str | int | None
 Value = float | str | None
 FaultInfo = dict[str, Any]
@@ -66,12 +72,14 @@ class FaultSpec:
     target: TargetKind | None = None  # None: the fault takes no target
     default_target: Target = None
     target_meaning: str = ""
-    physical: bool = True  # False: only the Modbus readings are corrupted
+    physical: bool = True  # False: only the readings on the wire are corrupted
+    protocol: str | None = None  # "opcua": only on an OPC UA PLC; None: every protocol
 
 
 _PACK_TARGET = 'the pack at "vehicle" (bay, or the pack to be installed), "shuttle", ' \
     '"stacker" or a rack slot number, resolved when applied; the fault follows that pack'
 _PLACE_TARGET = '"shuttle", "vehicle", "stacker" or a rack slot number'
+_INPUT_TARGET = "an input signal of the PLC contract (e.g. lift_height)"
 
 SPECS: tuple[FaultSpec, ...] = (
     FaultSpec("estop", "e-stop chain open: estop_ok reads 0; the sim PLC stops all motion"),
@@ -130,16 +138,38 @@ SPECS: tuple[FaultSpec, ...] = (
               ValueSpec("insulation resistance", "kOhm", 50.0, 0.0, 64255.0),
               "place", "vehicle", _PACK_TARGET),
     FaultSpec("plc_silent",
-              "the Modbus server drops every request unanswered (a hung PLC, a cut cable); "
-              "with no heartbeat getting through, the sim PLC stops motion on its timeout"),
+              "the PLC answers nothing (a hung PLC, a cut cable): Modbus requests are "
+              "dropped unanswered, OPC UA traffic is black-holed both ways with the "
+              "connections left open; with no heartbeat getting through, the sim PLC "
+              "stops motion on its timeout"),
     FaultSpec("can_silent",
               "packs at TARGET stop sending CAN frames (they still hear PackControl)",
               None, "can", None, 'a rack slot number, "vehicle" (0xF4), or none = all packs'),
     FaultSpec("network_down",
               "PLC silent and every pack silent and deaf on CAN (no PackControl reaches them)"),
+    FaultSpec("opcua_bad_status",
+              "OPC UA only: input TARGET's node is published with status BadSensorFailure "
+              "(its value still follows the truth)",
+              None, "input", "lift_height", _INPUT_TARGET, physical=False, protocol="opcua"),
+    FaultSpec("opcua_wrong_type",
+              "OPC UA only: input TARGET's node holds a String (\"garbage\") instead of its "
+              "data type",
+              None, "input", "lift_height", _INPUT_TARGET, physical=False, protocol="opcua"),
+    FaultSpec("opcua_subscription_stall",
+              "OPC UA only: every subscription stops publishing (no data, no keep-alive) "
+              "while sessions and connections stay up and reads, writes and calls are "
+              "answered; publishing resumes when cleared",
+              physical=False, protocol="opcua"),
+    FaultSpec("opcua_write_refused",
+              "OPC UA only: the output method call and writes to output nodes are answered "
+              "BadUserAccessDenied and change nothing",
+              physical=False, protocol="opcua"),
 )
 SPEC_BY_NAME: dict[str, FaultSpec] = {s.name: s for s in SPECS}
-FAULT_NAMES: tuple[str, ...] = tuple(s.name for s in SPECS)
+# The faults of every simulator, whatever its PLC's protocol (the stable list)
+FAULT_NAMES: tuple[str, ...] = tuple(s.name for s in SPECS if s.protocol is None)
+# Those of a simulator whose PLC speaks OPC UA, on top
+OPCUA_FAULT_NAMES: tuple[str, ...] = tuple(s.name for s in SPECS if s.protocol == "opcua")
 SAFETY_FAULTS = {"estop": "estop_ok", "safety_plc_fault": "safety_plc_ok",
                  "light_curtain": "light_curtain_clear", "door_open": "doors_closed",
                  "smoke": "smoke_clear"}
@@ -168,6 +198,9 @@ class FaultRegistry:
         # Called before every change: SimStation brings the model to "now" so that motion
         # up to this instant is not judged under the new fault (and vice versa).
         self.sync: Callable[[], None] | None = None
+        # Called after every change: the OPC UA server puts what the fault changes in its
+        # nodes at once.
+        self.changed: Callable[[], None] | None = None
 
     # ------------------------------------------------------------ public API
     def set(self, name: str, value: Value = None, target: Target = None) -> FaultInfo:
@@ -182,6 +215,7 @@ class FaultRegistry:
         f = ActiveFault(spec, val, tgt, self.model.now)
         self._active[name] = f
         self._apply(f)
+        self._changed()
         return self._info(spec)
 
     def clear(self, name: str) -> FaultInfo:
@@ -191,6 +225,7 @@ class FaultRegistry:
         f = self._active.pop(name, None)
         if f is not None:
             self._undo(f)
+            self._changed()
         info = self._info(spec)
         info["was_active"] = f is not None
         return info
@@ -201,11 +236,13 @@ class FaultRegistry:
         names = list(self._active)
         for name in names:
             self._undo(self._active.pop(name))
+        if names:
+            self._changed()
         return names
 
     def list(self) -> list[FaultInfo]:
-        """Every fault, active or not, in a stable order."""
-        return [self._info(s) for s in SPECS]
+        """Every fault of this simulator's PLC protocol, active or not, in a stable order."""
+        return [self._info(s) for s in SPECS if self._offered(s)]
 
     def is_active(self, name: str) -> bool:
         return name in self._active
@@ -278,10 +315,21 @@ class FaultRegistry:
         if self.sync is not None:
             self.sync()
 
+    def _changed(self) -> None:
+        if self.changed is not None:
+            self.changed()
+
+    def _offered(self, spec: FaultSpec) -> bool:
+        return spec.protocol is None or spec.protocol == self.model.config.plc_protocol
+
     def _spec(self, name: str) -> FaultSpec:
         spec = SPEC_BY_NAME.get(str(name))
-        if spec is None:
-            raise FaultError(f"unknown fault {name!r}; known: {', '.join(FAULT_NAMES)}")
+        if spec is None or not self._offered(spec):
+            known = ", ".join(s.name for s in SPECS if self._offered(s))
+            if spec is not None:
+                raise FaultError(f"{name}: OPC UA only, and this simulator's PLC speaks "
+                                 f"{self.model.config.plc_protocol}; known: {known}")
+            raise FaultError(f"unknown fault {name!r}; known: {known}")
         return spec
 
     def _value(self, spec: FaultSpec, value: Value) -> Value:
@@ -321,6 +369,8 @@ class FaultRegistry:
             return None
         if target is None:
             return spec.default_target
+        if kind == "input":
+            return _input_target(spec, target)
         t: Target = target
         if isinstance(t, str):
             t = t.strip().lower()
@@ -428,6 +478,18 @@ class FaultRegistry:
         }
 
 
+def _input_target(spec: FaultSpec, target: Target) -> str:
+    from sim_hw.mechanics import CONTRACT  # mechanics imports this module
+
+    inputs = [n for n, s in CONTRACT.signals.items() if s.direction == "in"]
+    t = target.strip() if isinstance(target, str) else target
+    if t not in inputs:
+        raise FaultError(f"{spec.name}: target {target!r} is not an input signal of the PLC "
+                         f"contract ({', '.join(inputs)})")
+    assert isinstance(t, str)
+    return t
+
+
 def _num(v: Value) -> float:
     assert isinstance(v, float)
     return v
@@ -437,4 +499,5 @@ def _u16(v: float) -> int:
     return max(0, min(0xFFFF, round(v)))
 
 
-__all__ = ["FAULT_NAMES", "SPECS", "FaultError", "FaultRegistry", "FaultSpec", "ValueSpec"]
+__all__ = ["FAULT_NAMES", "OPCUA_FAULT_NAMES", "SPECS", "FaultError", "FaultRegistry",
+           "FaultSpec", "ValueSpec"]

@@ -1,4 +1,5 @@
-"""The whole simulated station: mechanics model + Modbus PLC + CAN packs on one clock."""
+"""The whole simulated station: mechanics model + PLC (Modbus TCP or OPC UA) + CAN packs on
+one clock."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from drivers.bms.protocol import VEHICLE_PACK_SA, PackProtocol
+from drivers.plc.nodemap import NodeMap, load_node_map
 from drivers.plc.regmap import RegisterMap, load_register_map
 from sim_hw.can_packs import CanPacks
 from sim_hw.clock import SimClock
@@ -21,6 +23,7 @@ from sim_hw.control import ControlServer
 from sim_hw.faults import FaultRegistry
 from sim_hw.mechanics import CommandRecord, SimEvent, StationModel
 from sim_hw.observer import Observer
+from sim_hw.opcua_server import OpcUaPlcServer
 from sim_hw.plc_server import PlcServer
 
 log = logging.getLogger(__name__)
@@ -31,13 +34,15 @@ _VIN = TypeAdapter(SimVin)
 
 
 class SimStation:
-    """Start it, point a controller at `modbus_port` and the CAN channel, read `truth()`."""
+    """Start it, point a controller at `plc_port` (`modbus_port`, or `opcua_endpoint`) and
+    the CAN channel, read `truth()`."""
 
     def __init__(
         self,
         config: SimConfig | None = None,
         *,
         register_map: RegisterMap | None = None,
+        node_map: NodeMap | None = None,
         protocol: PackProtocol | None = None,
     ) -> None:
         self.config = config or SimConfig()
@@ -45,8 +50,18 @@ class SimStation:
         self.clock = SimClock(self.config.speed)
         self.model = StationModel(self.config)
         self.model.on_event = self._on_event
-        self.plc = PlcServer(self.model, self.register_map, self.clock.now,
-                             self.config.modbus.host, self.config.modbus.port)
+        self.node_map: NodeMap | None = None
+        self.plc: PlcServer | OpcUaPlcServer
+        if self.config.plc_protocol == "opcua":
+            ua = self.config.opcua
+            self.node_map = node_map or load_node_map(ua.node_map)
+            self.plc = OpcUaPlcServer(self.model, self.node_map, self.clock.now, ua)
+            # a fault's effect on the nodes (a bad status, a String) shows the moment it
+            # is set or cleared
+            self.model.faults.changed = self.plc.refresh
+        else:
+            self.plc = PlcServer(self.model, self.register_map, self.clock.now,
+                                 self.config.modbus.host, self.config.modbus.port)
         self.can = CanPacks(self.model, self.config.can, protocol,
                             real_clock=self.clock.real_clock)
         self.events: deque[SimEvent] = deque(maxlen=2000)  # recent events, for tests
@@ -56,8 +71,28 @@ class SimStation:
         self._listeners: list[Callable[[SimEvent], None]] = []
 
     @property
-    def modbus_port(self) -> int:
+    def plc_protocol(self) -> str:
+        """"modbus" or "opcua"."""
+        return self.config.plc_protocol
+
+    @property
+    def plc_port(self) -> int:
+        """The PLC's bound TCP port (Modbus, or the OPC UA endpoint's)."""
         return self.plc.port
+
+    @property
+    def modbus_port(self) -> int:
+        """The Modbus server's bound port; RuntimeError when the PLC speaks OPC UA."""
+        if not isinstance(self.plc, PlcServer):
+            raise RuntimeError("this simulator's PLC speaks OPC UA: see opcua_endpoint")
+        return self.plc.port
+
+    @property
+    def opcua_endpoint(self) -> str:
+        """opc.tcp://host:port/path of the OPC UA PLC; RuntimeError for a Modbus PLC."""
+        if not isinstance(self.plc, OpcUaPlcServer):
+            raise RuntimeError("this simulator's PLC speaks Modbus: see modbus_port")
+        return self.plc.endpoint
 
     @property
     def command_log(self) -> list[CommandRecord]:
@@ -78,9 +113,12 @@ class SimStation:
         return self.clock.sim()
 
     def sync(self) -> None:
-        """Bring the model to the present (while running; a no-op before start)."""
+        """Bring the model to the present (while running; a no-op before start); an OPC UA
+        PLC's input nodes too."""
         if self._tick_task is not None:
             self.model.advance(*self.clock.now())
+            if isinstance(self.plc, OpcUaPlcServer):
+                self.plc.refresh()
 
     def manual_home(self) -> dict[str, Any]:
         """A technician's homing with the hand pendant, outside the controller (see
