@@ -116,11 +116,14 @@ class _Session:
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self.problems: list[str] = []  # mapped nodes missing or not as the map says
+        self.publishing_s = 0.0  # the subscription as the server granted it
+        self.keepalive_s = 0.0
 
 
 class OpcUaPlcLink(PlcLink):
-    """PlcLink over OPC UA. Stats: `polls` images delivered, `poll_errors` publish
-    responses withheld (bad or wrong-typed inputs) and dead subscriptions, `writes` /
+    """PlcLink over OPC UA. Stats: `polls` images delivered, `poll_errors` input updates
+    missed (publish responses withheld for bad or wrong-typed inputs, dead subscriptions,
+    failed connects), `writes` /
     `write_errors` acknowledged / failed output writes, `exceptions` bad status codes by
     name, `reconnects` connection attempts after a failure, plus `publishes`,
     `keepalives`, `stalls` and `bad_values`.
@@ -167,6 +170,7 @@ class OpcUaPlcLink(PlcLink):
         self._stop = asyncio.Event()
         self._closing = False
         self._reported: bool | None = None
+        self._fatal: BaseException | None = None  # raised by on_inputs: ends run()
         self._trust: TrustList | None = None  # made on first use
         self.last_refusal: str | None = None  # why the last connection was refused
 
@@ -210,6 +214,7 @@ class OpcUaPlcLink(PlcLink):
 
     async def run(self) -> None:
         self._closing = False
+        self._fatal = None
         self._stop.clear()
         backoff = self.backoff_min
         if self._security is None:
@@ -224,6 +229,8 @@ class OpcUaPlcLink(PlcLink):
                     self._log.info("plc.connected", generation=session.generation)
                     if await self._cycle(session):
                         backoff = self.backoff_min  # only after a good image
+                    if self._fatal is not None:
+                        raise self._fatal
                     if self._closing:
                         break
                     self._log.warning("plc.disconnected", reason=session.lost_reason,
@@ -269,6 +276,7 @@ class OpcUaPlcLink(PlcLink):
             await asyncio.wait_for(self._connect(session), self.section.connect_timeout_s)
         except (Exception, TimeoutError) as exc:  # every asyncua failure is an Exception
             error = self._refusal(exc)
+            self.stats.poll_errors += 1  # an input update that could not be had
             self.stats.last_error = f"connect: {error}"
             self._limited.warning("plc.connect_failed", error=error,
                                   reconnects=self.stats.reconnects)
@@ -427,6 +435,17 @@ class OpcUaPlcLink(PlcLink):
         result = await client.uaclient.create_subscription(
             params, self._publish_callback(session))
         session.subscription_id = result.SubscriptionId
+        # The server may revise both; the watchdog judges by what it granted.
+        session.publishing_s = (result.RevisedPublishingInterval or
+                                sec.publishing_interval_ms) / 1000
+        session.keepalive_s = session.publishing_s * (result.RevisedMaxKeepAliveCount or
+                                                      sec.keepalive_count)
+        if session.keepalive_s > sec.quiet_period_s:
+            self._limited.warning(
+                "plc.subscription_revised", publishing_ms=session.publishing_s * 1000,
+                keepalive_s=session.keepalive_s, requested_keepalive_s=sec.quiet_period_s,
+                note="the server grants a slower subscription than configured; inputs may "
+                "go stale between keep-alives")
         session.last_publish = asyncio.get_running_loop().time()
         items = []
         for i, sig in enumerate(self.nmap.inputs(), start=1):
@@ -541,36 +560,72 @@ class OpcUaPlcLink(PlcLink):
         values = self.nmap.decode(session.raw)
         self.stats.polls += 1
         if self.on_inputs is not None:
-            self.on_inputs(values, t)
+            try:
+                self.on_inputs(values, t)
+            except Exception as exc:  # asyncua's publish loop would swallow it: run() raises
+                self._fatal = exc
+                self._lose(session, f"on_inputs failed: {exc!r}")
 
     # ------------------------------------------------------------------ cycle
 
     async def _cycle(self, session: _Session) -> bool:
-        """Write outputs and watch the session until it is lost or the link closes.
-        Returns True if at least one image was delivered."""
+        """Write outputs until the session is lost or the link closes, while the watchdog
+        judges the subscription. Returns True if at least one image was delivered."""
         loop = asyncio.get_running_loop()
         polls = self.stats.polls
-        stall_after = self.section.quiet_period_s * STALL_MARGIN
-        while not session.lost.is_set() and not self._closing:
-            now = loop.time()
-            if now - session.last_publish > stall_after:
+        watchdog = asyncio.create_task(self._watch(session), name="opcua-watchdog")
+        try:
+            while not session.lost.is_set() and not self._closing:
+                if self._acked_version != self._version or loop.time() >= self._heartbeat_due:
+                    await self._write(force=False)
+                self._wake.clear()
+                wait = max(self._heartbeat_due - loop.time(), 0.001)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), wait)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+        return self.stats.polls > polls
+
+    async def _watch(self, session: _Session) -> None:
+        """The session's watchdog: no publish response (data or keep-alive) within the
+        keep-alive period the server granted (x STALL_MARGIN) means a dead subscription; a
+        server certificate that expires ends the session at that moment."""
+        loop = asyncio.get_running_loop()
+        while not session.lost.is_set():
+            stall_after = session.keepalive_s * STALL_MARGIN
+            silent = loop.time() - session.last_publish
+            if silent > stall_after:
                 self.stats.stalls += 1
                 self.stats.poll_errors += 1
-                self._lose(session, f"subscription silent for {now - session.last_publish:.3f} s "
-                           f"(keep-alive promised every {self.section.quiet_period_s:g} s)")
-                break
+                self._lose(session, f"subscription silent for {silent:.3f} s (keep-alive "
+                           f"promised every {session.keepalive_s:g} s)")
+                return
             expires = session.server_cert_expires
             if expires is not None and datetime.now(UTC) >= expires:
                 self._lose(session, f"the server certificate expired at {expires.isoformat()}")
-                break
-            if self._acked_version != self._version or now >= self._heartbeat_due:
-                await self._write(force=False)
-            self._wake.clear()
-            wait = min(max(self._heartbeat_due - loop.time(), 0.0),
-                       stall_after - (loop.time() - session.last_publish))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(wait, 0.001))
-        return self.stats.polls > polls
+                return
+            await asyncio.sleep(max(stall_after - silent, session.publishing_s / 2, 0.001))
+
+    async def _race(self, session: _Session, request: Any, timeout: float) -> Any:
+        """Await a request, at most `timeout`, giving up at once if the session is lost."""
+        task = asyncio.ensure_future(request)
+        lost = asyncio.ensure_future(session.lost.wait())
+        try:
+            await asyncio.wait({task, lost}, timeout=timeout,
+                               return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    await task
+        if task.cancelled():
+            if session.lost.is_set():
+                raise ConnectionError(session.lost_reason or "connection lost")
+            raise TimeoutError
+        return task.result()
 
     async def _write(self, force: bool) -> float | None:
         """Write the outputs if they changed or the heartbeat is due (always if `force`);
@@ -588,13 +643,11 @@ class OpcUaPlcLink(PlcLink):
             self._heartbeat_due = now + self.heartbeat_period
             block = self.nmap.encode({**self.nmap.zero("out"), **self._desired,
                                       HEARTBEAT: self._heartbeat})
-            timeout = self.section.request_timeout_s
             try:
                 if self.nmap.output_mode == "method":
-                    await asyncio.wait_for(self._call(session, block), timeout)
+                    await self._call(session, block)
                 else:
-                    await asyncio.wait_for(self._write_steps(session, block), timeout * len(
-                        self.nmap.write_order))
+                    await self._write_steps(session, block)
             except (Exception, TimeoutError) as exc:
                 self.stats.write_errors += 1
                 error = describe_error(exc)
@@ -619,7 +672,8 @@ class OpcUaPlcLink(PlcLink):
         request.InputArguments = [
             ua.Variant(block[name], getattr(ua.VariantType, self.nmap.signals[name].type))
             for name in self.nmap.arguments]
-        (result,) = await session.client.uaclient.call([request])
+        (result,) = await self._race(session, session.client.uaclient.call([request]),
+                                     self.section.request_timeout_s)
         result.StatusCode.check()  # BadInvalidArgument: see the argument results
         for name, status in zip(self.nmap.arguments, result.InputArgumentResults or [],
                                 strict=False):
@@ -641,7 +695,8 @@ class OpcUaPlcLink(PlcLink):
                 wv.Value = ua.DataValue(ua.Variant(block[name], getattr(ua.VariantType,
                                                                          sig.type)))
                 params.NodesToWrite.append(wv)
-            results = await session.client.uaclient.write(params)
+            results = await self._race(session, session.client.uaclient.write(params),
+                                       self.section.request_timeout_s)
             for name, status in zip(step, results, strict=True):
                 if not status.is_good():
                     raise ua.UaStatusCodeError(status.value) from OpcUaLinkError(
