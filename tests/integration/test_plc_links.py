@@ -12,12 +12,17 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any, ClassVar, cast
 
 import pytest
+from asyncua import Server, ua
 from pymodbus.constants import ExcCodes
 from pymodbus.pdu import ModbusPDU
 from pymodbus.server import ModbusTcpServer
@@ -27,8 +32,13 @@ from drivers.plc import registry
 from drivers.plc.contract import load_contract
 from drivers.plc.link import PlcLink
 from drivers.plc.modbus_link import ModbusPlcLink
+from drivers.plc.nodemap import NodeMap, load_node_map
+from drivers.plc.opcua_link import OpcUaPlcLink
+from drivers.plc.opcua_security import TrustList, create_application_certificate
 from drivers.plc.regmap import RegisterMap, load_register_map
-from station.config import ModbusSection, PlcSection
+from sim_hw.opcua_server import build_address_space
+from sim_hw.tcp_relay import TcpRelay
+from station.config import ModbusSection, OpcUaSection, PlcSection
 from station.image import CmdStatus, StopRequest
 
 pytestmark = pytest.mark.timeout(30)
@@ -216,7 +226,136 @@ class ModbusDouble(PlcDouble):
         return None
 
 
-DOUBLES: dict[str, type[PlcDouble]] = {"modbus": ModbusDouble}
+SERVER_URI = "urn:swapstation:test-plc"
+_PKI: list[Path] = []
+
+
+def opcua_pki() -> Path:
+    """Certificates for the OPC UA double, made once per test run: the server's
+    (server.der, server.pem) and swapd's trust list (swapd/) holding swapd's own
+    certificate and the server's among the trusted ones."""
+    if not _PKI:
+        root = Path(tempfile.mkdtemp(prefix="opcua-double-"))
+        create_application_certificate(root / "server.der", root / "server.pem",
+                                       application_uri=SERVER_URI, common_name="test-plc",
+                                       hostnames=["localhost"], ip_addresses=["127.0.0.1"])
+        section = OpcUaSection(pki_dir=root / "swapd")
+        TrustList(section.pki_dir).ensure_dirs()
+        create_application_certificate(section.certificate_path, section.private_key_path,
+                                       application_uri=section.application_uri)
+        shutil.copyfile(root / "server.der", section.pki_dir / "trusted" / "certs" / "plc.der")
+        _PKI.append(root)
+    return _PKI[0]
+
+
+class OpcUaDouble(PlcDouble):
+    """An asyncua server laid out by the node map: input variables read-only, the outputs
+    taken by the map's method (one call, the whole block). Silence is a relay in front
+    that black-holes the bytes (a cut cable: no FIN, no RST)."""
+
+    protocol = "opcua"
+
+    def __init__(self, port: int, nmap: NodeMap | None = None) -> None:
+        super().__init__(port)
+        self.nmap = nmap or load_node_map()
+        self.inputs: dict[str, Any] = {}
+        self.read_status: ua.StatusCode | None = None
+        self.write_status: ua.StatusCode | None = None
+        self.relay = TcpRelay("127.0.0.1", port)
+        self._server: Server | None = None
+        self._nodes: dict[str, Any] = {}
+        self._inner_port = 0
+        self._pump: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if not self._inner_port:
+            self._inner_port = free_port()
+        pki = opcua_pki()
+        server = Server()
+        await server.init()
+        server.set_endpoint(f"opc.tcp://127.0.0.1:{self._inner_port}/double")
+        server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+        await server.load_certificate(str(pki / "server.der"))
+        await server.load_private_key(str(pki / "server.pem"))
+        await server.set_application_uri(SERVER_URI)
+        self._nodes = await build_address_space(server, self.nmap, self._write_outputs)
+        await server.start()
+        self._server = server
+        await self.relay.start(("127.0.0.1", self._inner_port))
+        self._pump = asyncio.create_task(self._serve_inputs())
+
+    async def stop(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+            self._pump = None
+        await self.relay.stop()
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+
+    def pause(self) -> None:
+        self.relay.black_hole = True
+
+    def resume(self) -> None:
+        self.relay.black_hole = False
+
+    def set_inputs(self, values: dict[str, Any]) -> None:
+        merged = {**self.inputs, **values}
+        self.nmap.encode(merged)  # a bad test value fails here
+        self.inputs = merged
+
+    def fail_reads(self, on: bool) -> None:
+        self.read_status = ua.StatusCode(ua.UInt32(ua.StatusCodes.BadDeviceFailure)) if on else None
+
+    def fail_writes(self, on: bool) -> None:
+        bad = ua.StatusCode(ua.UInt32(ua.StatusCodes.BadResourceUnavailable))
+        self.write_status = bad if on else None
+
+    def section(self) -> PlcSection:
+        return PlcSection(
+            protocol="opcua", heartbeat_period_s=HEARTBEAT_S,
+            opcua=OpcUaSection(endpoint=f"opc.tcp://127.0.0.1:{self.port}/double",
+                               pki_dir=opcua_pki() / "swapd",
+                               publishing_interval_ms=POLL_S * 1000, keepalive_count=5,
+                               connect_timeout_s=1.0, request_timeout_s=TIMEOUT_S),
+        )
+
+    def tune(self, link: PlcLink) -> None:
+        assert isinstance(link, OpcUaPlcLink)
+        link.backoff_min, link.backoff_max = 0.01, 0.1
+
+    async def _serve_inputs(self) -> None:
+        """The PLC's scan: every 5 ms the input variables take the values set (bad status
+        while reads fail), written when they change; plc_heartbeat counts every 50 ms."""
+        served: dict[str, Any] = {}
+        start = time.monotonic()
+        while True:
+            beat = int((time.monotonic() - start) / 0.05) & 0xFFFF
+            wire = self.nmap.encode({**self.nmap.zero("in"), "plc_heartbeat": beat,
+                                     **self.inputs})
+            status = self.read_status or ua.StatusCode()
+            for name, value in wire.items():
+                if served.get(name) == (value, status.value):
+                    continue
+                served[name] = (value, status.value)
+                sig = self.nmap.signals[name]
+                dv = ua.DataValue(ua.Variant(value, getattr(ua.VariantType, sig.type)),
+                                  StatusCode=status)
+                await self._nodes[name].write_value(dv)
+            self.reads += 1
+            await asyncio.sleep(0.005)
+
+    def _write_outputs(self, args: list[Any]) -> ua.StatusCode | None:
+        if self.write_status is not None:
+            return self.write_status
+        self.writes.append(self.nmap.decode(dict(zip(self.nmap.arguments, args,
+                                                     strict=True))))
+        return None
+
+
+DOUBLES: dict[str, type[PlcDouble]] = {"modbus": ModbusDouble, "opcua": OpcUaDouble}
 
 
 # ---------------------------------------------------------------------------- fixtures
