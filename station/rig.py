@@ -1,11 +1,12 @@
 """One rig for the tests, the benches and the demo: the simulated station and swapd pointed
 at it.
 
-`Rig` runs both in this process: `sim_hw.station_sim.SimStation` (Modbus TCP on a free
-loopback port, CAN on a python-can `virtual` channel of its own, or `udp_multicast`) and
-`station.daemon.Daemon` configured for it. `ProcessRig` runs the daemon as a `swapd`
-subprocess instead (CAN over `udp_multicast`, which crosses processes; the operator API
-on a Unix socket), for kill/restart tests and resource benchmarks.
+`Rig` runs both in this process: `sim_hw.station_sim.SimStation` (Modbus TCP, or OPC UA
+with `plc="opcua"`, on a free loopback port; CAN on a python-can `virtual` channel of its
+own, or `udp_multicast`) and `station.daemon.Daemon` configured for it. `ProcessRig` runs
+the daemon as a `swapd` subprocess instead (CAN over `udp_multicast`, which crosses
+processes; the operator API on a Unix socket), for kill/restart tests and resource
+benchmarks.
 
     async with Rig(speed=50, vehicles=3, config={"operation": {"auto_start": False}}) as rig:
         await rig.wait_for(lambda: rig.core.ready_to_start, timeout=20, what="a vehicle")
@@ -48,20 +49,23 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel
 
 from drivers.bms.canbus import UdpPortLease
-from sim_hw.config import CanConfig, ModbusConfig, SimConfig
+from sim_hw.config import CanConfig, ModbusConfig, OpcUaConfig, SimConfig
 from sim_hw.station_sim import SimStation
 from station.config import (
+    PLC_PROTOCOL_SECTIONS,
     ApiSection,
     CanSection,
     JournalSection,
     LogSection,
     ModbusSection,
+    OpcUaSection,
     PlcSection,
     SequenceSection,
     StationConfig,
     load_config,
 )
 
+PlcProtocol = Literal["modbus", "opcua"]
 SimOverrides = Mapping[str, Any] | Callable[[SimConfig], SimConfig] | None
 ConfigOverrides = Mapping[str, Any] | Callable[[StationConfig], StationConfig] | None
 M = TypeVar("M", bound=BaseModel)
@@ -72,6 +76,15 @@ MAX_SAVED_RIGS = 10  # a test that ran more rigs (hypothesis) keeps the last one
 
 
 # ---- configuration --------------------------------------------------------------------
+
+def default_plc() -> PlcProtocol:
+    """The rigs' PLC protocol when a test does not choose: $SWAP_PLC, else Modbus TCP (so
+    `SWAP_PLC=opcua pytest` runs every rig over OPC UA)."""
+    value = os.environ.get("SWAP_PLC", "modbus")
+    if value not in ("modbus", "opcua"):
+        raise ValueError(f"SWAP_PLC={value!r}: 'modbus' or 'opcua'")
+    return value  # type: ignore[return-value]
+
 
 def merge_model(model: M, changes: Mapping[str, Any]) -> M:
     """`model` with `changes` applied: a mapping given for a field that holds a model is
@@ -318,9 +331,13 @@ class _Harness:
         journal: Path | None,
         poll_period_s: float | None,
         name: str,
+        plc: PlcProtocol | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
+        self.plc = plc or default_plc()
+        if self.plc not in ("modbus", "opcua"):
+            raise ValueError(f"plc {self.plc!r}: 'modbus' or 'opcua'")
         self.speed = float(speed)
         self.vehicles = vehicles
         self.name = name
@@ -334,7 +351,7 @@ class _Harness:
         self.can_port = self._can_lease.port if self._can_lease is not None else None
         self.sim_config = self.build_sim_config()
         poll = poll_period_s if poll_period_s is not None else \
-            ModbusSection.model_fields["poll_period_s"].default
+            PLC_PROTOCOL_SECTIONS[self.plc]().update_period_s  # type: ignore[attr-defined]
         refusal = speed_refusal(self.speed, self.sim_config, poll)
         if refusal is not None:
             raise SpeedRefused(refusal)
@@ -354,6 +371,7 @@ class _Harness:
     # configuration
     def build_sim_config(self) -> SimConfig:
         base = SimConfig(speed=self.speed, vehicles=self.vehicles, modbus=ModbusConfig(port=0),
+                         plc_protocol=self.plc, opcua=OpcUaConfig(port=0),
                          can=CanConfig(interface=self.can_interface, channel=self.channel,
                                        udp_port=self.can_port))
         o = self._sim_overrides
@@ -364,13 +382,24 @@ class _Harness:
                              "rig's `speed` (it sets the simulator's and swapd's)")
         return cfg
 
-    def build_config(self, modbus_port: int) -> StationConfig:
-        """swapd's configuration for a simulator listening on `modbus_port`."""
-        modbus = ModbusSection(host=self.sim_config.modbus.host, port=modbus_port)
-        if self.poll_period_s is not None:
-            modbus = modbus.model_copy(update={"poll_period_s": self.poll_period_s})
+    def build_config(self, plc_port: int) -> StationConfig:
+        """swapd's configuration for a simulator whose PLC listens on `plc_port` (Modbus
+        TCP, or OPC UA with SignAndEncrypt and the trust list in workdir/pki)."""
+        if self.plc == "opcua":
+            served = self.sim_config.opcua
+            opcua = OpcUaSection(endpoint=f"opc.tcp://{served.host}:{plc_port}{served.path}",
+                                 pki_dir=self.workdir / "pki")
+            if self.poll_period_s is not None:
+                opcua = opcua.model_copy(
+                    update={"publishing_interval_ms": self.poll_period_s * 1000})
+            plc = PlcSection(protocol="opcua", opcua=opcua)
+        else:
+            modbus = ModbusSection(host=self.sim_config.modbus.host, port=plc_port)
+            if self.poll_period_s is not None:
+                modbus = modbus.model_copy(update={"poll_period_s": self.poll_period_s})
+            plc = PlcSection(modbus=modbus)
         cfg = StationConfig(
-            plc=PlcSection(modbus=modbus),
+            plc=plc,
             can=CanSection(interface=self.can_interface, channel=self.channel,
                            udp_port=self.can_port),
             sequence=SequenceSection(speed_factor=self.speed),
@@ -418,7 +447,31 @@ class _Harness:
         sim = SimStation(self.sim_config)
         await sim.start()
         self._sim = sim
-        self._config = self.build_config(sim.modbus_port)
+        self._config = self.build_config(sim.plc_port)
+        if self.plc == "opcua":
+            try:
+                self.prepare_pki(sim)
+            except BaseException:
+                await sim.stop()
+                raise
+
+    def prepare_pki(self, sim: SimStation) -> None:
+        """swapd's trust list for the simulated PLC: its application certificate (made once
+        per workdir) and the simulator's server certificate among the trusted ones."""
+        from drivers.plc.opcua_security import TrustList, create_application_certificate
+
+        section = self.config.plc.link_section()
+        assert isinstance(section, OpcUaSection)
+        TrustList(section.pki_dir).ensure_dirs()
+        if not section.certificate_path.exists():
+            create_application_certificate(
+                section.certificate_path, section.private_key_path,
+                application_uri=section.application_uri, hostnames=["localhost"])
+        from sim_hw.opcua_server import OpcUaPlcServer
+
+        assert isinstance(sim.plc, OpcUaPlcServer)
+        trusted = section.pki_dir / "trusted" / "certs" / "sim-plc.der"
+        shutil.copyfile(sim.plc.server_certificate_path, trusted)
 
     async def _stop_sim(self) -> None:
         if self._sim is not None:
@@ -519,7 +572,10 @@ class Rig(_Harness):
     journal     the journal's path (default: workdir/journal.sqlite)
     observer    called with every event of the daemon, after `events` has it
     can         "virtual" (default) or "udp_multicast"
-    poll_period_s  swapd's Modbus poll period; None: swapd's default
+    poll_period_s  swapd's Modbus poll period, or OPC UA publishing interval; None: swapd's
+                default
+    plc         "modbus" or "opcua" (SignAndEncrypt, certificates made in workdir/pki);
+                None: $SWAP_PLC, else "modbus"
     capture_log the run's log lines as JSON into workdir/swapd.log.jsonl (default: when a
                 test's artifact session is active)
     """
@@ -538,11 +594,12 @@ class Rig(_Harness):
         poll_period_s: float | None = 0.01,
         capture_log: bool | None = None,
         name: str = "rig",
+        plc: PlcProtocol | None = None,
     ) -> None:
         self.can_interface = can
         super().__init__(speed=speed, vehicles=vehicles, sim=sim, config=config,
                          workdir=workdir, journal=journal, poll_period_s=poll_period_s,
-                         name=name)
+                         name=name, plc=plc)
         self.observer = observer
         self.capture_log = capture_log
         self.events: list[Any] = []
@@ -755,10 +812,11 @@ class ProcessRig(_Harness):
         start_daemon: bool = True,
         log_level: Literal["debug", "info", "warning", "error"] = "info",
         name: str = "rig",
+        plc: PlcProtocol | None = None,
     ) -> None:
         super().__init__(speed=speed, vehicles=vehicles, sim=sim, config=config,
                          workdir=workdir, journal=journal, poll_period_s=poll_period_s,
-                         name=name)
+                         name=name, plc=plc)
         self.start_daemon = start_daemon
         self.log_level = log_level
         self.daemon_log = self.workdir / LOG_FILE
