@@ -1,6 +1,7 @@
 """`swap-sim`: run the simulated station, or act on a running one through its control socket.
 
     swap-sim [--config FILE] [--speed X] [--vehicles N] [--socket PATH]   run the simulator
+             [--plc modbus|opcua] [--opcua-port N]
     swap-sim fault list [--json]                    every fault, active or not
     swap-sim fault set NAME [--value V] [--target T]
     swap-sim fault clear NAME                       (NAME "all" clears every fault)
@@ -41,12 +42,17 @@ EXIT_USAGE = 2  # bad configuration or arguments
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="swap-sim",
-        description="Simulated battery-swap station: Modbus TCP PLC + pack BMS on CAN.",
+        description="Simulated battery-swap station: the PLC (Modbus TCP or OPC UA) + pack "
+                    "BMS on CAN.",
     )
     p.add_argument("--config", help="TOML file with a [sim] table (defaults if omitted)")
     p.add_argument("--speed", type=float, help="override sim.speed (time factor)")
     p.add_argument("--vehicles", type=int, help="override sim.vehicles (0 = unlimited)")
     p.add_argument("--socket", help="override sim.control_socket (serve the control API here)")
+    p.add_argument("--plc", choices=("modbus", "opcua"),
+                   help="override sim.plc_protocol: the PLC speaks Modbus TCP or OPC UA")
+    p.add_argument("--opcua-port", type=int, metavar="N",
+                   help="override sim.opcua.port (the OPC UA endpoint's port; 0: any free)")
     p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING (default INFO)")
 
     # Options repeated on the subcommands; SUPPRESS keeps a value given before the
@@ -120,9 +126,8 @@ async def _run(config: SimConfig) -> None:
         sim.add_listener(_log_event)
         c = config
         log.info(
-            "swap-sim up: Modbus %s:%d, CAN %s/%s%s, speed %g, %d slots, vehicles %s, "
-            "control %s",
-            c.modbus.host, sim.modbus_port, c.can.interface, c.can.channel,
+            "swap-sim up: PLC %s, CAN %s/%s%s, speed %g, %d slots, vehicles %s, control %s",
+            _plc_banner(sim), c.can.interface, c.can.channel,
             f" port {c.can.udp_port}" if c.can.interface == "udp_multicast" and c.can.udp_port
             else "", c.speed,
             c.station.slots, c.vehicles or "unlimited", c.control_socket or "off",
@@ -132,22 +137,46 @@ async def _run(config: SimConfig) -> None:
                  len(sim.model.history), len(sim.command_log), len(sim.observer.violations))
 
 
+def _plc_banner(sim: Any) -> str:
+    """Where the PLC is: Modbus host:port, or the OPC UA endpoint, its security and the
+    server certificate a client has to trust."""
+    c = sim.config
+    if sim.plc_protocol != "opcua":
+        return f"Modbus TCP {c.modbus.host}:{sim.plc_port}"
+    o = c.opcua
+    users = f"users {', '.join(sorted(o.users))}" if o.users else "anonymous"
+    clients = "any client certificate" if o.trust_any_client else \
+        f"client certificates in {sim.plc.pki_dir / 'trusted' / 'certs'}"
+    return (f"OPC UA {sim.opcua_endpoint} (policies {', '.join(o.policies)}; {users}; "
+            f"{clients}; server certificate {sim.plc.server_certificate_path})")
+
+
 def _serve(args: argparse.Namespace) -> int:
     from sim_hw.config import SimConfig, SimConfigError, load_sim_config, with_overrides
 
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    level = getattr(logging, str(args.log_level).upper(), logging.INFO)
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # asyncua logs every request at INFO (a publish every few ms): its warnings only,
+    # unless asked for DEBUG
+    logging.getLogger("asyncua").setLevel(level if level <= logging.DEBUG else logging.WARNING)
     try:
         config = load_sim_config(args.config) if args.config else SimConfig()
+        opcua = None
+        if args.opcua_port is not None:
+            opcua = {**config.opcua.model_dump(), "port": args.opcua_port}
         config = with_overrides(config, speed=args.speed, vehicles=args.vehicles,
-                                control_socket=args.socket)
+                                control_socket=args.socket, plc_protocol=args.plc,
+                                opcua=opcua)
     except SimConfigError as exc:
         print(f"swap-sim: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from drivers.plc.nodemap import NodeMapError
+
     try:
         asyncio.run(_run(config))
+    except NodeMapError as exc:  # sim.opcua.node_map
+        print(f"swap-sim: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     except OSError as exc:  # port in use, CAN interface missing, control socket taken
         print(f"swap-sim: cannot start: {exc}", file=sys.stderr)
         return EXIT_REFUSED

@@ -13,6 +13,9 @@ One JSON object per line in, one per line out:
     {"op": "vehicle_vin", "send": B, "source_address": A, "vin": V}
                                                            -> {"ok": true, "vin": {...}}
 
+`fault_list` lists the faults of this simulator's PLC protocol (the OPC UA ones only when
+the PLC speaks OPC UA); the control socket is the same whichever protocol the PLC speaks.
+
 `manual_home` is the technician's hand pendant: it brings the machine home after an abort
 (the car lowered, the bay's pack bolted, packs off the shuttle and the stacker put back),
 outside the controller.

@@ -143,3 +143,78 @@ def test_generated_rack_uses_every_simulated_chemistry() -> None:
 
     rack = SimConfig(seed=3).initial_rack()
     assert {p.chemistry for p in rack} == set(CHEMISTRIES)
+
+
+# ---- the PLC over OPC UA -----------------------------------------------------------------
+
+def test_opcua_defaults_are_secure_and_the_protocol_is_modbus() -> None:
+    c = SimConfig()
+    assert c.plc_protocol == "modbus"
+    o = c.opcua
+    assert (o.host, o.port, o.path) == ("127.0.0.1", 4840, "/swapstation")
+    assert o.policies == ["Basic256Sha256", "Aes256Sha256RsaPss"] and "None" not in o.policies
+    assert o.policy_types() == ["Basic256Sha256_SignAndEncrypt",
+                                "Aes256Sha256RsaPss_SignAndEncrypt"]
+    assert o.node_map is None and o.pki_dir is None and o.trust_any_client
+    assert o.users == {} and o.certificate_valid_s is None and o.scan_s == 0.005
+
+
+def test_opcua_from_a_file(tmp_path: Path) -> None:
+    f = tmp_path / "sim.toml"
+    f.write_text('[sim]\nplc_protocol = "opcua"\n[sim.opcua]\nport = 0\n'
+                 'policies = ["None", "Basic256Sha256_Sign", "Aes128Sha256RsaOaep"]\n'
+                 'trust_any_client = false\nusers = { operator = "pw" }\n')
+    c = load_sim_config(f)
+    assert c.plc_protocol == "opcua" and c.opcua.port == 0 and not c.opcua.trust_any_client
+    assert c.opcua.policy_types() == ["NoSecurity", "Basic256Sha256_Sign",
+                                      "Aes128Sha256RsaOaep_SignAndEncrypt"]
+    assert c.opcua.users == {"operator": "pw"}
+
+
+def test_opcua_policy_names_are_asyncuas() -> None:
+    from asyncua import ua
+
+    from sim_hw.config import OPCUA_MODES, OPCUA_POLICY_BASES, opcua_policy_type
+
+    for base in OPCUA_POLICY_BASES:
+        for name in (base, *(f"{base}_{m}" for m in OPCUA_MODES)):
+            assert opcua_policy_type(name) in ua.SecurityPolicyType.__members__
+    assert opcua_policy_type("None") == ua.SecurityPolicyType.NoSecurity.name
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("[sim]\nplc_protocol = 'profinet'\n", "sim.plc_protocol"),
+        ("[sim.opcua]\nport = 70000\n", "sim.opcua.port"),
+        ("[sim.opcua]\npolicies = ['Basic512']\n", "sim.opcua.policies"),
+        ("[sim.opcua]\npolicies = ['Basic256Sha256_Encrypt']\n", "sim.opcua.policies"),
+        ("[sim.opcua]\npolicies = []\n", "sim.opcua.policies"),
+        ("[sim.opcua]\npolicies = ['Basic256Sha256', 'Basic256Sha256_SignAndEncrypt']\n",
+         "sim.opcua.policies"),
+        ("[sim.opcua]\nusers = { operator = '' }\n", "sim.opcua.users"),
+        ("[sim.opcua]\nusers = { '' = 'pw' }\n", "sim.opcua.users"),
+        ("[sim.opcua]\npath = 'no-slash'\n", "sim.opcua.path"),
+        ("[sim.opcua]\nscan_s = 0\n", "sim.opcua.scan_s"),
+        ("[sim.opcua]\ncertificate_valid_s = 0\n", "sim.opcua.certificate_valid_s"),
+        ("[sim.opcua]\nsecurity = 'high'\n", "sim.opcua.security"),
+    ],
+)
+def test_bad_opcua_values_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    f = tmp_path / "bad.toml"
+    f.write_text(text)
+    with pytest.raises(SimConfigError, match=key):
+        load_sim_config(f)
+
+
+def test_cli_plc_and_opcua_port_override(tmp_path: Path,
+                                         capsys: pytest.CaptureFixture[str]) -> None:
+    from sim_hw.cli import main
+
+    assert main(["--plc", "opcua", "--opcua-port", "70000"]) == 2
+    assert "sim.opcua.port" in capsys.readouterr().err
+    f = tmp_path / "sim.toml"
+    f.write_text('[sim]\nplc_protocol = "opcua"\n[sim.opcua]\nnode_map = "'
+                 f'{tmp_path / "missing.toml"}"\n')
+    assert main(["--config", str(f)]) == 2
+    assert "missing.toml" in capsys.readouterr().err
