@@ -415,13 +415,13 @@ class OpcUaPlcServer:
         self._outputs: dict[str, Any] = node_map.zero("out", enums="codes")
         self._published: dict[str, tuple[Any, str]] = {}
         self._pending: list[tuple[ua.NodeId, ua.DataValue]] = []
-        self._wake = asyncio.Event()
         self._scan_task: asyncio.Task[None] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._pki: Path | None = None
         self._trust: TrustList | None = None
         self._real0 = 0.0
         self._types = {sig.name: ua.VariantType[sig.type] for sig in node_map.signals.values()}
+        self._inputs = node_map.inputs()
 
     # ------------------------------------------------------------ the surface
     @property
@@ -528,11 +528,10 @@ class OpcUaPlcServer:
 
     def refresh(self) -> None:
         """Advance the model to now and put every changed input in its node at once (its
-        subscribers are notified by the scan task right after). A no-op when stopped."""
+        subscribers are told at the next scan, within scan_s). A no-op when stopped."""
         if self._server is None:
             return
         self._pending.extend(self._update_inputs())
-        self._wake.set()
 
     # ------------------------------------------------------------ certificates
     def _prepare_pki(self) -> None:
@@ -663,6 +662,7 @@ class OpcUaPlcServer:
         period = self.config.scan_s
         clock_at = 0.0
         loop = asyncio.get_running_loop()
+        next_at = loop.time()
         while True:
             try:
                 if loop.time() - clock_at >= 1.0:
@@ -673,9 +673,10 @@ class OpcUaPlcServer:
                 await self._notify()
             except Exception:  # a bug must show up loudly, not stop the PLC silently
                 log.exception("OPC UA PLC scan failed")
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), period)
+            # a PLC's scan: every period, whatever the work took (changes stored by
+            # refresh() meanwhile are readable at once, told to subscribers here)
+            next_at = max(next_at + period, loop.time())
+            await asyncio.sleep(next_at - loop.time())
 
     def _update_inputs(self) -> list[tuple[ua.NodeId, ua.DataValue]]:
         """Advance the model, store every changed input in its node (reads see it at
@@ -686,20 +687,20 @@ class OpcUaPlcServer:
         self.model.advance(now, real)
         values = self.model.inputs()
         values["plc_heartbeat"] = int((real - self._real0) / HEARTBEAT_PERIOD_S) & 0xFFFF
-        wire = self.map.encode(values, enums="codes")
         faults = self.model.faults
         bad = faults.active("opcua_bad_status")
         wrong = faults.active("opcua_wrong_type")
         stamp = _now()
         changes: list[tuple[ua.NodeId, ua.DataValue]] = []
-        for sig in self.map.inputs():
-            v = wire[sig.name]
+        for sig in self._inputs:
+            raw = values[sig.name]
             mode = "wrong" if wrong is not None and wrong.target == sig.name else \
                 "bad" if bad is not None and bad.target == sig.name else "good"
-            key = (tuple(v) if isinstance(v, list) else v, mode)
+            key = (tuple(raw) if isinstance(raw, list) else raw, mode)
             if self._published.get(sig.name) == key:
-                continue
+                continue  # unchanged: not encoded again, not written again
             self._published[sig.name] = key
+            v = sig.to_wire(raw, enums="codes")
             if mode == "wrong":
                 variant = ua.Variant(WRONG_TYPE_VALUE, ua.VariantType.String)
             else:

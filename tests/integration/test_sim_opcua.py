@@ -430,10 +430,11 @@ async def test_plc_silent_black_holes_the_connection(
         relay = plc(sim).relay
         assert relay is not None and relay.connections == 1
         sim.faults.set("plc_silent")
+        handled = sim.plc.requests
         with pytest.raises(TimeoutError):
             await n.read_value()
         assert relay.connections == 1  # no FIN, no RST: still open
-        assert sim.plc.dropped > 0
+        assert sim.plc.dropped > 0 and sim.plc.requests == handled  # never reached it
         sim.faults.clear("plc_silent")
     # the old connection lost bytes; a new one works
     async with connected(sim, client_cert) as c:
