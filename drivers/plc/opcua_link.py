@@ -597,6 +597,12 @@ class OpcUaPlcLink(PlcLink):
             stall_after = session.keepalive_s * STALL_MARGIN
             silent = loop.time() - session.last_publish
             if silent > stall_after:
+                # A response may be waiting in the socket while this process was busy (the
+                # loop itself late): give it one publishing interval before judging.
+                await asyncio.sleep(session.publishing_s)
+                if loop.time() - session.last_publish < silent:
+                    continue
+                silent = loop.time() - session.last_publish
                 self.stats.stalls += 1
                 self.stats.poll_errors += 1
                 self._lose(session, f"subscription silent for {silent:.3f} s (keep-alive "
