@@ -13,6 +13,7 @@ import pytest
 
 from drivers.bms.canbus import UdpPortLease
 from station.rig import (
+    PlcProtocol,
     Rig,
     artifact_dir_name,
     artifacts_root,
@@ -25,11 +26,21 @@ from station.rig import (
 Station = Rig
 
 
+PLC_PROTOCOLS: list[PlcProtocol] = ["modbus", "opcua"]
+
+
+@pytest.fixture(params=PLC_PROTOCOLS)
+def plc(request: pytest.FixtureRequest) -> PlcProtocol:
+    """The PLC protocol a rig test runs over: every such test runs over both."""
+    return request.param  # type: ignore[no-any-return]
+
+
 @pytest.fixture
-async def station(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Station]:
+async def station(tmp_path: Path, request: pytest.FixtureRequest,
+                  plc: PlcProtocol) -> AsyncIterator[Station]:
     params = getattr(request, "param", {})
     async with Rig(speed=params.get("speed", 50.0), vehicles=params.get("vehicles", 3),
-                   workdir=tmp_path, name="test") as rig:
+                   workdir=tmp_path, name="test", plc=plc) as rig:
         yield rig
 
 

@@ -22,7 +22,7 @@ from station.interlocks import INTERLOCKS, Interlock, Reaction
 from station.journal import Journal
 from station.packml import Cmd, State
 from station.plan import SwapPlan
-from station.rig import Rig
+from station.rig import PlcProtocol, Rig
 from station.sequence import SEQUENCE, STEPS_BY_NAME
 
 SPEED = 100.0
@@ -125,9 +125,10 @@ async def clear_and_reset(rig: Rig) -> None:
 
 
 @pytest.fixture
-async def rig(tmp_path: Path, request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
+async def rig(tmp_path: Path, request: pytest.FixtureRequest,
+              plc: PlcProtocol) -> AsyncIterator[Rig]:
     speed = SPEED_FOR.get(request.node.callspec.params.get("il_id", ""), SPEED)
-    async with Rig(speed=speed, vehicles=1, workdir=tmp_path, name="mx",
+    async with Rig(speed=speed, vehicles=1, workdir=tmp_path, name="mx", plc=plc,
                    config={"operation": {"auto_start": False}}) as r:  # the test starts it
         yield r
 

@@ -11,10 +11,11 @@ import random
 import sqlite3
 from pathlib import Path
 
-from sim_hw.config import CanConfig, ModbusConfig, SimConfig
+import pytest
+
 from sim_hw.station_sim import SimStation
+from station.rig import PlcProtocol, ProcessRig
 from station.sequence import STEP_NAMES
-from tests.integration.daemon_proc import DaemonProcess, multicast_group, write_config
 
 SWAPS = 20
 SPEED = 50.0
@@ -49,18 +50,16 @@ def check_journal(path: Path, sim: SimStation) -> None:
     db.close()
 
 
+@pytest.mark.parametrize("plc", ["modbus", "opcua"])
 async def test_sigkill_at_random_moments_across_twenty_swaps(tmp_path: Path,
-                                                            can_port: int) -> None:
+                                                            plc: PlcProtocol) -> None:
     rng = random.Random(20261128)
-    group = multicast_group()
-    # A CAN port of this test's own: another run's simulator on the host (same seed, same
-    # pack serials) would otherwise talk at the same addresses with other temperatures.
-    sim_cfg = SimConfig(speed=SPEED, vehicles=0, modbus=ModbusConfig(port=0),
-                        can=CanConfig(interface="udp_multicast", channel=group,
-                                      udp_port=can_port))
-    async with SimStation(sim_cfg) as sim:
-        cfg = write_config(tmp_path, sim.modbus_port, group, SPEED, can_port=can_port)
-        daemon = DaemonProcess(cfg, tmp_path / "swapd.log")
+    # The rig gives the simulator and swapd a CAN port of this run's own: another run's
+    # simulator on the host (same seed, same pack serials) would otherwise talk at the same
+    # addresses with other temperatures.
+    async with ProcessRig(speed=SPEED, vehicles=0, workdir=tmp_path, start_daemon=False,
+                          plc=plc, name="kill") as rig:
+        sim, daemon = rig.sim, rig.daemon
         kills = held_restarts = 0
         loop = asyncio.get_running_loop()
         deadline = loop.time() + 600
@@ -88,7 +87,7 @@ async def test_sigkill_at_random_moments_across_twenty_swaps(tmp_path: Path,
                 await asyncio.sleep(rng.uniform(0.2, 3.0))
                 daemon.kill()
                 kills += 1
-                check_journal(tmp_path / "journal.sqlite", sim)
+                check_journal(rig.journal_path, sim)
             assert kills >= SWAPS // 2 and held_restarts >= 5, (kills, held_restarts)
             for v in sim.truth()["history"]:
                 if v.get("pack_in"):

@@ -10,13 +10,15 @@ import asyncio
 import contextlib
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from station.core import CommandRefused
 from station.home import away_from_home
 from station.packml import Cmd, State
-from station.rig import Rig
+from station.rig import PlcProtocol, Rig
+from tests.integration.conftest import PLC_PROTOCOLS
 
 SPEED = 100.0
 SWAPS = 3
@@ -33,10 +35,11 @@ schedule_st = st.lists(
 )
 
 
-async def run_schedule(schedule: list[tuple[str, float, float]]) -> dict[str, Any]:
+async def run_schedule(schedule: list[tuple[str, float, float]],
+                       plc: PlcProtocol) -> dict[str, Any]:
     # The rig's journal and log live in its own temporary directory (kept until the test
     # ends, so that a failing example's artifacts can be saved).
-    async with Rig(speed=SPEED, vehicles=SWAPS, name="rf") as rig:
+    async with Rig(speed=SPEED, vehicles=SWAPS, name="rf", plc=plc) as rig:
         sim, daemon, events = rig.sim, rig.daemon, rig.events
         loop = asyncio.get_running_loop()
         t0 = loop.time()
@@ -95,9 +98,10 @@ async def recover(rig: Rig) -> str:
 @settings(max_examples=10, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow])
 @given(schedule=schedule_st)
+@pytest.mark.parametrize("plc", PLC_PROTOCOLS)
 def test_random_fault_schedules_stay_safe_and_explained(
-        schedule: list[tuple[str, float, float]]) -> None:
-    r = asyncio.run(run_schedule(schedule))
+        plc: PlcProtocol, schedule: list[tuple[str, float, float]]) -> None:
+    r = asyncio.run(run_schedule(schedule, plc))
     assert r["violations"] == [], r["violations"]
     for e in r["events"]:
         if e.kind == "swap_ended" and e.data["outcome"] != "completed":
