@@ -12,7 +12,7 @@ from pathlib import Path
 
 import structlog
 
-from station.config import ConfigError, StationConfig, load_config
+from station.config import ConfigError, OpcUaSection, StationConfig, load_config
 from station.logs import configure_logging
 
 
@@ -24,6 +24,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", type=Path, dest="config_sub")
     chk = sub.add_parser("check-config", help="validate a configuration file and exit")
     chk.add_argument("file", type=Path)
+    chk.add_argument("--probe", action="store_true",
+                     help="also connect to the PLC and check every mapped signal (exit 2 "
+                     "when one is missing or of the wrong type, or no connection)")
     demo = sub.add_parser("demo", help="drive the embedded simulated station through N swaps")
     demo.add_argument("--swaps", type=int, default=3)
     demo.add_argument("--speed", type=float, default=1.0,
@@ -31,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--summary-json", type=Path)
     demo.add_argument("--journal", type=Path, help="keep the journal here (default: temporary)")
     demo.add_argument("--log-level", default="warning")
+    demo.add_argument("--plc", choices=("modbus", "opcua"), default="modbus",
+                      help="the simulated PLC's protocol: Modbus TCP, or OPC UA with "
+                      "SignAndEncrypt (certificates made for the run)")
     demo.add_argument("--broker", metavar="URL",
                       help="also publish telemetry to this MQTT broker (mqtt://HOST:PORT, or "
                       "mqtts://HOST:PORT with --ca/--cert/--key); default: no broker")
@@ -102,11 +108,12 @@ def _check_plc(cfg: StationConfig) -> None:
     from drivers.plc.registry import create_link
 
     section = cfg.plc.link_section()
-    register_map = getattr(section, "register_map", None)
+    addressing_key = "register_map" if cfg.plc.protocol == "modbus" else "node_map"
+    addressing = getattr(section, addressing_key, None)
     _readable_file("plc.contract", cfg.plc.contract)
-    _readable_file(f"plc.{cfg.plc.protocol}.register_map", register_map)
+    _readable_file(f"plc.{cfg.plc.protocol}.{addressing_key}", addressing)
     files = ", ".join(f"{k} {v}" for k, v in (("contract", cfg.plc.contract),
-                                              ("register map", register_map))
+                                              (addressing_key.replace("_", " "), addressing))
                       if v is not None) or "the shipped contract and map"
     try:
         create_link(cfg.plc, clock=time.monotonic)
@@ -133,6 +140,60 @@ def _check_plc(cfg: StationConfig) -> None:
             f"[plc]: plc.stale_after_s = {cfg.plc.stale_after_s:g} s is shorter than the "
             f"contract's plc_heartbeat_period_ms = {timing.plc_heartbeat_period_ms}: a "
             "running PLC would be judged dead")
+    if isinstance(section, OpcUaSection):
+        _check_opcua(section)
+
+
+def _check_opcua(section: OpcUaSection) -> None:
+    """swapd's certificate and key (they match, the key readable by the service only, the
+    application URI in the certificate), the trust list, the user's password file or
+    certificate."""
+    from drivers.plc.opcua_security import (
+        OpcUaSecurityError,
+        certificate_uri,
+        check_private_key_file,
+        load_own_identity,
+        read_password,
+    )
+
+    try:
+        if section.security_policy != "None":
+            for key, path in (("plc.opcua.certificate", section.certificate_path),
+                              ("plc.opcua.private_key", section.private_key_path)):
+                if not path.exists():
+                    raise ConfigError(f"[plc]: {key} = {str(path)!r}: no such file (make "
+                                      "swapd's certificate with `swapd certs create`)")
+            cert, _ = load_own_identity(section.certificate_path, section.private_key_path)
+            uri = certificate_uri(cert)
+            if uri != section.application_uri:
+                raise ConfigError(
+                    f"[plc]: plc.opcua.certificate {section.certificate_path} carries the "
+                    f"application URI {uri!r}, but plc.opcua.application_uri is "
+                    f"{section.application_uri!r}: the PLC would refuse the session")
+            trusted = section.pki_dir / "trusted" / "certs"
+            if not trusted.is_dir():
+                raise ConfigError(
+                    f"[plc]: {trusted} does not exist: swapd would refuse every PLC (put "
+                    "the PLC's server certificate there, or `swapd certs trust FILE`)")
+        if section.password_file is not None:
+            _readable_file("plc.opcua.password_file", section.password_file)
+            read_password(section.password_file)
+        if section.user_certificate is not None and section.user_private_key is not None:
+            _readable_file("plc.opcua.user_certificate", section.user_certificate)
+            check_private_key_file(section.user_private_key, "plc.opcua.user_private_key")
+    except OpcUaSecurityError as exc:
+        raise ConfigError(f"[plc]: {exc}") from None
+
+
+def probe_plc(cfg: StationConfig) -> list[str]:
+    """`swapd check-config --probe`: connect to the PLC once and check every mapped signal
+    (PlcLink.probe). The problems, one line each; ConnectionError when no connection."""
+    import time
+
+    from drivers.plc.registry import create_link
+
+    link = create_link(cfg.plc, clock=time.monotonic)
+    return asyncio.run(link.probe())
 
 
 def _check_can(cfg: StationConfig) -> None:
@@ -276,15 +337,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"swapd demo: {exc}", file=sys.stderr)
             return 2
         return asyncio.run(run_demo(args.swaps, args.speed, args.summary_json, args.journal,
-                                    cloud=cloud))
+                                    cloud=cloud, plc=args.plc))
     if args.cmd == "check-config":
         try:
-            _load_and_check(args.file)
+            cfg = _load_and_check(args.file)
         except ConfigError as exc:
             print(exc, file=sys.stderr)
             return 2
         print(f"{args.file}: ok")
-        return 0
+        if not args.probe:
+            return 0
+        return _probe(cfg)
     if args.cmd == "certs":
         return _certs(args)
     path = getattr(args, "config_sub", None) or args.config
@@ -321,7 +384,9 @@ def _certs(args: argparse.Namespace) -> int:
 
     path = args.config_sub or args.config
     try:
-        cfg = _load_and_check(path) if path is not None else StationConfig()
+        # the file only, not check_files: making the certificate check-config asks for must
+        # not depend on it being there
+        cfg = load_config(path) if path is not None else StationConfig()
     except ConfigError as exc:
         return fail(exc)
     section = cfg.plc.opcua or OpcUaSection()
@@ -377,6 +442,27 @@ def _certs(args: argparse.Namespace) -> int:
                   f"{info.not_after:%Y-%m-%d}{expired}  {info.uri or '-'}  {info.path}")
     if not any(lists.values()):
         print(f"no certificates in {trust_list.trusted_dir} or {trust_list.rejected_dir}")
+    return 0
+
+
+def _probe(cfg: StationConfig) -> int:
+    """Print the probe's findings: one line per problem, exit 2 if any."""
+    configure_logging("error", "console")  # the findings are printed, not logged
+    endpoint = cfg.plc.endpoint
+    try:
+        problems = probe_plc(cfg)
+    except ConnectionError as exc:
+        print(f"[plc] {endpoint}: cannot connect: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a broken PLC answer: one line, never a traceback
+        print(f"[plc] {endpoint}: probe failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    for problem in problems:
+        print(f"[plc] {endpoint}: {problem}", file=sys.stderr)
+    if problems:
+        print(f"[plc] {endpoint}: {len(problems)} problem(s)", file=sys.stderr)
+        return 2
+    print(f"[plc] {endpoint}: every mapped signal present, as the addressing says")
     return 0
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from sim_hw.config import SimConfig
-from station.config import ModbusSection
+from station.config import ModbusSection, OpcUaSection
 from station.events import (
     Event,
     Inhibit,
@@ -27,9 +27,10 @@ from station.events import (
     SwapStarted,
 )
 from station.packml import State
-from station.rig import Rig, speed_refusal
+from station.rig import PlcProtocol, Rig, speed_refusal
 
 NOMINAL_SWAP_S = 144.0
+PLC_NAMES = {"modbus": "Modbus TCP", "opcua": "OPC UA (Basic256Sha256, SignAndEncrypt)"}
 DEMO_STATION_ID = "PSS-DEMO-0001"
 
 
@@ -152,14 +153,16 @@ def format_summary(s: dict[str, Any]) -> str:
 async def run_demo(
     swaps: int, speed: float, summary_json: Path | None = None, journal: Path | None = None,
     out: TextIO = sys.stdout, cloud: dict[str, Any] | None = None,
+    plc: PlcProtocol = "modbus",
 ) -> int:
-    refusal = speed_refusal(speed, SimConfig(speed=speed), ModbusSection().poll_period_s)
+    section = OpcUaSection() if plc == "opcua" else ModbusSection()
+    refusal = speed_refusal(speed, SimConfig(speed=speed), section.update_period_s)
     if refusal is not None:
         print(f"swapd demo: {refusal}", file=sys.stderr)
         return 2
     print(f"swapd demo: {swaps} swaps, simulated time x{speed:g} "
-          f"(a swap is ~{NOMINAL_SWAP_S:.0f} s simulated, ~{NOMINAL_SWAP_S / speed:.1f} s here)",
-          file=out, flush=True)
+          f"(a swap is ~{NOMINAL_SWAP_S:.0f} s simulated, ~{NOMINAL_SWAP_S / speed:.1f} s here), "
+          f"PLC over {PLC_NAMES[plc]}", file=out, flush=True)
     progress = Progress(out, speed)
     if cloud is not None:
         c = cloud["cloud"]
@@ -170,7 +173,7 @@ async def run_demo(
     # directory of the rig unless one is given
     async with Rig(speed=speed, vehicles=swaps, journal=journal, observer=progress,
                    poll_period_s=None, capture_log=False, name="swapd-demo",
-                   config=cloud) as rig:
+                   config=cloud, plc=plc) as rig:
         daemon, task = rig.daemon, rig.task
         assert task is not None
         loop = asyncio.get_running_loop()
