@@ -58,6 +58,9 @@ from drivers.ratelimit import RateLimitedWarnings
 from station.config import OpcUaSection, PlcSection
 
 HEARTBEAT = "ctrl_heartbeat"
+# The command handshake's inputs: a new echo is delivered only with (or after) its status.
+ECHO = "cmd_ack_seq"
+HANDSHAKE_STATE = frozenset({"cmd_status", "cmd_error_code"})
 LOG_INTERVAL = 1.0  # at most one log line per error kind per second
 BACKOFF_MIN_S = 0.1
 BACKOFF_MAX_S = 5.0
@@ -87,6 +90,7 @@ class OpcUaLinkStats(LinkStats):
     keepalives: int = 0
     stalls: int = 0  # subscriptions judged dead (no publish within the keep-alive period)
     bad_values: int = 0  # publish responses withheld: an input bad or of the wrong type
+    held_echoes: int = 0  # a new cmd_ack_seq that came without its status: held one response
 
 
 def describe_error(exc: BaseException) -> str:
@@ -116,6 +120,7 @@ class _Session:
         self.lost = asyncio.Event()
         self.lost_reason = ""
         self.problems: list[str] = []  # mapped nodes missing or not as the map says
+        self.held_echo: Any = None  # a new cmd_ack_seq held back for its status
         self.publishing_s = 0.0  # the subscription as the server granted it
         self.keepalive_s = 0.0
 
@@ -507,28 +512,46 @@ class OpcUaPlcLink(PlcLink):
             data = result.NotificationMessage.NotificationData or []
             if not data:
                 self.stats.keepalives += 1
+            if session.held_echo is not None:  # a response later: its state has come too
+                session.raw[ECHO], session.held_echo = session.held_echo, None
+            echo_before = session.raw.get(ECHO)
+            changed: set[str] = set()
             for notification in data:
                 if isinstance(notification, ua.DataChangeNotification):
                     for item in notification.MonitoredItems:
-                        self._apply_item(session, item)
+                        name = self._apply_item(session, item)
+                        if name is not None:
+                            changed.add(name)
                 elif isinstance(notification, ua.StatusChangeNotification):
                     self._lose(session, "subscription ended by the server: "
                                f"{_code_name(notification.Status)}")
                     return
+            echo = session.raw.get(ECHO)
+            if echo_before is not None and echo != echo_before and \
+                    not changed & HANDSHAKE_STATE:
+                # A new echo without its status: separate monitored items may be sampled
+                # from different PLC scans, so the status of this command may come in the
+                # next response. Until then the image keeps the previous echo, never the
+                # new echo with the old command's "done".
+                session.held_echo, session.raw[ECHO] = echo, echo_before
+                self.stats.held_echoes += 1
             self._deliver(session, t)
         return on_publish
 
-    def _apply_item(self, session: _Session, item: ua.MonitoredItemNotification) -> None:
+    def _apply_item(self, session: _Session,
+                    item: ua.MonitoredItemNotification) -> str | None:
+        """Take one data change into the session's image; the signal's name if it was
+        taken (good and of the right type), else None."""
         sig = session.handles.get(item.ClientHandle)
         if sig is None:
-            return
+            return None
         dv = item.Value
         status = dv.StatusCode if dv is not None else None
         if status is not None and not status.is_good():
             name = _code_name(status)
-            session.bad[sig.name] = f"status {name}"
+            session.bad[sig.name] = f"{sig.name} ({sig.address}): status {name}"
             self.stats.exceptions[name] = self.stats.exceptions.get(name, 0) + 1
-            return
+            return None
         variant = dv.Value if dv is not None else None
         try:
             if variant is None or variant.Value is None:
@@ -542,9 +565,10 @@ class OpcUaPlcLink(PlcLink):
             session.bad[sig.name] = str(exc)
             self.stats.exceptions["type_mismatch"] = \
                 self.stats.exceptions.get("type_mismatch", 0) + 1
-            return
+            return None
         session.raw[sig.name] = variant.Value
         session.bad.pop(sig.name, None)
+        return sig.name
 
     def _deliver(self, session: _Session, t: float) -> None:
         if session.bad:
