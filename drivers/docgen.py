@@ -276,15 +276,19 @@ OPCUA_PROSE_INPUTS = """\
 - **The server must send a publish response (data or a keep-alive) at least every
   publishing interval x keep-alive count** ({quiet_ms} ms by default). The controller
   judges the subscription dead after {margin} x that ({stall_ms} ms) without one, and
-  connects anew with a new session. It counts with the values it requested: the server
-  must grant them (revise neither the publishing interval nor the keep-alive count upward).
+  connects anew with a new session. It counts with the values the server granted (the
+  revised publishing interval and keep-alive count), and warns when they are slower than
+  requested: the server should grant what is asked.
 - **All inputs of one publish response are applied together**, as one image stamped with
   the time the response arrived; a keep-alive says nothing changed, and the last image
   counts again as of the keep-alive's arrival. Inputs that belong together (`cmd_ack_seq`
   with `cmd_status` and `cmd_error_code`) the PLC updates in the same scan, and its server
-  must take one sampling of them from one scan, so that one publish response carries them
-  together: a new `cmd_ack_seq` with the previous command's `cmd_status` would be taken
-  as the new command's status.
+  should take one sampling of them from one scan, so that one publish response carries
+  them together. As a safeguard the controller holds back a new `cmd_ack_seq` that comes
+  without `cmd_status` or `cmd_error_code` in the same response, until the next response
+  (data or keep-alive): it never pairs a new echo with the previous command's status. A
+  command that is done within one PLC scan (its status unchanged) is thus seen one
+  response later.
 - An input with a status other than Good (Bad or Uncertain), without a value, or with a
   value of another data type (the Variant must carry exactly the table's type, an array
   exactly its length) makes the controller **ignore the whole response**, and every one
