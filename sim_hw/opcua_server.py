@@ -215,14 +215,17 @@ class _Layout:
                                 Description=ua.LocalizedText(m.signals[n].description))
                     for n in m.arguments]
             await owner.add_method(_map_node_id(m.method, ns), self.qname(mname),
-                                   self._method(write_outputs), args, [])
+                                   self._method(owner.nodeid, write_outputs), args, [])
         return nodes
 
-    def _method(self, write_outputs: WriteOutputs) -> Callable[..., Awaitable[Any]]:
+    def _method(self, owner: ua.NodeId,
+                write_outputs: WriteOutputs) -> Callable[..., Awaitable[Any]]:
         names = self.map.arguments
         signals = self.map.signals
 
         async def call(parent: ua.NodeId, *args: Any) -> ua.CallMethodResult:
+            if parent != owner:  # called on another object (asyncua does not check)
+                return ua.CallMethodResult(StatusCode=_status(ua.StatusCodes.BadMethodInvalid))
             if len(args) != len(names):
                 log.info("%s refused: %d arguments, %d expected", self.map.method, len(args),
                          len(names))
