@@ -353,3 +353,26 @@ def test_a_file_that_is_not_a_configuration_is_refused(tmp_path: Path) -> None:
     _refused(_swapd("check-config", "/dev/zero"), "larger than")
     _refused(_swapd("check-config", str(tmp_path)), "cannot read")
     _refused(_check_config(tmp_path, b"\x00\x01\x02"), "not valid TOML")
+
+
+def test_the_commented_opcua_examples_load() -> None:
+    """deploy/swapd.toml and deploy/swap-sim.toml show OPC UA in comments: uncommented,
+    they must load (an example that does not is a trap for an integrator)."""
+    import re
+    import tomllib
+
+    from sim_hw.config import SimConfig
+
+    s = (ROOT / "deploy" / "swapd.toml").read_text().replace('protocol = "modbus"',
+                                                             'protocol = "opcua"')
+    a, b, c = s.index("[plc.modbus]"), s.index("# [plc.opcua]"), s.index("[can]")
+    s = s[:a] + re.sub(r"^# ([a-z_\[])", r"\1", s[b:c], flags=re.M) + s[c:]
+    cfg = StationConfig.model_validate(tomllib.loads(s))
+    section = cfg.plc.link_section()
+    assert isinstance(section, OpcUaSection) and section.username == "swapd"
+    t = (ROOT / "deploy" / "swap-sim.toml").read_text()
+    t = re.sub(r"^# (\[sim.opcua\]|port = 4840|path|policies|pki_dir|trust_any|users)", r"\1",
+               t, flags=re.M)
+    sim = tomllib.loads(t)["sim"]
+    assert "opcua" in sim
+    SimConfig.model_validate({**sim, "plc_protocol": "opcua"})
