@@ -538,3 +538,18 @@ def test_opcua_faults_only_on_an_opcua_plc() -> None:
         _ = opcua.modbus_port
     with pytest.raises(RuntimeError):
         _ = modbus.opcua_endpoint
+
+
+async def test_server_certificate_validity_and_names(tmp_path: Path) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from cryptography import x509
+
+    async with station(pki_dir=str(tmp_path / "pki"), certificate_valid_s=3600) as sim:
+        cert = x509.load_der_x509_certificate(plc(sim).server_certificate_path.read_bytes())
+    assert abs(cert.not_valid_after_utc - datetime.now(UTC) - timedelta(hours=1)) \
+        < timedelta(minutes=1)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.UniformResourceIdentifier) == ["urn:swapstation:sim-plc"]
+    assert "localhost" in san.get_values_for_type(x509.DNSName)
+    assert [str(a) for a in san.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
