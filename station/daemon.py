@@ -190,6 +190,10 @@ class Daemon:
     def status(self) -> dict[str, Any]:
         """The operator's status: the core's, plus the links."""
         out = self.core.status()
+        stats = self.link.stats
+        out["plc"] = {"protocol": self.cfg.plc.protocol, "endpoint": self.cfg.plc.endpoint,
+                      "connected": self.link.connected, "reconnects": stats.reconnects,
+                      "last_error": stats.last_error}
         if self.cloud is not None:
             out["cloud"] = self.cloud.describe()
         return out

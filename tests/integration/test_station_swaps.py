@@ -1,4 +1,5 @@
-"""The daemon against sim_hw over real Modbus TCP and real CAN frames: whole swaps."""
+"""The daemon against sim_hw over real Modbus TCP or OPC UA (the `station` fixture runs each
+test over both) and real CAN frames: whole swaps."""
 
 from __future__ import annotations
 
@@ -15,9 +16,12 @@ from station.sequence import STEP_NAMES
 from tests.integration.conftest import Station
 
 
-async def test_three_swaps_in_a_row(station: Station) -> None:
+async def test_three_swaps_in_a_row(station: Station, plc: str) -> None:
     await station.wait_for(lambda: len(station.ended()) >= 3, timeout=90)
     assert [e["outcome"] for e in station.ended()] == ["completed"] * 3, station.ended()
+    link = station.daemon.status()["plc"]  # the operator sees which link, and that it is up
+    assert (link["protocol"], link["connected"], link["reconnects"]) == (plc, True, 0), link
+    assert link["endpoint"].startswith("opc.tcp://" if plc == "opcua" else "modbus://")
 
     # Ground truth from the simulator, not from what the daemon believes.
     truth = station.sim.truth()
