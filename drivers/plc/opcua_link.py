@@ -84,6 +84,15 @@ class OpcUaLinkError(Exception):
     """A connection that cannot be used: the message says why, naming the node or the file."""
 
 
+class RefusedByServer(OpcUaLinkError):
+    """A write or method call answered with a bad status: `status` is its name, the message
+    names the node or the method."""
+
+    def __init__(self, message: str, status: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 @dataclass
 class OpcUaLinkStats(LinkStats):
     publishes: int = 0  # publish responses received (data and keep-alives)
@@ -681,8 +690,9 @@ class OpcUaPlcLink(PlcLink):
             except (Exception, TimeoutError) as exc:
                 self.stats.write_errors += 1
                 error = describe_error(exc)
-                if isinstance(exc, ua.UaStatusCodeError):
-                    name = error.split(":", 1)[0]
+                if isinstance(exc, RefusedByServer | ua.UaStatusCodeError):
+                    name = exc.status if isinstance(exc, RefusedByServer) else \
+                        error.split(":", 1)[0]
                     self.stats.exceptions[name] = self.stats.exceptions.get(name, 0) + 1
                 self.stats.last_error = f"write: {error}"
                 self._limited.warning("plc.write_error", error=error)
@@ -704,11 +714,14 @@ class OpcUaPlcLink(PlcLink):
             for name in self.nmap.arguments]
         (result,) = await self._race(session, session.client.uaclient.call([request]),
                                      self.section.request_timeout_s)
-        result.StatusCode.check()  # BadInvalidArgument: see the argument results
-        for name, status in zip(self.nmap.arguments, result.InputArgumentResults or [],
-                                strict=False):
-            if not status.is_good():
-                raise OpcUaLinkError(f"argument {name} refused: {_code_name(status)}")
+        if not result.StatusCode.is_good():
+            status = _code_name(result.StatusCode)
+            wrong = [f"{name} {_code_name(arg)}" for name, arg in zip(
+                self.nmap.arguments, result.InputArgumentResults or [], strict=False)
+                if not arg.is_good()]
+            raise RefusedByServer(
+                f"call {self.nmap.method} on {self.nmap.method_object}: {status}"
+                + (f" (arguments: {', '.join(wrong)})" if wrong else ""), status)
 
     async def _write_steps(self, session: _Session, block: dict[str, Any]) -> None:
         previous = self._written
@@ -729,8 +742,8 @@ class OpcUaPlcLink(PlcLink):
                                        self.section.request_timeout_s)
             for name, status in zip(step, results, strict=True):
                 if not status.is_good():
-                    raise ua.UaStatusCodeError(status.value) from OpcUaLinkError(
-                        f"write {name} ({self.nmap.signals[name].address}) refused")
+                    raise RefusedByServer(f"write {name} ({self.nmap.signals[name].address}): "
+                                          f"{_code_name(status)}", _code_name(status))
 
 
 def _code_name(status: ua.StatusCode | None) -> str:

@@ -624,6 +624,9 @@ async def test_error_reply_counted_and_the_link_keeps_running(plc: PlcDouble) ->
     link.set_outputs({"cmd_code": "STORE", "cmd_param1": 4, "cmd_seq": 2})
     assert await link.write_now() is None
     assert link.stats.write_errors >= 1
+    if isinstance(plc, OpcUaDouble):  # the refusal names the method and the status
+        assert "WriteOutputs" in (link.stats.last_error or "")
+        assert "BadResourceUnavailable" in (link.stats.last_error or "")
     exceptions = sum(link.stats.exceptions.values())
     assert exceptions >= 6
     plc.fail_writes(False)
