@@ -82,6 +82,29 @@ class ContractSignal:
     enum: str | None = None
 
 
+class AddressedSignal:
+    """What a protocol's addressing of a signal (regmap.Signal, nodemap.NodeSignal) says
+    through the contract: its direction, array size, unit and meaning come from `spec`."""
+
+    spec: ContractSignal
+
+    @property
+    def direction(self) -> Direction:
+        return self.spec.direction
+
+    @property
+    def count(self) -> int:
+        return self.spec.count
+
+    @property
+    def unit(self) -> str:
+        return self.spec.unit
+
+    @property
+    def description(self) -> str:
+        return self.spec.description
+
+
 @dataclass(frozen=True)
 class Command:
     name: str

@@ -32,6 +32,7 @@ from typing import Any, Literal, cast, get_args
 from drivers.datafile import load_toml
 from drivers.plc.contract import (
     UNKNOWN_PREFIX,
+    AddressedSignal,
     ContractSignal,
     Direction,
     Enumeration,
@@ -72,7 +73,7 @@ class NodeValueError(ValueError):
 
 
 @dataclass(frozen=True)
-class NodeSignal:
+class NodeSignal(AddressedSignal):
     """One contract signal at its node."""
 
     name: str
@@ -81,22 +82,6 @@ class NodeSignal:
     type: OpcType
     spec: ContractSignal
     enum: Enumeration | None = None
-
-    @property
-    def direction(self) -> Direction:
-        return self.spec.direction
-
-    @property
-    def count(self) -> int:
-        return self.spec.count
-
-    @property
-    def unit(self) -> str:
-        return self.spec.unit
-
-    @property
-    def description(self) -> str:
-        return self.spec.description
 
     @property
     def address(self) -> str:

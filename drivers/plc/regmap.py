@@ -25,6 +25,7 @@ from typing import Any, Literal, cast, get_args
 from drivers.datafile import load_toml
 from drivers.plc.contract import (
     UNKNOWN_PREFIX,
+    AddressedSignal,
     Command,
     ContractSignal,
     Direction,
@@ -50,7 +51,7 @@ class RegisterMapError(ValueError):
 
 
 @dataclass(frozen=True)
-class Signal:
+class Signal(AddressedSignal):
     """One contract signal at its Modbus address."""
 
     name: str
@@ -59,22 +60,6 @@ class Signal:
     spec: ContractSignal  # what the contract says about it
     scale: float = 1.0
     enum: Enumeration | None = None  # set for an enumerated signal
-
-    @property
-    def direction(self) -> Direction:
-        return self.spec.direction
-
-    @property
-    def count(self) -> int:
-        return self.spec.count
-
-    @property
-    def unit(self) -> str:
-        return self.spec.unit
-
-    @property
-    def description(self) -> str:
-        return self.spec.description
 
     # -------------------------------------------------------------- wire <-> number
 
