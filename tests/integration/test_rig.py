@@ -223,10 +223,11 @@ def test_a_failing_test_leaves_its_artifacts(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k != "SWAP_ARTIFACTS"}
 
     art = tmp_path / "artifacts"
-    r = run_inner(inner, {**env, "SWAP_ARTIFACTS": str(art)})
+    # the station fixture runs over both PLC protocols; one is enough here
+    r = run_inner(inner, {**env, "SWAP_ARTIFACTS": str(art)}, "-k", "modbus")
     assert r.returncode == 1 and "1 failed, 1 passed" in r.stdout, r.stdout + r.stderr
     assert f"saved to {art}" in r.stdout, r.stdout
-    dest = art / "test_fails_mid_swap[station0]"
+    dest = art / "test_fails_mid_swap[modbus-station0]"
     assert sorted(p.name for p in art.iterdir()) == [dest.name]  # the passing test left none
     assert {"journal.sqlite", "sim-state.json", "daemon.json", "events.jsonl",
             "swapd.log.jsonl", "failure.txt"} <= {p.name for p in dest.iterdir()}
@@ -242,6 +243,7 @@ def test_a_failing_test_leaves_its_artifacts(tmp_path: Path) -> None:
         db.close()
 
     # without $SWAP_ARTIFACTS: test-artifacts/ under the rootdir
-    r = run_inner(inner, env, "-k", "fails")
+    r = run_inner(inner, env, "-k", "fails and modbus")
     assert r.returncode == 1, r.stdout + r.stderr
-    assert (inner / "test-artifacts" / "test_fails_mid_swap[station0]" / "daemon.json").exists()
+    assert (inner / "test-artifacts" / "test_fails_mid_swap[modbus-station0]" /
+            "daemon.json").exists()
