@@ -390,8 +390,14 @@ class _Harness:
             opcua = OpcUaSection(endpoint=f"opc.tcp://{served.host}:{plc_port}{served.path}",
                                  pki_dir=self.workdir / "pki")
             if self.poll_period_s is not None:
+                # a slower publishing interval keeps the keep-alive period within half the
+                # default staleness, as the configuration requires
+                stale = PlcSection.model_fields["stale_after_s"].default
+                keepalive = max(1, min(opcua.keepalive_count,
+                                       int(stale / (2 * self.poll_period_s))))
                 opcua = opcua.model_copy(
-                    update={"publishing_interval_ms": self.poll_period_s * 1000})
+                    update={"publishing_interval_ms": self.poll_period_s * 1000,
+                            "keepalive_count": keepalive})
             plc = PlcSection(protocol="opcua", opcua=opcua)
         else:
             modbus = ModbusSection(host=self.sim_config.modbus.host, port=plc_port)

@@ -332,7 +332,7 @@ async def _one_swap(loaded: StationConfig) -> list[dict[str, Any]]:
     poll = loaded.plc.modbus.poll_period_s if loaded.plc.modbus else 0.02
     top, _, _ = highest_speed(SimConfig(), poll)
     speed = float(min(200, int(top * 0.8)))
-    async with Rig(speed=speed, vehicles=1, poll_period_s=poll, name="cfgprop",
+    async with Rig(speed=speed, vehicles=1, poll_period_s=poll, name="cfgprop", plc="modbus",
                    config=lambda base: _run_config(loaded, base)) as rig:
         await rig.wait_for(lambda: bool(rig.ended()), timeout=60, what="the first swap")
         return rig.ended()
