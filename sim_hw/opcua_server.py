@@ -22,7 +22,8 @@ Clients connect through a TCP relay (sim_hw/tcp_relay.py): the server listens on
 inner port, the relay on the configured one; while the PLC is silent (paused, plc_silent,
 network_down) the relay black-holes every byte both ways and keeps the connections open.
 `restart()` stops the server and starts it again on the same inner port with the same
-certificate and address space contents: every session dies, the relay stays.
+certificate and address space contents (after `down_s` seconds with nothing listening, as
+a PLC rebooting): every session dies, the relay stays.
 """
 
 from __future__ import annotations
@@ -515,16 +516,20 @@ class OpcUaPlcServer:
             self._tmp.cleanup()
             self._tmp = None
 
-    async def restart(self) -> None:
+    async def restart(self, down_s: float = 0.0) -> None:
         """Stop the server and start it again on the same inner port, with the same
         certificate and address space contents: every client session dies (its connection
-        is closed); the relay keeps listening."""
+        is closed); the relay keeps listening. For `down_s` seconds between the stop and
+        the start nothing listens behind the relay (a PLC takes seconds to reboot): a
+        client that connects meanwhile is closed at once, as by a PLC whose port is shut."""
         if self._server is None:
             raise RuntimeError("the OPC UA server is not running")
         await self._stop_scan()
         await self._stop_server()
         if self.relay is not None:
             self.relay.cut()
+        if down_s > 0:
+            await asyncio.sleep(down_s)
         await self._start_server(self.inner_port)
         self._scan_task = asyncio.create_task(self._scan(), name="opcua-plc-scan")
         log.info("OPC UA PLC restarted at %s", self.endpoint)
