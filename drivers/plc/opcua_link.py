@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass
@@ -78,6 +79,40 @@ MODES = {"SignAndEncrypt": ua.MessageSecurityMode.SignAndEncrypt,
 # asyncua logs every publish at INFO and tracebacks of expected failures (a refused
 # certificate, a lost connection) at ERROR; the link reports those itself, once and clearly.
 logging.getLogger("asyncua").setLevel(logging.CRITICAL)
+
+
+def _without_password(arg: object) -> object:
+    """An ActivateSession request with its user token's secret replaced; anything else as
+    it is."""
+    if not isinstance(arg, ua.ActivateSessionRequest):
+        return arg
+    token = arg.Parameters.UserIdentityToken
+    if isinstance(token, ua.UserNameIdentityToken):
+        token = dataclasses.replace(token, Password=b"(hidden)")
+    elif isinstance(token, ua.IssuedIdentityToken):
+        token = dataclasses.replace(token, TokenData=b"(hidden)")
+    else:
+        return arg
+    params = dataclasses.replace(arg.Parameters, UserIdentityToken=token)
+    return dataclasses.replace(arg, Parameters=params)
+
+
+class _HidePasswords(logging.Filter):
+    """asyncua's client logs every request it sends at DEBUG ("Sending: %s"), the
+    ActivateSession request with the user's password in it (in the clear when the server's
+    user token policy leaves it to the channel's encryption). Whatever level an operator
+    gives asyncua's loggers, the password is replaced before any handler sees the record."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(
+                isinstance(a, ua.ActivateSessionRequest) for a in record.args):
+            record.args = tuple(_without_password(a) for a in record.args)
+        return True
+
+
+_REQUEST_LOGGER = "asyncua.client.ua_client.UASocketProtocol"  # logs each request sent
+if not any(isinstance(f, _HidePasswords) for f in logging.getLogger(_REQUEST_LOGGER).filters):
+    logging.getLogger(_REQUEST_LOGGER).addFilter(_HidePasswords())
 
 
 class OpcUaLinkError(Exception):
@@ -315,36 +350,64 @@ class OpcUaPlcLink(PlcLink):
         elif isinstance(exc, ua.UaStatusCodeError) and exc.code in (
                 ua.StatusCodes.BadUserAccessDenied, ua.StatusCodes.BadIdentityTokenRejected,
                 ua.StatusCodes.BadIdentityTokenInvalid):
-            who = self.section.username or ("the X.509 user certificate"
-                                             if self.section.user_certificate else "anonymous")
-            text = f"the server refused user {who}: {text} (check the password file or " \
-                   "the user's rights on the PLC)"
+            text = self._user_refused(text)
         if isinstance(exc.__cause__, CertificateRejectedError):  # we refused the PLC
             text = str(exc.__cause__)
-        elif isinstance(exc, ua.UaStatusCodeError) and "Certificate" in text:
+        elif isinstance(exc, ua.UaStatusCodeError) and "Certificate" in describe_error(exc):
             text = (f"{text} (the PLC refused swapd's certificate "
                     f"{self.section.certificate_path}: put it in the PLC's trusted list)")
         self.last_refusal = text
         return text
+
+    def _user_refused(self, status: str) -> str:
+        """The server refused the session's user: who, and what to check. A user token of a
+        kind the server's endpoint does not offer is said so, with the kinds it offers."""
+        sec = self.section
+        if sec.username is not None:
+            who, kind = f"user {sec.username}", ua.UserTokenType.UserName
+            hint = f"check the password file {sec.password_file} or the user's rights on the PLC"
+        elif sec.user_certificate is not None:
+            who, kind = f"the X.509 user certificate {sec.user_certificate}", \
+                ua.UserTokenType.Certificate
+            hint = "check that the PLC accepts this certificate for a user, and its rights"
+        else:
+            who, kind = "an anonymous session", ua.UserTokenType.Anonymous
+            hint = ("the PLC may want a user: plc.opcua.username and password_file, or "
+                    "user_certificate and user_private_key")
+        s = self._session
+        policies = getattr(s.client, "_policy_ids", None) if s is not None else None
+        if policies:  # the user token policies of the endpoint chosen (asyncua keeps them)
+            offered = sorted({p.TokenType.name for p in policies
+                              if isinstance(p.TokenType, ua.UserTokenType)})
+            if kind.name not in offered:
+                hint = (f"the endpoint offers no {kind.name} user token, only "
+                        f"{', '.join(offered) or 'none'}")
+        return f"the server refused {who}: {status} ({hint})"
 
     def _mode_name(self) -> str:
         return "None" if self._security is None else self.section.security_mode
 
     async def _connect(self, session: _Session, *, subscribe: bool = True) -> None:
         client, sec = session.client, self.section
+        # swapd's own secret files first: one that cannot be used is refused before any
+        # byte goes to the PLC (set_security asks the server for its endpoints)
+        password = None
+        if sec.username is not None and sec.password_file is not None:
+            password = read_password(sec.password_file)
+        elif sec.user_private_key is not None:
+            check_private_key_file(sec.user_private_key, "plc.opcua.user_private_key")
         if self._security is not None:
+            check_private_key_file(sec.private_key_path, "plc.opcua.private_key")
             if self._trust is None:
                 self._trust = TrustList(sec.pki_dir, peer="server")
-            check_private_key_file(sec.private_key_path, "plc.opcua.private_key")
             client.certificate_validator = self._trust.validate
             await client.set_security(self._security, str(sec.certificate_path),
                                       str(sec.private_key_path),
                                       mode=MODES[sec.security_mode])
-        if sec.username is not None and sec.password_file is not None:
+        if sec.username is not None and password is not None:
             client.set_user(sec.username)
-            client.set_password(read_password(sec.password_file))
+            client.set_password(password)
         elif sec.user_certificate is not None and sec.user_private_key is not None:
-            check_private_key_file(sec.user_private_key, "plc.opcua.user_private_key")
             await client.load_client_certificate(str(sec.user_certificate))
             await client.load_private_key(Path(sec.user_private_key))
         await client.connect(auto_reconnect=False)
@@ -592,6 +655,9 @@ class OpcUaPlcLink(PlcLink):
             return  # not every input has come yet: no half image
         values = self.nmap.decode(session.raw)
         self.stats.polls += 1
+        # the first image may come before run() has seen the connect end: the connection is
+        # reported up first, never inputs from a link that says it is down
+        self._report(True)
         if self.on_inputs is not None:
             try:
                 self.on_inputs(values, t)
@@ -645,7 +711,11 @@ class OpcUaPlcLink(PlcLink):
             if expires is not None and datetime.now(UTC) >= expires:
                 self._lose(session, f"the server certificate expired at {expires.isoformat()}")
                 return
-            await asyncio.sleep(max(stall_after - silent, session.publishing_s / 2, 0.001))
+            pause = max(stall_after - silent, session.publishing_s / 2, 0.001)
+            if expires is not None:  # wake at the expiry, not up to a keep-alive period later
+                left = (expires - datetime.now(UTC)).total_seconds()
+                pause = min(pause, max(left, 0.001))
+            await asyncio.sleep(pause)
 
     async def _race(self, session: _Session, request: Any, timeout: float) -> Any:
         """Await a request, at most `timeout`, giving up at once if the session is lost."""
