@@ -319,7 +319,7 @@ class OpcUaDouble(PlcDouble):
             opcua=OpcUaSection(endpoint=f"opc.tcp://127.0.0.1:{self.port}/double",
                                pki_dir=opcua_pki() / "swapd",
                                publishing_interval_ms=POLL_S * 1000, keepalive_count=5,
-                               connect_timeout_s=1.0, request_timeout_s=TIMEOUT_S),
+                               connect_timeout_s=2.0, request_timeout_s=TIMEOUT_S),
         )
 
     def tune(self, link: PlcLink) -> None:
@@ -587,7 +587,7 @@ async def test_silent_plc_delivers_nothing_then_recovers(plc: PlcDouble) -> None
     silent_from = time.monotonic()
     delivered = len(rec.inputs)
     last_t = rec.inputs[-1][1]
-    await wait_until(lambda: link.stats.poll_errors >= errors + 3)
+    await wait_until(lambda: link.stats.poll_errors >= errors + 3, timeout=20)
     assert len(rec.inputs) == delivered  # nothing while silent
     assert last_t < silent_from
     assert link.stats.last_error
