@@ -57,7 +57,7 @@ def test_config_survives_toml(tmp_path: Path) -> None:
 
 
 def test_rig_config_and_overrides(tmp_path: Path) -> None:
-    rig = Rig(speed=25, vehicles=2, workdir=tmp_path,
+    rig = Rig(speed=25, vehicles=2, workdir=tmp_path, plc="modbus",
               config={"operation": {"auto_start": False}, "plc": {"modbus": {"timeout_s": 0.5}}},
               sim={"station": {"slots": 5}})
     cfg = rig.build_config(15021)
@@ -74,8 +74,10 @@ def test_rig_config_and_overrides(tmp_path: Path) -> None:
     def quiet(c: StationConfig) -> StationConfig:
         return c.model_copy(update={"log": LogSection(level="warning")})
 
-    assert Rig(speed=5, workdir=tmp_path, config=quiet).build_config(1).log.level == "warning"
-    default_poll = Rig(workdir=tmp_path, poll_period_s=None).build_config(1).plc.modbus
+    quiet_rig = Rig(speed=5, workdir=tmp_path, plc="modbus", config=quiet)
+    assert quiet_rig.build_config(1).log.level == "warning"
+    default_rig = Rig(workdir=tmp_path, poll_period_s=None, plc="modbus")
+    default_poll = default_rig.build_config(1).plc.modbus
     assert default_poll is not None and default_poll.poll_period_s == ModbusSection().poll_period_s
     mc = Rig(workdir=tmp_path, can="udp_multicast")
     assert mc.channel.startswith("239.") and mc.sim_config.can.interface == "udp_multicast"
@@ -89,7 +91,7 @@ def test_rig_refuses_two_speeds_and_unknown_keys(tmp_path: Path) -> None:
     with pytest.raises(KeyError, match="auto_stat"):
         Rig(workdir=tmp_path, config={"operation": {"auto_stat": False}}).build_config(1)
     with pytest.raises(ValueError):  # validated like a file
-        Rig(workdir=tmp_path, config={"plc": {"modbus": {"port": 0}}}).build_config(1)
+        Rig(workdir=tmp_path, plc="modbus", config={"plc": {"modbus": {"port": 0}}}).build_config(1)
 
 
 def test_artifact_dir_names() -> None:
