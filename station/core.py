@@ -453,6 +453,15 @@ class StationCore:
         hb = image.plc.get("plc_heartbeat")
         if image.plc_read_at is not None and hb != self._hb_value:
             self._hb_value, self._hb_changed_at = hb, image.plc_read_at
+        # The stop first: an interlock that aborts the swap now (an e-stop, a stale PLC) is
+        # acted on before the pack bookkeeping below, most of a scan's time. Pack events
+        # are latched, so the interlocks see the same ones here as after it.
+        early = self._tripped(now)
+        for il, reaction, detail in early:
+            if reaction == interlocks.Reaction.ABORT:
+                self.active_interlocks = [t[0].id for t in early]
+                self._abort(f"interlock {il.id}: {detail}", now, code=il.id)
+                return None
         self._pack_trust(image, now)
         self._pack_safety(image, now)
         tripped = self._tripped(now)

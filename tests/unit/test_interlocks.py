@@ -8,10 +8,12 @@ against the simulator over real protocols in tests/integration/test_interlock_ma
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from station.core import CommandRefused, StationCore
-from station.image import BAY, Location
+from station.image import BAY, Location, StopRequest
 from station.interlocks import INTERLOCKS, Interlock, Reaction
 from station.pack_commands import PackCommand, PackCommandKind
 from station.packml import Cmd, State
@@ -215,3 +217,35 @@ def test_temperature_rise_rate_is_a_pack_event() -> None:
         if run.kinds("alarm"):
             break
     assert run.kinds("alarm")[0]["alarm"] == "temp_rise"
+
+
+def test_an_abort_is_decided_before_the_pack_bookkeeping() -> None:
+    """The e-stop's stop request goes out in the scan that sees it, before pack trust and
+    pack safety (most of a scan's time) run: they wait for the next scan."""
+    run = make_run()
+    run.until(lambda: run.core.step is not None and run.core.step.name == "lift")
+    core = run.core
+    calls: list[str] = []
+    trust, safety = core._pack_trust, core._pack_safety
+
+    def spy_trust(*a: Any) -> None:
+        calls.append(f"trust@{core.state.label}")
+        trust(*a)
+
+    def spy_safety(*a: Any) -> None:
+        calls.append(f"safety@{core.state.label}")
+        safety(*a)
+
+    core._pack_trust = spy_trust  # type: ignore[method-assign]
+    core._pack_safety = spy_safety  # type: ignore[method-assign]
+    run.step()
+    assert calls == ["trust@Execute", "safety@Execute"]  # every scan, normally
+    calls.clear()
+    run.plc.image.plc["estop_ok"] = False
+    d = core.update(run.plc.image, run.now + 0.05)
+    assert core.state == State.ABORTING and core.outputs["stop_request"] == StopRequest.CAT1
+    assert d.outputs is not None and d.outputs["stop_request"] == StopRequest.CAT1
+    assert calls == []  # not in the scan that stops the machine
+    assert core.active_interlocks == ["estop_open"]
+    core.update(run.plc.image, run.now + 0.1)
+    assert calls  # the next scan does them
