@@ -419,6 +419,7 @@ class OpcUaPlcServer:
         self._outputs: dict[str, Any] = node_map.zero("out", enums="codes")
         self._published: dict[str, tuple[Any, str]] = {}
         self._pending: list[tuple[ua.NodeId, ua.DataValue]] = []
+        self._notifying: set[asyncio.Task[None]] = set()  # refresh()'s notifications
         self._scan_task: asyncio.Task[None] | None = None
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._pki: Path | None = None
@@ -535,11 +536,21 @@ class OpcUaPlcServer:
         log.info("OPC UA PLC restarted at %s", self.endpoint)
 
     def refresh(self) -> None:
-        """Advance the model to now and put every changed input in its node at once (its
-        subscribers are told at the next scan, within scan_s). A no-op when stopped."""
+        """Advance the model to now and put every changed input in its node at once, and
+        tell its subscribers at once too (a fault, a command taken: as asyncua's own
+        monitored items do on a write, not at the next scan). A no-op when stopped."""
         if self._server is None:
             return
         self._pending.extend(self._update_inputs())
+        if not self._pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # called from outside the loop: the next scan tells them
+            return
+        task = loop.create_task(self._notify())
+        self._notifying.add(task)
+        task.add_done_callback(self._notifying.discard)
 
     # ------------------------------------------------------------ certificates
     def _prepare_pki(self) -> None:

@@ -26,11 +26,69 @@ if TYPE_CHECKING:
     from drivers.plc.contract import PlcContract
     from station.config import PlcSection
 
+HEARTBEAT = "ctrl_heartbeat"  # the output signal every link owns and keeps counting
+
 InputsCallback = Callable[[dict[str, Any], float], None]
 """Called with (decoded input values by contract signal name, monotonic time of the read)."""
 
 Clock = Callable[[], float]
 """Monotonic seconds; stamps reads and write acknowledgements."""
+
+
+class OutputBlock:
+    """The outputs a link writes: the desired values (contract vocabulary) and the
+    heartbeat it owns. `version` counts changes, `acked_version` is the version the PLC
+    last acknowledged; the heartbeat counts up once per period, when it falls due.
+
+    `is_output(name)` says whether a name is an output signal; `check(values)` raises
+    ValueError naming the signal for a value the wire cannot carry."""
+
+    def __init__(self, is_output: Callable[[str], bool],
+                 check: Callable[[dict[str, Any]], object], heartbeat_period: float) -> None:
+        self._is_output = is_output
+        self._check = check
+        self.heartbeat_period = heartbeat_period
+        self.desired: dict[str, Any] = {}
+        self.version = 0
+        self.acked_version = -1
+        self.heartbeat = 0
+        self.heartbeat_due = float("-inf")
+
+    def merge(self, values: dict[str, Any]) -> bool:
+        """Merge desired outputs; ValueError for an unknown or input signal, the heartbeat,
+        or a bad value, before anything is kept. True if the outputs changed."""
+        for name in values:
+            if not self._is_output(name):
+                raise ValueError(f"{name} is not an output signal of the PLC contract")
+            if name == HEARTBEAT:
+                raise ValueError(f"{HEARTBEAT} is written by the link itself")
+        merged = {**self.desired, **values}
+        self._check(merged)  # a bad value fails in the caller, not in the link's cycle
+        if merged == self.desired:
+            return False
+        self.desired = merged
+        self.version += 1
+        return True
+
+    def due(self, now: float) -> bool:
+        """Something to write: a change the PLC has not acknowledged, or the heartbeat."""
+        return self.acked_version != self.version or now >= self.heartbeat_due
+
+    def take(self, now: float) -> tuple[int, dict[str, Any]]:
+        """The block to write now, heartbeat included (counted up if due), and its
+        version, to hand to `acked` once the PLC acknowledged it."""
+        if now >= self.heartbeat_due:
+            self.heartbeat = (self.heartbeat + 1) & 0xFFFF
+            self.heartbeat_due = now + self.heartbeat_period
+        return self.version, {**self.desired, HEARTBEAT: self.heartbeat}
+
+    def acked(self, version: int) -> None:
+        self.acked_version = version
+
+    def resend(self) -> None:
+        """A new connection: the PLC may have restarted, the whole block goes again now."""
+        self.acked_version = -1
+        self.heartbeat_due = float("-inf")
 
 
 @dataclass

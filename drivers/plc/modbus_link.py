@@ -41,12 +41,11 @@ from pymodbus.pdu import DecodePDU, ModbusPDU
 from pymodbus.transaction import TransactionManager
 
 from drivers.plc.contract import PlcContract
-from drivers.plc.link import Clock, LinkStats, PlcLink
+from drivers.plc.link import HEARTBEAT, Clock, LinkStats, OutputBlock, PlcLink
 from drivers.plc.regmap import RegisterMap, load_register_map
 from drivers.ratelimit import RateLimitedWarnings
 from station.config import ModbusSection, PlcSection
 
-HEARTBEAT = "ctrl_heartbeat"
 LOG_INTERVAL = 1.0  # at most one log line per error kind per second: a dead PLC polled at 20 Hz
 # Reconnection back-off: first retry after BACKOFF_MIN_S, doubling up to BACKOFF_MAX_S.
 BACKOFF_MIN_S = 0.1
@@ -178,12 +177,9 @@ class ModbusPlcLink(PlcLink):
         self._limited = RateLimitedWarnings(self._log, LOG_INTERVAL)
 
         self._client: AsyncModbusTcpClient | None = None
-        self._desired: dict[str, Any] = {}
-        self._heartbeat = 0
-        self._heartbeat_due = float("-inf")
-        # Outputs change -> _version++; a write acknowledged -> _acked_version = its version.
-        self._version = 0
-        self._acked_version = -1
+        self._out = OutputBlock(
+            lambda name: name in rmap.signals and rmap.signals[name].direction == "out",
+            rmap.encode_outputs, heartbeat_period)
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
         self._lost = asyncio.Event()
@@ -219,18 +215,7 @@ class ModbusPlcLink(PlcLink):
         """Merge desired outputs (contract vocabulary); raises ValueError for unknown, input,
         out-of-range or heartbeat signals (the link owns ctrl_heartbeat) and for an unknown
         value name of an enumerated signal."""
-        for name in values:
-            sig = self.rmap.signals.get(name)
-            if sig is None or sig.direction != "out":
-                raise ValueError(f"{name} is not an output signal of the PLC contract")
-            if name == HEARTBEAT:
-                raise ValueError(f"{HEARTBEAT} is written by the link itself")
-        merged = {**self._desired, **values}
-        # Encode now so a bad value fails in the caller, not later in the link's cycle.
-        self.rmap.encode_outputs(merged)
-        if merged != self._desired:
-            self._desired = merged
-            self._version += 1
+        if self._out.merge(values):
             self._wake.set()
 
     async def write_now(self) -> float | None:
@@ -330,8 +315,7 @@ class ModbusPlcLink(PlcLink):
                                   reconnects=self.stats.reconnects)
             return False
         # Re-send the whole output block on every new connection: the PLC may have restarted.
-        self._acked_version = -1
-        self._heartbeat_due = float("-inf")
+        self._out.resend()
         return True
 
     def _on_trace_connect(self, up: bool) -> None:
@@ -380,7 +364,7 @@ class ModbusPlcLink(PlcLink):
                 now = loop.time()
                 if now >= next_poll:
                     break
-                wait = min(next_poll, self._heartbeat_due) - now
+                wait = min(next_poll, self._out.heartbeat_due) - now
                 if wait > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), wait)
@@ -430,15 +414,11 @@ class ModbusPlcLink(PlcLink):
             if client is None or not self.connected:
                 return None
             now = asyncio.get_running_loop().time()
-            heartbeat_due = now >= self._heartbeat_due
-            version = self._version
-            if not force and not heartbeat_due and version == self._acked_version:
+            if not force and not self._out.due(now):
                 return None
-            if heartbeat_due:
-                self._heartbeat = (self._heartbeat + 1) & 0xFFFF
-                self._heartbeat_due = now + self.heartbeat_period
+            version, values = self._out.take(now)
             rmap = self.rmap
-            block = rmap.encode_outputs({**self._desired, HEARTBEAT: self._heartbeat})
+            block = rmap.encode_outputs(values)
             try:
                 rr = await self._request(
                     client.write_registers(rmap.output_start, block, device_id=rmap.unit_id)
@@ -454,9 +434,9 @@ class ModbusPlcLink(PlcLink):
                 self.stats.write_errors += 1
                 self.stats.last_error = f"write: exception {name}"
                 self._limited.warning("plc.write_error", exception=name)
-                return None  # _acked_version unchanged: the next cycle writes again
+                return None  # not acknowledged: the next cycle writes again
             self.stats.writes += 1
-            self._acked_version = version
+            self._out.acked(version)
             return t
 
     async def _request(self, request: Awaitable[ModbusPDU]) -> ModbusPDU:

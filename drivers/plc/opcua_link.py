@@ -47,7 +47,7 @@ from asyncua.crypto import security_policies
 from pydantic import BaseModel
 
 from drivers.plc.contract import PlcContract
-from drivers.plc.link import Clock, LinkStats, PlcLink
+from drivers.plc.link import HEARTBEAT, Clock, LinkStats, OutputBlock, PlcLink
 from drivers.plc.nodemap import NodeMap, NodeSignal, NodeValueError, load_node_map
 from drivers.plc.opcua_security import (
     CertificateRejectedError,
@@ -58,7 +58,6 @@ from drivers.plc.opcua_security import (
 from drivers.ratelimit import RateLimitedWarnings
 from station.config import OpcUaSection, PlcSection
 
-HEARTBEAT = "ctrl_heartbeat"
 # The command handshake's inputs: a new echo is delivered only with (or after) its status.
 ECHO = "cmd_ack_seq"
 HANDSHAKE_STATE = frozenset({"cmd_status", "cmd_error_code"})
@@ -208,11 +207,9 @@ class OpcUaPlcLink(PlcLink):
             POLICIES[section.security_policy]
         self._session: _Session | None = None
         self._generation = 0
-        self._desired: dict[str, Any] = {}
-        self._heartbeat = 0
-        self._heartbeat_due = float("-inf")
-        self._version = 0
-        self._acked_version = -1
+        self._out = OutputBlock(
+            lambda name: name in nmap.signals and nmap.signals[name].direction == "out",
+            nmap.encode, heartbeat_period)
         self._written: dict[str, Any] | None = None  # wire values the PLC last acknowledged
         self._write_lock = asyncio.Lock()
         self._wake = asyncio.Event()
@@ -243,17 +240,7 @@ class OpcUaPlcLink(PlcLink):
         return s is not None and s.subscription_id is not None and not s.lost.is_set()
 
     def set_outputs(self, values: dict[str, Any]) -> None:
-        for name in values:
-            sig = self.nmap.signals.get(name)
-            if sig is None or sig.direction != "out":
-                raise ValueError(f"{name} is not an output signal of the PLC contract")
-            if name == HEARTBEAT:
-                raise ValueError(f"{HEARTBEAT} is written by the link itself")
-        merged = {**self._desired, **values}
-        self.nmap.encode(merged)  # a bad value fails in the caller, not in the link's cycle
-        if merged != self._desired:
-            self._desired = merged
-            self._version += 1
+        if self._out.merge(values):
             self._wake.set()
 
     async def write_now(self) -> float | None:
@@ -332,9 +319,8 @@ class OpcUaPlcLink(PlcLink):
             await self._drop()
             return None
         self.last_refusal = None
-        self._acked_version = -1  # the PLC may have restarted: the whole block again
+        self._out.resend()  # the PLC may have restarted: the whole block again
         self._written = None
-        self._heartbeat_due = float("-inf")
         return session
 
     def _refusal(self, exc: BaseException) -> str:
@@ -675,10 +661,10 @@ class OpcUaPlcLink(PlcLink):
         watchdog = asyncio.create_task(self._watch(session), name="opcua-watchdog")
         try:
             while not session.lost.is_set() and not self._closing:
-                if self._acked_version != self._version or loop.time() >= self._heartbeat_due:
+                if self._out.due(loop.time()):
                     await self._write(force=False)
                 self._wake.clear()
-                wait = max(self._heartbeat_due - loop.time(), 0.001)
+                wait = max(self._out.heartbeat_due - loop.time(), 0.001)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), wait)
         finally:
@@ -745,13 +731,10 @@ class OpcUaPlcLink(PlcLink):
                 return None
             loop = asyncio.get_running_loop()
             now = loop.time()
-            version = self._version
-            if not force and self._acked_version == version and now < self._heartbeat_due:
+            if not force and not self._out.due(now):
                 return None
-            self._heartbeat = (self._heartbeat + 1) & 0xFFFF
-            self._heartbeat_due = now + self.heartbeat_period
-            block = self.nmap.encode({**self.nmap.zero("out"), **self._desired,
-                                      HEARTBEAT: self._heartbeat})
+            version, values = self._out.take(now)
+            block = self.nmap.encode({**self.nmap.zero("out"), **values})
             try:
                 if self.nmap.output_mode == "method":
                     await self._call(session, block)
@@ -771,7 +754,7 @@ class OpcUaPlcLink(PlcLink):
                 return None
             t = self._clock()
             self.stats.writes += 1
-            self._acked_version = version
+            self._out.acked(version)
             self._written = block
             return t
 
