@@ -262,3 +262,26 @@ async def test_user_certificate_not_offered_by_the_simulator(tmp_path: Path) -> 
         assert refusal.endswith("(the endpoint offers no Certificate user token, only "
                                 "Anonymous)"), refusal
         assert server(sim).requests == 0
+
+
+@pytest.mark.parametrize(("policy", "mode", "offered"), [
+    ("Basic256Sha256", "SignAndEncrypt", "Basic256Sha256"),
+    ("Aes256Sha256RsaPss", "SignAndEncrypt", "Aes256Sha256RsaPss"),
+    ("Aes128Sha256RsaOaep", "SignAndEncrypt", "Aes128Sha256RsaOaep"),
+    ("Basic256Sha256", "Sign", "Basic256Sha256_Sign"),
+])
+async def test_every_supported_policy_and_mode_connects(
+        tmp_path: Path, policy: str, mode: str, offered: str) -> None:
+    """Each policy and mode swapd offers in its configuration works against a server that
+    offers only that one; inputs arrive and an output write is acknowledged."""
+    async with simulator(policies=[offered]) as sim:
+        link = make_link(trusting(sim, tmp_path / "pki", security_policy=policy,
+                                  security_mode=mode))
+        async with running(link) as task:
+            await until(up(link), f"{policy}/{mode} connected with inputs", task)
+            link.set_outputs({"stop_request": "cat2"})
+            assert await link.write_now() is not None
+            cat2 = sim.model.stop_request == link.nmap.contract.encode_enum("stop_request",
+                                                                            "cat2")
+            assert cat2  # the PLC took the block swapd wrote
+        assert link.stats.write_errors == 0
