@@ -68,14 +68,16 @@ def off_in_truth(rig: Rig) -> list[str]:
     use (station/home.py)."""
     t, seq = rig.sim.truth(), rig.config.sequence
     off = []
-    if abs(t["lift_mm"]) > seq.height_tolerance_mm:
+    # positions as the PLC reports them (whole millimetres): a lift stopped at 5.4 mm
+    # reads 5, within a 5 mm tolerance, and the controller can know no better
+    if abs(round(t["lift_mm"])) > seq.height_tolerance_mm:
         off.append("lifted at" if t["vehicle_present"] else "lift at")
     if t["vehicle_present"] and t["vehicle_bay"] is not None and \
             t["bolts_tight"] < len(t["bolts"]):
         off.append(f"{t['bolts_tight']} of {len(t['bolts'])} bolts tight")
     if t["shuttle"] is not None:
         off.append("pack on the shuttle")
-    elif abs(t["shuttle_mm"]) > seq.shuttle_home_tolerance_mm:
+    elif abs(round(t["shuttle_mm"])) > seq.shuttle_home_tolerance_mm:
         off.append("not home")
     if t["stacker"] is not None:
         off.append("pack on the stacker")
