@@ -397,6 +397,9 @@ class OpcUaPlcLink(PlcLink):
             await client.load_client_certificate(str(sec.user_certificate))
             await client.load_private_key(Path(sec.user_private_key))
         await client.connect(auto_reconnect=False)
+        # the session is up: an earlier refusal no longer holds (set again if what follows
+        # fails), and no image goes out while it would still say so
+        self.last_refusal = None
         client.connection_lost_callback = self._lost_callback(session)
         peer = getattr(client.security_policy, "peer_certificate", None)
         if peer:

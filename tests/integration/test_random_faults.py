@@ -90,8 +90,13 @@ async def recover(rig: Rig) -> str:
         await rig.wait_for(lambda: away_from_home(rig.daemon.image.plc,
                                                   rig.config.sequence) is None,
                            10.0, what="the read-back to show the machine home")
+    seen = len(rig.events)
     await rig.command(Cmd.RESET)
-    await rig.wait_for(lambda: core.state == State.IDLE, 10.0, what="Idle")
+    # Idle may last one scan: with auto-start a car in the bay starts the next swap at
+    # once (and a pack event still latched on its pack aborts that one), so the events
+    # say whether Idle was reached
+    await rig.wait_for(lambda: any(e.kind == "state" and e.data["new"] == "Idle"
+                                   for e in rig.events[seen:]), 10.0, what="Idle")
     return "homed" if away else "home"
 
 
