@@ -63,9 +63,15 @@ COMMAND_PRECONDITIONS: dict[str, str] = {
     "a pack that is not isolated; shuttle empty at home; stacker empty.",
     "INSTALL": "Vehicle lifted to swap height; vehicle_pack_present = 0; a pack on the "
     "shuttle at home.",
-    "LOCK": "vehicle_pack_present = 1.",
+    "LOCK": "vehicle_pack_present = 1; shuttle empty (shuttle_pack_present = 0). The "
+    "shuttle docks under the car first when a stop left it elsewhere.",
     "LOWER": "bolts_tight = bolt_count; shuttle at home (shuttle_position = 0).",
     "RELEASE": "vehicle_present = 1; lift lowered (lift_height = 0).",
+    "HOME": "Not while vehicle_pack_present = 1 with bolts_tight < bolt_count and the "
+    "shuttle away from home (the pack may rest on the shuttle: LOCK first). Done at once "
+    "when both are home.",
+    "NOOP": "Only the rules every command has (below the table). Done in the scan it is "
+    "taken.",
 }
 
 PLC_CONTRACT_SOURCE = "drivers/plc/contract.toml"

@@ -162,9 +162,12 @@ class TimingConfig(_Strict):
     check: float = Field(default=7.0, ge=0)
     lower: float = Field(default=10.0, ge=0)
     release: float = Field(default=10.0, ge=0)
+    # recovery only, not part of a swap: shuttle and stacker back home from anywhere
+    home: float = Field(default=10.0, ge=0)
 
     def total(self) -> float:
-        return sum(float(v) for v in self.model_dump().values())
+        """A whole swap, identify to release (HOME is never part of one)."""
+        return sum(float(v) for k, v in self.model_dump().items() if k != "home")
 
 
 class RackPackConfig(_Strict):

@@ -317,7 +317,7 @@ class StationModel:
             "NONE": lambda: [], "POSITION": self._plan_position, "LIFT": self._plan_lift,
             "UNLOCK": self._plan_unlock, "REMOVE": self._plan_remove,
             "INSTALL": self._plan_install, "LOCK": self._plan_lock, "LOWER": self._plan_lower,
-            "RELEASE": self._plan_release,
+            "RELEASE": self._plan_release, "HOME": self._plan_home, "NOOP": lambda: [],
         }
         if command in ("STORE", "FETCH"):
             if not 1 <= p1 <= self.config.station.slots:
@@ -521,9 +521,23 @@ class StationModel:
         v = self.vehicle
         if v is None or v.pack is None:
             return "no pack in the vehicle bay"
-        return [one_by_one(0.7, lambda: [i for i, t in enumerate(self.bolts.tight) if not t],
+        if self.shuttle_pack is not None:
+            return "shuttle not empty"
+        # the guns are on the shuttle: it docks first when a stop left it elsewhere
+        dock = [] if self.shuttle_docked else [
+            self._shuttle_to(0.2, self.config.station.shuttle_car_mm)]
+        return [*dock,
+                one_by_one(0.7, lambda: [i for i, t in enumerate(self.bolts.tight) if not t],
                            self._tighten),
                 self._shuttle_to(0.3, 0.0)]
+
+    def _plan_home(self) -> list[Phase] | str:
+        v = self.vehicle
+        if v is not None and v.pack is not None and self.bolts.n_tight < self.bolts.count \
+                and self.shuttle_mm > AT_MM:
+            # a pack with loose bolts may rest on the shuttle's lifting frame
+            return "shuttle under a pack whose bolts are not all tight (LOCK it first)"
+        return [together(1.0, self._shuttle_to(1.0, 0.0), self._stacker_to(1.0, 0))]
 
     def _plan_lower(self) -> list[Phase] | str:
         if self.bolts.n_tight != self.bolts.count:
@@ -719,9 +733,28 @@ class StationModel:
             "bolt_torque": list(self.bolts.torque_nm),
             "bolt_angle": list(self.bolts.angle_deg),
             "rack_slot_occupied": [self.rack.get(i) is not None for i in range(1, n_slots + 1)],
+            **self.setpoints(),
         }
         self.faults.override_inputs(values)  # sensor faults corrupt the readings only
         return values
+
+    def setpoints(self) -> dict[str, Any]:
+        """The values this PLC's program works to, published as the contract's set-points."""
+        st = self.config.station
+
+        def window(w: tuple[float, float]) -> list[float]:
+            return [w[0] - w[1], w[0] + w[1]]
+
+        return {
+            "setpoint_swap_height": st.swap_height_mm,
+            "setpoint_height_tolerance": AT_MM,
+            "setpoint_position_tolerance": POSITION_DONE_MM,
+            "setpoint_shuttle_car_position": st.shuttle_car_mm,
+            "setpoint_unlock_torque": window(UNLOCK_TORQUE_NM),
+            "setpoint_unlock_angle": window(UNLOCK_ANGLE_DEG),
+            "setpoint_lock_torque": window(LOCK_TORQUE_NM),
+            "setpoint_lock_angle": window(LOCK_ANGLE_DEG),
+        }
 
     def truth(self) -> dict[str, Any]:
         """Ground truth for tests and benchmarks (serials by place, visits so far)."""

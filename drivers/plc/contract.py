@@ -120,6 +120,9 @@ class Timing:
     ctrl_heartbeat_timeout_ms: int  # the PLC stops when ctrl_heartbeat is frozen this long
     plc_heartbeat_period_ms: int  # the PLC increments plc_heartbeat at least this often
     plc_heartbeat_timeout_ms: int  # the controller judges the PLC dead after this long
+    handshake_timeout_ms: int  # the PLC echoes a new cmd_seq within this
+    sensor_grace_ms: int  # after done, the result's inputs agree within this
+    stop_cause_grace_ms: int  # after error stopped, its cause is reported within this
 
 
 @dataclass(frozen=True)

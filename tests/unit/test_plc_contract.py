@@ -25,6 +25,9 @@ ctrl_heartbeat_period_ms = 100
 ctrl_heartbeat_timeout_ms = 1000
 plc_heartbeat_period_ms = 100
 plc_heartbeat_timeout_ms = 1000
+handshake_timeout_ms = 2000
+sensor_grace_ms = 500
+stop_cause_grace_ms = 250
 
 [[signal]]
 name = "mode"
@@ -97,7 +100,7 @@ def test_core_enum_members_encode() -> None:
 
 
 def test_shipped_contract() -> None:
-    assert CONTRACT.version == "1.0"
+    assert CONTRACT.version == "1.1"
     assert CONTRACT.origin == "contract.toml"
     assert load_contract(SHIPPED).signals == CONTRACT.signals
     enum_signals = {s.name: s.enum for s in CONTRACT.signals.values() if s.enum}
@@ -113,6 +116,9 @@ def test_shipped_contract() -> None:
         assert sig.description, sig.name
     assert CONTRACT.timing.ctrl_heartbeat_period_ms == 100
     assert CONTRACT.timing.ctrl_heartbeat_timeout_ms == 1000
+    assert CONTRACT.timing.handshake_timeout_ms == 2000
+    assert CONTRACT.timing.sensor_grace_ms == 500
+    assert CONTRACT.signals["setpoint_unlock_torque"].count == 2
 
 
 def test_shipped_enumerations_and_commands() -> None:
@@ -126,7 +132,7 @@ def test_shipped_enumerations_and_commands() -> None:
     assert table("stop_request") == {0: "none", 1: "cat1", 2: "cat2"}
     assert table(COMMAND_ENUM) == {
         0: "NONE", 1: "POSITION", 2: "LIFT", 3: "UNLOCK", 4: "REMOVE", 5: "STORE", 6: "FETCH",
-        7: "INSTALL", 8: "LOCK", 9: "LOWER", 10: "RELEASE"}
+        7: "INSTALL", 8: "LOCK", 9: "LOWER", 10: "RELEASE", 11: "HOME", 12: "NOOP"}
     assert {c.code: c.name for c in CONTRACT.commands.values()} == table(COMMAND_ENUM)
     for enum in CONTRACT.enums.values():
         for v in enum.values:

@@ -25,6 +25,9 @@ ctrl_heartbeat_period_ms = 100
 ctrl_heartbeat_timeout_ms = 1000
 plc_heartbeat_period_ms = 100
 plc_heartbeat_timeout_ms = 1000
+handshake_timeout_ms = 2000
+sensor_grace_ms = 500
+stop_cause_grace_ms = 250
 
 [[signal]]
 name = "a"
