@@ -21,10 +21,14 @@ from cantools.database.can.signal import Signal as CanSignal
 
 from drivers.bms import j1939_tp
 from drivers.bms.adapter import VIN_MESSAGE
+from drivers.bms.canbus import NACK_REPEAT_S
 from drivers.bms.commander import REQUEST_REPEAT_S
 from drivers.bms.protocol import (
+    ACK_NACK,
+    ACKNOWLEDGEMENT,
     PDU1_LIMIT,
     RACK_SA_BASE,
+    REQUEST,
     STATION_SA,
     VEHICLE_PACK_SA,
     PackProtocol,
@@ -409,9 +413,13 @@ SA: source address.
   pack sits. The DBC file carries one example identifier per message.
 - Data are **little-endian** (Intel byte order). Bits that no signal uses are **sent as 1**,
   as J1939 requires for "not available".
-- Every message is exactly 8 bytes (`Request`: 3) but {long_list}, which {long_verb}
-  longer and {long_travel} in a J1939-21 BAM (`TP_CM` then `TP_DT` frames, see Long
-  messages).
+- **A message's length is the Length in its table under Messages** (the DBC's length),
+  and a frame carries exactly that many data bytes (its DLC): nothing padded, nothing cut.
+  A message longer than a frame ({long_list}) never travels as one frame: it
+  {long_travel} in a J1939-21 BAM (`TP_CM` then `TP_DT` frames, see Long messages).
+- **A frame of another length than its message's** is dropped: the station counts it
+  (`bad_length`, see Rejected frames) and neither decodes, answers nor NACKs it; a pack
+  ignores it the same way (a `Request` of 8 bytes is no Request).
 
 ## Addresses
 
@@ -429,15 +437,87 @@ CAN_PROSE_TAIL = """\
   stale is not charged and not accepted after a swap. The station treats a pack's data as
   missing after this long without the message that carries it:
 {pack_timeouts}
-- A pack **stops charging when it has not received PackControl for {t_control} ms**. The
-  station sends PackControl on change and every {p_control} ms to each pack it charges.
-- A BMS should send **all its messages once at start-up** (when it wakes in the vehicle or
-  is connected in a rack slot), then at their periods, so the station can identify a pack
-  without waiting a full identity period. The station does not count on it: some BMSs send
-  their identity only on its period, so it asks a pack it hears but cannot identify with a
-  J1939 Request (`Request`), at most once per pack and PGN every {request_repeat_ms} ms.
+- PackControl's timeout (what a pack does without it): see PackControl on the pack
+  side.
 - The periods and timeouts are in the DBC file (attributes `GenMsgCycleTime` and
   `RxTimeoutMs`).
+
+## When a BMS sleeps and wakes
+
+A pack's BMS is on the bus only while it is powered: a rack pack while it sits in its
+slot (it goes quiet when the stacker takes it out and wakes when it is put into one), the
+vehicle's pack while the car's electronics are on. During a swap the bay's BMS **goes
+silent in REMOVE**, as the pack is lowered out of the car (its data go stale; once the PLC
+shows the bay empty, any frame from 0x{vehicle:02X} is dropped), and **the new pack's BMS
+wakes after LOCK**, when the car powers its electronics again, some time after the step.
+
+- **The station does not rely on a start-up burst** (a BMS sending all its messages at
+  once as it wakes), and a station must not: it asks with a J1939 `Request`
+  (PGN 0x{request_pgn:04X}) whenever it needs a pack's identity or limits: every pack at
+  its own start-up, a pack it hears but cannot identify yet or that has not sent its limits,
+  the bay when a vehicle arrives, and the bay in the post-swap check (the new pack's
+  identity, status and cells; only answers sent after the check began count). It asks
+  again, at most once per address and PGN every {request_repeat_ms} ms, for as long as
+  it needs the data.
+- **A pack must answer a Request at any time it is on the bus**, from the moment it
+  wakes, within 200 ms (see Requests and acknowledgements). A BMS may send a start-up
+  burst; nothing requires it, and the station takes it like any other frame.
+
+## Requests and acknowledgements
+
+- A node answers a `Request` addressed to it, or to every node (0xFF), for a PGN it
+  sends by sending that message at once, as on its period (the vehicle's BMS:
+  `{vin_message}`, as its BAM).
+- A `Request` **addressed to a node for a PGN it does not send** is answered with a
+  **NACK**: `{ack_message}` (PGN 0x{ack_pgn:04X}) to the global address 0xFF, control byte
+  {nack} (NACK) in byte 1, group function 0xFF in byte 2, bytes 3-4 0xFF, the requester's
+  address in byte 5, the requested PGN in bytes 6-8 (J1939-21). A `Request` to 0xFF for a
+  PGN a node does not send gets no answer (J1939-21: a global request is not NACKed).
+- A pack sends the messages whose source is "pack" above (the vehicle's BMS at
+  0x{vehicle:02X} also `{vin_message}`); a Request addressed to it for any other PGN gets
+  its NACK.
+- The station sends nothing on request (its PackControl goes out on its own schedule):
+  it answers every `Request` addressed to 0x{station:02X}, whatever the PGN, with a NACK,
+  at most one per requester and PGN every {nack_repeat_ms} ms, and counts the Requests it
+  hears (`requests_received`) and its NACKs (`nacks_sent`).
+- A NACK to one of the station's Requests is counted (`nacks_received`, and per pack and
+  PGN), logged, and ends that Request: nothing more is waited for. The station asks again
+  no sooner than for a Request not answered at all ({request_repeat_ms} ms), so a pack
+  that refuses causes no storm. What a pack refuses the station does without: a pack
+  whose identity or limits never come is neither selected nor charged. An
+  `{ack_message}` with control byte 2 (access denied) or 3 (cannot respond) is taken like
+  a NACK; one for another requester, or a positive one, is counted (`acks_other`) and
+  ignored.
+
+## PackControl on the pack side
+
+What a pack does with the PackControl frames addressed to it (the simulated packs,
+`sim_hw/packs.py`, do exactly this):
+
+- **Every frame carries the grant in force.** A frame the pack acts on sets its charge
+  current and voltage limits to the frame's `ChargeCurrentLimit` and `ChargeVoltageLimit`,
+  whatever its command. **`keep`** ({keep}) leaves the command in force as it is (charging
+  stays enabled or disabled, an isolated pack stays isolated) **and takes the new limits**.
+  The station itself always sends the command in force with its limits (`charge_enable`
+  with the grant, or `charge_disable`), never `keep`.
+- **`charge_enable` with a zero current limit** means no charge current: the pack stays
+  enabled and ready, draws nothing, raises no fault, and draws current as soon as a frame
+  grants some. PackState says what the pack does, not what it may do: a pack enabled but
+  waiting for current (a zero limit, or its charge finished) reports **`idle`** ({idle});
+  `charging` ({charging}) only while charge current flows.
+- **`ControlCounter`** (0..{counter_max}, then 0 again, kept per pack): the first frame
+  after the pack wakes, or after a timeout, is taken whatever its counter; then each frame
+  should carry the next value. **Another value is a jump: frames were lost**; the pack
+  acts on this frame (the newest is what counts) and counts the gap. **The same value as
+  the last frame taken is a duplicate: ignored** (not acted on, and it does not refresh
+  the timeout), except `isolate`, which a pack always acts on. A frame whose command the
+  value table does not name is ignored the same way. The station never repeats a value to
+  a pack within a run; after its restart it starts at 0 again, which a pack sees as a
+  jump (or, by chance, as one duplicate, and takes the next frame a period later).
+- **Timeout: a pack stops charging when it has acted on no PackControl for
+  {t_control} ms** (`RxTimeoutMs`), as if told `charge_disable`: a later `keep` does not
+  resume the charge, a `charge_enable` does. The station sends PackControl on change and
+  every {p_control} ms (`GenMsgCycleTime`) to each pack it charges.
 
 ## Charge limits
 
@@ -471,6 +551,9 @@ The controller never crashes on a frame. It counts and drops:
   another node;
 - transport frames and transfers that break J1939-21 (see Long messages), each counted as
   `tp_<reason>`.
+
+Requests and Acknowledgements are the bus's own business (see Requests and
+acknowledgements): they are answered or counted there, never passed on as pack data.
 
 Rejections are logged at most once per kind per second and counted in the bus statistics;
 the next good frame is delivered as usual.
@@ -543,8 +626,8 @@ message carries {min_size}..{max_size} bytes (255 packets of 7); a sender starts
 before its last one has ended.
 
 `{vin_message}` (J1939-71 VI, PGN 0x{vi_pgn:04X}) is the vehicle's VIN: 17 ASCII characters
-and `*`, {vi_size} bytes, so a `TP_CM` and {vi_packets} `TP_DT` packets, which take at least
-{vi_min_ms} ms. The vehicle's BMS sends it from the bay's address 0x{vehicle:02X} when the car
+and `*`, so a `TP_CM` and {vi_packets} `TP_DT` packets, which take at least {vi_min_ms} ms.
+The vehicle's BMS sends it from the bay's address 0x{vehicle:02X} when the car
 arrives on the platform (when its BMS wakes) and every {vi_period} ms while it is there. The
 station keeps the VIN it last believed and when it heard it (see What the station believes)
 for the vehicle on the platform.
@@ -932,7 +1015,7 @@ NODE_ADDRESSES = {
 
 # What the BAM receiver drops, by reason (j1939_tp.DROP_REASONS): the rule a sender broke.
 TP_REASONS: dict[str, str] = {
-    "bad_frame": "a `TP_CM` or `TP_DT` that is not 8 bytes",
+    "bad_frame": "a `TP_CM` or `TP_DT` frame of another length than its table's",
     "not_bam": "a `TP_CM` that is no BAM (RTS/CTS, abort) or a BAM not sent to 0xFF",
     "bad_size": "a size below {min_size}, a packet count that does not fit the size, or a "
     "size the message does not have (the DBC's length)",
@@ -961,8 +1044,8 @@ def _source(msg: Message) -> str:
 def _destination(msg: Message) -> str:
     pf = (msg.frame_id >> 16) & 0xFF
     if pf < PDU1_LIMIT and (msg.frame_id >> 8) & 0xFF == j1939_tp.GLOBAL_DA \
-            and "STATION" not in msg.senders:
-        return "global (0xFF)"
+            and ("STATION" not in msg.senders or msg.name == ACKNOWLEDGEMENT):
+        return "global (0xFF)"  # the Acknowledgement: J1939-21 sends it to every node
     if pf < PDU1_LIMIT:
         nodes = " or ".join(NODE_NAMES.get(r, r) for r in sorted(msg.receivers)) or "node"
         return f"one {nodes}, its address in PS"
@@ -1050,6 +1133,21 @@ def _transport_fmt(protocol: PackProtocol, by_name: dict[str, Message]) -> dict[
     }
 
 
+def _request_fmt(protocol: PackProtocol, by_name: dict[str, Message]) -> dict[str, Any]:
+    """Figures of the Request, NACK and PackControl prose, from the DBC and the bus."""
+    counter = by_name["PackControl"].get_signal_by_name("ControlCounter")
+    states = protocol.codes("PackCells", "PackState")
+    return {
+        "request_pgn": protocol.pgn_of(REQUEST), "ack_message": ACKNOWLEDGEMENT,
+        "ack_pgn": protocol.pgn_of(ACKNOWLEDGEMENT),
+        "nack": protocol.codes(ACKNOWLEDGEMENT, "AckControl")[ACK_NACK],
+        "nack_repeat_ms": round(NACK_REPEAT_S * 1000),
+        "keep": protocol.codes("PackControl", "ControlCommand")["keep"],
+        "idle": states["idle"], "charging": states["charging"],
+        "counter_max": _num(counter.maximum),
+    }
+
+
 def render_can_protocol(protocol: PackProtocol | None = None) -> str:
     """The pack CAN protocol contract as Markdown."""
     protocol = protocol or PackProtocol()
@@ -1068,6 +1166,7 @@ def render_can_protocol(protocol: PackProtocol | None = None) -> str:
            "value_tables": _value_tables(protocol, protocol.db.messages),
            "pack_timeouts": _pack_timeouts(protocol, protocol.db.messages),
            "request_repeat_ms": round(REQUEST_REPEAT_S * 1000),
+           **_request_fmt(protocol, by_name),
            "t_control": _attr(by_name["PackControl"], "RxTimeoutMs"),
            "p_control": by_name["PackControl"].cycle_time,
            **_transport_fmt(protocol, by_name)}

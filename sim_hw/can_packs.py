@@ -7,7 +7,13 @@ turn the pack model's names (chemistry, state, command) into codes and back.
 
 A BMS announces itself with all its messages at once when it wakes up or is connected,
 then keeps each message's period; a pack with `identity_burst` off leaves PackIdentity out
-of that burst (it comes on its period, or at once on a J1939 Request).
+of that burst (it comes on its period, or at once on a J1939 Request), one with
+`startup_burst` off sends no burst at all (each message first one period after it woke).
+
+Every pack on the bus answers a J1939 Request at any time, from any requester: with the
+message asked for (the car's VIN, from the bay, as a BAM), or, when it does not send that
+PGN and the Request was addressed to it, with a NACK to the global address naming the
+requester (J1939-21); a global Request for a PGN it does not send gets no answer.
 
 The car on the platform sends its VIN (J1939-71 Vehicle Identification, 18 bytes) as a
 J1939-21 BAM from the bay's address while its BMS is awake: at once when the car arrives
@@ -36,14 +42,16 @@ import can
 from drivers.bms import j1939_tp
 from drivers.bms.adapter import FAULT_SIGNALS, VIN_DELIMITER, VIN_DELIMITER_SIGNAL, VIN_SIGNAL
 from drivers.bms.protocol import (
+    ACKNOWLEDGEMENT,
     STATION_SA,
     VEHICLE_PACK_SA,
     FrameError,
     PackProtocol,
+    split_id,
 )
 from sim_hw.config import CanConfig
 from sim_hw.mechanics import StationModel
-from sim_hw.packs import CHEMISTRIES, SimPack
+from sim_hw.packs import CHEMISTRIES, CONTROL_COUNTER_MAX, SimPack
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +146,8 @@ class CanPacks:
         self.sent = 0
         self.send_errors = 0
         self.controls = 0
+        self.requests_answered = 0  # Requests answered with the message asked for
+        self.nacks_sent = 0  # Requests answered with a NACK
         self.bad_frames: Counter[str] = Counter()
         # the cars' Vehicle Identification (a BAM): on/off, from which address, how many sent
         self.vin_send = model.config.vin_broadcast
@@ -145,6 +155,7 @@ class CanPacks:
         self.vin_sent = 0
         self.vin_last_bam: list[float] = []  # real send times of the last BAM's frames
         self._vin_wake = asyncio.Event()
+        self._vin_asked = False  # a Request for the VIN: the bay's BMS sends it now
         self._vin_task: asyncio.Task[None] | None = None
         proto = self.protocol
         vin_period = proto.period_s(VIN_MESSAGE)
@@ -153,6 +164,15 @@ class CanPacks:
         self._vin_period = vin_period
         self._vin_delimiter = proto.codes(VIN_MESSAGE, VIN_DELIMITER_SIGNAL)[VIN_DELIMITER]
         self._control_pgn = proto.pgn_of("PackControl")
+        control_timeout = proto.timeout_s("PackControl")
+        if control_timeout is None:
+            raise ValueError("PackControl: the DBC gives no RxTimeoutMs")
+        self._control_timeout = control_timeout
+        counter = proto.message("PackControl").get_signal_by_name("ControlCounter")
+        if counter.maximum != CONTROL_COUNTER_MAX:
+            raise ValueError(f"PackControl.ControlCounter: the DBC's maximum {counter.maximum}"
+                             f" is not the packs' {CONTROL_COUNTER_MAX}")
+        self._vin_pgn = proto.pgn_of(VIN_MESSAGE)
         self._request_pgn = proto.pgn_of("Request")
         self._command_names = proto.choices("PackControl", "ControlCommand")
         chemistries = proto.codes("PackIdentity", "Chemistry")
@@ -223,8 +243,8 @@ class CanPacks:
             if self._connected.get(sa) != pack.serial:  # woken up, or another pack here
                 self._connected[sa] = pack.serial
                 self._next_due[sa] = {
-                    name: real + period if name == IDENTITY and not pack.identity_burst
-                    else real
+                    name: real + period if not pack.startup_burst or (
+                        name == IDENTITY and not pack.identity_burst) else real
                     for name, period in self.periods.items()
                 }
             due = self._next_due[sa]
@@ -277,8 +297,9 @@ class CanPacks:
             sender = self.vin_sender()
             if sender is None:
                 sent_for = None  # its BMS, when it wakes, sends at once
-            elif (*sender, self.vin_source) != sent_for or now >= next_at:
+            elif (*sender, self.vin_source) != sent_for or now >= next_at or self._vin_asked:
                 sent_for, next_at = (*sender, self.vin_source), now + self.vin_period_s()
+                self._vin_asked = False
                 await self.send_vin(sender[1])
                 continue
             wait = self.tick_s if sender is None else min(self.tick_s, next_at - now)
@@ -308,21 +329,36 @@ class CanPacks:
         self.vin_last_bam = times
         self.vin_sent += 1
 
-    def _answer_request(self, pgn: int, destination: int | None) -> None:
-        """J1939 Request: the addressed packs (0xFF: all) send the PGN asked for at once."""
-        name = self._name_of_pgn.get(pgn)
-        if name is None or self.silent:
+    def _answer_request(self, pgn: int, destination: int | None, requester: int) -> None:
+        """J1939 Request: the addressed packs (0xFF: all) send the PGN asked for at once,
+        whenever they are on the bus; the bay's BMS sends the car's VIN as a BAM. A pack
+        asked by its address for a PGN it does not send answers with a NACK."""
+        if self.silent:
             return
+        name = self._name_of_pgn.get(pgn)
+        faults = self.model.faults
         for sa, pack in self.model.can_packs().items():
-            if destination not in (None, 0xFF, sa) or self.model.faults.can_silenced(sa):
+            if destination not in (None, 0xFF, sa) or faults.can_silenced(sa) or \
+                    faults.can_deaf(sa):
                 continue
-            self._send(name, pack_signals(pack, self.protocol)[name], sa)
+            if name is not None:
+                self._send(name, pack_signals(pack, self.protocol)[name], sa)
+                self.requests_answered += 1
+            elif pgn == self._vin_pgn and sa == VEHICLE_PACK_SA and \
+                    self.vin_sender() is not None:
+                self._vin_asked = True  # the VIN task sends it (its BAM's frames are spaced)
+                self._vin_wake.set()
+                self.requests_answered += 1
+            elif destination == sa and requester <= 0xFD:  # never NACK a global Request
+                self._send(ACKNOWLEDGEMENT, self.protocol.nack_values(pgn, requester), sa,
+                           da=0xFF)
+                self.nacks_sent += 1
 
-    def _send(self, name: str, values: dict[str, Any], sa: int) -> None:
+    def _send(self, name: str, values: dict[str, Any], sa: int, da: int | None = None) -> None:
         if self._bus is None:
             return
         try:
-            can_id, data = self.protocol.encode(name, values, sa=sa)
+            can_id, data = self.protocol.encode(name, values, sa=sa, da=da)
         except ValueError as exc:  # an encoder range error
             self.send_errors += 1
             log.debug("send %s from %#x failed: %s", name, sa, exc)
@@ -351,15 +387,20 @@ class CanPacks:
     def handle_frame(self, can_id: int, data: bytes, extended: bool, real: float) -> None:
         if not extended:
             return  # 11-bit frames are not J1939; not ours to judge
-        if can_id & 0xFF != STATION_SA:
+        source = can_id & 0xFF
+        # a Request from any node (ours are never Requests: no echo gets here); anything
+        # else only from the station
+        if source != STATION_SA and split_id(can_id)[1] != self._request_pgn:
             return  # another node's frame, or our own echoed by udp_multicast
         try:
             dec = self.protocol.decode(can_id, data)
-        except FrameError as exc:
+        except FrameError as exc:  # a frame of the wrong length is ignored, and counted
             self.bad_frames[exc.kind] += 1
             return
         if dec.pgn == self._request_pgn:
-            self._answer_request(int(dec.signals["RequestedPgn"]), dec.destination)
+            pgn = int(dec.signals["RequestedPgn"])
+            if pgn <= 0x3FFFF:
+                self._answer_request(pgn, dec.destination, source)
             return
         if dec.pgn != self._control_pgn:
             return
@@ -369,6 +410,7 @@ class CanPacks:
             return  # nobody at that address right now, or the network is down
         s = dec.signals
         code = int(s["ControlCommand"])
+        pack.control_timeout_s = self._control_timeout  # the DBC's, not the model's default
         pack.apply_control(
             self._command_names.get(code, f"code_{code}"),
             float(s["ChargeCurrentLimit"]),

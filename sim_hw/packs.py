@@ -13,6 +13,13 @@ limit had the cells at their charge voltage, the pack is full and its BMS sets S
 100 %, as real BMSs recalibrate SOC at the end of a charge. A station voltage limit below
 that (a wrong cell count, say) ends the charge early, with the pack not full.
 
+PackControl is taken as docs/can-protocol.md ("PackControl on the pack side") says: every
+frame's limits are the grant in force (`keep` keeps the command and takes them); enable
+with a zero current limit leaves the pack enabled and `idle`, drawing nothing; a jump of
+ControlCounter is lost frames (the newest acted on, the gap counted), the same value again
+a duplicate (ignored, but for isolate); an unknown command is ignored; without a frame for
+the DBC's timeout the pack stops charging as if disabled.
+
 Names (chemistries, states, commands, fault flags) are the DBC's value-table names; their
 codes are the CAN side's business (sim_hw/can_packs.py reads them from the DBC).
 """
@@ -33,7 +40,9 @@ FAULTS = frozenset(
 )
 
 AMBIENT_C = 25.0
-CONTROL_TIMEOUT_S = 3.0  # real seconds without PackControl -> the BMS stops charging (DBC)
+CONTROL_TIMEOUT_S = 3.0  # real seconds without PackControl -> the BMS stops charging (the
+#                          DBC's RxTimeoutMs; sim_hw/can_packs.py sets each pack's from it)
+CONTROL_COUNTER_MAX = 250  # ControlCounter runs 0..250, then 0 again (the DBC's range)
 CHARGE_RATE_PCT_PER_S = 1.5 / 60.0  # ~1.5 % SOC per simulated minute below the taper
 TAPER_FROM_PCT = 90.0
 CHARGE_TEMP_RISE_C = 8.0  # steady-state rise of the hottest cell at full charge current
@@ -60,6 +69,8 @@ CMD_CHARGE_ENABLE = "charge_enable"
 CMD_CHARGE_DISABLE = "charge_disable"
 CMD_ISOLATE = "isolate"
 CMD_CLEAR_ISOLATION = "clear_isolation"
+COMMANDS = frozenset({CMD_KEEP, CMD_CHARGE_ENABLE, CMD_CHARGE_DISABLE, CMD_ISOLATE,
+                      CMD_CLEAR_ISOLATION})
 
 
 @dataclass
@@ -81,6 +92,11 @@ class SimPack:
     charge_voltage_limit_v: float = 0.0
     control_counter: int = 0
     last_control_at: float | None = None  # real monotonic time of the last PackControl
+    control_timeout_s: float = CONTROL_TIMEOUT_S
+    control_gaps: int = 0  # ControlCounter jumps seen (frames lost)
+    control_lost: int = 0  # frames lost in those jumps
+    control_duplicates: int = 0  # frames with the counter of the last one taken
+    control_ignored: int = 0  # frames not acted on (duplicates, unknown commands)
     _charged_pct: float = 0.0  # SOC gained since the last full cycle was counted
     # fault injection (sim_hw/faults.py): heat forced onto the hottest cell
     forced_temp_c: float | None = None  # held at this temperature
@@ -91,6 +107,10 @@ class SimPack:
     # differ here, and a station must not take the last identity heard at a place for the
     # pack that is there now.
     identity_burst: bool = True
+    # False: this BMS sends nothing when it wakes up or is connected: each message first
+    # comes one period later (and at once when asked). The station must not count on a
+    # start-up burst at all.
+    startup_burst: bool = True
 
     @property
     def rated_energy_kwh(self) -> float:
@@ -160,7 +180,8 @@ class SimPack:
         return CHARGE_RATE_PCT_PER_S / 100.0 * self.rated_capacity_ah * 3600.0
 
     def control_fresh(self, real: float) -> bool:
-        return self.last_control_at is not None and real - self.last_control_at <= CONTROL_TIMEOUT_S
+        return self.last_control_at is not None and \
+            real - self.last_control_at <= self.control_timeout_s
 
     def apply_control(
         self,
@@ -169,15 +190,33 @@ class SimPack:
         voltage_limit_v: float,
         counter: int,
         real: float,
-    ) -> None:
+    ) -> bool:
         """Take one PackControl frame heard at real time `real`; `command` is its
-        ControlCommand by name (an unknown name is taken as keep)."""
+        ControlCommand by name. Returns whether it was acted on: an unknown command and a
+        duplicate (the counter of the last frame taken, while that one is fresh) are
+        ignored, but an isolate is always acted on. The first frame after a wake-up or a
+        timeout is taken whatever its counter; a jump counts the frames lost."""
+        if command not in COMMANDS:
+            self.control_ignored += 1
+            return False
+        if self.control_fresh(real):
+            if counter == self.control_counter:
+                self.control_duplicates += 1
+                if command != CMD_ISOLATE:  # opening the contactors twice costs nothing
+                    self.control_ignored += 1
+                    return False
+            else:
+                lost = (counter - self.control_counter - 1) % (CONTROL_COUNTER_MAX + 1)
+                if lost:
+                    self.control_gaps += 1
+                    self.control_lost += lost
         self.last_control_at = real
         self.control_counter = counter
+        # every frame carries the grant in force: keep keeps the command, takes the limits
+        self.charge_current_limit_a = current_limit_a
+        self.charge_voltage_limit_v = voltage_limit_v
         if command == CMD_CHARGE_ENABLE:
             self.charge_enabled = True
-            self.charge_current_limit_a = current_limit_a
-            self.charge_voltage_limit_v = voltage_limit_v
         elif command == CMD_CHARGE_DISABLE:
             self.charge_enabled = False
         elif command == CMD_ISOLATE:
@@ -186,6 +225,7 @@ class SimPack:
             self.current_a = 0.0
         elif command == CMD_CLEAR_ISOLATION and self.state == "isolated":
             self.state = "idle"
+        return True
 
     def advance(self, dt: float, real: float, in_rack: bool) -> None:
         """Let `dt` simulated seconds pass; only a pack in a rack slot can charge."""

@@ -11,6 +11,12 @@ reassembles them, and the message a complete BAM carries is decoded and delivere
 frame, stamped with the time of its last packet. What the receiver drops is counted
 (`stats["tp_<reason>"]`, j1939_tp.DROP_REASONS) and logged, rate-limited.
 
+J1939 Requests and Acknowledgements are the bus's own business too: the station sends
+nothing on request, so a Request addressed to it is answered with a NACK (J1939-21; at
+most one per requester and PGN every NACK_REPEAT_S), a global one is only counted; a NACK
+(or any negative Acknowledgement) to the station's own Request is counted, logged and told
+to `on_nack`. Neither reaches on_message.
+
 The reader is hand-made rather than a can.Notifier so that a failing bus (interface down,
 adapter unplugged) is reopened with back-off instead of spinning or killing a thread, and
 so that an exception from the core's callback ends run() instead of vanishing in a log.
@@ -33,6 +39,8 @@ import structlog
 
 from drivers.bms import j1939_tp
 from drivers.bms.protocol import (
+    ACKNOWLEDGEMENT,
+    REQUEST,
     STATION_SA,
     TRANSPORT_DP_PF,
     Decoded,
@@ -40,7 +48,7 @@ from drivers.bms.protocol import (
     PackProtocol,
     split_id,
 )
-from drivers.ratelimit import RateLimitedWarnings
+from drivers.ratelimit import RateLimitedWarnings, RateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -48,6 +56,9 @@ GLOBAL_DA = 0xFF  # J1939 global (broadcast) destination
 LOG_INTERVAL = 1.0  # at most one log line per rejection kind per second: a babbling node
 THREAD_RECV_TIMEOUT = 0.05  # how long a reader thread takes to notice it must stop
 DRAIN_LIMIT = 64  # frames taken per loop wake-up, so a flood cannot starve other tasks
+NACK_REPEAT_S = 0.5  # at most one NACK per (requester, PGN) this often: a flood of
+#                      Requests must not double itself on the bus
+MAX_NODE_ADDRESS = 0xFD  # J1939: 0xFE is the null address, 0xFF the global one
 
 STAT_KEYS = (
     "received",
@@ -64,6 +75,10 @@ STAT_KEYS = (
     "send_errors",
     "bus_errors",
     "malformed_datagrams",
+    "requests_received",  # J1939 Requests to the station or to every node
+    "nacks_sent",  # NACKs answering a Request addressed to the station
+    "nacks_received",  # negative Acknowledgements of the station's own Requests
+    "acks_other",  # Acknowledgements for another requester, or positive ones
     "tp_frames",  # TP.CM and TP.DT frames taken by the BAM receiver
     "tp_completed",  # messages reassembled from a BAM
     *(f"tp_{reason}" for reason in j1939_tp.DROP_REASONS),
@@ -212,6 +227,13 @@ class PackBus:
         self._limited = RateLimitedWarnings(self._log, LOG_INTERVAL)
         self.on_message: Callable[[Decoded, float], None] | None = None
         self.on_reject: Callable[[str, int, bytes], None] | None = None
+        # on_nack(source, pgn, control, t): a pack refused one of the station's Requests
+        self.on_nack: Callable[[int, int, str, float], None] | None = None
+        self._request_pgn = _pgn_or_none(protocol, REQUEST)
+        self._ack_pgn = _pgn_or_none(protocol, ACKNOWLEDGEMENT)
+        self._ack_controls = (protocol.choices(ACKNOWLEDGEMENT, "AckControl")
+                              if self._ack_pgn is not None else {})
+        self._nack_limiter = RateLimiter(NACK_REPEAT_S, clock=clock)
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.tp = j1939_tp.BamReceiver(t1_s=_t1(protocol), sizes=protocol.long_messages(),
                                        on_drop=self._tp_drop)
@@ -424,8 +446,48 @@ class PackBus:
             st["other_destination"] += 1  # J1939: a PDU1 message for another node
             return
         st["decoded"] += 1
+        if decoded.pgn == self._request_pgn:
+            self._requested(decoded)
+            return
+        if decoded.pgn == self._ack_pgn:
+            self._acknowledged(decoded, t)
+            return
         if self.on_message is not None:
             self.on_message(decoded, t)
+
+    def _requested(self, req: Decoded) -> None:
+        """A J1939 Request to the station (or to every node). The station sends nothing on
+        request: one addressed to it is answered with a NACK, to the global address with
+        the requester in byte 5; a global one is not answered (J1939-21)."""
+        st = self.stats
+        st["requests_received"] += 1
+        if req.destination != self.own_address or self._ack_pgn is None:
+            return
+        pgn = int(req.signals["RequestedPgn"])
+        if req.source > MAX_NODE_ADDRESS or pgn > 0x3FFFF:
+            return  # no node can be answered, or no PGN was asked for
+        if self._nack_limiter.allow((req.source, pgn)) is None:
+            return
+        self.send(ACKNOWLEDGEMENT, self.protocol.nack_values(pgn, req.source),
+                  da=GLOBAL_DA)
+        st["nacks_sent"] += 1
+
+    def _acknowledged(self, ack: Decoded, t: float) -> None:
+        """An Acknowledgement: a negative one for the station's Request is counted, logged
+        and told to on_nack; the station waits for nothing more from that Request."""
+        s = ack.signals
+        code = int(s["AckControl"])
+        control = self._ack_controls.get(code, f"code_{code}")
+        if int(s["AckAddress"]) != self.own_address or control == "ack":
+            self.stats["acks_other"] += 1
+            return
+        self.stats["nacks_received"] += 1
+        pgn = int(s["AckPgn"])
+        self._limited.warning("can.request_refused", source=f"{ack.source:#04x}",
+                              pgn=f"{pgn:#06x}", control=control,
+                              nacks_received=self.stats["nacks_received"])
+        if self.on_nack is not None:
+            self.on_nack(ack.source, pgn, control, t)
 
     def _transport(self, pgn: int, sa: int, da: int | None, can_id: int, data: bytes,
                    t: float) -> None:
@@ -464,6 +526,14 @@ class PackBus:
         self._limited.warning(f"can.{kind}", id=f"{msg.arbitration_id:#x}", dlc=len(data), why=why)
         if self.on_reject is not None:
             self.on_reject(kind, msg.arbitration_id, data)
+
+
+def _pgn_or_none(protocol: PackProtocol, name: str) -> int | None:
+    """The PGN of a message the DBC may lack (an older DBC without the Acknowledgement)."""
+    try:
+        return protocol.pgn_of(name)
+    except KeyError:
+        return None
 
 
 def _t1(protocol: PackProtocol) -> float:

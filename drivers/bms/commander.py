@@ -5,7 +5,15 @@ rolling ControlCounter the DBC describes (kept per destination: each pack sees 0
 250, 0 in the frames addressed to it). `PackCommander.request` turns a `PackRequest` into
 one J1939 Request per kind of data asked for, at most one per destination and PGN every
 REQUEST_REPEAT_S, so that a pack heard at every frame but not yet identified is not
-flooded with requests.
+flooded with requests. A pack that answers a Request with a NACK (it does not send that
+PGN) is counted per address and PGN (`refusals`) and logged the first time: the Request is
+answered, nothing more is waited for; the core may ask again, at the same pace.
+
+The packs' side of PackControl (docs/can-protocol.md, "PackControl on the pack side") is
+what this sender relies on: every frame carries the command and the limits in force (the
+station never sends `keep`), the counter never repeats a value to a destination within a
+run (so no frame of it is taken for a duplicate), and every pack it charges hears it at the
+DBC's period, well inside the DBC's timeout.
 """
 
 from __future__ import annotations
@@ -13,9 +21,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+import structlog
+
 from drivers.bms.adapter import BmsAdapter
 from drivers.bms.canbus import GLOBAL_DA, PackBus
+from station.image import Location, PackData
 from station.pack_commands import PackCommand, PackRequest
+
+log = structlog.get_logger(__name__)
 
 REQUEST_REPEAT_S = 0.5  # at most one Request per (destination, PGN) this often
 COUNTER_SIGNAL = ("PackControl", "ControlCounter")
@@ -41,6 +54,8 @@ class PackCommander:
         self.counter_max = int(counter.maximum if counter.maximum is not None else 250)
         self._counters: dict[int, int] = {}  # destination -> ControlCounter of its next frame
         self._requested: dict[tuple[int, int], float] = {}  # (destination, PGN) -> last sent
+        self.refusals: dict[tuple[int, int], int] = {}  # (address, PGN) -> NACKs heard
+        bus.on_nack = self._refused
 
     def send(self, cmd: PackCommand) -> None:
         """PackControl to the pack at cmd.location. Bus errors are counted by the bus, not
@@ -71,3 +86,23 @@ class PackCommander:
             self.bus.send("Request", {"RequestedPgn": pgn}, da=da)
             sent += 1
         return sent
+
+    def _refused(self, source: int, pgn: int, control: str, t: float) -> None:
+        """A pack's NACK (or other negative Acknowledgement) to one of our Requests."""
+        key = (source, pgn)
+        first = key not in self.refusals
+        self.refusals[key] = self.refusals.get(key, 0) + 1
+        if first:
+            loc = self.adapter.location_of(source)
+            kind = next((k for k in PackData if self.adapter.pgn_of(k) == pgn), None)
+            log.warning("can.pack_does_not_send", source=f"{source:#04x}",
+                        location=str(loc) if loc is not None else None, pgn=f"{pgn:#06x}",
+                        message=self.adapter.message_of(kind) if kind else None,
+                        control=control, t=t)
+
+    def refused(self, location: Location | None, kind: PackData) -> int:
+        """How many times the pack at `location` (None: any) refused a Request for `kind`."""
+        pgn = self.adapter.pgn_of(kind)
+        if location is None:
+            return sum(n for (_, p), n in self.refusals.items() if p == pgn)
+        return self.refusals.get((self.adapter.address_of(location), pgn), 0)

@@ -33,6 +33,11 @@ VEHICLE_PACK_SA = 0xF4  # the pack in the vehicle's bay (GB/T 27930 BMS address)
 RACK_SA_BASE = 0x80  # rack slot n (1-based) answers at RACK_SA_BASE + n - 1
 MAX_RACK_SLOTS = 0x60
 
+REQUEST = "Request"  # J1939 Request (PGN 0xEA00): "send me this PGN now"
+ACKNOWLEDGEMENT = "Acknowledgement"  # J1939-21 Acknowledgement (PGN 0xE800): the NACK
+ACK_NACK = "nack"  # AckControl's name of a NACK in the DBC's value table
+ACK_GROUP_FUNCTION_NA = 0xFF  # the group function byte of an answer to a Request
+
 PDU1_LIMIT = 0xF0  # PF below 0xF0: destination-specific (PS byte is the destination)
 FRAME_BYTES = 8  # classic CAN; a longer message needs J1939-21 transport
 TRANSPORT_PGNS = (j1939_tp.TP_CM_PGN, j1939_tp.TP_DT_PGN)
@@ -220,6 +225,13 @@ class PackProtocol:
             data[i] |= m
         _, pgn, _, _ = split_id(msg.frame_id)
         return join_id(priority, pgn, sa, da), bytes(data)
+
+    def nack_values(self, pgn: int, requester: int) -> dict[str, Any]:
+        """The Acknowledgement's signals of a NACK to `requester`'s Request for `pgn`
+        (J1939-21: sent to the global address, the requester named in byte 5)."""
+        return {"AckControl": self.codes(ACKNOWLEDGEMENT, "AckControl")[ACK_NACK],
+                "GroupFunction": ACK_GROUP_FUNCTION_NA, "AckAddress": requester,
+                "AckPgn": pgn}
 
     def encode_frames(self, name: str, values: dict[str, Any], sa: int,
                       da: int | None = None) -> list[tuple[int, bytes]]:

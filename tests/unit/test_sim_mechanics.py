@@ -396,9 +396,9 @@ def test_a_rack_pack_charges_while_packcontrol_keeps_coming() -> None:
     assert pack is not None
     pack.soc_pct = 50.0
     pack.apply_control(CMD_CHARGE_ENABLE, 500.0, 800.0, 1, c.t)
-    for _ in range(60):  # a minute, PackControl every second
+    for i in range(60):  # a minute, PackControl every second (keep: the limits in force)
         c.step(10)
-        pack.apply_control(CMD_KEEP, 0, 0, 2, c.t)
+        pack.apply_control(CMD_KEEP, 500.0, 800.0, 2 + i, c.t)
     assert pack.state == "charging" and pack.current_a > 0
     assert pack.soc_pct == pytest.approx(51.5, abs=0.1)
     c.step(40)  # 4 s without PackControl

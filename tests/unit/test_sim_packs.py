@@ -21,11 +21,13 @@ from sim_hw.packs import (
 
 
 def charge(pack: SimPack, seconds: float, *, in_rack: bool = True, t0: float = 0.0) -> float:
-    """Run `seconds` sim = real seconds, refreshing PackControl every second like a station."""
+    """Run `seconds` sim = real seconds, refreshing PackControl every second like a station:
+    keep, with the limits in force and the next counter."""
     t = t0
     while t < t0 + seconds:
         t += 1.0
-        pack.apply_control(CMD_KEEP, 0, 0, 0, t)
+        pack.apply_control(CMD_KEEP, pack.charge_current_limit_a, pack.charge_voltage_limit_v,
+                           (pack.control_counter + 1) % 251, t)
         pack.advance(1.0, t, in_rack)
     return t
 
