@@ -431,7 +431,7 @@ SA: source address.
 """
 
 CAN_PROSE_TAIL = """\
-## Timeouts and start-up
+## Timeouts
 
 - Missing data is stale data, and stale data counts as unsafe: a pack whose status is
   stale is not charged and not accepted after a swap. The station treats a pack's data as
@@ -450,6 +450,8 @@ vehicle's pack while the car's electronics are on. During a swap the bay's BMS *
 silent in REMOVE**, as the pack is lowered out of the car (its data go stale; once the PLC
 shows the bay empty, any frame from 0x{vehicle:02X} is dropped), and **the new pack's BMS
 wakes after LOCK**, when the car powers its electronics again, some time after the step.
+So the station needs the vehicle's pack on the bus only until it is unbolted (`pack_silent`,
+`docs/interlocks.md`), and looks for the new pack's data from the post-swap check on.
 
 - **The station does not rely on a start-up burst** (a BMS sending all its messages at
   once as it wakes), and a station must not: it asks with a J1939 `Request`
@@ -1046,6 +1048,8 @@ def _destination(msg: Message) -> str:
     if pf < PDU1_LIMIT and (msg.frame_id >> 8) & 0xFF == j1939_tp.GLOBAL_DA \
             and ("STATION" not in msg.senders or msg.name == ACKNOWLEDGEMENT):
         return "global (0xFF)"  # the Acknowledgement: J1939-21 sends it to every node
+    if msg.name == REQUEST:
+        return "one pack (its address in PS), or every pack (0xFF)"
     if pf < PDU1_LIMIT:
         nodes = " or ".join(NODE_NAMES.get(r, r) for r in sorted(msg.receivers)) or "node"
         return f"one {nodes}, its address in PS"
