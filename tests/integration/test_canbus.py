@@ -317,7 +317,9 @@ async def test_a_pack_without_identity_burst_is_identified_on_request(
     model.rack[2] = newcomer
     await wait_until(lambda: image.packs[loc].soc_pct == 42.0)  # its status is heard...
     assert image.packs[loc].serial == old  # ... under the identity heard before
+    answered = packs.requests_answered
     assert commander.request(PackRequest(loc, (PackData.IDENTITY,))) == 1
-    t0 = time.monotonic()
     await wait_until(lambda: image.packs[loc].serial == newcomer.serial, timeout=2.0)
-    assert time.monotonic() - t0 < 0.5  # answered at once, not on its 1 s period
+    # the Request was answered (how fast is not judged here: no wall-clock in tests; the
+    # frozen-clock case in test_can_contract_gaps.py proves no period brought it)
+    assert packs.requests_answered > answered
