@@ -12,8 +12,9 @@ Two kinds of effect, kept apart on purpose:
   `network_down`);
 - **sensor** faults corrupt only the values the PLC reports on the wire
   (`lift_overtravel`, `shuttle_misplaced`, `bolt_not_reported`, `pack_present_ghost`,
-  `pack_missing_sensor`). The sim PLC's own interlocks and the observer keep judging the
-  truth, as the safety-rated hardware of a real station would.
+  `pack_missing_sensor`, `safety_report_delay`, `setpoint_mismatch`). The sim PLC's own
+  interlocks and the observer keep judging the truth, as the safety-rated hardware of a
+  real station would.
 
 The OPC UA faults (`opcua_bad_status`, `opcua_wrong_type`, `opcua_subscription_stall`,
 `opcua_write_refused`) corrupt only what the OPC UA server says; they exist on a
@@ -147,6 +148,18 @@ SPECS: tuple[FaultSpec, ...] = (
               None, "can", None, 'a rack slot number, "vehicle" (0xF4), or none = all packs'),
     FaultSpec("network_down",
               "PLC silent and every pack silent and deaf on CAN (no PackControl reaches them)"),
+    FaultSpec("safety_report_delay",
+              "sensor: every safety input (estop_ok, safety_plc_ok, light_curtain_clear, "
+              "doors_closed, smoke_clear) is reported VALUE ms after it changes; the sim "
+              "PLC stops motion at once, so error stopped comes before its cause (contract "
+              "timing stop_cause_grace_ms)",
+              ValueSpec("report delay", "ms", 60.0, 0.0, 5000.0), physical=False),
+    FaultSpec("setpoint_mismatch",
+              "sensor: the PLC publishes setpoint_swap_height VALUE mm off the height it "
+              "lifts to (a PLC program set up for another station); swapd's interlock "
+              "plc_setpoint_mismatch refuses to run",
+              ValueSpec("published swap height minus the real one", "mm", 20.0, -1000.0,
+                        1000.0), physical=False),
     FaultSpec("opcua_bad_status",
               "OPC UA only: input TARGET's node is published with status BadSensorFailure "
               "(its value still follows the truth)",
@@ -201,6 +214,8 @@ class FaultRegistry:
         # Called after every change: the OPC UA server puts what the fault changes in its
         # nodes at once.
         self.changed: Callable[[], None] | None = None
+        # safety_report_delay: per safety input, its changes as seen by a scan (real s, value)
+        self._safety_seen: dict[str, list[tuple[float, bool]]] = {}
 
     # ------------------------------------------------------------ public API
     def set(self, name: str, value: Value = None, target: Target = None) -> FaultInfo:
@@ -291,9 +306,12 @@ class FaultRegistry:
     def override_inputs(self, values: dict[str, Any]) -> None:
         """Corrupt the Modbus readings (sensor faults) in place; truth stays untouched."""
         m = self.model
+        self._delay_safety(values)
         for f in self._active.values():
             name = f.spec.name
-            if name == "lift_overtravel":
+            if name == "setpoint_mismatch":
+                values["setpoint_swap_height"] = values["setpoint_swap_height"] + _num(f.value)
+            elif name == "lift_overtravel":
                 values["lift_height"] = _u16(m.lift_mm + _num(f.value))
             elif name == "shuttle_misplaced":
                 values["shuttle_position"] = _u16(m.shuttle_mm + _num(f.value))
@@ -309,6 +327,23 @@ class FaultRegistry:
                     values["rack_slot_occupied"][f.target - 1] = seen
                 else:
                     values[PRESENCE_INPUT[str(f.target)]] = seen
+
+    def _delay_safety(self, values: dict[str, Any]) -> None:
+        """safety_report_delay: each safety input reads what it was VALUE ms ago (its
+        changes timed as a scan first saw them)."""
+        f = self._active.get("safety_report_delay")
+        if f is None:
+            self._safety_seen.clear()
+            return
+        real, delay = self.model.real, _num(f.value) / 1000.0
+        for name in SAFETY_FAULTS.values():
+            truth = bool(values[name])
+            seen = self._safety_seen.setdefault(name, [(-math.inf, truth)])
+            if seen[-1][1] != truth:
+                seen.append((real, truth))
+            while len(seen) > 1 and seen[1][0] <= real - delay:
+                seen.pop(0)
+            values[name] = seen[0][1]
 
     # ------------------------------------------------------------ internals
     def _sync(self) -> None:

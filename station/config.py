@@ -294,8 +294,17 @@ class SequenceSection(_Section):
     position_tolerance_mm: float = Field(5.0, ge=0.1, le=50.0)
     shuttle_home_tolerance_mm: float = Field(5.0, ge=0.1, le=100.0)
     # above two PLC polls (the echo is seen on a read) and well below any step's timeout
+    # The PLC contract's [timing] (drivers/plc/contract.toml) gives the defaults of these
+    # three; tests/unit/test_contract_gaps.py keeps them equal.
     handshake_timeout_s: float = Field(2.0, ge=0.01, le=30.0,
                                        description="PLC must echo cmd_seq within it")
+    sensor_grace_s: float = Field(
+        0.5, ge=0.0, le=10.0,
+        description="after the PLC reports done, the sensors must agree within it")
+    stop_cause_grace_s: float = Field(
+        0.25, ge=0.0, le=5.0,
+        description="after a command ends with error stopped, wait this long for its cause "
+        "(a hold or an abort interlock) before aborting")
     lock_torque_nm: tuple[TorqueNm, TorqueNm] = (110.0, 130.0)
     lock_angle_deg: tuple[AngleDeg, AngleDeg] = (80.0, 100.0)
     unlock_torque_nm: tuple[TorqueNm, TorqueNm] = (80.0, 100.0)

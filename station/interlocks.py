@@ -17,6 +17,7 @@ from station.pack_safety import PackEvent
 from station.packml import State
 from station.plan import SwapPlan
 from station.sequence import STEPS_BY_NAME, Car, Step, Talker, steps_where
+from station.setpoints import setpoint_mismatch
 
 
 class Reaction(Enum):
@@ -93,6 +94,11 @@ def _plc_heartbeat_lost(i: Inputs) -> str | None:
     if t is None or i.now - t > i.cfg.plc.stale_after_s * 2:
         return "PLC heartbeat counter not changing"
     return None
+
+
+def _setpoints(i: Inputs) -> str | None:
+    """The PLC works to other set-points than the controller judges by (station/setpoints)."""
+    return setpoint_mismatch(i.image.plc, i.cfg)
 
 
 def _flag_false(name: str, text: str) -> Callable[[Inputs], str | None]:
@@ -192,6 +198,10 @@ INTERLOCKS: tuple[Interlock, ...] = (
               paused=R.INHIBIT),
     Interlock("plc_heartbeat_lost", "PLC program not running: heartbeat counter frozen",
               _plc_heartbeat_lost, R.ABORT, paused=R.INHIBIT),
+    Interlock("plc_setpoint_mismatch", "the PLC works to other set-points (swap height, "
+              "tolerances, shuttle under-car position, bolt windows) than the controller "
+              "judges each step by: a step done for the PLC fails here, or the reverse",
+              _setpoints, R.ABORT, faults=("setpoint_mismatch",)),
     Interlock("estop_open", "emergency stop pressed or e-stop chain open",
               _flag_false("estop_ok", "e-stop chain open"), R.ABORT, faults=("estop",)),
     Interlock("safety_plc_fault", "safety PLC reports a fault: the safety barrier is not "

@@ -83,6 +83,10 @@ class Step:
     talkers: frozenset[Talker] = frozenset()
     fault: FaultCheck = lambda v: None
     param: Callable[[SwapPlan], int] = lambda p: 0
+    # What the sensors show that `complete` does not accept, each naming the input, its
+    # value and what was expected ("lift_height 520 mm, expected 500 +- 5 mm"): the reason
+    # when the PLC reports done and the sensors disagree.
+    off: Callable[[StepView], list[str]] = lambda v: []
 
 
 def _near(v: StepView, name: str, target: float, tol: float) -> bool:
@@ -111,6 +115,67 @@ def _slot_occupied(v: StepView, slot: int) -> bool:
     occ = v.plc("rack_slot_occupied", [])
     assert isinstance(occ, list)
     return 1 <= slot <= len(occ) and bool(occ[slot - 1])
+
+
+def _want(name: str, want: bool) -> Callable[[StepView], list[str]]:
+    def off(v: StepView) -> list[str]:
+        got = bool(v.plc(name))
+        return [] if got == want else [f"{name} {int(got)}, expected {int(want)}"]
+
+    return off
+
+
+def _want_near(name: str, target: Callable[[StationConfig], float],
+               tol: Callable[[StationConfig], float]) -> Callable[[StepView], list[str]]:
+    def off(v: StepView) -> list[str]:
+        t, d = target(v.cfg), tol(v.cfg)
+        got = v.num(name)
+        return [] if abs(got - t) <= d else [f"{name} {got:g} mm, expected {t:g} +- {d:g} mm"]
+
+    return off
+
+
+def _want_slot(which: str, want: bool) -> Callable[[StepView], list[str]]:
+    def off(v: StepView) -> list[str]:
+        slot = getattr(v.plan, f"{which}_slot")
+        got = _slot_occupied(v, slot)
+        return [] if got == want else [
+            f"rack_slot_occupied of slot {slot} {int(got)}, expected {int(want)}"]
+
+    return off
+
+
+def _all(*parts: Callable[[StepView], list[str]]) -> Callable[[StepView], list[str]]:
+    return lambda v: [text for part in parts for text in part(v)]
+
+
+_HEIGHT = _want_near("lift_height", lambda c: c.sequence.swap_height_mm,
+                     lambda c: c.sequence.height_tolerance_mm)
+_SHUTTLE_HOME = _want_near("shuttle_position", lambda c: 0.0,
+                           lambda c: c.sequence.shuttle_home_tolerance_mm)
+
+
+def _bolts_off(all_tight: bool) -> Callable[[StepView], list[str]]:
+    def off(v: StepView) -> list[str]:
+        n, tight = int(v.num("bolt_count")), int(v.num("bolts_tight"))
+        if all_tight:
+            ok = tight == n > 0
+            return [] if ok else [f"bolts_tight {tight}, expected bolt_count ({n}) > 0"]
+        return [] if tight == 0 else [f"bolts_tight {tight}, expected 0"]
+
+    return off
+
+
+def _position_off(v: StepView) -> list[str]:
+    tol = v.cfg.sequence.position_tolerance_mm
+    return [f"{name} {v.num(name):g} mm, expected 0 +- {tol:g} mm"
+            for name in ("position_offset_x", "position_offset_y")
+            if abs(v.num(name)) > tol]
+
+
+def _release_off(v: StepView) -> list[str]:
+    return [f"vehicle_present 1 with vehicle_token {int(v.num('vehicle_token'))} (the swapped "
+            f"vehicle), expected it gone"]
 
 
 def _bolt_window_fault(run: str) -> FaultCheck:
@@ -209,42 +274,51 @@ P = Presence
 SEQUENCE: tuple[Step, ...] = (
     Step("position", "POSITION", "centre the vehicle on the platform", _positioned,
          P(True, False, False, True), 45.0, car=Car.DOWN, car_positioned=False,
-         shuttle_home=True, talkers=frozenset({Talker.VEHICLE, Talker.FETCH})),
+         shuttle_home=True, talkers=frozenset({Talker.VEHICLE, Talker.FETCH}),
+         off=_position_off),
     Step("lift", "LIFT", "lift the vehicle to swap height", _lifted,
          P(True, False, False, True), 30.0, shuttle_home=True,
-         talkers=frozenset({Talker.VEHICLE, Talker.FETCH})),
+         talkers=frozenset({Talker.VEHICLE, Talker.FETCH}), off=_HEIGHT),
     Step("unlock", "UNLOCK", "shuttle docks under the car and loosens every bolt",
          lambda v: v.num("bolts_tight") == 0 and _lifted(v),
          P(True, False, False, True), 45.0, car=Car.LIFTED,
-         talkers=frozenset({Talker.VEHICLE, Talker.FETCH}), fault=_bolt_window_fault("unlock")),
+         talkers=frozenset({Talker.VEHICLE, Talker.FETCH}), fault=_bolt_window_fault("unlock"),
+         off=_all(_bolts_off(False), _HEIGHT)),
     Step("remove", "REMOVE",
          "depleted pack lowered onto the shuttle and carried to the stacker",
          lambda v: bool(v.plc("shuttle_pack_present")) and not v.plc("vehicle_pack_present")
          and _shuttle_home(v),
-         P(None, None, False, True), 36.0, car=Car.LIFTED, talkers=frozenset({Talker.FETCH})),
+         P(None, None, False, True), 36.0, car=Car.LIFTED, talkers=frozenset({Talker.FETCH}),
+         off=_all(_want("shuttle_pack_present", True), _want("vehicle_pack_present", False),
+                  _SHUTTLE_HOME)),
     Step("store", "STORE", "stacker stores the depleted pack in its rack slot",
          lambda v: _slot_occupied(v, v.plan.store_slot) and not v.plc("shuttle_pack_present"),
          P(False, None, None, True), 45.0, car=Car.LIFTED, shuttle_home=True,
-         talkers=frozenset({Talker.FETCH}), param=lambda p: p.store_slot),
+         talkers=frozenset({Talker.FETCH}), param=lambda p: p.store_slot,
+         off=_all(_want_slot("store", True), _want("shuttle_pack_present", False))),
     Step("fetch", "FETCH", "stacker takes the charged pack onto the shuttle",
          lambda v: not _slot_occupied(v, v.plan.fetch_slot)
          and bool(v.plc("shuttle_pack_present")),
          P(False, None, True, None), 45.0, car=Car.LIFTED, shuttle_home=True,
-         param=lambda p: p.fetch_slot),
+         param=lambda p: p.fetch_slot,
+         off=_all(_want_slot("fetch", False), _want("shuttle_pack_present", True))),
     Step("install", "INSTALL", "shuttle raises the charged pack into the vehicle",
          lambda v: bool(v.plc("vehicle_pack_present")) and not v.plc("shuttle_pack_present"),
-         P(None, None, True, False), 36.0, car=Car.LIFTED),
+         P(None, None, True, False), 36.0, car=Car.LIFTED,
+         off=_all(_want("vehicle_pack_present", True), _want("shuttle_pack_present", False))),
     Step("lock", "LOCK", "every bolt tightened inside its torque and angle window",
          lambda v: v.num("bolts_tight") == v.num("bolt_count") > 0 and _shuttle_home(v),
-         P(True, False, True, False), 45.0, car=Car.LIFTED, fault=_bolt_window_fault("lock")),
+         P(True, False, True, False), 45.0, car=Car.LIFTED, fault=_bolt_window_fault("lock"),
+         off=_all(_bolts_off(True), _SHUTTLE_HOME)),
     Step("check", None, "the vehicle wakes; the new pack's BMS must report healthy",
          _check_pack_ok, P(True, False, True, False), 30.0, car=Car.LIFTED,
          shuttle_home=True, fault=_check_pack_fault),
     Step("lower", "LOWER", "lower the vehicle to the ground", _lowered,
-         P(True, False, True, False), 30.0, shuttle_home=True),
+         P(True, False, True, False), 30.0, shuttle_home=True,
+         off=_want_near("lift_height", lambda c: 0.0, lambda c: c.sequence.height_tolerance_mm)),
     Step("release", "RELEASE", "the vehicle drives out", _vehicle_gone,
          P(None, False, True, False), 60.0, car=Car.DOWN, car_positioned=False,
-         shuttle_home=True),
+         shuttle_home=True, off=_release_off),
 )
 
 STEPS_BY_NAME: dict[str, Step] = {s.name: s for s in SEQUENCE}

@@ -72,6 +72,11 @@ class ScriptedPlc:
             "stacker_pack_present": False, "bolts_tight": 10, "bolt_count": 10,
             "rack_slot_count": 4, "bolt_torque": [0.0] * 12, "bolt_angle": [0.0] * 12,
             "rack_slot_occupied": [True, True, True, False] + [False] * 26,
+            # the set-points a PLC working to the default configuration publishes
+            "setpoint_swap_height": 500.0, "setpoint_height_tolerance": 5.0,
+            "setpoint_position_tolerance": 5.0, "setpoint_shuttle_car_position": 3000.0,
+            "setpoint_unlock_torque": [80.0, 100.0], "setpoint_unlock_angle": [680.0, 760.0],
+            "setpoint_lock_torque": [110.0, 130.0], "setpoint_lock_angle": [80.0, 100.0],
         }
         self.image.plc_read_at = 0.0
         self.image.packs = {

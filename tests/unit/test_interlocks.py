@@ -66,6 +66,8 @@ def trip(run: Run, il_id: str, step: str) -> None:
     elif il_id == "pack_silent":
         assert plan is not None
         plc.silent |= {BAY, Location.rack(plan.fetch_slot)}
+    elif il_id == "plc_setpoint_mismatch":
+        p["setpoint_swap_height"] = 520.0
     else:
         raise AssertionError(f"no test trigger for interlock {il_id}")
 
@@ -109,7 +111,7 @@ def test_every_interlock_has_a_trigger_here() -> None:
     assert {il.id for il in INTERLOCKS} == {
         *FLAG_OF, "plc_inputs_stale", "plc_heartbeat_lost", "vehicle_moved",
         "lift_position_mismatch", "shuttle_position_mismatch", "pack_presence_mismatch",
-        "pack_event_near_swap", "pack_silent",
+        "pack_event_near_swap", "pack_silent", "plc_setpoint_mismatch",
     }
 
 

@@ -22,6 +22,7 @@ STABLE_NAMES = (
     "lift_overtravel", "shuttle_misplaced", "bolt_torque_fail", "bolt_not_reported",
     "pack_present_ghost", "pack_missing_sensor", "pack_over_temp", "pack_temp_rise",
     "pack_fault", "pack_insulation_low", "plc_silent", "can_silent", "network_down",
+    "safety_report_delay", "setpoint_mismatch",
 )
 
 
