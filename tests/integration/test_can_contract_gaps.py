@@ -6,9 +6,8 @@ send no start-up burst."""
 from __future__ import annotations
 
 import asyncio
-import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,20 +24,13 @@ from sim_hw.mechanics import StationModel
 from station.image import BAY, Location, PackData, ProcessImage
 from station.pack_commands import PackCommand, PackCommandKind, PackRequest
 from tests.integration.conftest import Station
+from tests.integration.polling import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
 P = PackProtocol()
 IDENTIFY = (PackData.IDENTITY, PackData.HEALTH, PackData.LIMITS)
 
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition; the timeout only bounds a failing test, it is not asserted."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.002)
 
 
 class FrozenClock:

@@ -6,7 +6,7 @@ import asyncio
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import can
@@ -21,6 +21,7 @@ from drivers.bms.protocol import (
     join_id,
     rack_sa,
 )
+from tests.integration.polling import wait_until
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -31,14 +32,6 @@ STATUS = {"SOC": 81.5, "PackVoltage": 402.3, "PackCurrent": -12.5, "MinCellTemp"
 CONTROL = {"ControlCommand": COMMANDS["charge_enable"], "ChargeCurrentLimit": 10,
            "ChargeVoltageLimit": 400, "ControlCounter": 1}
 
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition; the timeout only bounds a failing test, it is not asserted."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.002)
 
 
 class Rig:

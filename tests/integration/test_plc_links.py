@@ -40,6 +40,7 @@ from sim_hw.opcua_server import build_address_space
 from sim_hw.tcp_relay import TcpRelay
 from station.config import ModbusSection, OpcUaSection, PlcSection
 from station.image import CmdStatus, StopRequest
+from tests.integration.polling import wait_until
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -53,15 +54,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition; the timeout only bounds a failing test, it is not asserted."""
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.005)
 
 
 # ---------------------------------------------------------------------------- doubles

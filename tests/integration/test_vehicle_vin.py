@@ -7,7 +7,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from drivers.bms import j1939_tp
 from drivers.bms.canbus import PackBus
 from drivers.bms.protocol import VEHICLE_PACK_SA, Decoded, PackProtocol, rack_sa
 from station.rig import Rig
+from tests.integration.polling import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -138,13 +139,6 @@ class BusRig:
         for can_id, data in frames:
             self.peer.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True))
 
-
-async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.002)
 
 
 @pytest.fixture
