@@ -46,6 +46,18 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--ca", type=Path, help="the broker's CA (mqtts)")
     demo.add_argument("--cert", type=Path, help="the station's client certificate (mqtts)")
     demo.add_argument("--key", type=Path, help="the station's client key (mqtts)")
+    com = sub.add_parser("commission", help="the integrator's I/O check-out of the PLC: "
+                         "inputs, heartbeats, a NOOP round trip, set-points; a report")
+    com.add_argument("--config", type=Path, dest="config_sub",
+                     help="station configuration (TOML); the daemon must not be running")
+    com.add_argument("--duration", type=float, default=5.0, metavar="S",
+                     help="seconds to watch the inputs (default 5)")
+    com.add_argument("--round-trips", type=int, default=5, metavar="N",
+                     help="NOOP command round trips (default 5)")
+    com.add_argument("--report", type=Path, metavar="FILE",
+                     help="also write the report here")
+    com.add_argument("--format", choices=("text", "markdown", "json"), default="text",
+                     dest="fmt", help="the report's format (default text)")
     _certs_parser(sub)
     return p
 
@@ -350,6 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         return _probe(cfg)
     if args.cmd == "certs":
         return _certs(args)
+    if args.cmd == "commission":
+        return _commission(args)
     path = getattr(args, "config_sub", None) or args.config
     try:
         cfg = _load_and_check(path)
@@ -443,6 +457,30 @@ def _certs(args: argparse.Namespace) -> int:
     if not any(lists.values()):
         print(f"no certificates in {trust_list.trusted_dir} or {trust_list.rejected_dir}")
     return 0
+
+
+def _commission(args: argparse.Namespace) -> int:
+    """`swapd commission`: 0 all passed, 2 a section failed, 1 it could not run."""
+    if not 0 < args.duration <= 3600 or not 1 <= args.round_trips <= 100:
+        print("swapd commission: --duration must be in (0, 3600] s and --round-trips in "
+              "1..100", file=sys.stderr)
+        return 1
+    path = args.config_sub or args.config
+    try:
+        cfg = load_config(path)
+        _check_plc(cfg)  # the PLC's files only: the rest does not matter here
+    except ConfigError as exc:
+        print(f"swapd commission: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # still one line, naming the file
+        print(f"swapd commission: {path}: cannot be used: {type(exc).__name__}: {exc}",
+              file=sys.stderr)
+        return 1
+    configure_logging("critical", "console")  # the findings are the report, not log lines
+    from station.commission import commission_main
+
+    return commission_main(cfg, duration_s=args.duration, round_trips=args.round_trips,
+                           fmt=args.fmt, report_path=args.report and str(args.report))
 
 
 def _probe(cfg: StationConfig) -> int:
