@@ -16,13 +16,15 @@ Who may send what:
   clear, unhold, start, abort, suspend, unsuspend and pack_release (and the bare stop and
   hold words) are for a local operator at the station, code "not_permitted".
 - a local operator (`Origin.LOCAL`) everything, the network's commands included: a bench or
-  a station without a cloud still reserves packs, sets a cap, locks slots.
+  a station without a cloud still reserves packs, sets a cap, locks slots. Maintenance mode
+  (unit_mode, recover, maintenance_command) is a local operator's or a bench's, never the
+  cloud's.
 - a bench and the daemon itself everything but pack_release, which needs someone at the
   station who has checked the pack.
 
 A result's `code`: ok, unknown_command, not_permitted, bad_args (station/network.py says
 which argument and why), refused (PackML, the interlocks or the core said no; the reason
-says why).
+says why), nothing_to_do (recover with the machine home).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ from typing import Any
 
 from station import network
 from station.core import CommandRefused as CoreRefused
-from station.core import Decision, StationCore
+from station.core import Decision, NothingToDo, StationCore
 from station.events import CommandAccepted, CommandReceived, CommandRefused
 from station.journal import Journal
 from station.network import ArgsError
@@ -56,15 +58,21 @@ SLOT_MAINTENANCE = "slot_maintenance"  # slot, action (lock | release), reason
 REQUEST_STOP = "request_stop"  # reason?
 REQUEST_HOLD = "request_hold"  # reason?
 SNAPSHOT = "snapshot"  # no args: the link publishes status, state and rack now
+# Maintenance mode (station/maintenance.py): a local operator's (or a bench's), never the cloud's
+UNIT_MODE = "unit_mode"  # mode: maintenance | produce
+RECOVER = "recover"  # no args: run the recovery plan's next step
+MAINTENANCE_COMMAND = "maintenance_command"  # command (contract name), param (0..65535)
+MAINTENANCE_COMMANDS: tuple[str, ...] = (UNIT_MODE, RECOVER, MAINTENANCE_COMMAND)
 NETWORK_COMMANDS: tuple[str, ...] = (
     RESERVE_PACK, CANCEL_RESERVATION, SET_AUTHORISATIONS, SET_POWER_CAP, SLOT_MAINTENANCE,
     REQUEST_STOP, REQUEST_HOLD, SNAPSHOT)
 CLOUD_COMMANDS = frozenset(NETWORK_COMMANDS)  # all the cloud may send
-ALL_COMMANDS: tuple[str, ...] = (*COMMAND_WORDS, PACK_RELEASE, *NETWORK_COMMANDS)
+ALL_COMMANDS: tuple[str, ...] = (*COMMAND_WORDS, PACK_RELEASE, *NETWORK_COMMANDS,
+                                 *MAINTENANCE_COMMANDS)
 MAX_REASON_CHARS = network.MAX_REASON_CHARS
 
-OK, UNKNOWN_COMMAND, NOT_PERMITTED, BAD_ARGS, REFUSED = (
-    "ok", "unknown_command", "not_permitted", "bad_args", "refused")
+OK, UNKNOWN_COMMAND, NOT_PERMITTED, BAD_ARGS, REFUSED, NOTHING_TO_DO = (
+    "ok", "unknown_command", "not_permitted", "bad_args", "refused", "nothing_to_do")
 
 
 class Origin(StrEnum):
@@ -152,6 +160,8 @@ class CommandEntry:
             refusal = exc
         except ArgsError as exc:
             refusal = Refusal(BAD_ARGS, str(exc))
+        except NothingToDo as exc:
+            refusal = Refusal(NOTHING_TO_DO, str(exc))
         except CoreRefused as exc:
             refusal = Refusal(REFUSED, str(exc))
         state = self.core.state.label
@@ -199,12 +209,33 @@ class CommandEntry:
             return core.request_stop(network.parse_optional_reason(args, word), origin, now)
         if word == REQUEST_HOLD:
             return core.request_hold(network.parse_optional_reason(args, word), origin, now)
+        if word == UNIT_MODE:
+            if set(args) != {"mode"} or not isinstance(args["mode"], str):
+                raise ArgsError("unit_mode takes exactly: mode (maintenance or produce)")
+            return core.set_unit_mode(args["mode"], origin, now)
+        if word == RECOVER:
+            if args:
+                raise ArgsError("recover takes no arguments")
+            return core.recover_next(origin, now)
+        if word == MAINTENANCE_COMMAND:
+            return core.maintenance_command(*self._maintenance_args(args), origin, now)
         if word == SNAPSHOT:
             network.parse_no_args(args, word)
             return Decision()  # accepted: the link publishes status, state and rack now
         if args:
             raise ArgsError(f"{word} takes no arguments")
         return core.command(Cmd(word), now, req.sender)
+
+    @staticmethod
+    def _maintenance_args(args: Mapping[str, Any]) -> tuple[str, int]:
+        if not set(args) <= {"command", "param"} or "command" not in args:
+            raise ArgsError("maintenance_command takes: command, param (optional, default 0)")
+        name, param = args["command"], args.get("param", 0)
+        if not isinstance(name, str) or not 1 <= len(name) <= 16:
+            raise ArgsError("maintenance_command: command must be a PLC contract command name")
+        if isinstance(param, bool) or not isinstance(param, int) or not 0 <= param <= 0xFFFF:
+            raise ArgsError("maintenance_command: param must be an integer 0-65535")
+        return name, param
 
     @staticmethod
     def _release_args(args: Mapping[str, Any]) -> tuple[int, str]:

@@ -51,6 +51,7 @@ from station.image import (
     ProcessImage,
     StopRequest,
 )
+from station.maintenance import MAINTENANCE, PRODUCTION, Maintenance
 from station.network import (
     MAX_RESERVATION_S,
     AuthorisationList,
@@ -65,6 +66,7 @@ from station.pack_safety import PackEvent, TempRiseTracker, pack_events
 from station.pack_trust import AlarmGate, Binding, PackTrust, TrustEvent
 from station.packml import Cmd, PackMLMachine, State, TransitionRefused
 from station.plan import PackInfo, SwapPlan
+from station.recovery import Interrupted, RecoveryPlan
 from station.selection import Choice, choose_pack, pack_to_reserve, rack_packs, ready
 from station.sequence import CHECK_KINDS, SEQUENCE, Step, StepView
 
@@ -109,6 +111,10 @@ class CommandRefused(Exception):
     pass
 
 
+class NothingToDo(CommandRefused):
+    """recover with the machine home: nothing to run."""
+
+
 class StationCore:
     def __init__(
         self, cfg: StationConfig, *, next_swap_number: int = 1,
@@ -121,8 +127,15 @@ class StationCore:
         authorisations: AuthorisationList | None = None,
         power_cap: PowerCap | None = None,
         reservations: tuple[Reservation, ...] | list[Reservation] = (),
+        unit_mode: str = PRODUCTION,
+        interrupted: Interrupted | None = None,
     ) -> None:
         self.cfg = cfg
+        # PackML unit mode (station/maintenance.py) and the last swap that ended before its
+        # end (its plan and step: what recovery knows of the packs it moved)
+        self.unit_mode = unit_mode
+        self.interrupted = interrupted
+        self.maintenance = Maintenance(self)
         # what the network told this station (persisted in the journal, reloaded at start)
         self.network = Network(cfg, authorisations, power_cap, reservations)
         self._cap_kw = self.network.ceiling_kw  # the cap the last charging plan ran under
@@ -212,6 +225,10 @@ class StationCore:
                                            if g.command == PackCommandKind.CHARGE_ENABLE), 1),
             "power_cap_kw": self.network.cap_at(self._wall()),
             "authorisation_version": self.network.authorisation_version,
+            "unit_mode": self.unit_mode,
+            "maintenance": self.maintenance.run.as_dict() if self.maintenance.run else None,
+            "packs": self.maintenance.ledger(),
+            "interrupted_swap": self.interrupted.as_dict() if self.interrupted else None,
         }
 
     def _wall(self) -> float | None:
@@ -280,6 +297,9 @@ class StationCore:
         """An operator or back-end command (`why`: the sender's words, journaled in the
         reason); raises CommandRefused with the reason."""
         said = f": {why}" if why else ""
+        if self.unit_mode == MAINTENANCE and cmd in (Cmd.START, Cmd.RESET):
+            raise CommandRefused(f"{cmd.value} refused: station in maintenance mode: switch "
+                                 "back with swapctl mode produce")
         if not self.machine.allowed(cmd):
             raise CommandRefused(str(TransitionRefused(self.state, cmd)))
         if cmd in (Cmd.RESET, Cmd.CLEAR, Cmd.START, Cmd.UNHOLD, Cmd.UNSUSPEND):
@@ -314,6 +334,29 @@ class StationCore:
         else:
             self._transition(cmd, now, f"{cmd.value} by {origin}{said}")
         return self._flush()
+
+    # ---- maintenance mode and recovery (station/maintenance.py, station/recovery.py) -------
+    def set_unit_mode(self, mode: str, origin: str, now: float) -> Decision:
+        """Production or Maintenance (words: produce, maintenance), by a local operator,
+        only while no swap runs; raises CommandRefused."""
+        return self.maintenance.set_mode(mode, origin, now)
+
+    def maintenance_command(self, name: str, param: int, origin: str, now: float) -> Decision:
+        """Run one contract command (by name) in Maintenance, under the interlocks; the
+        Decision's result says which (seq, command, param). Raises CommandRefused."""
+        return self.maintenance.command(name, param, origin, now)
+
+    def recover_next(self, origin: str, now: float) -> Decision:
+        """Run the recovery plan's first step, computed afresh; raises NothingToDo when the
+        machine is home, CommandRefused when no plan brings it home or it may not run."""
+        return self.maintenance.recover_next(origin, now)
+
+    def recovery_plan(self) -> RecoveryPlan:
+        return self.maintenance.plan()
+
+    def recovery_view(self) -> dict[str, Any]:
+        """The plan, the interrupted swap, the last maintenance command and the pack ledger."""
+        return self.maintenance.view()
 
     # ---- the network's commands (station/network.py) --------------------------------------
     def request_stop(self, why: str | None, origin: str, now: float) -> Decision:
@@ -479,6 +522,7 @@ class StationCore:
                                   None)
                 return None
         inhibited = bool(tripped)
+        self.maintenance.scan(image, now)  # a maintenance command: its stops and its end
         st = self.state
         away = self._home_inhibit(image, now) if st in HOME_CHECKED else None
         if st == State.RESETTING and not inhibited and self._plc_quiet(image):
@@ -498,7 +542,8 @@ class StationCore:
             self._execute(image, now)
         elif st == State.COMPLETING:
             self._transition(Cmd.SC, now, None)
-        elif st == State.COMPLETE and self.cfg.operation.auto_reset_after_complete:
+        elif st == State.COMPLETE and self.cfg.operation.auto_reset_after_complete \
+                and self.unit_mode == PRODUCTION:
             if away is None:
                 self._transition(Cmd.RESET, now, "automatic reset after a completed swap")
         elif st in (State.ABORTING, State.STOPPING, State.HOLDING, State.SUSPENDING):
@@ -769,6 +814,9 @@ class StationCore:
                              reason=reason, step=self.step.name if self.step else None))
         if outcome == "completed":
             self.plan, self.step_index = None, None
+        else:  # what recovery needs: the plan and the step it ended in
+            self.interrupted = Interrupted(self.plan, self.step.name if self.step else None,
+                                           outcome)
 
     def complete_after_restart(self, reason: str, now: float) -> Decision:
         """The read-back shows the held swap's last step already done (the car has left):
@@ -871,12 +919,13 @@ class StationCore:
         swap_id = f"{self.cfg.station.id}-{self.swap_number:06d}"
         self._candidate = SwapPlan(swap_id, token, pack_out, choice.pack, choice.store_slot,
                                    choice.pack.slot or 0, self._identify_started_at, vin)
-        if self.cfg.operation.auto_start:
+        if self.cfg.operation.auto_start and self.unit_mode == PRODUCTION:
             self._start_swap(self._candidate, now, "automatic start")
 
     def _start_swap(self, plan: SwapPlan, now: float, origin: str) -> None:
         self.swap_number += 1
         self.plan, self._candidate = plan, None
+        self.interrupted = None  # started from home: the last stop's packs are all put away
         self._emit(SwapStarted(t=now, swap_id=plan.swap_id, vehicle_token=plan.vehicle_token,
                                pack_out=plan.pack_out, pack_in=plan.pack_in,
                                store_slot=plan.store_slot, fetch_slot=plan.fetch_slot,

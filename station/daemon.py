@@ -46,6 +46,7 @@ from station.logs import bind_swap
 from station.pack_commands import PackCommandKind, PackRequest
 from station.packml import Cmd, State
 from station.plan import PackInfo, SwapPlan
+from station.recovery import Interrupted
 from station.sd_notify import SystemdNotifier
 from station.sequence import SEQUENCE, step_index
 
@@ -66,13 +67,26 @@ SOFTWARE_VERSION = "0.1.0"
 CLEAN_END_STATES = (None, "Idle", "Resetting", "Complete", "Completing")
 
 
-def resume_point(swap: Any, steps: list[Any]) -> ResumePoint:
-    """Where an unfinished swap stands, from its journal rows."""
-    plan = SwapPlan(swap["swap_id"], int(swap["vehicle_token"]),
+def swap_plan(swap: Any) -> SwapPlan:
+    """A swap's plan from its journal row."""
+    return SwapPlan(swap["swap_id"], int(swap["vehicle_token"]),
                     PackInfo(**json.loads(swap["pack_out"])),
                     PackInfo(**json.loads(swap["pack_in"])),
                     int(swap["store_slot"]), int(swap["fetch_slot"]), 0.0,
                     vin=swap["vin"])  # the journal has the column (added to older ones)
+
+
+def interrupted_swap(journal: Journal) -> Interrupted | None:
+    """The last swap, when it ended before its end: its plan and the step it was in."""
+    row = journal.interrupted_swap()
+    if row is None:
+        return None
+    return Interrupted(swap_plan(row), row["last_step"], str(row["outcome"]))
+
+
+def resume_point(swap: Any, steps: list[Any]) -> ResumePoint:
+    """Where an unfinished swap stands, from its journal rows."""
+    plan = swap_plan(swap)
     last = steps[-1] if steps else None
     if last is None or last["step"] == "identify":
         index = 0
@@ -126,6 +140,8 @@ class Daemon:
                         for slot, row in self.journal.active_lockouts().items()},
             authorisations=self.journal.authorisations(), power_cap=self.journal.power_cap(),
             reservations=self.journal.active_reservations(),
+            unit_mode=self.journal.last_unit_mode() or "Production",
+            interrupted=interrupted_swap(self.journal),
         )
         self.commands = CommandEntry(self.core, self.journal, self.apply, clock)
         self.link: PlcLink = link or create_link(cfg.plc, clock=clock)
@@ -324,6 +340,8 @@ class Daemon:
             # Written at once, but never awaited by the scan: a PLC that stops answering
             # must not stop the scan from judging it stale.
             self._spawn(self._write_command(self.core.plan.swap_id, self.core.step.name))
+        elif d.command_issued:  # a maintenance command: written at once too
+            self._spawn(self._write_now())
         self.events.dispatch(d.events)  # then the sinks, behind the write in the loop's queue
 
     async def _write_now(self) -> None:
@@ -445,7 +463,8 @@ class Daemon:
                 api = LocalApiServer(
                     self.cfg.api.socket,
                     functools.partial(handle_request, status=self.status,
-                                      submit=self.submit),
+                                      submit=self.submit,
+                                      recovery_plan=self.core.recovery_view),
                     mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
                 )
                 await api.start()

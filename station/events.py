@@ -270,11 +270,69 @@ class ReservationEnded(Event):
     swap_id: str | None  # the swap that used it
 
 
+@dataclass(frozen=True, kw_only=True)
+class UnitModeChanged(Event):
+    """The PackML unit mode (OPC 30050: Production, Maintenance), set by a local operator."""
+
+    kind: ClassVar[str] = "unit_mode"
+    mode: str  # Production | Maintenance
+    old: str
+    origin: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceStarted(Event):
+    """A PLC command run in maintenance mode (a recovery step or a technician's single
+    command): journaled before it is written, like a swap step's."""
+
+    kind: ClassVar[str] = "maintenance_started"
+    seq: int
+    command: str
+    param: int
+    source: str  # recover (the plan's next step) | run (a single command)
+    why: str
+    moves: list[dict[str, Any]]  # what it should move: serial, from, to
+    origin: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceDone(Event):
+    kind: ClassVar[str] = "maintenance_done"
+    seq: int
+    command: str
+    param: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaintenanceFailed(Event):
+    kind: ClassVar[str] = "maintenance_failed"
+    seq: int
+    command: str
+    param: int
+    reason: str
+    code: str  # plc_error | plc_no_answer | sensor_disagrees | timeout | an interlock id |
+    # stopped
+
+
+@dataclass(frozen=True, kw_only=True)
+class PackMoved(Event):
+    """A pack changed place by a maintenance command: the journal shows how every pack got
+    where it is (a swap's moves are its steps)."""
+
+    kind: ClassVar[str] = "pack_moved"
+    serial: int | None  # None: a pack whose identity is not known
+    source: str  # vehicle bay | shuttle | stacker | slot N
+    dest: str
+    command: str
+    seq: int
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.kind: cls for cls in (
         StateChanged, SwapStarted, StepStarted, StepDone, SwapEnded, Fault, Inhibit, Alarm,
         Recovery, CommandReceived, CommandAccepted, CommandRefused, PackCommandChanged,
         SlotLocked, SlotReleased, CloudCommandRejected, AuthorisationsSet, PowerCapSet,
-        ReservationMade, ReservationEnded,
+        ReservationMade, ReservationEnded, UnitModeChanged, MaintenanceStarted,
+        MaintenanceDone, MaintenanceFailed, PackMoved,
     )
 }

@@ -31,6 +31,7 @@ from station.events import (
     CommandRefused,
     Event,
     Fault,
+    MaintenanceStarted,
     PowerCapSet,
     ReservationEnded,
     ReservationMade,
@@ -156,6 +157,12 @@ class Journal:
                 x("UPDATE swaps SET last_step = ? WHERE swap_id = ?", (ev.step, ev.swap_id))
             case StepDone():
                 x(_LATEST.format(col="done_mono"), (t, ev.swap_id, ev.step))
+            case MaintenanceStarted():
+                # a PLC command like a step's: its number counts in last_command_seq
+                x("INSERT INTO steps (swap_id, step, command, seq, param, started_mono, note)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                  (MAINTENANCE_SWAP_ID, ev.command.lower(), ev.command, ev.seq, ev.param, t,
+                   ev.source))
             case SwapEnded():
                 x("UPDATE swaps SET ended_mono = ?, outcome = ?, reason = ? WHERE swap_id = ?",
                   (t, ev.outcome, ev.reason, ev.swap_id))
@@ -291,6 +298,22 @@ class Journal:
             "SELECT data FROM events WHERE kind = 'state' ORDER BY id DESC LIMIT 1").fetchone()
         return None if row is None else str(json.loads(row["data"])["new"])
 
+    def last_unit_mode(self) -> str | None:
+        """The PackML unit mode last set (Production, Maintenance); None: never changed."""
+        row = self.db.execute(
+            "SELECT data FROM events WHERE kind = 'unit_mode' ORDER BY id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else str(json.loads(row["data"])["mode"])
+
+    def interrupted_swap(self) -> sqlite3.Row | None:
+        """The last swap, if it ended before its end (aborted or stopped): what recovery
+        needs to know of the packs it moved (its row: plan and last_step)."""
+        row = self.db.execute(
+            "SELECT * FROM swaps ORDER BY started_wall DESC, rowid DESC LIMIT 1").fetchone()
+        if row is None or row["outcome"] in (None, "completed"):
+            return None
+        return row
+
     def swaps(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM swaps ORDER BY started_wall").fetchall()
 
@@ -345,6 +368,8 @@ class Journal:
             "controller_dead_time_ms": [round(d * 1000, 3) for d in dead_time],
         }
 
+
+MAINTENANCE_SWAP_ID = "maintenance"  # the steps rows of maintenance commands
 
 _LATEST = (
     "UPDATE steps SET {col} = ? WHERE id = "

@@ -42,9 +42,13 @@ if TYPE_CHECKING:
 log = structlog.get_logger("local_api")
 
 COMMANDS = ("status", "reset", "clear", "start", "stop", "hold", "unhold", "suspend",
-            "unsuspend", "abort", "pack_release", "slot_maintenance")
+            "unsuspend", "abort", "pack_release", "slot_maintenance", "unit_mode", "recover",
+            "maintenance_command", "recovery_plan")
+# requests that only read (answered with the status, never journaled)
+QUERIES = frozenset({"status", "recovery_plan"})
 # a command's arguments, taken from the request
-ARGS = {"pack_release": ("slot", "reason"), "slot_maintenance": ("slot", "action", "reason")}
+ARGS = {"pack_release": ("slot", "reason"), "slot_maintenance": ("slot", "action", "reason"),
+        "unit_mode": ("mode",), "maintenance_command": ("command", "param")}
 DEFAULT_SOCKET_PATH = "/run/swapd/swapd.sock"
 SOCKET_ENV = "SWAPD_SOCKET"
 MAX_LINE = 64 * 1024  # bytes in one request line, without the newline
@@ -345,6 +349,7 @@ async def handle_request(
     *,
     status: Callable[[], dict[str, Any]],
     submit: Callable[[CommandRequest], Awaitable[CommandResult]],
+    recovery_plan: Callable[[], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Answer one request: "status", or a PackML command handed to the daemon's one
     command entry (`submit`, station.commands), which decides and journals it. Transport
@@ -359,6 +364,10 @@ async def handle_request(
     word = req.get("cmd")
     if word == "status":
         return {"ok": True, "status": status()}
+    if word == "recovery_plan":
+        if recovery_plan is None:
+            return _error("this daemon offers no recovery plan")
+        return {"ok": True, "plan": recovery_plan(), "status": status()}
     if not isinstance(word, str) or word not in COMMANDS:
         return _error(f"unknown cmd {word!r}")
     sender = f"swapctl uid {peer.uid} pid {peer.pid}"
@@ -369,9 +378,10 @@ async def handle_request(
     result = await submit(creq)
     if not result.accepted:
         return {"ok": False, "error": result.reason, "status": status(),
-                "request_id": result.request_id, "repeated": result.repeated}
+                "request_id": result.request_id, "repeated": result.repeated,
+                "code": result.code}
     return {"ok": True, "status": status(), "request_id": result.request_id,
-            "repeated": result.repeated}
+            "repeated": result.repeated, "result": result.result}
 
 
 # ---- the client ----------------------------------------------------------------------------

@@ -2,10 +2,14 @@
 
     swapctl [--socket PATH] status [--json]
     swapctl [--socket PATH] reset|clear|start|stop|hold|unhold|suspend|unsuspend|abort
+    swapctl [--socket PATH] mode maintenance|produce
+    swapctl [--socket PATH] recover --plan | --next [--wait S]
+    swapctl [--socket PATH] run COMMAND [PARAM] [--wait S]
 
-Exit codes: 0 done; 1 the daemon refused the command (the reason is on stderr);
-2 the daemon cannot be reached (not running, no socket, permission denied, no answer)
-or the command line is wrong. See docs/operator.md.
+Exit codes: 0 done; 1 the daemon refused the command (the reason is on stderr), or the
+maintenance command it ran failed; 2 the daemon cannot be reached (not running, no socket,
+permission denied, no answer) or the command line is wrong; 3 `recover --next` with the
+machine home: nothing left to run. See docs/operator.md.
 """
 
 from __future__ import annotations
@@ -16,13 +20,15 @@ import grp
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from station.local_api import COMMANDS, DEFAULT_SOCKET_PATH, LocalApiError, default_socket_path
 from station.local_api import request as api_request
 
-EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE = 0, 1, 2
+EXIT_OK, EXIT_REFUSED, EXIT_UNREACHABLE, EXIT_HOME = 0, 1, 2, 3
+POLL_S = 0.1  # how often a waiting recover --next / run asks for the status
 
 HELP = {
     "status": "show the station's PackML state, step, swap, interlocks and reason",
@@ -37,8 +43,10 @@ HELP = {
     "abort": "category-1 stop: the swap ends as aborted -> Aborted (needs clear, then reset)",
 }
 # every word the socket takes has a sub-command here ("pack_release" is `swapctl pack release`,
-# "slot_maintenance" is `swapctl slot lock|release`)
-assert (*HELP, "pack_release", "slot_maintenance") == COMMANDS
+# "slot_maintenance" is `swapctl slot lock|release`, "unit_mode" `swapctl mode`, "recover"
+# and "recovery_plan" `swapctl recover --next|--plan`, "maintenance_command" `swapctl run`)
+assert (*HELP, "pack_release", "slot_maintenance", "unit_mode", "recover",
+        "maintenance_command", "recovery_plan") == COMMANDS
 
 _LABELS = (
     ("packml_state", "state"),
@@ -54,8 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="swapctl",
         description="Command the running swapd (the battery-swap station controller).",
-        epilog="exit codes: 0 done, 1 refused by the daemon (reason on stderr), "
-               "2 daemon not reachable or bad usage",
+        epilog="exit codes: 0 done, 1 refused by the daemon (reason on stderr) or the "
+               "maintenance command failed, 2 daemon not reachable or bad usage, "
+               "3 recover --next: the machine is home, nothing left to recover",
     )
     p.add_argument("--socket", metavar="PATH",
                    help=f"the daemon's socket (default: ${{SWAPD_SOCKET}} or "
@@ -86,11 +95,46 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--reason", required=True, help="why (journaled)")
         sp.add_argument("--json", action="store_true",
                         help="print the daemon's status object as JSON")
+    text = ("PackML unit mode: maintenance (no swap starts; recovery and single PLC commands "
+            "may run) or produce (back to production); only while no swap runs")
+    mode = sub.add_parser("mode", help=text, description=text)
+    mode.add_argument("mode", choices=("maintenance", "produce"))
+    mode.add_argument("--json", action="store_true",
+                      help="print the daemon's status object as JSON")
+    text = ("in maintenance mode: --plan shows the commands that bring the machine home with "
+            "every pack accounted for; --next runs the first of them (computed afresh) and "
+            f"waits for it. Exit {EXIT_HOME} when the machine is already home.")
+    rec = sub.add_parser("recover", help="guided recovery after an abort", description=text)
+    how = rec.add_mutually_exclusive_group(required=True)
+    how.add_argument("--plan", action="store_true", help="print the recovery plan")
+    how.add_argument("--next", action="store_true", help="run the plan's next step, wait")
+    rec.add_argument("--wait", type=float, default=300.0, metavar="S",
+                     help="seconds to wait for the step to end (default: 300)")
+    rec.add_argument("--json", action="store_true", help="print the answer as JSON")
+    text = ("in maintenance mode: run one PLC contract command (POSITION, LIFT, UNLOCK, "
+            "REMOVE, STORE slot, FETCH slot, INSTALL, LOCK, LOWER, RELEASE, HOME, NOOP) under "
+            "the interlocks, journaled, and wait for it")
+    run = sub.add_parser("run", help="run one PLC command (maintenance mode)", description=text)
+    run.add_argument("plc_command", metavar="COMMAND", help="contract command name, e.g. HOME")
+    run.add_argument("param", nargs="?", type=int, default=0,
+                     help="its parameter (STORE and FETCH: the rack slot); default 0")
+    run.add_argument("--wait", type=float, default=300.0, metavar="S",
+                     help="seconds to wait for the command to end (default: 300)")
+    run.add_argument("--json", action="store_true", help="print the answer as JSON")
     return p
 
 
 def _request(args: argparse.Namespace) -> tuple[str, dict[str, object]] | str:
     """(the command word, the request) for the arguments, or a usage error."""
+    if args.command == "mode":
+        return "mode", {"cmd": "unit_mode", "mode": args.mode}
+    if args.command == "recover":
+        if args.plan:
+            return "recover", {"cmd": "recovery_plan"}
+        return "recover", {"cmd": "recover"}
+    if args.command == "run":
+        return "run", {"cmd": "maintenance_command", "command": args.plc_command.upper(),
+                       "param": args.param}
     if args.command == "slot":
         return "slot_maintenance", {"cmd": "slot_maintenance", "slot": args.slot,
                                     "action": args.slot_command, "reason": args.reason}
@@ -127,6 +171,65 @@ def format_status(st: dict[str, Any]) -> str:
     rows += [(k, _value(v)) for k, v in st.items() if k not in known]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label + ':':<{width + 1}} {text}" for label, text in rows)
+
+
+def format_plan(plan: dict[str, Any]) -> str:
+    """The recovery plan, for a technician."""
+    lines = [f"unit mode: {plan.get('unit_mode')}",
+             f"off: {plan.get('off') or 'nothing: the machine is home'}"]
+    ip = plan.get("interrupted_swap")
+    if ip:
+        lines.append(f"interrupted swap: {ip['swap_id']} ({ip['outcome']} in {ip['step']}), "
+                     f"pack out {ip['pack_out']} -> slot {ip['store_slot']}, pack in "
+                     f"{ip['pack_in']} from slot {ip['fetch_slot']}")
+    for i, step in enumerate(plan.get("steps") or [], start=1):
+        param = f" {step['param']}" if step["command"] in ("STORE", "FETCH") else ""
+        lines.append(f"{i}. {step['command']}{param}: {step['why']}")
+        for mv in step.get("moves") or []:
+            who = f"pack {mv['serial']}" if mv["serial"] is not None else "pack (unknown)"
+            lines.append(f"   moves {who}: {mv['from']} -> {mv['to']}")
+        lines.append(f"   done when: {step['done_when']}")
+    if plan.get("blocked"):
+        lines.append(f"no plan brings it home: {plan['blocked']}")
+    elif plan.get("home"):
+        lines.append("the machine is home: nothing to recover")
+    packs = plan.get("packs") or {}
+    if packs:
+        lines.append("packs: " + ", ".join(f"{where}: {serial if serial is not None else '?'}"
+                                           for where, serial in packs.items()))
+    return "\n".join(lines)
+
+
+def _wait_for_command(path: Path, word: str, resp: dict[str, Any],
+                      args: argparse.Namespace) -> int:
+    """A maintenance command was accepted: wait until the status shows it ended."""
+    result = resp.get("result") or {}
+    seq = result.get("seq")
+    print(f"{word}: {result.get('command')} {result.get('param', 0)} (seq {seq}): "
+          f"{result.get('why', '')}", flush=True)
+    end = time.monotonic() + args.wait
+    while True:
+        try:
+            st = asyncio.run(api_request(path, {"cmd": "status"}, timeout=args.timeout)
+                             ).get("status") or {}
+        except (OSError, LocalApiError) as exc:
+            print(f"swapctl: {describe_unreachable(exc, str(path), args.timeout)}",
+                  file=sys.stderr)
+            return EXIT_UNREACHABLE
+        run = st.get("maintenance") or {}
+        if run.get("seq") == seq and run.get("state") != "running":
+            if args.json:
+                print(json.dumps(run, indent=2))
+            if run.get("state") == "done":
+                print(f"{word}: {run['command']} done")
+                return EXIT_OK
+            print(f"swapctl: {word} failed: {run.get('reason')}", file=sys.stderr)
+            return EXIT_REFUSED
+        if time.monotonic() > end:
+            print(f"swapctl: {word}: {result.get('command')} (seq {seq}) still running after "
+                  f"{args.wait:g} s", file=sys.stderr)
+            return EXIT_REFUSED
+        time.sleep(POLL_S)
 
 
 def describe_unreachable(exc: BaseException, path: str, timeout: float) -> str:
@@ -174,6 +277,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"swapctl: {describe_unreachable(exc, path, args.timeout)}", file=sys.stderr)
         return EXIT_UNREACHABLE
     st = resp.get("status")
+    if not resp.get("ok") and resp.get("code") == "nothing_to_do":
+        print(f"machine is home: nothing left to recover ({resp.get('error')})")
+        return EXIT_HOME
     if not resp.get("ok"):
         error = str(resp.get("error") or "no reason given")
         if isinstance(st, dict):  # the daemon refused: it says why and where it stands
@@ -184,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(st, dict):
         print(f"swapctl: bad answer from swapd on {path}: no status", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if payload["cmd"] == "recovery_plan":
+        plan = resp.get("plan") or {}
+        print(json.dumps(plan, indent=2) if args.json else format_plan(plan))
+        return EXIT_OK
+    if payload["cmd"] in ("recover", "maintenance_command"):
+        return _wait_for_command(Path(path), word, resp, args)
     if args.json:
         print(json.dumps(st, indent=2))
     elif word == "status":

@@ -307,7 +307,8 @@ async def test_close_lets_a_command_in_progress_finish(sock_path: Path) -> None:
 def test_command_words_are_the_packml_commands_pack_release_and_slot_maintenance() -> None:
     assert COMMANDS[0] == "status"
     assert set(COMMANDS[1:]) == {c.value for c in Cmd if c is not Cmd.SC} | {
-        "pack_release", "slot_maintenance"}
+        "pack_release", "slot_maintenance", "unit_mode", "recover", "maintenance_command",
+        "recovery_plan"}
 
 
 class CoreRig:

@@ -1,0 +1,378 @@
+"""Maintenance mode: the PackML unit mode, and the PLC commands a technician runs in it.
+
+The unit mode (OPC 30050 names: Production, Maintenance) is changed by a local operator
+only (`swapctl mode maintenance|produce`), only while no swap runs (Stopped, Aborted, Idle,
+Complete), and journaled (`unit_mode` events; restored at start-up). In Maintenance no swap
+starts: no automatic start or reset, START and RESET refused; CLEAR is allowed.
+
+In Maintenance a technician runs one PLC command at a time: the recovery plan's next step
+(`recover`, station/recovery.py) or any contract command (`maintenance_command`). Each is
+issued like a swap step's command (a new cmd_seq from the core's numbering, journaled before
+it is written), with stop_request lifted to none for its run and set back (cat2; cat1 after
+an interlock) when it ends. It is done only when the PLC says done AND the read-back shows
+its result (station/handshake.py, the same judgement as a swap step). Every interlock that
+would stop a swap and is not about a swap's step row stops it at once (stop_request cat1),
+journaled with the reason; so does a pack event at a location it touches. A command that
+ends in Idle or Complete stops the station (Stopping -> Stopped): back in Production a
+reset returns it to Idle.
+
+Pure logic on the core's state, no I/O: `Maintenance` is the core's helper (it reads and
+writes the core's outputs and events); the core's public methods delegate to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from station import interlocks
+from station.events import (
+    MaintenanceDone,
+    MaintenanceFailed,
+    MaintenanceStarted,
+    PackMoved,
+    UnitModeChanged,
+)
+from station.handshake import judge_command
+from station.image import BAY, NO_COMMAND, Location, PackIdentity, ProcessImage, StopRequest
+from station.pack_trust import Binding
+from station.packml import Cmd, State
+from station.recovery import (
+    COMMANDS,
+    SLOT_COMMANDS,
+    Interrupted,
+    Move,
+    RecoveryPlan,
+    apply,
+    done_when,
+    ledger,
+    machine_from,
+    plan_recovery,
+    result_shown,
+    slot_name,
+)
+from station.sequence import SEQUENCE, STEPS_BY_NAME
+
+if TYPE_CHECKING:
+    from station.core import Decision, StationCore
+
+PRODUCTION, MAINTENANCE = "Production", "Maintenance"
+UNIT_MODES = (PRODUCTION, MAINTENANCE)
+MODE_WORDS = {"produce": PRODUCTION, "production": PRODUCTION, "maintenance": MAINTENANCE}
+# where the unit mode may change and a maintenance command may run: no swap in progress
+AT_REST = frozenset({State.STOPPED, State.ABORTED, State.IDLE, State.COMPLETE})
+RUNNING, DONE, FAILED = "running", "done", "failed"
+MAX_PARAM = 0xFFFF
+
+
+@dataclass
+class MaintenanceRun:
+    """The running (or last) maintenance command."""
+
+    seq: int
+    command: str
+    param: int
+    source: str  # recover | run
+    why: str
+    moves: tuple[Move, ...]
+    origin: str
+    taken_at: float  # monotonic: issued (journaled, then written)
+    state: str = RUNNING  # running | done | failed
+    reason: str | None = None
+    code: str | None = None
+    done_at: float | None = None
+    done_seen_at: float | None = None  # the PLC's done first seen (sensor grace)
+    touched: frozenset[Location] = field(default_factory=frozenset)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"seq": self.seq, "command": self.command, "param": self.param,
+                "source": self.source, "why": self.why,
+                "moves": [m.as_dict() for m in self.moves], "state": self.state,
+                "reason": self.reason, "code": self.code, "taken_at": self.taken_at,
+                "done_at": self.done_at, "origin": self.origin}
+
+
+def _location(name: str) -> Location | None:
+    if name == "vehicle bay":
+        return BAY
+    if name.startswith("slot "):
+        return Location.rack(int(name.split()[1]))
+    return None  # shuttle, stacker: no CAN, no binding
+
+
+def command_timeout(core: StationCore, command: str) -> float:
+    """A maintenance command's timeout: its swap step's, else the longest step's."""
+    step = command.lower()
+    if step in STEPS_BY_NAME:
+        return core.cfg.sequence.timeout(step)
+    return max(core.cfg.sequence.timeout(s.name) for s in SEQUENCE if s.command)
+
+
+class Maintenance:
+    def __init__(self, core: StationCore) -> None:
+        self.core = core
+        self.run: MaintenanceRun | None = None  # the running or last command
+        self._carried: dict[int, Binding] = {}  # by serial: a pack's binding in transit
+
+    @property
+    def running(self) -> bool:
+        return self.run is not None and self.run.state == RUNNING
+
+    # ---- the unit mode -------------------------------------------------------------------
+    def set_mode(self, word: str, origin: str, now: float) -> Decision:
+        core = self.core
+        mode = MODE_WORDS.get(word.lower()) if isinstance(word, str) else None
+        if mode is None:
+            raise core_refused(f"mode refused: unknown mode {word!r}; expected maintenance or "
+                               "produce")
+        if core.state not in AT_REST:
+            raise core_refused(f"mode refused: a swap is in progress ({core.state.label}); "
+                               "the unit mode changes only in Stopped, Aborted, Idle or "
+                               "Complete")
+        if self.running and mode != core.unit_mode:
+            assert self.run is not None
+            raise core_refused(f"mode refused: maintenance command {self.run.command} (seq "
+                               f"{self.run.seq}) is running; wait for it to end")
+        if mode != core.unit_mode:
+            old, core.unit_mode = core.unit_mode, mode
+            core._candidate = None  # chosen in the other mode: chosen again at the next scan
+            core._emit(UnitModeChanged(t=now, mode=mode, old=old, origin=origin))
+        return core._flush()
+
+    # ---- issuing -------------------------------------------------------------------------
+    def _check_can_run(self, word: str, now: float) -> None:
+        core = self.core
+        if core.unit_mode != MAINTENANCE:
+            raise core_refused(f"{word} refused: station in production mode; switch to "
+                               "maintenance first (swapctl mode maintenance)")
+        if core.state not in AT_REST:
+            raise core_refused(f"{word} refused: not while {core.state.label}")
+        if self.running:
+            assert self.run is not None
+            raise core_refused(f"{word} refused: maintenance command {self.run.command} "
+                               f"(seq {self.run.seq}) is still running")
+        image = core._image
+        if image is None or image.plc_read_at is None:
+            raise core_refused(f"{word} refused: interlocks active: plc_inputs_stale (no PLC "
+                               "input read yet)")
+        blocking = [f"{il.id} ({detail})" for il, reaction, detail in self._stops(now)]
+        if blocking:
+            raise core_refused(f"{word} refused: interlocks active: " + ", ".join(blocking))
+
+    def plan(self) -> RecoveryPlan:
+        core = self.core
+        image = core._image
+        plc = image.plc if image is not None else {}
+        return plan_recovery(plc, self.known(), core.interrupted, core.cfg.sequence,
+                             frozenset(core.locked_out_slots))
+
+    def recover_next(self, origin: str, now: float) -> Decision:
+        self._check_can_run("recover", now)
+        plan = self.plan()
+        if plan.blocked is not None and not plan.steps:
+            raise core_refused(f"recover refused: no recovery plan: {plan.blocked}")
+        if not plan.steps:
+            raise nothing_to_do("recover: the machine is home: nothing to recover")
+        step = plan.steps[0]
+        return self._issue(step.command, step.param, "recover", step.why, origin, now)
+
+    def command(self, name: str, param: int, origin: str, now: float) -> Decision:
+        word = "run"
+        name = name.upper() if isinstance(name, str) else name
+        if name not in COMMANDS:
+            raise core_refused(f"{word} refused: unknown PLC command {name!r}; the contract's: "
+                               + ", ".join(COMMANDS))
+        if isinstance(param, bool) or not isinstance(param, int) or \
+                not 0 <= param <= MAX_PARAM:
+            raise core_refused(f"{word} refused: parameter must be 0-{MAX_PARAM}")
+        self._check_can_run(word, now)
+        if name in SLOT_COMMANDS:
+            count = self.core._image.rack_slot_count() if self.core._image else 0
+            if not 1 <= param <= count:
+                raise core_refused(f"{word} refused: {name} takes a rack slot 1-{count}, "
+                                   f"not {param}")
+        return self._issue(name, param, "run", f"single command by {origin}", origin, now)
+
+    def _issue(self, name: str, param: int, source: str, why: str, origin: str,
+               now: float) -> Decision:
+        core = self.core
+        image = core._image
+        assert image is not None
+        m = machine_from(image.plc, self.known(), core.interrupted,
+                         frozenset(core.locked_out_slots))
+        _, moves = apply(m, name, param, core.cfg.sequence)
+        touched = {loc for mv in moves for loc in (_location(mv.source), _location(mv.dest))
+                   if loc is not None}
+        if name in SLOT_COMMANDS:
+            touched.add(Location.rack(param))
+        if name in ("INSTALL", "REMOVE", "LOCK", "UNLOCK"):
+            touched.add(BAY)
+        self._expect(moves)
+        seq = core._next_seq(image)
+        core.outputs.update(cmd_code=name, cmd_param1=param, cmd_param2=0, cmd_seq=seq,
+                            stop_request=StopRequest.NONE)
+        core._outputs_dirty = True
+        core._command_issued = True
+        self.run = MaintenanceRun(seq, name, param, source, why, tuple(moves), origin, now,
+                                  touched=frozenset(touched))
+        core._emit(MaintenanceStarted(t=now, seq=seq, command=name, param=param, source=source,
+                                      why=why, moves=[mv.as_dict() for mv in moves],
+                                      origin=origin))
+        d = core._flush()
+        d.result = {"seq": seq, "command": name, "param": param, "why": why,
+                    "moves": [mv.as_dict() for mv in moves],
+                    "done_when": done_when(name, param)}
+        return d
+
+    def _expect(self, moves: list[Move]) -> None:
+        """Tell pack trust what each move carries where (as a swap's STORE and INSTALL do),
+        with what was learnt of the pack where it was: its arrival is not an impostor."""
+        core = self.core
+        for mv in moves:
+            src = _location(mv.source)
+            if src is not None and mv.serial is not None:
+                snap = core.trust.snapshot(src)
+                if snap is not None:
+                    self._carried[mv.serial] = snap
+            dest = _location(mv.dest)
+            if dest is None or mv.serial is None:
+                continue
+            carried = self._carried.pop(mv.serial, None)
+            if carried is None:
+                held = core._carried.get(BAY)  # a swap's pack in transit when it stopped
+                if held is not None and held.identity is not None \
+                        and held.identity.serial == mv.serial:
+                    carried = held
+            identity = self._identity(mv.serial, carried)
+            if identity is None:
+                continue  # not known: bound on first hearing, as a pack put in by hand
+            soc = None
+            ip = core.interrupted
+            if carried is None and ip is not None and mv.serial == ip.plan.pack_out.serial:
+                soc = ip.plan.pack_out.soc_pct  # the car's pack: not charged since
+            core.trust.expect(dest, identity, soc, carried)
+
+    def _identity(self, serial: int, carried: Binding | None) -> PackIdentity | None:
+        if carried is not None and carried.identity is not None \
+                and carried.identity.serial == serial:
+            return carried.identity
+        ip = self.core.interrupted
+        if ip is not None:
+            for p in (ip.plan.pack_out, ip.plan.pack_in):
+                if p.serial == serial:
+                    return PackIdentity(p.serial, p.family, p.chemistry, p.rated_energy_kwh)
+        return None
+
+    # ---- the scan ------------------------------------------------------------------------
+    def _stops(self, now: float) -> list[tuple[interlocks.Interlock, interlocks.Reaction, str]]:
+        """The interlocks that would stop a swap (abort or hold), judged as in motion with
+        no step row: those about a step's row (presence, a car that must stay put...) do
+        not apply to a single command."""
+        core = self.core
+        if core._image is None:
+            return []
+        inp = interlocks.Inputs(core._image, core.cfg, now, core._hb_changed_at, State.EXECUTE,
+                                None, None, core._pack_events)
+        return [t for t in interlocks.evaluate(inp, core.disabled_interlocks)
+                if t[1] in (interlocks.Reaction.ABORT, interlocks.Reaction.HOLD)]
+
+    def scan(self, image: ProcessImage, now: float) -> None:
+        run, core = self.run, self.core
+        if run is None or run.state != RUNNING:
+            return
+        stop = core.outputs["stop_request"]
+        if stop != StopRequest.NONE:
+            return self._end(run, now, FAILED, "stopped",
+                             f"{run.command}: stopped by stop_request {stop} "
+                             f"({core.reason or core.state.label})")
+        for il, _, detail in self._stops(now):
+            return self._end(run, now, FAILED, il.id, f"interlock {il.id}: {detail}",
+                             StopRequest.CAT1)
+        for ev in core._pack_events:
+            if ev.location in run.touched:
+                return self._end(run, now, FAILED, ev.kind,
+                                 f"pack {ev.serial} in {ev.location}: {ev.detail}",
+                                 StopRequest.CAT1)
+        seqc = core.cfg.sequence
+        v = judge_command(image.plc, now, name=run.command.lower(), command=run.command,
+                          seq=run.seq, started_at=run.taken_at, done_seen_at=run.done_seen_at,
+                          handshake_timeout_s=seqc.handshake_timeout_s,
+                          sensor_grace_s=seqc.sensor_grace_s,
+                          timeout_s=command_timeout(core, run.command),
+                          shown=lambda: result_shown(run.command, run.param, image.plc, seqc))
+        run.done_seen_at = v.done_seen_at
+        if v.failed:
+            assert v.code is not None and v.reason is not None
+            return self._end(run, now, FAILED, v.code, v.reason)
+        if v.done:
+            return self._end(run, now, DONE, None, None)
+        return None
+
+    def _end(self, run: MaintenanceRun, now: float, state: str, code: str | None,
+             reason: str | None, stop: StopRequest = StopRequest.CAT2) -> None:
+        core = self.core
+        run.state, run.code, run.reason, run.done_at = state, code, reason, now
+        if state == DONE:
+            core._emit(MaintenanceDone(t=now, seq=run.seq, command=run.command, param=run.param))
+            for mv in run.moves:
+                core._emit(PackMoved(t=now, serial=mv.serial, source=mv.source, dest=mv.dest,
+                                     command=run.command, seq=run.seq))
+        else:
+            assert code is not None and reason is not None
+            core._emit(MaintenanceFailed(t=now, seq=run.seq, command=run.command,
+                                         param=run.param, reason=reason, code=code))
+            for mv in run.moves:  # what it would have carried arrives nowhere now
+                dest = _location(mv.dest)
+                if dest is not None:
+                    core.trust._expected.pop(dest, None)
+        current = StopRequest(core.outputs["stop_request"])
+        if stop.severity > current.severity:
+            core.outputs["stop_request"] = stop
+        core.outputs.update(cmd_code=NO_COMMAND, cmd_param1=0, cmd_param2=0)
+        core._outputs_dirty = True
+        if core.state in (State.IDLE, State.COMPLETE):
+            core._transition(Cmd.STOP, now, f"maintenance command {run.command} ended: reset "
+                             "to return to Idle")
+
+    # ---- views ---------------------------------------------------------------------------
+    def known(self) -> dict[str, int | None]:
+        """The serial bound at the bay and at each rack slot (pack trust)."""
+        core = self.core
+        out: dict[str, int | None] = {"vehicle bay": core.trust.serial(BAY)}
+        image = core._image
+        for n in range(1, (image.rack_slot_count() if image is not None else 0) + 1):
+            out[slot_name(n)] = core.trust.serial(Location.rack(n))
+        return out
+
+    def ledger(self) -> dict[str, int | None]:
+        """Where every pack is: location -> serial (None: identity not known)."""
+        core = self.core
+        if core._image is None or core._image.plc_read_at is None:
+            return {}
+        return ledger(machine_from(core._image.plc, self.known(), core.interrupted,
+                                   frozenset(core.locked_out_slots)))
+
+    def view(self) -> dict[str, Any]:
+        """The plan, for `swapctl recover --plan`."""
+        core = self.core
+        plan = self.plan()
+        return {"unit_mode": core.unit_mode, **plan.as_dict(),
+                "interrupted_swap": core.interrupted.as_dict() if core.interrupted else None,
+                "maintenance": self.run.as_dict() if self.run else None,
+                "packs": self.ledger()}
+
+
+def core_refused(reason: str) -> Exception:
+    from station.core import CommandRefused  # the core imports this module
+
+    return CommandRefused(reason)
+
+
+def nothing_to_do(reason: str) -> Exception:
+    from station.core import NothingToDo
+
+    return NothingToDo(reason)
+
+
+__all__ = ["AT_REST", "MAINTENANCE", "PRODUCTION", "UNIT_MODES", "Interrupted", "Maintenance",
+           "MaintenanceRun", "command_timeout"]
