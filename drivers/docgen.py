@@ -64,13 +64,15 @@ COMMAND_PRECONDITIONS: dict[str, str] = {
     "STORE": "cmd_param1 in 1..rack_slot_count (else error {bad_parameter}) and that slot "
     "empty; a pack on the shuttle at home, or still on the stacker after a stopped STORE.",
     "FETCH": "cmd_param1 in 1..rack_slot_count (else error {bad_parameter}); that slot holds "
-    "a pack that is not isolated; shuttle empty at home; stacker empty.",
+    "a pack; shuttle empty at home; stacker empty. Whether the pack may be used is not "
+    "checked here (the PLC cannot know; see above the table).",
     "INSTALL": "Vehicle lifted to swap height; vehicle_pack_present = 0; a pack on the "
     "shuttle at home.",
     "LOCK": "vehicle_pack_present = 1; shuttle empty (shuttle_pack_present = 0). The "
     "shuttle docks under the car first when a stop left it elsewhere.",
     "LOWER": "bolts_tight = bolt_count; shuttle at home (shuttle_position = 0).",
-    "RELEASE": "vehicle_present = 1; lift lowered (lift_height = 0).",
+    "RELEASE": "vehicle_present = 1; lift lowered (lift_height = 0). Done only once the car "
+    "has left the platform (vehicle_present = 0), not when the exit opens.",
     "HOME": "Not while vehicle_pack_present = 1 with bolts_tight < bolt_count and the "
     "shuttle away from home (the pack may rest on the shuttle: LOCK first). Done at once "
     "when both are home.",
@@ -105,6 +107,12 @@ table, every command requires `estop_ok`, `safety_plc_ok`, `light_curtain_clear`
 `doors_closed` and `smoke_clear` = 1, `stop_request` = {stop_none} and a live
 `ctrl_heartbeat`. "At home" means the shuttle at the stacker transfer point
 (`shuttle_position` = 0).
+
+A PLC checks only what it can see. Whether a pack may be used (isolated by its BMS,
+trusted, its slot locked out) it cannot know: that is the controller's judgement, made
+before it sends the command (pack selection, pack safety and lockouts,
+`station/selection.py`, `docs/design.md`); the controller never fetches a pack it has not
+judged usable, and the PLC does not refuse FETCH for it.
 """
 
 PLC_PROSE_TAIL = """\
@@ -121,10 +129,16 @@ The controller runs the swap one command at a time; the PLC carries each command
    the preconditions (table above), then echoes the sequence number in `cmd_ack_seq`
    with `cmd_status` = {busy}, or = {error} with `cmd_error_code` set if it refuses.
 3. When the command ends the PLC sets `cmd_status` = {done} or {error} (with
-   `cmd_error_code`). `cmd_ack_seq` keeps naming the command that status belongs to.
+   `cmd_error_code`). **Done and error are levels, held until the PLC takes the next
+   command** (not pulses): `cmd_ack_seq` keeps naming the command that status belongs to.
+   Every input that shows the command's result is valid no later than the scan that sets
+   done (the bolt results of UNLOCK and LOCK in particular).
 4. The controller waits for `cmd_ack_seq` = its `cmd_seq`; a status that belongs to an
-   older sequence number is never taken for the new command. A command not acknowledged
-   or not finished within the step's timeout fails the step.
+   older sequence number is never taken for the new command. **The PLC echoes a new
+   `cmd_seq` within {handshake}** (contract timing `handshake_timeout_ms`; the controller's
+   `[sequence] handshake_timeout_s` defaults to it), or the controller aborts the swap
+   (`plc_no_answer`). A command not finished within the step's timeout fails the step
+   (`step_timeout`).
 5. One command at a time: a new `cmd_seq` while a command is busy ends the running one
    with error {stopped} and refuses the new one with error {refused}.
 
@@ -137,6 +151,24 @@ Outputs re-sent unchanged (heartbeat, reconnection) never start anything.
 
 Why a command failed is `cmd_error_code` (enumeration `cmd_error` above).
 
+**Error {stopped} and its cause.** A command stopped by the safety chain or a safety input
+ends with error {stopped}; the input that caused it (`light_curtain_clear`,
+`doors_closed`, `estop_ok`, ...) may be reported in a later scan, but **within
+{stop_grace}** (contract timing `stop_cause_grace_ms`). The controller waits that long
+(`[sequence] stop_cause_grace_s`, defaulting to it) before it decides: a cause whose
+interlock holds the swap (a light curtain, a door: `docs/interlocks.md`) holds it, and the
+swap can be unheld once it is gone; a cause whose interlock aborts aborts with that
+interlock's reason; no cause within the grace aborts the swap ("PLC stopped LIFT (error
+stopped) and no cause was seen within {stop_grace}", `plc_stopped`). Error {stopped} after
+the controller's own stop request is expected and not judged.
+
+**Lost commands.** A PLC that restarts during a command reports `cmd_ack_seq` = 0 and
+`cmd_status` = {idle} (see What a PLC integrator must implement): the command is lost and
+the controller aborts the swap saying so ("PLC restarted: cmd_ack_seq 0, cmd_status idle;
+LIFT (seq 17) lost", `plc_restarted`), not as a command that was never taken. A done that
+turns back into {idle} or {busy}, or an echo going back to an older number, breaks step 3:
+the swap aborts naming both (`plc_done_lost`).
+
 **The controller verifies each step on the sensors as well as on "done".** A command
 counts as completed only when the PLC reports done *and* the inputs agree (tolerances
 are the controller's `[sequence]` settings; the defaults are shown):
@@ -144,20 +176,65 @@ are the controller's `[sequence]` settings; the defaults are shown):
 - POSITION: both `position_offset_x` and `position_offset_y` within {pos_tol} mm;
 - LIFT: `lift_height` within {h_tol} mm of the swap height ({height} mm);
 - UNLOCK: `bolts_tight` = 0, still at swap height, every bolt's `bolt_torque` and
-  `bolt_angle` inside the unlock window ({unlock_t} N*m, {unlock_a} deg);
+  `bolt_angle` inside the unlock window ({unlock_t} N*m, {unlock_a} deg): after UNLOCK
+  the PLC reports each bolt's **peak breakaway torque and total angle**;
 - REMOVE: `shuttle_pack_present` = 1, `vehicle_pack_present` = 0, `shuttle_position`
   within {shuttle_tol} mm of home;
 - STORE: `rack_slot_occupied` of the slot in `cmd_param1` = 1, `shuttle_pack_present` = 0;
 - FETCH: that slot's `rack_slot_occupied` = 0, `shuttle_pack_present` = 1;
 - INSTALL: `vehicle_pack_present` = 1, `shuttle_pack_present` = 0;
 - LOCK: `bolts_tight` = `bolt_count` > 0, shuttle home, every bolt inside the lock window
-  ({lock_t} N*m, {lock_a} deg);
+  ({lock_t} N*m, {lock_a} deg): after LOCK the PLC reports each bolt's **final torque and
+  angle**;
 - LOWER: `lift_height` within {h_tol} mm of 0;
 - RELEASE: `vehicle_present` = 0, or `vehicle_token` no longer the token of the swapped
-  vehicle (the next vehicle may already stand on the platform).
+  vehicle (the next vehicle may already stand on the platform). The PLC reports RELEASE
+  done only once the car has left the platform, not when the exit opens.
 
-"Done" with sensors that still disagree {grace} s later aborts the swap (`sensor_disagrees`);
-a bolt outside its window aborts it at once.
+The controller judges **each bolt against its own windows** (`[sequence]`
+`unlock_torque_nm`, `unlock_angle_deg`, `lock_torque_nm`, `lock_angle_deg`), in the first
+scan that shows done: a bolt outside its window, or one not reported yet (it reads 0),
+aborts the swap at once (`unlock_failed`, `lock_failed`). The PLC reports the windows its
+guns work to as set-points, which the controller checks against the same configuration
+(Set-points below).
+
+**Sensor grace.** Inputs other than the bolt results may lag done by at most
+{sensor_grace} (contract timing `sensor_grace_ms`; the controller's
+`[sequence] sensor_grace_s` defaults to it). "Done" with sensors that still disagree after
+it aborts the swap (`sensor_disagrees`), the reason naming each input that is off, its
+value and what was expected ("lift: PLC reported done but the sensors disagree 500 ms
+later: lift_height 520 mm, expected 500 +- 5 mm").
+
+**What some inputs read between commands:**
+
+- `shuttle_position` while the shuttle is docked under the car (from UNLOCK until REMOVE
+  or LOCK takes it home) reads the set-point `setpoint_shuttle_car_position`.
+- `stacker_slot` is 0 (the stacker at the transfer point) after a done STORE or FETCH.
+- `bolts_tight` equals `bolt_count` before UNLOCK (a car arrives bolted). With no car on
+  the platform, or no pack in its bay, it reads whatever the last car left and is
+  meaningless: the controller does not judge it then (`docs/interlocks.md`, Home).
+
+## Set-points
+
+The PLC reports the values its own program works to, as inputs (`setpoint_*` in the
+signal table): the swap height and its tolerance, the positioning tolerance, the shuttle's
+under-car position and the bolt windows of UNLOCK and LOCK. They are **constant while the
+PLC program runs** (a new value comes with a new program). The controller compares them
+with its configuration at every read of the inputs (`station/setpoints.py`):
+
+- a position (`setpoint_swap_height`, `setpoint_shuttle_car_position`) must **equal** the
+  configured one (`sequence.swap_height_mm`, `interlocks.shuttle_car_mm`) within 0.5 mm;
+- a tolerance the PLC calls a step done within (`setpoint_height_tolerance`,
+  `setpoint_position_tolerance`) must be **no wider** than the controller's
+  (`sequence.height_tolerance_mm`, `sequence.position_tolerance_mm`);
+- a bolt window (`setpoint_unlock_torque`, `..._angle`, `setpoint_lock_torque`,
+  `..._angle`, [low, high]) must lie **inside** the controller's: every gun run the PLC
+  accepts, the controller accepts too.
+
+On a mismatch the controller refuses to run: interlock `plc_setpoint_mismatch` refuses
+reset and start at rest, and aborts a running swap; its reason names both values
+("setpoint_swap_height 520 mm (PLC) != sequence.swap_height_mm 500 mm"). `swapd
+check-config --probe` shows the comparison, one line per set-point.
 
 ## Heartbeats
 
@@ -165,11 +242,16 @@ a bolt outside its window aborts it at once.
   {hb_ms} ms and written with the other outputs; it wraps from 65535 to 0. **The PLC must
   stop all motion (a category-2 stop at least) when `ctrl_heartbeat` has not changed for
   {ctrl_timeout}**, end a running command with error {stopped}, and take no new command
-  until the counter moves again. A controller that hangs stops writing, which is the point.
+  until the counter moves again: a command written meanwhile is answered (not ignored)
+  with `cmd_status` = {error} and `cmd_error_code` = {refused}; one written together with a
+  heartbeat value that moves is taken. A controller that hangs stops writing, which is the
+  point.
 - `plc_heartbeat` (PLC -> controller) is incremented by the PLC at least every
   {plc_hb_ms} ms and wraps from 65535 to 0. When it has not changed for {plc_timeout}, the
-  controller treats every PLC input as stale, requests a stop and holds the swap; it does
-  not trust a PLC that still communicates but no longer scans.
+  controller treats every PLC input as untrue and **aborts** the swap with a category-1
+  stop request (interlock `plc_heartbeat_lost`): a PLC program that does not run reports
+  nothing true, so nothing it shows can be held on. At rest the same interlock refuses
+  reset and start, and a swap already held stays held (no unhold) until the counter moves.
 
 ## Stop requests
 
@@ -235,11 +317,25 @@ MODBUS_PROSE_TAIL = """\
 ### What a Modbus PLC must serve
 
 - Input block `{in_first}-{in_last}` and output block `{out_first}-{out_last}` as holding
-  registers, unit id {unit_id}, laid out as in the table; reserved input addresses read as
-  0. Accept FC3 anywhere in both blocks and FC16 (and FC6) in the output block.
-- **Refuse writes to inputs** with exception 02 (ILLEGAL DATA ADDRESS); answer requests
-  outside the map with exception 02 as well.
-- Take the whole output block of one FC16 request as one write (the handshake's step 1).
+  registers, unit id {unit_id}, laid out as in the table. Accept FC3 anywhere in both
+  blocks and FC16 (and FC6) in the output block.
+- Reserved addresses: a reserved input reads 0; a reserved output accepts a write (the
+  controller writes 0 there as part of the whole block) and the PLC ignores its value.
+- **Refuse writes to inputs** (reserved ones included) with exception 02 (ILLEGAL DATA
+  ADDRESS); a request that reaches outside both blocks, even by one register, gets
+  exception 02 as well.
+- **Every other function code, FC4 (read input registers) included, gets exception 01
+  (ILLEGAL FUNCTION)**, wherever it points: the inputs are holding registers, never input
+  registers.
+- **A request for another unit id is not answered at all** (the controller's read times
+  out, and it reports the PLC as not answering); nothing is read or written.
+- Take the whole output block of one FC16 request as one write (the handshake's step 1):
+  **all of it or none of it**. A write answered with an exception has changed nothing:
+  the PLC must not have applied any register of that block, and may assume the controller
+  still wants it. The controller then writes the whole block again, with the same values
+  (and a new `ctrl_heartbeat` when one falls due), at its next poll period
+  (`poll_period_s`), not at once; until a write is acknowledged it counts the block as not
+  taken.
 """
 
 OPCUA_PROSE_HEAD = """\
@@ -711,6 +807,9 @@ def _contract_fmt(contract: PlcContract) -> dict[str, str]:
         "cat2": code("stop_request", "cat2"),
     }
     fmt.update(_sequence_fmt())
+    fmt.update(handshake=_duration_ms(t.handshake_timeout_ms),
+               sensor_grace=_duration_ms(t.sensor_grace_ms),
+               stop_grace=_duration_ms(t.stop_cause_grace_ms))
     for status in ("idle", "busy", "done", "error"):
         fmt[status] = code("cmd_status", status)
     for error in ("refused", "bad_parameter", "stopped"):
@@ -721,7 +820,6 @@ def _contract_fmt(contract: PlcContract) -> dict[str, str]:
 def _sequence_fmt() -> dict[str, str]:
     """The controller's default step tolerances, from its configuration (stated once)."""
     from station.config import SequenceSection
-    from station.core import SENSOR_GRACE_S
 
     q = SequenceSection()
 
@@ -733,7 +831,6 @@ def _sequence_fmt() -> dict[str, str]:
         "height": _num(q.swap_height_mm), "shuttle_tol": _num(q.shuttle_home_tolerance_mm),
         "unlock_t": window(q.unlock_torque_nm), "unlock_a": window(q.unlock_angle_deg),
         "lock_t": window(q.lock_torque_nm), "lock_a": window(q.lock_angle_deg),
-        "grace": _num(SENSOR_GRACE_S),
     }
 
 

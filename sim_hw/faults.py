@@ -229,6 +229,9 @@ class FaultRegistry:
             self._undo(old)
         f = ActiveFault(spec, val, tgt, self.model.now)
         self._active[name] = f
+        if name == "safety_report_delay" and old is None:  # reported as they are now
+            self._safety_seen = {n: [(-math.inf, bool(getattr(self.model, n)))]
+                                 for n in SAFETY_FAULTS.values()}
         self._apply(f)
         self._changed()
         return self._info(spec)
@@ -267,7 +270,10 @@ class FaultRegistry:
 
     # ------------------------------------------------------- model hooks
     def apply(self) -> None:
-        """Every model advance: bind pending pack faults, keep applying pack effects."""
+        """Every model advance: bind pending pack faults, keep applying pack effects, time
+        the safety inputs' changes (safety_report_delay)."""
+        if "safety_report_delay" in self._active:
+            self._delay_safety({n: getattr(self.model, n) for n in SAFETY_FAULTS.values()})
         for f in self._active.values():
             if f.spec.name in PACK_FAULTS:
                 self._apply(f)

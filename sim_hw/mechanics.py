@@ -239,6 +239,18 @@ class StationModel:
                 real,
             )
 
+    def restart_program(self) -> None:
+        """The PLC program restarts (a power cycle, a download): the running command is
+        lost and its motion stops where it stands; the handshake starts afresh, as the
+        contract says of a PLC start-up (cmd_ack_seq 0, cmd_status idle, the cmd_seq in the
+        next output block taken as already seen)."""
+        if self._running is not None:
+            self._running.status, self._running.reason = STATUS_ERROR, "PLC restarted"
+        self._running, self._motion = None, None
+        self.last_seq = None
+        self.cmd_ack_seq, self.cmd_status, self.cmd_error_code = 0, STATUS_IDLE, ERR_NONE
+        self._emit("command", "PLC program restarted")
+
     def heartbeat_stale(self, real: float) -> bool:
         hb = self.heartbeat_changed_real
         return hb is None or real - hb > self.config.ctrl_heartbeat_timeout_s
@@ -475,15 +487,13 @@ class StationModel:
         held = self.stacker_pack
         if pack is None and held is not None and self._stacker_resume == ("fetch", slot):
             # resume a FETCH stopped after the stacker took the pack out of the slot
-            if held.state == "isolated":
-                return f"pack from slot {slot} isolated"
             if self.shuttle_pack is not None or not self.shuttle_home:
                 return "shuttle not empty at home"
             return [self._stacker_to(1.0, 0), event(lambda: self._stacker_to_shuttle(slot))]
         if pack is None:
             return f"slot {slot} empty"
-        if pack.state == "isolated":
-            return f"pack in slot {slot} isolated"
+        # Whether the pack may be used (not isolated, trusted, not locked out) is the
+        # controller's judgement, not a precondition here: a PLC cannot know (contract).
         if self.shuttle_pack is not None or not self.shuttle_home:
             return "shuttle not empty at home"
         if self.stacker_pack is not None:

@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 # plc_heartbeat steps every 50 ms (the contract: at least every plc_heartbeat_period_ms)
 HEARTBEAT_PERIOD_S = 0.05
 
+# FC3 read holding registers, FC6 write one, FC16 write several: every other function code
+# (FC4 input registers included) is answered with exception 01 ILLEGAL FUNCTION
+SERVED_FUNCTIONS = frozenset({3, 6, 16})
+
 Clock = Callable[[], tuple[float, float]]
 """Returns (sim seconds, monotonic real seconds) for now."""
 
@@ -59,6 +63,7 @@ class PlcServer:
         self.port = port  # the bound port once started (port 0 = any free port)
         self.requests = 0
         self.dropped = 0
+        self.other_unit = 0  # requests for another unit id, left unanswered
         self._paused = False
         self._server: ModbusTcpServer | None = None
         self._real0 = 0.0
@@ -107,9 +112,22 @@ class PlcServer:
 
     def _trace_pdu(self, sending: bool, pdu: ModbusPDU) -> ModbusPDU | None:
         # A received PDU replaced by None is never handled, so no reply goes out.
-        if not sending and self.silent:
+        if sending:
+            return pdu
+        if self.silent:
             self.dropped += 1
             return None
+        if pdu.dev_id != self.map.unit_id:
+            # The contract: a request for another unit id is not answered at all.
+            self.other_unit += 1
+            return None
+        if pdu.function_code not in SERVED_FUNCTIONS:
+            # The contract: exception 01 ILLEGAL FUNCTION wherever it points. Aimed at the
+            # first output register so that pymodbus hands it to _action, which refuses it
+            # before anything is read or written.
+            pdu.address = self.map.output_start
+            if not getattr(pdu, "bits", None):
+                pdu.count = 1
         return pdu
 
     async def _action(
@@ -122,6 +140,8 @@ class PlcServer:
         set_values: list[int] | list[bool] | None,
     ) -> ExcCodes | None:
         self.requests += 1
+        if function_code not in SERVED_FUNCTIONS:
+            return ExcCodes.ILLEGAL_FUNCTION
         now, real = self.clock()
         if set_values is None:
             self.model.advance(now, real)

@@ -306,7 +306,8 @@ class StationCore:
             if self._image is None or self._image.plc_read_at is None:
                 raise CommandRefused(f"{cmd.value} refused: interlocks active: "
                                      "plc_inputs_stale (no PLC input read yet)")
-            blocking = [il.id for il, _, _ in self._tripped(now)]
+            # each with what is wrong (a set-point mismatch names both values)
+            blocking = [f"{il.id} ({detail})" for il, _, detail in self._tripped(now)]
             if blocking:
                 raise CommandRefused(f"{cmd.value} refused: interlocks active: "
                                      + ", ".join(blocking))
@@ -1053,8 +1054,8 @@ class StationCore:
         if ack == 0 and status == CmdStatus.IDLE and prev_ack not in (None, 0):
             # a PLC that has run a command never reports ack 0 again until it restarts
             return ("plc_restarted",
-                    f"PLC restarted during the step: cmd_ack_seq 0, cmd_status idle; "
-                    f"{command} (seq {seq}) lost")
+                    f"PLC restarted: cmd_ack_seq 0, cmd_status idle; {command} (seq {seq}) "
+                    "lost")
         if hs.get("done") and (ack != seq or status != CmdStatus.DONE):
             now_is = f"cmd_status {status}" if ack == seq else \
                 f"cmd_ack_seq {ack} (an older command), cmd_status {status}"
