@@ -7,8 +7,10 @@ Home is where a swap may start from and where a reset may make the station ready
   empty (`shuttle_pack_present` false);
 - the stacker carrying no pack (`stacker_pack_present` false);
 - a car on the platform with a pack in its bay has all its bolts tight (`bolts_tight` =
-  `bolt_count`). With no car, or no pack in the bay, the bolts are not judged: they read
-  whatever the last car left (the simulator keeps them tight; a PLC may read 0 of 0).
+  `bolt_count`). With no car, or no pack in the bay, the bolts are not judged: the PLC
+  contract calls `bolts_tight` meaningless then (it reads whatever the last car left; the
+  simulator keeps them tight, a PLC may read 0 of 0). Before UNLOCK it equals
+  `bolt_count`: a car arrives bolted.
 
 After an abort or a stop mid-swap the machine may be anywhere (a car lifted with its bolts
 loose, a pack on the shuttle); RESET and START are refused there, and Idle holds the swap
