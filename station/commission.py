@@ -20,6 +20,7 @@ import itertools
 import json
 import statistics
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,6 +40,7 @@ SAFETY_INPUTS = ("estop_ok", "safety_plc_ok", "light_curtain_clear", "doors_clos
                  "smoke_clear")
 HEARTBEAT_IN = "plc_heartbeat"
 WRAP = 65536  # both heartbeats and cmd_seq are 16-bit counters
+WIDTH = 96  # the text report's lines (the input table excepted)
 SAMPLE_S = 0.01  # how often the link's acknowledged writes are sampled
 FIRST_IMAGE_S = 10.0  # the first input image after connecting, at the latest
 
@@ -391,10 +393,15 @@ def _header(report: dict[str, Any]) -> list[tuple[str, str]]:
 def render_text(report: dict[str, Any]) -> str:
     title = f"swapd commissioning report: {report['verdict']}"
     out = [title, "=" * len(title)]
-    out += [f"{k + ':':<9} {v}" for k, v in _header(report)]
+    for k, v in _header(report):
+        out += textwrap.wrap(v, WIDTH, initial_indent=f"{k + ':':<9} ",
+                             subsequent_indent=" " * 10, break_on_hyphens=False)
     for i, s in enumerate(report["sections"], 1):
         out += ["", f"{i}. {s['title']}: {s['verdict']}"]
-        out += [f"   {line}" for line in s["lines"]]
+        for line in s["lines"]:
+            indent = "   " + " " * (len(line) - len(line.lstrip()))
+            out += textwrap.wrap(line.strip(), WIDTH, initial_indent=indent,
+                                 subsequent_indent=indent + "  ", break_on_hyphens=False)
         if s["id"] == "inputs":
             out += [""] + [f"   {line}" for line in table_lines(s["rows"])]
     failed = [s["title"] for s in report["sections"] if s["verdict"] == FAIL]
