@@ -659,6 +659,10 @@ async def run_commission(cfg: StationConfig, *, duration_s: float, round_trips: 
             ctrl_write_errors=link.stats.write_errors, round_trips=trips,
             setpoints=check_setpoints(w.latest, cfg))
     finally:
+        # however it ends (Ctrl-C in a round trip included): the machine is left stopped
+        link.set_outputs(STOPPED_OUTPUTS)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(link.write_now(), 2)
         await link.close()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(runner, 5)
@@ -720,6 +724,10 @@ def commission_main(cfg: StationConfig, *, duration_s: float, round_trips: int,
             view_stream=sys.stderr, tty=sys.stderr.isatty()))
     except CommissionError as exc:
         print(f"swapd commission: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:  # the link was closed on the way out: nothing more is written
+        print("swapd commission: interrupted: no report (the PLC was left with stop_request "
+              "cat2 and a ctrl_heartbeat that no longer counts)", file=sys.stderr)
         return 1
     report = build_report(obs, contract)
     text = render(report, fmt)

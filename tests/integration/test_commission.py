@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -156,6 +157,28 @@ async def test_a_refused_noop_is_reported_with_its_error_and_cause(tmp_path: Pat
         assert "error refused" in out and "safety chain open: estop_ok" in out, out
         assert "not confirmed: no NOOP command was done" in out
         assert [c.code for c in sim.command_log] == [NOOP]
+
+
+async def test_interrupted_it_leaves_the_machine_stopped_and_says_so(tmp_path: Path) -> None:
+    async with SimStation(sim_config("modbus")) as sim:
+        cfg = station_config(tmp_path, plc_section(tmp_path, sim))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "station.cli", *commission(cfg, "--duration", "60"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        seen = b""
+        while b"watching" not in seen:
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            assert line, seen
+            seen += line
+        proc.send_signal(signal.SIGINT)
+        out, err = await asyncio.wait_for(proc.communicate(), 30)
+        assert proc.returncode == 1, (out, err)
+        assert b"Traceback" not in err and out == b""
+        assert err.decode().strip().splitlines()[-1].startswith(
+            "swapd commission: interrupted"), err
+        sim.sync()
+        assert sim.model.stop_request == CAT2 and sim.command_log == []
 
 
 async def test_an_unreachable_plc_exits_1_with_one_line(tmp_path: Path) -> None:
