@@ -234,7 +234,7 @@ with its configuration at every read of the inputs (`station/setpoints.py`):
 On a mismatch the controller refuses to run: interlock `plc_setpoint_mismatch` refuses
 reset and start at rest, and aborts a running swap; its reason names both values
 ("setpoint_swap_height 520 mm (PLC) != sequence.swap_height_mm 500 mm"). `swapd
-check-config --probe` shows the comparison, one line per set-point.
+check-config --probe` makes the same comparison: each mismatch is a problem line (exit 2).
 
 ## Heartbeats
 

@@ -203,9 +203,17 @@ def probe_plc(cfg: StationConfig) -> list[str]:
     import time
 
     from drivers.plc.registry import create_link
+    from station.setpoints import check_setpoints
 
     link = create_link(cfg.plc, clock=time.monotonic)
-    return asyncio.run(link.probe())
+    problems = asyncio.run(link.probe())
+    # The set-points the PLC publishes against this configuration (docs/plc-interface.md,
+    # Set-points): a mismatch is a problem, as swapd would refuse to run on it.
+    inputs = getattr(link, "probed_inputs", None)
+    if inputs:
+        problems += [f"set-point {c.describe()}" for c in check_setpoints(inputs, cfg)
+                     if not c.ok]
+    return problems
 
 
 def _check_can(cfg: StationConfig) -> None:

@@ -274,7 +274,8 @@ class ModbusPlcLink(PlcLink):
                 elif len(rr.registers) != length:
                     problems.append(f"{where}: {len(rr.registers)} registers, expected {length}")
                 elif what == "input block":
-                    rmap.decode_inputs(list(rr.registers))
+                    # kept for check-config --probe's set-point comparison
+                    self.probed_inputs = rmap.decode_inputs(list(rr.registers))
         finally:
             self._drop()
             self._client = None

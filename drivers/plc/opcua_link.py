@@ -430,6 +430,8 @@ class OpcUaPlcLink(PlcLink):
             problems = session.problems
             if not problems:
                 problems = await self._read_inputs_once(session)
+                # kept for check-config --probe's set-point comparison
+                self.probed_inputs = dict(session.raw)
             return problems
         finally:
             await self._drop()

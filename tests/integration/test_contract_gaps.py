@@ -16,6 +16,7 @@ from drivers.plc.regmap import load_register_map
 from sim_hw.config import SimConfig
 from sim_hw.mechanics import StationModel
 from sim_hw.plc_server import PlcServer
+from sim_hw.station_sim import SimStation
 from station.core import CommandRefused
 from station.packml import Cmd, State
 from station.rig import PlcProtocol, Rig
@@ -171,3 +172,28 @@ async def test_modbus_writes_are_all_or_nothing_and_reserved_registers_answer(
     rr = await c.write_registers(100, [1, 12, 0, 0, 5, 0, 0, 3], device_id=1)
     assert not rr.isError()
     assert (await outputs(c))[7] == 3 and server.model.last_seq == 5
+
+
+# ---------------------------------------------------------------- item 7: the probe
+async def test_check_config_probe_compares_the_setpoints(tmp_path: Path,
+                                                         plc: PlcProtocol) -> None:
+    from station.config import ModbusSection, PlcSection
+    from tests.integration.test_check_config_probe import (
+        opcua_section,
+        sim_config,
+        station_config,
+        swapd,
+    )
+
+    async with SimStation(sim_config(plc)) as sim:
+        section = PlcSection(protocol="opcua", opcua=opcua_section(tmp_path, sim)) \
+            if plc == "opcua" else PlcSection(modbus=ModbusSection(port=sim.modbus_port))
+        cfg = station_config(tmp_path, section)
+        rc, out, err = await swapd("check-config", "--probe", str(cfg))
+        assert rc == 0, (out, err)
+        sim.faults.set("setpoint_mismatch", 20)
+        sim.sync()
+        rc, out, err = await swapd("check-config", "--probe", str(cfg))
+        assert rc == 2, (out, err)
+        assert "set-point setpoint_swap_height 520 mm (PLC) != sequence.swap_height_mm " \
+            "500 mm" in err, err
