@@ -22,6 +22,7 @@ writes the core's outputs and events); the core's public methods delegate to it.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -314,6 +315,8 @@ class Maintenance:
         run.state, run.code, run.reason, run.done_at = state, code, reason, now
         if state == DONE:
             core._emit(MaintenanceDone(t=now, seq=run.seq, command=run.command, param=run.param))
+            if run.command == "LOCK" and core.interrupted is not None:
+                core.interrupted = dataclasses.replace(core.interrupted, relocked=True)
             for mv in run.moves:
                 core._emit(PackMoved(t=now, serial=mv.serial, source=mv.source, dest=mv.dest,
                                      command=run.command, seq=run.seq))

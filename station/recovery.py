@@ -16,7 +16,8 @@ time, first match:
    else HOME (when the shuttle is away) then STORE into its slot of origin or a free one;
 3. a car lifted with an empty bay: FETCH its own pack back (the journal says where it was
    stored; HOME first if the shuttle is away), then INSTALL it;
-4. a pack in the bay with bolts not all tight: LOCK;
+4. a pack in the bay with bolts not all tight: LOCK; so too a pack the interrupted swap
+   was installing or locking (its car wakes to it only once a LOCK has ended);
 5. the shuttle or the stacker away: HOME;
 6. the lift up: LOWER.
 
@@ -74,6 +75,8 @@ class Interrupted:
     plan: SwapPlan
     step: str | None
     outcome: str = "aborted"
+    # a LOCK has run since (recovery): the car's electronics have seen their pack again
+    relocked: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         p = self.plan
@@ -401,6 +404,11 @@ def _next(m: Machine, interrupted: Interrupted | None,
     if m.bay is not None and m.bolts_tight < m.bolt_count:
         return ("LOCK", 0, f"{m.bolts_tight} of {m.bolt_count} bolts tight on the car's pack: "
                 "tighten them all")
+    if m.bay is not None and m.car and interrupted is not None and not interrupted.relocked \
+            and interrupted.step in ("install", "lock") \
+            and interrupted.plan.vehicle_token == m.token:
+        return ("LOCK", 0, f"the swap stopped in {interrupted.step} before its LOCK ended: "
+                "check every bolt and wake the car to its pack")
     if shuttle_away or m.stacker_slot != 0:
         where = [f"shuttle at {m.shuttle_mm:.0f} mm"] if shuttle_away else []
         if m.stacker_slot != 0:
