@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pymodbus.pdu.register_message import ReadHoldingRegistersRequest
 
 from drivers.bms.protocol import VEHICLE_PACK_SA, rack_sa
 from drivers.plc.regmap import load_register_map
@@ -411,7 +412,7 @@ def test_can_silent_and_network_down_silence_the_packs() -> None:
 def test_plc_silent_and_network_down_silence_the_modbus_server() -> None:
     m, _ = make_station()
     plc = PlcServer(m, load_register_map(), lambda: (0.0, 0.0))
-    pdu: Any = object()
+    pdu = ReadHoldingRegistersRequest(dev_id=1, address=0, count=1)
 
     def passed() -> bool:
         return plc._trace_pdu(False, pdu) is not None
