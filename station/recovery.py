@@ -144,6 +144,7 @@ class Machine:
     stacker: Pack | None
     slots: dict[int, Pack | None]
     locked_out: frozenset[int] = frozenset()
+    relocked: bool = False  # a LOCK has ended since the interrupted swap
 
     def copy(self) -> Machine:
         return dataclasses.replace(self, slots=dict(self.slots))
@@ -175,7 +176,8 @@ def machine_from(plc: Mapping[str, Any], known: Mapping[str, int | None],
                 shuttle=Pack(None) if plc.get("shuttle_pack_present") else None,
                 stacker_slot=int(_num(plc, "stacker_slot")),
                 stacker=Pack(None) if plc.get("stacker_pack_present") else None,
-                slots=slots, locked_out=frozenset(locked_out))
+                slots=slots, locked_out=frozenset(locked_out),
+                relocked=interrupted is not None and interrupted.relocked)
     carried = _carried(m, interrupted)
     if m.stacker is not None and carried:
         m.stacker = Pack(carried.pop(0))
@@ -293,7 +295,7 @@ def apply(m: Machine, command: str, param: int, seq: SequenceSection) -> tuple[M
         moves.append(Move(m.bay.serial, BAY, SHUTTLE))
         m.shuttle, m.bay, m.shuttle_mm = m.bay, None, 0.0
     elif command == "LOCK" and m.bay is not None and m.shuttle is None:
-        m.bolts_tight, m.shuttle_mm = m.bolt_count, 0.0
+        m.bolts_tight, m.shuttle_mm, m.relocked = m.bolt_count, 0.0, True
     elif command == "UNLOCK":
         m.bolts_tight = 0
     elif command == "HOME":
@@ -404,7 +406,7 @@ def _next(m: Machine, interrupted: Interrupted | None,
     if m.bay is not None and m.bolts_tight < m.bolt_count:
         return ("LOCK", 0, f"{m.bolts_tight} of {m.bolt_count} bolts tight on the car's pack: "
                 "tighten them all")
-    if m.bay is not None and m.car and interrupted is not None and not interrupted.relocked \
+    if m.bay is not None and m.car and interrupted is not None and not m.relocked \
             and interrupted.step in ("install", "lock") \
             and interrupted.plan.vehicle_token == m.token:
         return ("LOCK", 0, f"the swap stopped in {interrupted.step} before its LOCK ended: "

@@ -64,7 +64,7 @@ async def recover_until_home(rig: Rig, max_steps: int = 10) -> list[str]:
         assert r.result is not None
         seq = r.result["seq"]
         ran.append(f"{r.result['command']} {r.result['param']}")
-        await rig.wait_for(lambda: core.maintenance.run.seq == seq
+        await rig.wait_for(lambda seq=seq: core.maintenance.run.seq == seq
                            and core.maintenance.run.state != "running", WAIT_S,
                            what=f"{ran[-1]} to end")
         run = core.maintenance.run
@@ -79,8 +79,7 @@ async def back_to_service(rig: Rig) -> None:
         await ok(rig, "clear")
         await rig.wait_for(lambda: core.state == State.STOPPED, WAIT_S, what="Stopped")
     await rig.wait_for(lambda: core.state in (State.STOPPED, State.IDLE, State.COMPLETE)
-                       and core.status()["start_inhibited"] is None
-                       or not str(core.status()["start_inhibited"] or "").startswith(
+                       and not str(core.status()["start_inhibited"] or "").startswith(
                            "machine away"), WAIT_S, what="home")
     if core.state in (State.STOPPED, State.COMPLETE):
         await ok(rig, "reset")
