@@ -14,8 +14,8 @@ Home is where a swap may start from and where a reset may make the station ready
 
 After an abort or a stop mid-swap the machine may be anywhere (a car lifted with its bolts
 loose, a pack on the shuttle); RESET and START are refused there, and Idle holds the swap
-back, with the reason `away_from_home` gives. The way back is the technician's (the hand
-pendant), not the controller's.
+back, with the reason `away_from_home` gives. The way back is maintenance mode's recovery
+plan (station/recovery.py, station/maintenance.py), or the technician's hand pendant.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from station.commands import CommandRequest, CommandResult, Origin
-from station.image import StopRequest
+from station.image import BAY, StopRequest
 from station.packml import State
 from station.rig import ProcessRig, Rig
 from tests.integration.test_recovery import ledger_matches, truth_ledger
@@ -64,6 +64,13 @@ async def test_mode_and_maintenance_refusals(tmp_path: Path) -> None:
         started = await submit(rig, "recover")
         assert started.accepted and started.result is not None
         assert started.result["command"] == "INSTALL"  # the car's pack back into its bay
+        # pack trust is told what arrives in the bay, as a swap's INSTALL does
+        assert core.interrupted is not None
+        expected = core.trust._expected.get(BAY) or core.trust.bindings.get(BAY)
+        assert expected is not None
+        serial = expected[0].serial if isinstance(expected, tuple) else \
+            expected.identity.serial
+        assert serial == core.interrupted.plan.pack_out.serial
         leave = await submit(rig, "unit_mode", mode="produce")  # the command runs
         assert not leave.accepted and "is running" in (leave.reason or "")
         again = await submit(rig, "maintenance_command", command="NOOP")

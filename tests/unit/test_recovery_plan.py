@@ -91,6 +91,16 @@ def test_charged_pack_on_the_stacker_goes_back_to_its_slot() -> None:
     assert str(plan.steps[0].moves[0]) == f"pack {IN}: stacker -> slot 1"
 
 
+def test_a_pack_goes_back_to_its_own_slot_not_the_first_free_one() -> None:
+    plan2 = SwapPlan("S-000002", 7, PLAN.pack_out, PLAN.pack_in, store_slot=3, fetch_slot=2,
+                     identify_started_at=0.0)
+    p = plc(vehicle_present=False, vehicle_pack_present=False, lift_height=0,
+            stacker_pack_present=True, stacker_slot=2,
+            rack_slot_occupied=[False, False, True, True])
+    plan = plan_recovery(p, {"slot 3": OUT}, Interrupted(plan2, "fetch"), SEQ)
+    assert [(s.command, s.param) for s in plan.steps] == [("STORE", 2)]
+
+
 def test_charged_pack_on_the_shuttle_is_installed_in_the_lifted_car() -> None:
     occupied = [False, True, True, True]
     p = plc(vehicle_pack_present=False, bolts_tight=0, shuttle_pack_present=True,
