@@ -38,6 +38,7 @@ from station.events import (
     SwapEnded,
     SwapStarted,
 )
+from station.handshake import Handshake
 from station.home import PREFIX as HOME_PREFIX
 from station.home import away_from_home, same_things_off
 from station.image import (
@@ -156,8 +157,7 @@ class StationCore:
             else StopRequest.NONE,
         }
         self._outputs_dirty = True
-        self._done_seen_at: float | None = None
-        self._hs: dict[str, Any] = {}  # what the handshake of the current command saw
+        self._handshake: Handshake | None = None  # the current step's PLC command
         self._acting_since = 0.0
         self._vehicle_token = 0
         self._identify_started_at: float | None = None
@@ -994,8 +994,7 @@ class StationCore:
         step = SEQUENCE[index]
         self.step_index = index
         self.step_started_at = now
-        self._done_seen_at = None
-        self._reset_handshake()
+        self._handshake = None
         seq = None
         # What arrives where: bound on arrival, with what was learnt of it where it was
         # (pack_trust). The pack leaves the bay in REMOVE and its slot in FETCH.
@@ -1010,6 +1009,9 @@ class StationCore:
             self._expect(BAY, self.plan.pack_in, self._carried.pop(BAY, None))
         if step.command is not None:
             seq = self._next_seq(self._image)
+            # the PLC's echo as it stands now: a restart shows as it falling back to 0
+            echo = self._image.plc.get("cmd_ack_seq") if self._image is not None else None
+            self._handshake = Handshake(step.command, seq, now, last_ack=echo)
             self.outputs.update(
                 cmd_code=step.command, cmd_param1=step.param(self.plan), cmd_param2=0,
                 cmd_seq=seq,
@@ -1037,58 +1039,6 @@ class StationCore:
             self._outputs_dirty = True
             self._transition(Cmd.SC, now, None)
 
-    def _judge_handshake(self, image: ProcessImage, now: float, command: str,
-                         elapsed: float) -> tuple[str, str] | None:
-        """The PLC's side of the command handshake for the command this core sent last
-        (`self.seq`), `elapsed` seconds after it was given: (fault code, reason) when the
-        command has failed, None while it runs or once it is done (the caller judges the
-        sensors). Keeps what it saw (done, the PLC's echo, a stop) in `_hs`; a new command
-        starts with `_reset_handshake()`."""
-        hs = self._hs
-        ack = image.plc.get("cmd_ack_seq")
-        status = image.plc.get("cmd_status")
-        seq, cfg = self.seq, self.cfg.sequence
-        prev_ack, hs["ack"] = hs.get("ack"), ack
-        if ack == seq and status == CmdStatus.DONE:
-            hs["done"] = True
-        if ack == 0 and status == CmdStatus.IDLE and prev_ack not in (None, 0):
-            # a PLC that has run a command never reports ack 0 again until it restarts
-            return ("plc_restarted",
-                    f"PLC restarted: cmd_ack_seq 0, cmd_status idle; {command} (seq {seq}) "
-                    "lost")
-        if hs.get("done") and (ack != seq or status != CmdStatus.DONE):
-            now_is = f"cmd_status {status}" if ack == seq else \
-                f"cmd_ack_seq {ack} (an older command), cmd_status {status}"
-            return ("plc_done_lost",
-                    f"PLC reported {command} (seq {seq}) done, then {now_is}: done must be "
-                    "held until the next command")
-        if ack != seq:
-            if elapsed > cfg.handshake_timeout_s:
-                return ("plc_no_answer",
-                        f"PLC did not take {command} (seq {seq}) within "
-                        f"{cfg.handshake_timeout_s:g} s (cmd_ack_seq {ack}, cmd_status "
-                        f"{status})")
-            return None
-        if status == CmdStatus.ERROR:
-            err = image.plc.get("cmd_error_code", "unknown")
-            if err == "stopped":
-                # Its cause (a safety input, a stop) may come a scan later: the interlocks
-                # choose hold or abort when it does; none within the grace is an abort.
-                hs.setdefault("stopped_at", now)
-                if now - hs["stopped_at"] <= cfg.stop_cause_grace_s:
-                    return None
-                return ("plc_stopped",
-                        f"PLC stopped {command} (error stopped) and no cause was seen within "
-                        f"{cfg.stop_cause_grace_s * 1000:g} ms")
-            return ("plc_error", f"PLC error {err} on {command}")
-        return None
-
-    def _reset_handshake(self) -> None:
-        """A new command: nothing seen of it yet; the PLC's echo as it stands now (a restart
-        shows as that echo falling back to 0)."""
-        ack = self._image.plc.get("cmd_ack_seq") if self._image is not None else None
-        self._hs = {"ack": ack}
-
     def _execute(self, image: ProcessImage, now: float) -> None:
         step, plan = self.step, self.plan
         assert step is not None and plan is not None and self.step_index is not None
@@ -1103,29 +1053,20 @@ class StationCore:
             if not done:  # keep asking until the installed pack has said who it is
                 self._pack_requests.append(PackRequest(BAY, CHECK_KINDS))
         else:
-            verdict = self._judge_handshake(image, now, step.command, elapsed)
-            if verdict is not None:
-                return self._abort(f"{step.name}: {verdict[1]}", now, code=verdict[0])
-            if image.plc.get("cmd_ack_seq") == self.seq and \
-                    image.plc.get("cmd_status") == CmdStatus.DONE:
-                # Bolt results are valid no later than the scan that sets done (the
-                # contract): judged in the first scan that shows done, never waited for.
-                fault = step.fault(view)
-                if fault:
-                    return self._abort(f"{step.name}: {fault}", now, code=f"{step.name}_failed")
-                done = step.complete(view)
-                if not done:
-                    self._done_seen_at = self._done_seen_at or now
-                    if now - self._done_seen_at > self.cfg.sequence.sensor_grace_s:
-                        off = "; ".join(step.off(view)) or "see the step's inputs"
-                        return self._abort(
-                            f"{step.name}: PLC reported done but the sensors disagree "
-                            f"{self.cfg.sequence.sensor_grace_s * 1000:g} ms later: {off}",
-                            now, code="sensor_disagrees")
+            assert self._handshake is not None
+            verdict = self._handshake.judge(
+                image.plc, now, name=step.name, seq_cfg=self.cfg.sequence,
+                timeout_s=self.cfg.sequence.timeout(step.name),
+                shown=lambda: step.complete(view), fault=lambda: step.fault(view),
+                off=lambda: step.off(view))
+            if verdict.failed:
+                assert verdict.code is not None
+                return self._abort(f"{step.name}: {verdict.reason}", now, code=verdict.code)
+            done = verdict.done
         if done:
             return self._step_done(image, now)
         timeout = self.cfg.sequence.timeout(step.name)
-        if elapsed > timeout:
+        if step.command is None and elapsed > timeout:
             return self._abort(f"{step.name}: timed out after {timeout:g} s", now,
                                code="step_timeout")
         return None

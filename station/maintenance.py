@@ -34,7 +34,7 @@ from station.events import (
     PackMoved,
     UnitModeChanged,
 )
-from station.handshake import judge_command
+from station.handshake import Handshake
 from station.image import BAY, NO_COMMAND, Location, PackIdentity, ProcessImage, StopRequest
 from station.pack_trust import Binding
 from station.packml import Cmd, State
@@ -82,8 +82,8 @@ class MaintenanceRun:
     reason: str | None = None
     code: str | None = None
     done_at: float | None = None
-    done_seen_at: float | None = None  # the PLC's done first seen (sensor grace)
     touched: frozenset[Location] = field(default_factory=frozenset)
+    handshake: Handshake | None = None  # what the PLC's side of it has shown
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "command": self.command, "param": self.param,
@@ -215,7 +215,9 @@ class Maintenance:
         core._outputs_dirty = True
         core._command_issued = True
         self.run = MaintenanceRun(seq, name, param, source, why, tuple(moves), origin, now,
-                                  touched=frozenset(touched))
+                                  touched=frozenset(touched),
+                                  handshake=Handshake(name, seq, now,
+                                                      last_ack=image.plc.get("cmd_ack_seq")))
         core._emit(MaintenanceStarted(t=now, seq=seq, command=name, param=param, source=source,
                                       why=why, moves=[mv.as_dict() for mv in moves],
                                       origin=origin))
@@ -295,16 +297,15 @@ class Maintenance:
                                  f"pack {ev.serial} in {ev.location}: {ev.detail}",
                                  StopRequest.CAT1)
         seqc = core.cfg.sequence
-        v = judge_command(image.plc, now, name=run.command.lower(), command=run.command,
-                          seq=run.seq, started_at=run.taken_at, done_seen_at=run.done_seen_at,
-                          handshake_timeout_s=seqc.handshake_timeout_s,
-                          sensor_grace_s=seqc.sensor_grace_s,
-                          timeout_s=command_timeout(core, run.command),
-                          shown=lambda: result_shown(run.command, run.param, image.plc, seqc))
-        run.done_seen_at = v.done_seen_at
+        assert run.handshake is not None
+        v = run.handshake.judge(
+            image.plc, now, name=run.command.lower(), seq_cfg=seqc,
+            timeout_s=command_timeout(core, run.command),
+            shown=lambda: result_shown(run.command, run.param, image.plc, seqc),
+            off=lambda: [f"expected {done_when(run.command, run.param)}"])
         if v.failed:
             assert v.code is not None and v.reason is not None
-            return self._end(run, now, FAILED, v.code, v.reason)
+            return self._end(run, now, FAILED, v.code, f"{run.command.lower()}: {v.reason}")
         if v.done:
             return self._end(run, now, DONE, None, None)
         return None
