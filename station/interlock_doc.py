@@ -137,8 +137,13 @@ def table_markdown() -> str:
         "- `clear` is accepted away from home: it only acknowledges the abort (Aborted -> "
         "Stopped) and moves nothing. `unhold` of a held swap is accepted too: the swap goes "
         "on with its own steps from where it stopped.",
-        "- The way back home is the technician's, outside the controller (the hand "
-        "pendant; the simulator's `manual_home`), for now; then `reset`.",
+        "- The way back home: in maintenance mode `swapd` computes a recovery plan from the "
+        "read-back and the journal and runs it one PLC command at a time, each stopped at once "
+        "(category 1) by any interlock above that would stop a swap and is not about a "
+        "step's row (`swapctl mode maintenance`, `swapctl recover --next`; "
+        "docs/operator.md, \"Back to service after an abort\"), or a technician brings it "
+        "home with the hand pendant, outside the controller (the simulator's `manual_home`); "
+        "then `swapctl mode produce` and `reset`.",
         "",
     ]
     return "\n".join(lines)
