@@ -12,7 +12,8 @@ The rules, one per set-point:
   within half the coarsest resolution an addressing gives it (1 mm registers: 0.5 mm);
 - a tolerance the PLC calls a step done within must not be wider than the controller's;
 - a bolt window must lie inside the controller's: every gun run the PLC accepts, the
-  controller accepts too.
+  controller accepts too; so must the lift's window (swap height +- its tolerance): every
+  height the PLC may call LIFT done at, the controller counts as lifted.
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ class SetpointCheck:
     config: float | tuple[float, float]
     rule: str  # "equal", "at most", "inside"
     unit: str
+    # checks this one is composed of: when one of them fails, it says it, not this one
+    parts: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -97,6 +100,15 @@ def check_setpoints(plc: Mapping[str, Any], cfg: StationConfig) -> list[Setpoint
                       _number(plc.get("setpoint_shuttle_car_position")), il.shuttle_car_mm,
                       "equal", "mm"),
     ]
+    # The two compose: the PLC may call LIFT done anywhere in its own window, and every
+    # height in it must count as lifted for the controller too (500.5 +- 5 reaches 505.5).
+    h, tol = out[0].plc, out[1].plc
+    lift = (h - tol, h + tol) if isinstance(h, float) and isinstance(tol, float) else None
+    out.insert(2, SetpointCheck(
+        "setpoint_swap_height +- setpoint_height_tolerance",
+        "sequence.swap_height_mm +- height_tolerance_mm", lift,
+        (s.swap_height_mm - s.height_tolerance_mm, s.swap_height_mm + s.height_tolerance_mm),
+        "inside", "mm", parts=(out[0].signal, out[1].signal)))
     for run in ("unlock", "lock"):
         for what, unit in (("torque", "N*m"), ("angle", "deg")):
             key = f"{run}_{what}_{'nm' if what == 'torque' else 'deg'}"
@@ -110,7 +122,9 @@ def check_setpoints(plc: Mapping[str, Any], cfg: StationConfig) -> list[Setpoint
 def setpoint_mismatch(plc: Mapping[str, Any], cfg: StationConfig) -> str | None:
     """None when every set-point fits the configuration, else one reason naming each
     mismatch with both values."""
-    bad = [c.describe() for c in check_setpoints(plc, cfg) if not c.ok]
+    checks = check_setpoints(plc, cfg)
+    failed = {c.signal for c in checks if not c.ok}
+    bad = [c.describe() for c in checks if not c.ok and not failed.intersection(c.parts)]
     return "; ".join(bad) if bad else None
 
 

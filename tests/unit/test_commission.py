@@ -169,7 +169,9 @@ def test_a_setpoint_mismatch_fails_with_both_values() -> None:
     assert s["verdict"] == "FAIL" and report["verdict"] == "FAIL"
     assert ("[FAIL] setpoint_swap_height 500 mm (PLC) != sequence.swap_height_mm 520 mm "
             "(rule: equal)") in s["lines"]
-    assert sum(1 for c in s["checks"] if not c["ok"]) == 1
+    # and the lift window composed of it (495.5-505.5 is not inside 515-525)
+    assert [c["signal"] for c in s["checks"] if not c["ok"]] == [
+        "setpoint_swap_height", "setpoint_swap_height +- setpoint_height_tolerance"]
 
 
 def test_addressing_problems_replace_the_other_sections() -> None:

@@ -65,3 +65,14 @@ def test_every_mismatch_is_named() -> None:
     why = setpoint_mismatch(plc, StationConfig())
     assert why is not None and why.count(";") == 1
     assert "setpoint_swap_height" in why and "setpoint_lock_angle" in why
+
+
+def test_height_and_tolerance_compose_every_height_the_plc_calls_done_counts_as_lifted() -> None:
+    # each alone is within its rule, together the PLC may stop LIFT at 505.4 mm
+    plc = published() | {"setpoint_swap_height": 500.5, "setpoint_height_tolerance": 5.0}
+    why = setpoint_mismatch(plc, StationConfig())
+    assert why == ("setpoint_swap_height +- setpoint_height_tolerance 495.5-505.5 mm (PLC) "
+                   "not inside sequence.swap_height_mm +- height_tolerance_mm 495-505 mm")
+    assert setpoint_mismatch(published() | {"setpoint_swap_height": 500.4,
+                                            "setpoint_height_tolerance": 4.5},
+                             StationConfig()) is None
