@@ -5,8 +5,8 @@ step, a maintenance command). Pure logic, no I/O. The rules are the contract's
 - the PLC echoes the command's cmd_seq within `sequence.handshake_timeout_s`;
 - an echo falling back to 0 with cmd_status idle, after a non-zero echo, is a PLC restart:
   the command is lost;
-- done is a level held until the next command: done, then another status or an older echo,
-  is a broken handshake;
+- done and error are levels held until the next command: done (or error), then another
+  status or an older echo, is a broken handshake;
 - error stopped waits `sequence.stop_cause_grace_s` for its cause (the caller's interlocks
   choose hold or abort when it comes); none within the grace fails the command;
 - done counts only once the read-back shows the command's result, within
@@ -54,6 +54,7 @@ class Handshake:
     done: bool = False  # done seen for this seq
     done_seen_at: float | None = None  # done seen while the read-back did not agree yet
     stopped_at: float | None = None  # error stopped first seen
+    error_seen: object = None  # the error code seen for this seq (a level, like done)
 
     def judge(self, plc: Mapping[str, Any], now: float, *, name: str,
               seq_cfg: SequenceSection, timeout_s: float, shown: Callable[[], bool],
@@ -73,6 +74,10 @@ class Handshake:
             # a PLC that has run a command never reports ack 0 again until it restarts
             return Verdict(code="plc_restarted", reason=(
                 f"PLC restarted: cmd_ack_seq 0, cmd_status idle; {command} (seq {seq}) lost"))
+        if self.error_seen is not None and ack == seq and status != CmdStatus.ERROR:
+            return Verdict(code="plc_done_lost", reason=(
+                f"PLC reported {command} (seq {seq}) error {self.error_seen}, then cmd_status "
+                f"{status}: error must be held until the next command"))
         if self.done and (ack != seq or status != CmdStatus.DONE):
             now_is = f"cmd_status {status}" if ack == seq else \
                 f"cmd_ack_seq {ack} (an older command), cmd_status {status}"
@@ -87,6 +92,7 @@ class Handshake:
                     f"{status})"))
         elif status == CmdStatus.ERROR:
             err = plc.get("cmd_error_code", "unknown")
+            self.error_seen = err
             if err != "stopped":
                 return Verdict(code="plc_error", reason=f"PLC error {err} on {command}")
             # Its cause (a safety input, a stop) may come a scan later: the caller's

@@ -126,6 +126,18 @@ def test_a_stop_whose_cause_comes_a_scan_later_still_holds() -> None:
     assert fault_codes(run) == ["light_curtain_breached"]
 
 
+def test_a_stop_then_done_within_the_grace_is_a_broken_handshake_not_done() -> None:
+    """Error is a level like done: error stopped, then done for the same command, is not
+    taken as done (the grace waits for a cause, it does not let the PLC change its mind)."""
+    run = stopped_at_lift()
+    p = run.plc.image.plc
+    p["cmd_status"], p["cmd_error_code"], p["lift_height"] = "done", "none", 500
+    run.step()
+    assert run.core.state in (State.ABORTING, State.ABORTED)
+    assert "error stopped, then cmd_status done" in run.core.reason, run.core.reason
+    assert fault_codes(run) == ["plc_done_lost"]
+
+
 def test_a_stop_whose_cause_aborts_aborts_with_that_interlock() -> None:
     run = stopped_at_lift()
     run.plc.image.plc["estop_ok"] = False
