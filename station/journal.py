@@ -289,7 +289,7 @@ class Journal:
 
     def unfinished_swap(self) -> sqlite3.Row | None:
         return self.db.execute(
-            "SELECT * FROM swaps WHERE outcome IS NULL ORDER BY started_wall DESC LIMIT 1"
+            "SELECT * FROM swaps WHERE outcome IS NULL ORDER BY rowid DESC LIMIT 1"
         ).fetchone()
 
     def last_state(self) -> str | None:
@@ -307,9 +307,10 @@ class Journal:
 
     def interrupted_swap(self) -> sqlite3.Row | None:
         """The last swap, if it ended before its end (aborted or stopped): what recovery
-        needs to know of the packs it moved (its row: plan and last_step)."""
-        row = self.db.execute(
-            "SELECT * FROM swaps ORDER BY started_wall DESC, rowid DESC LIMIT 1").fetchone()
+        needs to know of the packs it moved (its row: plan and last_step). The last one in
+        the order recorded (rowid: swaps are only ever inserted, never replaced), not by
+        wall time: a clock stepped back would give a later swap a smaller started_wall."""
+        row = self.db.execute("SELECT * FROM swaps ORDER BY rowid DESC LIMIT 1").fetchone()
         if row is None or row["outcome"] in (None, "completed"):
             return None
         return row

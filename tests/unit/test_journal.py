@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import pytest
+
 from station.journal import Journal
 from tests.unit.core_harness import make_run
 
@@ -128,3 +130,31 @@ def test_a_journal_from_before_the_network_gains_its_columns(tmp_path: Path) -> 
     run.until(lambda: bool(run.kinds("swap_started")))
     j.record(run.events)
     assert j.swaps()[0]["vin"] is None  # the column is there; this car said none
+
+
+def test_the_interrupted_swap_is_the_last_begun_even_if_the_clock_stepped_back(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recovery asks the journal which swap was interrupted: the last one begun, in the
+    order the journal recorded them, not by wall time (a clock stepped back between two
+    swaps gives the later one a smaller wall time)."""
+    import station.journal as journal_mod
+    from station.events import SwapEnded, SwapStarted
+    from station.plan import PackInfo
+
+    walls = iter([2000.0, 2000.0, 1000.0, 1000.0, 900.0, 800.0])  # NTP stepped the clock back
+    monkeypatch.setattr(journal_mod.time, "time", lambda: next(walls))
+    j = Journal(tmp_path / "j.sqlite")
+    pack = PackInfo(500, 20, "nmc", 20.0)
+    for n, (outcome, token) in enumerate((("aborted", 7), ("stopped", 8)), start=1):
+        sid = f"S-{n:06d}"
+        j.record([SwapStarted(t=float(n), swap_id=sid, vehicle_token=token, pack_out=pack,
+                              pack_in=pack, store_slot=4, fetch_slot=1, origin="test")])
+        j.record([SwapEnded(t=float(n) + 0.5, swap_id=sid, outcome=outcome, reason="stop",
+                            step="store")])
+    row = j.interrupted_swap()
+    assert row is not None and row["swap_id"] == "S-000002" and row["vehicle_token"] == 8
+    for n in (3, 4):  # two swaps begun and never ended (the process died twice)
+        j.record([SwapStarted(t=float(n), swap_id=f"S-{n:06d}", vehicle_token=n, pack_out=pack,
+                              pack_in=pack, store_slot=4, fetch_slot=1, origin="test")])
+    unfinished = j.unfinished_swap()
+    assert unfinished is not None and unfinished["swap_id"] == "S-000004"
