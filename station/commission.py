@@ -22,7 +22,7 @@ import statistics
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import IO, TYPE_CHECKING, Any
@@ -568,9 +568,14 @@ async def _round_trip(link: PlcLink, w: _Watcher, seq: int, timeout_s: float) ->
 
 async def run_commission(cfg: StationConfig, *, duration_s: float, round_trips: int,
                          log: Callable[[str], None], view_stream: IO[str] | None = None,
-                         tty: bool = False) -> tuple[Observation, PlcContract]:
+                         tty: bool = False,
+                         guard: Callable[[], Awaitable[str | None]] | None = None,
+                         outcome: dict[str, bool] | None = None,
+                         ) -> tuple[Observation, PlcContract]:
     """Connect, hold the machine stopped, watch, run the round trips, read the set-points.
-    Raises CommissionError (one line) when the PLC cannot be reached."""
+    Raises CommissionError (one line) when the PLC cannot be reached, or when `guard` (asked
+    before every round trip: a daemon that came up meanwhile) says why not to go on.
+    `outcome["stopped"]` says whether the last write (stop_request cat2) was acknowledged."""
     from drivers.plc.contract import load_contract
     from drivers.plc.registry import create_link
 
@@ -643,6 +648,10 @@ async def run_commission(cfg: StationConfig, *, duration_s: float, round_trips: 
             seq = int(w.latest.get("cmd_ack_seq") or 0)
             timeout_s = contract.timing.handshake_timeout_ms / 1000
             for _ in range(round_trips):
+                why = await guard() if guard is not None else None
+                if why is not None:  # e.g. systemd restarted swapd during the session
+                    raise CommissionError(f"stopped before a round trip: {why}; two "
+                                          "controllers must not write the PLC's output block")
                 seq = _next_seq(seq, int(w.latest.get("cmd_ack_seq") or 0))
                 trips.append(await _round_trip(link, w, seq, timeout_s))
                 if runner.done():
@@ -661,8 +670,12 @@ async def run_commission(cfg: StationConfig, *, duration_s: float, round_trips: 
     finally:
         # however it ends (Ctrl-C in a round trip included): the machine is left stopped
         link.set_outputs(STOPPED_OUTPUTS)
+        stopped = False
         with contextlib.suppress(Exception):
             await asyncio.wait_for(link.write_now(), 2)
+            stopped = True
+        if outcome is not None:
+            outcome["stopped"] = stopped
         await link.close()
         with contextlib.suppress(Exception, asyncio.CancelledError):
             await asyncio.wait_for(runner, 5)
@@ -718,16 +731,24 @@ def commission_main(cfg: StationConfig, *, duration_s: float, round_trips: int,
               "block is dangerous: stop the daemon first (systemctl stop swapd)",
               file=sys.stderr)
         return 1
+    left: dict[str, bool] = {}
     try:
         obs, contract = asyncio.run(run_commission(
             cfg, duration_s=duration_s, round_trips=round_trips, log=log,
-            view_stream=sys.stderr, tty=sys.stderr.isatty()))
+            view_stream=sys.stderr, tty=sys.stderr.isatty(),
+            guard=lambda: daemon_answers(socket), outcome=left))
     except CommissionError as exc:
         print(f"swapd commission: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the link was closed on the way out: nothing more is written
-        print("swapd commission: interrupted: no report (the PLC was left with stop_request "
-              "cat2 and a ctrl_heartbeat that no longer counts)", file=sys.stderr)
+        if left.get("stopped"):
+            print("swapd commission: interrupted: no report (the PLC was left with "
+                  "stop_request cat2 and a ctrl_heartbeat that no longer counts)",
+                  file=sys.stderr)
+        else:
+            print("swapd commission: interrupted: no report; the last write (stop_request "
+                  "cat2) was NOT acknowledged: the PLC may still hold stop_request none; its "
+                  "ctrl_heartbeat timeout stops the machine", file=sys.stderr)
         return 1
     report = build_report(obs, contract)
     text = render(report, fmt)

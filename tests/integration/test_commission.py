@@ -211,3 +211,32 @@ async def test_refuses_while_a_daemon_answers_on_its_socket(tmp_path: Path) -> N
         # the daemon gone (its socket removed), commissioning runs
         rc, out, err = await swapd(*commission(cfg))
         assert rc == 0, (out, err)
+
+
+async def test_a_daemon_that_comes_up_during_the_session_stops_it_before_a_round_trip(
+        tmp_path: Path) -> None:
+    """systemd may restart swapd while an integrator commissions: the socket is asked again
+    before every round trip, and no NOOP (nor stop_request none) is written once it answers."""
+    async def status(req: dict[str, Any], peer: object) -> dict[str, Any]:
+        return {"ok": True, "status": {"packml_state": "Stopped"}}
+
+    async with SimStation(sim_config("modbus")) as sim:
+        cfg = station_config(tmp_path, plc_section(tmp_path, sim))
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "station.cli", *commission(cfg, "--duration", "5"),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert proc.stderr is not None
+        seen = b""
+        while b"watching" not in seen:  # checked for a daemon, connected, writing
+            line = await asyncio.wait_for(proc.stderr.readline(), 30)
+            assert line, seen
+            seen += line
+        async with LocalApiServer(tmp_path / "swapd.sock", status):
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+        assert proc.returncode == 1, (out, err)
+        text = err.decode()
+        assert "stopped before a round trip: a swapd daemon answers" in text, text
+        assert "Traceback" not in text and out == b""
+        sim.sync()
+        assert sim.command_log == []  # no NOOP
+        assert sim.model.stop_request == CAT2
