@@ -12,19 +12,27 @@ time, first match:
 
 1. a pack on the stacker: STORE it into the slot it came from or was going to, else the
    first free slot not locked out;
-2. a pack on the shuttle: INSTALL it if a car is lifted at swap height with an empty bay;
-   else HOME (when the shuttle is away) then STORE into its slot of origin or a free one;
+2. a pack on the shuttle: INSTALL it if a car is lifted at swap height with an empty bay
+   and the journal says the pack is that car's (its own pack or the charged pack of its
+   interrupted swap, the platform's vehicle token matching the swap's); else HOME (when
+   the shuttle is away) then STORE into its slot of origin or a free one;
 3. a car lifted with an empty bay: FETCH its own pack back (the journal says where it was
-   stored; HOME first if the shuttle is away), then INSTALL it;
+   stored, a slot not locked out; HOME first if the shuttle is away), then INSTALL it;
 4. a pack in the bay with bolts not all tight: LOCK; so too a pack the interrupted swap
    was installing or locking (its car wakes to it only once a LOCK has ended);
 5. the shuttle or the stacker away: HOME;
 6. the lift up: LOWER.
 
+Before any rule, the read-back must add up (`implausible`): a pack in the bay with no
+vehicle, a pack in the bay with bolt_count 0 or more bolts tight than it has, a position
+below home or not a number, a slot occupied beyond rack_slot_count... block the plan,
+naming what does not add up. Only slots 1..rack_slot_count exist for the plan.
+
 Nothing left: home. When no rule can bring it home (no free slot, the car's pack nowhere
-known, a lift stopped between heights with an empty bay), the plan says exactly what is off
-and that the hand pendant is needed: it never guesses. The car stays on the platform (no
-RELEASE): back in production it is identified again and swapped normally.
+known or in a locked-out slot, a lift stopped between heights with an empty bay), the plan
+says exactly what is off and that the hand pendant is needed: it never guesses. The car
+stays on the platform (no RELEASE): back in production it is identified again and swapped
+normally.
 
 `result_shown` is the read-back that shows a command done (for a plan's step and for a
 single command a technician runs); `moves_of` what a command moves, on the same model.
@@ -33,6 +41,7 @@ single command a technician runs); `moves_of` what a command moves, on the same 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -157,6 +166,68 @@ def _num(plc: Mapping[str, Any], name: str) -> float:
         return 0.0
 
 
+def _slot_count(plc: Mapping[str, Any]) -> int:
+    """The rack's slots (1..N): rack_slot_count, bounded by the occupancy array (the
+    register map's array is longer than most racks); without a count, the array's length."""
+    occ = plc.get("rack_slot_occupied") or []
+    if "rack_slot_count" not in plc:
+        return len(occ)
+    return max(0, min(int(_num(plc, "rack_slot_count")), len(occ)))
+
+
+def _bad_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    try:
+        return not math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return True
+
+
+def implausible(plc: Mapping[str, Any], seq: SequenceSection) -> str | None:
+    """What in the read-back contradicts itself or is physically absurd, in words; None:
+    it adds up. No plan is made from a read-back that does not add up: a sensor or the
+    PLC's image is wrong, and a command planned on it may move a pack with loose bolts."""
+    bad: list[str] = []
+    for name in ("lift_height", "shuttle_position", "bolts_tight", "bolt_count",
+                 "stacker_slot", "vehicle_token", "rack_slot_count"):
+        v = plc.get(name)
+        if v is not None and _bad_number(v):
+            bad.append(f"{name} is not a number ({v!r})")
+    if bad:
+        return "; ".join(bad)
+    for name in ("bolts_tight", "bolt_count", "stacker_slot", "vehicle_token",
+                 "rack_slot_count"):
+        v = _num(plc, name)
+        if v < 0 or v != int(v):
+            bad.append(f"{name} {v:g} is not a count")
+    lift, shuttle = _num(plc, "lift_height"), _num(plc, "shuttle_position")
+    if lift < -seq.height_tolerance_mm:
+        bad.append(f"lift at {lift:.0f} mm, below down")
+    if shuttle < -seq.shuttle_home_tolerance_mm:
+        bad.append(f"shuttle at {shuttle:.0f} mm, behind home")
+    bay_pack = bool(plc.get("vehicle_pack_present"))
+    if bay_pack and not plc.get("vehicle_present"):
+        bad.append("a pack in the vehicle bay but no vehicle on the platform")
+    tight, count = _num(plc, "bolts_tight"), _num(plc, "bolt_count")
+    if bay_pack and count < 1:
+        bad.append(f"a pack in the vehicle bay held by bolt_count {count:g} bolts")
+    if bay_pack and tight > count:
+        bad.append(f"{tight:g} bolts tight of bolt_count {count:g}")
+    occ = plc.get("rack_slot_occupied") or []
+    n = _slot_count(plc)
+    if "rack_slot_count" in plc and _num(plc, "rack_slot_count") > len(occ):
+        bad.append(f"rack_slot_count {_num(plc, 'rack_slot_count'):g} but only {len(occ)} "
+                   "slot occupancy bits")
+    beyond = [i for i, full in enumerate(occ, start=1) if full and i > n]
+    if beyond:
+        bad.append(f"slot {', '.join(map(str, beyond))} reads occupied but the rack has {n} "
+                   "slots")
+    if _num(plc, "stacker_slot") > n:
+        bad.append(f"stacker at slot {_num(plc, 'stacker_slot'):g} of a {n}-slot rack")
+    return "; ".join(bad) if bad else None
+
+
 def machine_from(plc: Mapping[str, Any], known: Mapping[str, int | None],
                  interrupted: Interrupted | None,
                  locked_out: frozenset[int] | set[int] = frozenset()) -> Machine:
@@ -165,7 +236,7 @@ def machine_from(plc: Mapping[str, Any], known: Mapping[str, int | None],
     one of the interrupted swap's two packs, the one not seen elsewhere (`carried`)."""
     occ = plc.get("rack_slot_occupied") or []
     slots: dict[int, Pack | None] = {}
-    for i, full in enumerate(occ, start=1):
+    for i, full in enumerate(occ[:_slot_count(plc)], start=1):
         slots[i] = Pack(known.get(slot_name(i))) if full else None
     car = bool(plc.get("vehicle_present"))
     bay = Pack(known.get(BAY)) if car and plc.get("vehicle_pack_present") else None
@@ -343,6 +414,10 @@ def plan_recovery(plc: Mapping[str, Any], known: Mapping[str, int | None],
                   max_steps: int = 12) -> RecoveryPlan:
     """The ordered commands that bring the machine home from the read-back `plc`."""
     off = away_from_home(plc, seq)
+    wrong = implausible(plc, seq)
+    if wrong is not None:
+        return RecoveryPlan((), off, blocked=f"the read-back does not add up: {wrong}: "
+                            f"{HAND_PENDANT}")
     m = machine_from(plc, known, interrupted, locked_out)
     steps: list[RecoveryStep] = []
     for _ in range(max_steps):
@@ -374,15 +449,15 @@ def _next(m: Machine, interrupted: Interrupted | None,
                 + (" (where it came from or was going)"
                    if slot == _origin_slot(m.stacker, interrupted) else " (a free slot)"))
     if m.shuttle is not None:
-        if lifted and m.bay is None:
+        if lifted and m.bay is None and _cars_pack(m, m.shuttle, interrupted):
             return ("INSTALL", 0, f"{m.shuttle} is on the shuttle and the lifted car's bay is "
-                    "empty: put it into the car")
+                    "empty: put it into the car (the journal says it is this car's)")
         if shuttle_away:
             if m.bay is not None and m.bolts_tight < m.bolt_count:
                 return (f"{m.shuttle} on the shuttle away from home under a car whose bolts "
                         f"are not all tight: {HAND_PENDANT}")
             return ("HOME", 0, f"{m.shuttle} is on the shuttle away from home: bring it home "
-                    "to store it")
+                    "to store it" + (_not_the_cars(m) if lifted and m.bay is None else ""))
         slot = _free_slot(m, _origin_slot(m.shuttle, interrupted))
         if slot is None:
             return (f"{m.shuttle} on the shuttle and no free rack slot that is not locked "
@@ -390,7 +465,8 @@ def _next(m: Machine, interrupted: Interrupted | None,
         return ("STORE", slot, f"{m.shuttle} is on the shuttle at home: store it in slot "
                 f"{slot}" + (" (where it came from or was going)"
                              if slot == _origin_slot(m.shuttle, interrupted)
-                             else " (a free slot)"))
+                             else " (a free slot)")
+                + (_not_the_cars(m) if lifted and m.bay is None else ""))
     if m.car and m.bay is None and lift_up:
         if not lifted:
             return (f"car at {m.lift_mm:.0f} mm with an empty bay, not at swap height: "
@@ -422,6 +498,20 @@ def _next(m: Machine, interrupted: Interrupted | None,
     return None
 
 
+def _cars_pack(m: Machine, pack: Pack, interrupted: Interrupted | None) -> bool:
+    """Does the journal say `pack` belongs in the car on the platform: its own pack or the
+    charged pack of its interrupted swap (the platform's vehicle token the swap's)?"""
+    if interrupted is None or pack.serial is None or not m.car \
+            or interrupted.plan.vehicle_token != m.token:
+        return False
+    return pack.serial in (interrupted.plan.pack_out.serial, interrupted.plan.pack_in.serial)
+
+
+def _not_the_cars(m: Machine) -> str:
+    return (f"; the journal does not say it is the lifted car's (vehicle {m.token}), so it "
+            "is not put into that car")
+
+
 def _own_pack_slot(m: Machine, interrupted: Interrupted | None) -> int | str:
     """The slot holding the car's own pack (the interrupted swap stored it), or why not
     known."""
@@ -431,17 +521,22 @@ def _own_pack_slot(m: Machine, interrupted: Interrupted | None) -> int | str:
                 f"{HAND_PENDANT}")
     p = interrupted.plan
     serial = p.pack_out.serial
-    for n, pack in sorted(m.slots.items()):
-        if pack is not None and pack.serial == serial:
-            return n
+    found = next((n for n, pack in sorted(m.slots.items())
+                  if pack is not None and pack.serial == serial), None)
     there = m.slots.get(p.store_slot)
-    if there is not None and there.serial is None:
-        return p.store_slot  # the journal stored it there; nothing else heard in its place
+    if found is None and there is not None and there.serial is None:
+        found = p.store_slot  # the journal stored it there; nothing else heard in its place
+    if found is not None and found in m.locked_out:
+        return (f"the lifted car's bay is empty and its own pack {serial} is in slot {found}, "
+                f"which is locked out: a pack in a locked-out slot is never fetched "
+                f"(the lockout must be cleared first, or {HAND_PENDANT})")
+    if found is not None:
+        return found
     return (f"the lifted car's bay is empty and its own pack {serial} is not where the "
             f"journal stored it (slot {p.store_slot}: "
             f"{'empty' if there is None else there}): {HAND_PENDANT}")
 
 
 __all__ = ["COMMANDS", "SLOT_COMMANDS", "Interrupted", "Machine", "Move", "Pack",
-           "RecoveryPlan", "RecoveryStep", "apply", "done_when", "ledger", "machine_from",
-           "moves_of", "plan_recovery", "result_shown"]
+           "RecoveryPlan", "RecoveryStep", "apply", "done_when", "implausible", "ledger",
+           "machine_from", "moves_of", "plan_recovery", "result_shown"]
