@@ -112,7 +112,8 @@ def table_markdown() -> str:
         "## The controller's heartbeat",
         "",
         "The controller increments `ctrl_heartbeat` every 100 ms. The PLC must stop all "
-        "motion when it has not changed for its timeout (simulator: 1 s), so a dead or hung "
+        "motion when it has not changed for the contract's `ctrl_heartbeat_timeout_ms` "
+        "(1 s), so a dead or hung "
         "controller stops the machine; see docs/plc-interface.md.",
         "",
         "## Home: where a reset or a start may come from",
