@@ -53,31 +53,48 @@ GENERATED_NOTE = (
 # refused when one does not hold). Every command of the contract must have an entry.
 # Placeholders like {bad_parameter} are the contract's codes, filled in when rendering.
 COMMAND_PRECONDITIONS: dict[str, str] = {
-    "NONE": "None; no motion. The PLC reports done at once.",
-    "POSITION": "vehicle_present = 1 and vehicle_ready = 1; lift lowered (lift_height = 0).",
+    "NONE": "Only the rules every command has (above the table): refused while one does not "
+    "hold. No motion; done in the scan it is taken.",
+    "POSITION": "vehicle_present = 1 and vehicle_ready = 1; lift lowered (lift_height = 0). "
+    "Sent again after a stop, it positions the car from where it stands.",
     "LIFT": "vehicle_present = 1; both position offsets within the lift tolerance "
-    "(POSITION done).",
-    "UNLOCK": "Vehicle lifted to swap height; shuttle empty (shuttle_pack_present = 0). "
-    "The shuttle docks under the car as part of the command.",
-    "REMOVE": "vehicle_pack_present = 1; bolts_tight = 0; shuttle docked empty under the car. "
-    "Re-issued after a stop once the pack is on the shuttle, it carries the pack home.",
+    "(POSITION done); the lift at any height. Sent again after a stop, it lifts on from "
+    "where the stop left it.",
+    "UNLOCK": "Vehicle lifted to swap height; shuttle empty (shuttle_pack_present = 0), "
+    "anywhere on its rail: it docks under the car as part of the command. Sent again after "
+    "a stop, it docks the shuttle from where it stands and loosens the bolts still tight.",
+    "REMOVE": "Either vehicle_pack_present = 1, bolts_tight = 0 and the shuttle docked empty "
+    "under the car; or (sent again after a REMOVE stopped once the pack had left the bay) "
+    "vehicle_present = 1, vehicle_pack_present = 0 and a pack on the shuttle away from "
+    "home: it carries that pack home.",
     "STORE": "cmd_param1 in 1..rack_slot_count (else error {bad_parameter}) and that slot "
-    "empty; a pack on the shuttle at home, or still on the stacker after a stopped STORE.",
-    "FETCH": "cmd_param1 in 1..rack_slot_count (else error {bad_parameter}); that slot holds "
-    "a pack; shuttle empty at home; stacker empty. Whether the pack may be used is not "
-    "checked here (the PLC cannot know; see above the table).",
+    "empty; a pack on the stacker (left there by a stopped STORE or FETCH, whichever slot "
+    "it came from: that pack is stored), else a pack on the shuttle at home. Sent again "
+    "with the same slot after a STORE stopped once its pack was in the slot (the slot "
+    "occupied, the stacker empty and away), the stacker returns to the transfer point.",
+    "FETCH": "cmd_param1 in 1..rack_slot_count (else error {bad_parameter}); shuttle empty "
+    "at home; either that slot holds a pack and the stacker is empty, or (sent again after "
+    "a FETCH of the same slot stopped once the stacker had taken the pack out: the slot "
+    "empty, the pack on the stacker) the stacker finishes the move onto the shuttle. "
+    "Whether the pack may be used is not checked here (the PLC cannot know; see above the "
+    "table).",
     "INSTALL": "Vehicle lifted to swap height; vehicle_pack_present = 0; a pack on the "
-    "shuttle at home.",
-    "LOCK": "vehicle_pack_present = 1; shuttle empty (shuttle_pack_present = 0). The "
-    "shuttle docks under the car first when a stop left it elsewhere.",
-    "LOWER": "bolts_tight = bolt_count; shuttle at home (shuttle_position = 0).",
+    "shuttle anywhere on its rail (at home, or where a stopped REMOVE or INSTALL left it): "
+    "the shuttle docks under the car, then raises the pack into the bay. Sent again after "
+    "a stop, it goes on from where the shuttle stands.",
+    "LOCK": "vehicle_pack_present = 1; shuttle empty (shuttle_pack_present = 0), anywhere "
+    "on its rail: it docks under the car first. Sent again after a stop, it tightens the "
+    "bolts still loose, then takes the shuttle home.",
+    "LOWER": "bolts_tight = bolt_count; shuttle at home (shuttle_position = 0). Sent again "
+    "after a stop, it lowers from where the stop left the lift.",
     "RELEASE": "vehicle_present = 1; lift lowered (lift_height = 0). Done only once the car "
     "has left the platform (vehicle_present = 0), not when the exit opens.",
     "HOME": "Not while vehicle_pack_present = 1 with bolts_tight < bolt_count and the "
-    "shuttle away from home (the pack may rest on the shuttle: LOCK first). Done at once "
-    "when both are home.",
-    "NOOP": "Only the rules every command has (below the table). Done in the scan it is "
-    "taken.",
+    "shuttle away from home (the pack may rest on the shuttle: LOCK first). The shuttle "
+    "and the stacker go home from wherever a stop left them (a pack they carry stays on "
+    "them); done at once when both are home.",
+    "NOOP": "Only the rules every command has (above the table): refused while one does "
+    "not hold. No motion; done in the scan it is taken.",
 }
 
 PLC_CONTRACT_SOURCE = "drivers/plc/contract.toml"
@@ -105,8 +122,16 @@ COMMANDS_INTRO = """\
 and refuses a command with error {refused} when one does not hold. Besides those in the
 table, every command requires `estop_ok`, `safety_plc_ok`, `light_curtain_clear`,
 `doors_closed` and `smoke_clear` = 1, `stop_request` = {stop_none} and a live
-`ctrl_heartbeat`. "At home" means the shuttle at the stacker transfer point
-(`shuttle_position` = 0).
+`ctrl_heartbeat`; NONE and NOOP too, though they move nothing. "At home" means the
+shuttle at the stacker transfer point (`shuttle_position` = 0).
+
+**After a stop.** A command stopped part-way (error {stopped}) leaves the machine where
+the stop found it. The controller sends the same command again, with a new `cmd_seq`,
+once the cause is gone (unhold), unless the inputs already show its result; in
+maintenance mode its recovery plan (`swapctl recover`, `docs/operator.md`) sends commands
+from whatever state a stop left. So each row below accepts the states a stop can leave
+for that command (a pack still on the stacker, the shuttle part-way along its rail, the
+lift between heights) and says once how the command goes on from there.
 
 A PLC checks only what it can see. Whether a pack may be used (isolated by its BMS,
 trusted, its slot locked out) it cannot know: that is the controller's judgement, made
