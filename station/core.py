@@ -52,7 +52,7 @@ from station.image import (
     ProcessImage,
     StopRequest,
 )
-from station.maintenance import MAINTENANCE, PRODUCTION, Maintenance
+from station.maintenance import MAINTENANCE, PRODUCTION, STOPPING_COMMANDS, Maintenance
 from station.network import (
     MAX_RESERVATION_S,
     AuthorisationList,
@@ -297,6 +297,18 @@ class StationCore:
         """An operator or back-end command (`why`: the sender's words, journaled in the
         reason); raises CommandRefused with the reason."""
         said = f": {why}" if why else ""
+        if self.maintenance.running:
+            # a running maintenance command: a stop, hold or abort ends it at once, whatever
+            # the PackML state; nothing may lift its stop while it runs
+            if cmd in STOPPING_COMMANDS:
+                self.maintenance.stop(cmd, origin, why, now)
+                if not self.machine.allowed(cmd):
+                    return self._flush()
+            elif cmd == Cmd.CLEAR:
+                run = self.maintenance.run
+                assert run is not None
+                raise CommandRefused(f"clear refused: maintenance command {run.command} (seq "
+                                     f"{run.seq}) running: stop it or wait")
         if self.unit_mode == MAINTENANCE and cmd in (Cmd.START, Cmd.RESET):
             raise CommandRefused(f"{cmd.value} refused: station in maintenance mode: switch "
                                  "back with swapctl mode produce")

@@ -84,6 +84,18 @@ def interrupted_swap(journal: Journal) -> Interrupted | None:
     return Interrupted(swap_plan(row), row["last_step"], str(row["outcome"]))
 
 
+def unfinished_maintenance(journal: Journal) -> dict[str, Any] | None:
+    """The last maintenance command the journal shows started and never ended (done or
+    failed): swapd stopped or died while it ran. Its maintenance_started data, or None."""
+    row = journal.db.execute(
+        "SELECT kind, data FROM events WHERE kind IN ('maintenance_started', "
+        "'maintenance_done', 'maintenance_failed') ORDER BY id DESC LIMIT 1").fetchone()
+    if row is None or row["kind"] != "maintenance_started":
+        return None
+    data: dict[str, Any] = json.loads(row["data"])
+    return data
+
+
 def resume_point(swap: Any, steps: list[Any]) -> ResumePoint:
     """Where an unfinished swap stands, from its journal rows."""
     plan = swap_plan(swap)
@@ -162,6 +174,15 @@ class Daemon:
                 submit=self.submit, record=self._record_events, contracts=self._contracts(),
                 software_version=SOFTWARE_VERSION, started_wall=self.started_wall)
             self.events.subscribe("cloud", self.cloud.notify)
+        unfinished = unfinished_maintenance(self.journal)
+        if unfinished is not None:
+            # never resumed: recorded failed, and the machine kept stopped (cat2)
+            log.warning("recovery.unfinished_maintenance_command", seq=unfinished.get("seq"),
+                        command=unfinished.get("command"))
+            d = self.core.maintenance.after_restart(unfinished, clock())
+            self.events.publish(d.events)
+            if d.outputs is not None:
+                self.link.set_outputs(d.outputs)
         self._disk_low = False
         self._wake = asyncio.Event()
         self._last_scan = clock()
@@ -170,7 +191,7 @@ class Daemon:
         self._apply_lock = asyncio.Lock()  # decisions are journaled in the order taken
         self._stop_value: Any = self.core.outputs["stop_request"]  # of the last decision
         self._stop_level = StopRequest(self._stop_value).severity
-        self._reset_pending = (state == State.STOPPED and reason is None
+        self._reset_pending = (state == State.STOPPED and self.core.reason is None
                                and cfg.operation.reset_on_start)
 
     # ---- start-up ---------------------------------------------------------------------
@@ -495,6 +516,8 @@ class Daemon:
         if not (await asyncio.wait({scan}, timeout=STOP_SCAN_S))[0]:
             stuck.append(scan)
             scan.cancel()
+        if self.core.maintenance.running:  # stopped (cat2), recorded failed, never resumed
+            await self.apply(self.core.maintenance.shutdown(self.clock()))
         if self.cloud is not None:  # the last decisions delivered, and offline said
             await self.cloud.close(CLOUD_DRAIN_S)
         others = [t for t in tasks if t is not scan]

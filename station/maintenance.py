@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from station import interlocks
 from station.events import (
@@ -35,7 +35,15 @@ from station.events import (
     UnitModeChanged,
 )
 from station.handshake import Handshake
-from station.image import BAY, NO_COMMAND, Location, PackIdentity, ProcessImage, StopRequest
+from station.image import (
+    BAY,
+    NO_COMMAND,
+    Location,
+    PackData,
+    PackIdentity,
+    ProcessImage,
+    StopRequest,
+)
 from station.pack_trust import Binding
 from station.packml import Cmd, State
 from station.recovery import (
@@ -52,10 +60,11 @@ from station.recovery import (
     result_shown,
     slot_name,
 )
-from station.sequence import SEQUENCE, STEPS_BY_NAME
+from station.sequence import SEQUENCE, STEPS_BY_NAME, Car, Step, StepView, Talker
 
 if TYPE_CHECKING:
     from station.core import Decision, StationCore
+    from station.plan import SwapPlan
 
 PRODUCTION, MAINTENANCE = "Production", "Maintenance"
 UNIT_MODES = (PRODUCTION, MAINTENANCE)
@@ -84,6 +93,7 @@ class MaintenanceRun:
     done_at: float | None = None
     touched: frozenset[Location] = field(default_factory=frozenset)
     handshake: Handshake | None = None  # what the PLC's side of it has shown
+    lift_mm: float = 0.0  # the lift when it was issued
 
     def as_dict(self) -> dict[str, Any]:
         return {"seq": self.seq, "command": self.command, "param": self.param,
@@ -101,12 +111,28 @@ def _location(name: str) -> Location | None:
     return None  # shuttle, stacker: no CAN, no binding
 
 
+def step_row(command: str) -> Step | None:
+    """The swap step whose command this contract command is (None: HOME, NOOP, NONE): its
+    row gives a maintenance command its timeout, its hard-fault check (the bolt windows of
+    LOCK and UNLOCK) and the step the interlocks judge it as."""
+    row = STEPS_BY_NAME.get(command.lower()) if isinstance(command, str) else None
+    return row if row is not None and row.command == command else None
+
+
 def command_timeout(core: StationCore, command: str) -> float:
     """A maintenance command's timeout: its swap step's, else the longest step's."""
-    step = command.lower()
-    if step in STEPS_BY_NAME:
-        return core.cfg.sequence.timeout(step)
+    row = step_row(command)
+    if row is not None:
+        return core.cfg.sequence.timeout(row.name)
     return max(core.cfg.sequence.timeout(s.name) for s in SEQUENCE if s.command)
+
+
+# Operator and back-end commands that end a running maintenance command at once, in any
+# PackML state (a stop is always allowed): (stop_request, failure code)
+STOPPING_COMMANDS = {Cmd.STOP: (StopRequest.CAT2, "stopped"),
+                     Cmd.HOLD: (StopRequest.CAT2, "stopped"),
+                     Cmd.SUSPEND: (StopRequest.CAT2, "stopped"),
+                     Cmd.ABORT: (StopRequest.CAT1, "aborted")}
 
 
 class Maintenance:
@@ -142,6 +168,7 @@ class Maintenance:
 
     # ---- issuing -------------------------------------------------------------------------
     def _check_can_run(self, word: str, now: float) -> None:
+        """What refuses any maintenance command; `_check_command` then judges this one."""
         core = self.core
         if core.unit_mode != MAINTENANCE:
             raise core_refused(f"{word} refused: station in production mode; switch to "
@@ -156,9 +183,23 @@ class Maintenance:
         if image is None or image.plc_read_at is None:
             raise core_refused(f"{word} refused: interlocks active: plc_inputs_stale (no PLC "
                                "input read yet)")
-        blocking = [f"{il.id} ({detail})" for il, reaction, detail in self._stops(now)]
+
+    def _check_command(self, word: str, name: str, touched: set[Location],
+                       now: float) -> None:
+        """The interlocks as they judge this command (its step's row), and the pack events
+        at the locations it touches, at issue time: what would stop it at its first scan."""
+        core = self.core
+        assert core._image is not None
+        lift = core._image.plc.get("lift_height", 0)
+        blocking = [f"{il.id} ({detail})"
+                    for il, reaction, detail in self._stops(now, name, lift)]
         if blocking:
             raise core_refused(f"{word} refused: interlocks active: " + ", ".join(blocking))
+        events = [f"pack {ev.serial} in {ev.location}: {ev.kind} ({ev.detail})"
+                  for ev in core._pack_events if ev.location in touched]
+        if events:
+            raise core_refused(f"{word} refused: {name} touches a location with a live pack "
+                               "event: " + "; ".join(events))
 
     def plan(self) -> RecoveryPlan:
         core = self.core
@@ -192,6 +233,10 @@ class Maintenance:
             if not 1 <= param <= count:
                 raise core_refused(f"{word} refused: {name} takes a rack slot 1-{count}, "
                                    f"not {param}")
+            lockout = self.core.locked_out_slots.get(param)
+            if lockout is not None:
+                raise core_refused(f"{word} refused: slot {param} is locked out ({lockout}); "
+                                   "release it first (swapctl release-slot)")
         return self._issue(name, param, "run", f"single command by {origin}", origin, now)
 
     def _issue(self, name: str, param: int, source: str, why: str, origin: str,
@@ -208,6 +253,7 @@ class Maintenance:
             touched.add(Location.rack(param))
         if name in ("INSTALL", "REMOVE", "LOCK", "UNLOCK"):
             touched.add(BAY)
+        self._check_command("run" if source == "run" else source, name, touched, now)
         self._expect(moves)
         seq = core._next_seq(image)
         core.outputs.update(cmd_code=name, cmd_param1=param, cmd_param2=0, cmd_seq=seq,
@@ -217,7 +263,8 @@ class Maintenance:
         self.run = MaintenanceRun(seq, name, param, source, why, tuple(moves), origin, now,
                                   touched=frozenset(touched),
                                   handshake=Handshake(name, seq, now,
-                                                      last_ack=image.plc.get("cmd_ack_seq")))
+                                                      last_ack=image.plc.get("cmd_ack_seq")),
+                                  lift_mm=float(image.plc.get("lift_height", 0) or 0))
         core._emit(MaintenanceStarted(t=now, seq=seq, command=name, param=param, source=source,
                                       why=why, moves=[mv.as_dict() for mv in moves],
                                       origin=origin))
@@ -267,17 +314,53 @@ class Maintenance:
         return None
 
     # ---- the scan ------------------------------------------------------------------------
-    def _stops(self, now: float) -> list[tuple[interlocks.Interlock, interlocks.Reaction, str]]:
-        """The interlocks that would stop a swap (abort or hold), judged as in motion with
-        no step row: those about a step's row (presence, a car that must stay put...) do
-        not apply to a single command."""
+    def _stops(self, now: float, command: str, lift_at_issue: object
+               ) -> list[tuple[interlocks.Interlock, interlocks.Reaction, str]]:
+        """The interlocks that would stop a swap (abort or hold), judged as in motion in the
+        step whose command this is (HOME, NOOP: no step), with no swap plan: what needs the
+        plan (the presence rows, the pack to fetch, a pack event near the swap's slots)
+        cannot apply; the pack events at the locations the command touches are judged by
+        the caller. Two rules are a maintenance command's own:
+        - a row that holds the car lifted while the stacker works with the shuttle home
+          (STORE, FETCH) asks only that the lift not move, when it was not at swap height
+          when the command was issued (no car on the lift, or the car down);
+        - a row that needs the car's pack talking (POSITION, LIFT, UNLOCK) needs it when
+          the bay shows a pack (the plan-less half of pack_silent)."""
         core = self.core
-        if core._image is None:
+        image = core._image
+        if image is None:
             return []
-        inp = interlocks.Inputs(core._image, core.cfg, now, core._hb_changed_at, State.EXECUTE,
-                                None, None, core._pack_events)
-        return [t for t in interlocks.evaluate(inp, core.disabled_interlocks)
-                if t[1] in (interlocks.Reaction.ABORT, interlocks.Reaction.HOLD)]
+        row = step_row(command)
+        step = row.name if row is not None else None
+        disabled = core.disabled_interlocks
+        inp = interlocks.Inputs(image, core.cfg, now, core._hb_changed_at, State.EXECUTE,
+                                step, None, core._pack_events)
+        seq = core.cfg.sequence
+        h0 = float(cast(float, lift_at_issue) or 0)
+        lift_free = row is not None and row.car == Car.LIFTED and row.shuttle_home \
+            and abs(h0 - seq.swap_height_mm) > seq.height_tolerance_mm
+        out = [t for t in interlocks.evaluate(inp, disabled)
+               if t[1] in (interlocks.Reaction.ABORT, interlocks.Reaction.HOLD)
+               and not (lift_free and t[0].id == "lift_position_mismatch")]
+        by_id = {il.id: il for il in interlocks.INTERLOCKS}
+        if lift_free and "lift_position_mismatch" not in disabled:
+            il = by_id["lift_position_mismatch"]
+            plain = dataclasses.replace(inp, step=None)
+            detail = il.condition(plain)  # over-travel only
+            h = float(image.plc.get("lift_height", 0) or 0)
+            if detail is None and abs(h - h0) > seq.height_tolerance_mm:
+                detail = (f"lift at {h:.0f} mm during {step}, was at {h0:.0f} mm when "
+                          f"{command} was issued: must not move")
+            if detail is not None:
+                out.append((il, interlocks.Reaction.ABORT, detail))
+        if row is not None and Talker.VEHICLE in row.talkers and "pack_silent" not in disabled \
+                and image.plc.get("vehicle_pack_present"):
+            limit = core.cfg.interlocks.pack_silent_s
+            rep = image.packs.get(BAY)
+            if rep is None or rep.age(PackData.STATUS, now) > limit:
+                out.append((by_id["pack_silent"], interlocks.Reaction.ABORT,
+                            f"vehicle pack silent on CAN for more than {limit:g} s"))
+        return out
 
     def scan(self, image: ProcessImage, now: float) -> None:
         run, core = self.run, self.core
@@ -288,7 +371,7 @@ class Maintenance:
             return self._end(run, now, FAILED, "stopped",
                              f"{run.command}: stopped by stop_request {stop} "
                              f"({core.reason or core.state.label})")
-        for il, _, detail in self._stops(now):
+        for il, _, detail in self._stops(now, run.command, run.lift_mm):
             return self._end(run, now, FAILED, il.id, f"interlock {il.id}: {detail}",
                              StopRequest.CAT1)
         for ev in core._pack_events:
@@ -298,10 +381,23 @@ class Maintenance:
                                  StopRequest.CAT1)
         seqc = core.cfg.sequence
         assert run.handshake is not None
+        row = step_row(run.command)
+
+        def fault() -> str | None:
+            """The step row's hard-fault check (LOCK, UNLOCK: every bolt in its window). A
+            commanded step's check reads the image and the set-points, never the plan: there
+            is none in maintenance."""
+            if row is None:
+                return None
+            plan = core.interrupted.plan if core.interrupted is not None else None
+            return row.fault(StepView(image, cast("SwapPlan", plan), core.cfg, run.taken_at,
+                                      now))
+
         v = run.handshake.judge(
             image.plc, now, name=run.command.lower(), seq_cfg=seqc,
             timeout_s=command_timeout(core, run.command),
             shown=lambda: result_shown(run.command, run.param, image.plc, seqc),
+            fault=fault,
             off=lambda: [f"expected {done_when(run.command, run.param)}"])
         if v.failed:
             assert v.code is not None and v.reason is not None
@@ -337,6 +433,48 @@ class Maintenance:
         if core.state in (State.IDLE, State.COMPLETE):
             core._transition(Cmd.STOP, now, f"maintenance command {run.command} ended: reset "
                              "to return to Idle")
+
+    # ---- what ends it from outside --------------------------------------------------------
+    def stop(self, cmd: Cmd, origin: str, why: str | None, now: float) -> None:
+        """An operator's or the back end's stop, hold, suspend or abort: the running command
+        ends at once (stop_request cat2; abort: cat1), whatever the PackML state."""
+        run = self.run
+        assert run is not None and run.state == RUNNING
+        stop, code = STOPPING_COMMANDS[cmd]
+        said = f": {why}" if why else ""
+        self._end(run, now, FAILED, code, f"{run.command}: ended by {cmd.value} from "
+                  f"{origin}{said} (stop_request {stop})", stop)
+
+    def shutdown(self, now: float) -> Decision:
+        """swapd stops while a command runs: stop it (cat2) and record it failed; it is not
+        resumed at the next start."""
+        run = self.run
+        if run is not None and run.state == RUNNING:
+            self._end(run, now, FAILED, "daemon_stopped", f"{run.command}: swapd stopped "
+                      "while it ran (stop_request cat2); it is not resumed")
+        return self.core._flush()
+
+    def after_restart(self, started: dict[str, Any], now: float) -> Decision:
+        """The journal shows a command started and never ended: swapd stopped (or died)
+        while it ran. Record it failed, keep the machine stopped (cat2): never resumed."""
+        core = self.core
+        seq, command = int(started["seq"]), str(started["command"])
+        param = int(started.get("param", 0) or 0)
+        reason = (f"{command}: swapd restarted while it ran (seq {seq}); it is not resumed: "
+                  "check the machine (swapctl recover --plan)")
+        self.run = MaintenanceRun(seq, command, param, str(started.get("source", "run")),
+                                  str(started.get("why", "")), (), str(started.get("origin",
+                                                                                   "")),
+                                  now, state=FAILED, reason=reason, code="daemon_restarted",
+                                  done_at=now)
+        core._emit(MaintenanceFailed(t=now, seq=seq, command=command, param=param,
+                                     reason=reason, code="daemon_restarted"))
+        if StopRequest.CAT2.severity > StopRequest(core.outputs["stop_request"]).severity:
+            core.outputs["stop_request"] = StopRequest.CAT2
+        core._outputs_dirty = True
+        if core.reason is None:  # no reset at start-up: a technician looks first
+            core.reason = reason
+        return core._flush()
 
     # ---- views ---------------------------------------------------------------------------
     def known(self) -> dict[str, int | None]:
@@ -378,5 +516,5 @@ def nothing_to_do(reason: str) -> Exception:
     return NothingToDo(reason)
 
 
-__all__ = ["AT_REST", "MAINTENANCE", "PRODUCTION", "UNIT_MODES", "Interrupted", "Maintenance",
-           "MaintenanceRun", "command_timeout"]
+__all__ = ["AT_REST", "MAINTENANCE", "PRODUCTION", "STOPPING_COMMANDS", "UNIT_MODES",
+           "Interrupted", "Maintenance", "MaintenanceRun", "command_timeout", "step_row"]
