@@ -536,9 +536,10 @@ class StationModel:
         # the guns are on the shuttle: it docks first when a stop left it elsewhere
         dock = [] if self.shuttle_docked else [
             self._shuttle_to(0.2, self.config.station.shuttle_car_mm)]
+        # every bolt gets its gun run, a tight one too (the gun stops at the final torque):
+        # after LOCK each bolt's result is this LOCK's (the contract), also after a partial one
         return [*dock,
-                one_by_one(0.7, lambda: [i for i, t in enumerate(self.bolts.tight) if not t],
-                           self._tighten),
+                one_by_one(0.7, lambda: list(range(self.bolts.count)), self._tighten),
                 self._shuttle_to(0.3, 0.0)]
 
     def _plan_home(self) -> list[Phase] | str:
