@@ -310,8 +310,10 @@ class MaintenanceFailed(Event):
     command: str
     param: int
     reason: str
-    code: str  # plc_error | plc_no_answer | sensor_disagrees | timeout | an interlock id |
-    # stopped
+    # plc_error | plc_no_answer | plc_restarted | plc_done_lost | plc_stopped |
+    # sensor_disagrees | step_timeout | lock_failed | unlock_failed | stopped | aborted |
+    # daemon_stopped | daemon_restarted | an interlock id | a pack event kind
+    code: str
 
 
 @dataclass(frozen=True, kw_only=True)

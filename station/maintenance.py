@@ -10,11 +10,16 @@ In Maintenance a technician runs one PLC command at a time: the recovery plan's 
 issued like a swap step's command (a new cmd_seq from the core's numbering, journaled before
 it is written), with stop_request lifted to none for its run and set back (cat2; cat1 after
 an interlock) when it ends. It is done only when the PLC says done AND the read-back shows
-its result (station/handshake.py, the same judgement as a swap step). Every interlock that
-would stop a swap and is not about a swap's step row stops it at once (stop_request cat1),
-journaled with the reason; so does a pack event at a location it touches. A command that
-ends in Idle or Complete stops the station (Stopping -> Stopped): back in Production a
-reset returns it to Idle.
+its result (station/handshake.py, the same judgement as a swap step) and, for a command that
+is a swap step's, its row's hard-fault check (LOCK, UNLOCK: the bolt windows) and timeout.
+Every interlock that would stop a swap, judged as in the command's step with no swap plan,
+stops it at once (stop_request cat1), journaled with the reason; so does a pack event at a
+location it touches, and an operator's or the back end's stop, hold or abort in any PackML
+state (`stop`; clear is refused while it runs). At issue `run` refuses a locked-out slot, and
+any command is refused that the interlocks or a live pack event at a location it touches
+would stop. A restart or a shutdown of swapd mid-command records it failed, stop_request
+cat2; it is never resumed. A command that ends in Idle or Complete stops the station
+(Stopping -> Stopped): back in Production a reset returns it to Idle.
 
 Pure logic on the core's state, no I/O: `Maintenance` is the core's helper (it reads and
 writes the core's outputs and events); the core's public methods delegate to it.
@@ -236,7 +241,7 @@ class Maintenance:
             lockout = self.core.locked_out_slots.get(param)
             if lockout is not None:
                 raise core_refused(f"{word} refused: slot {param} is locked out ({lockout}); "
-                                   "release it first (swapctl release-slot)")
+                                   "release it first (swapctl slot release or pack release)")
         return self._issue(name, param, "run", f"single command by {origin}", origin, now)
 
     def _issue(self, name: str, param: int, source: str, why: str, origin: str,
