@@ -250,11 +250,18 @@ with its configuration at every read of the inputs (`station/setpoints.py`):
 - a position (`setpoint_swap_height`, `setpoint_shuttle_car_position`) must **equal** the
   configured one (`sequence.swap_height_mm`, `interlocks.shuttle_car_mm`) within 0.5 mm;
 - a tolerance the PLC calls a step done within (`setpoint_height_tolerance`,
-  `setpoint_position_tolerance`) must be **no wider** than the controller's
+  `setpoint_position_tolerance`) must be above 0 and **no wider** than the controller's
   (`sequence.height_tolerance_mm`, `sequence.position_tolerance_mm`);
+- the lift's window, `setpoint_swap_height` +- `setpoint_height_tolerance`, must lie
+  **inside** `sequence.swap_height_mm` +- `sequence.height_tolerance_mm`: every height the
+  PLC may call LIFT done at, the controller counts as lifted (500.5 +- 5 fails: 505.5 is
+  outside 500 +- 5);
 - a bolt window (`setpoint_unlock_torque`, `..._angle`, `setpoint_lock_torque`,
-  `..._angle`, [low, high]) must lie **inside** the controller's: every gun run the PLC
-  accepts, the controller accepts too.
+  `..._angle`, [low, high], low strictly below high) must lie **inside** the controller's:
+  every gun run the PLC accepts, the controller accepts too.
+
+Tolerances and windows are compared with 0.05 of slack (a register scaled by 0.1 rounds by
+that much). A set-point not reported, or not a number, is a mismatch.
 
 On a mismatch the controller refuses to run: interlock `plc_setpoint_mismatch` refuses
 reset and start at rest, and aborts a running swap; its reason names both values
@@ -272,11 +279,13 @@ check-config --probe` makes the same comparison: each mismatch is a problem line
   heartbeat value that moves is taken. A controller that hangs stops writing, which is the
   point.
 - `plc_heartbeat` (PLC -> controller) is incremented by the PLC at least every
-  {plc_hb_ms} ms and wraps from 65535 to 0. When it has not changed for {plc_timeout}, the
-  controller treats every PLC input as untrue and **aborts** the swap with a category-1
-  stop request (interlock `plc_heartbeat_lost`): a PLC program that does not run reports
-  nothing true, so nothing it shows can be held on. At rest the same interlock refuses
-  reset and start, and a swap already held stays held (no unhold) until the counter moves.
+  {plc_hb_ms} ms and wraps from 65535 to 0. When it has not changed for {plc_timeout} at
+  most (the controller judges it after 2 x `[plc] stale_after_s`, which its configuration
+  check keeps within {plc_timeout}), the controller treats every PLC input as untrue and
+  **aborts** the swap with a category-1 stop request (interlock `plc_heartbeat_lost`): a
+  PLC program that does not run reports nothing true, so nothing it shows can be held on.
+  At rest the same interlock refuses reset and start, and a swap already held stays held
+  (no unhold) until the counter moves.
 
 ## Stop requests
 
