@@ -260,7 +260,7 @@ with its configuration at every read of the inputs (`station/setpoints.py`):
   `..._angle`, [low, high], low strictly below high) must lie **inside** the controller's:
   every gun run the PLC accepts, the controller accepts too.
 
-Tolerances and windows are compared with 0.05 of slack (a register scaled by 0.1 rounds by
+Tolerances and windows are compared with 0.05 of slack (a value carried in steps of 0.1 rounds by
 that much). A set-point not reported, or not a number, is a mismatch.
 
 On a mismatch the controller refuses to run: interlock `plc_setpoint_mismatch` refuses
