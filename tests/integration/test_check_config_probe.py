@@ -5,15 +5,11 @@ before it: swapd's OPC UA certificate and trust list."""
 
 from __future__ import annotations
 
-import asyncio
-import sys
 from pathlib import Path
 
 import pytest
 
-from drivers.plc.opcua_security import TrustList, create_application_certificate
-from sim_hw.config import CanConfig, ModbusConfig, OpcUaConfig, SimConfig
-from sim_hw.opcua_server import OpcUaPlcServer
+from sim_hw.config import SimConfig
 from sim_hw.station_sim import SimStation
 from station.config import (
     ApiSection,
@@ -24,44 +20,17 @@ from station.config import (
     StationConfig,
 )
 from station.rig import write_config_toml
+from tests.integration.cli_support import opcua_section, station_config, swapd
+from tests.integration.cli_support import sim_config as shared_sim_config
 
 pytestmark = pytest.mark.timeout(120)
 
-SHIPPED_MAP = Path(__file__).resolve().parents[2] / "drivers/plc/maps/opcua_map.toml"
-
-
-async def swapd(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "station.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 60)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
-def station_config(tmp: Path, plc: PlcSection) -> Path:
-    cfg = StationConfig(plc=plc, journal=JournalSection(path=tmp / "journal.sqlite"),
-                        api=ApiSection(socket=tmp / "swapd.sock"))
-    return write_config_toml(cfg, tmp / "swapd.toml")
-
-
-def opcua_section(tmp: Path, sim: SimStation, node_map: Path | None = None,
-                  make_certificate: bool = True) -> OpcUaSection:
-    section = OpcUaSection(endpoint=sim.opcua_endpoint, pki_dir=tmp / "pki",
-                           node_map=node_map)
-    if make_certificate:
-        TrustList(section.pki_dir).ensure_dirs()
-        create_application_certificate(section.certificate_path, section.private_key_path,
-                                       application_uri=section.application_uri)
-        assert isinstance(sim.plc, OpcUaPlcServer)
-        (section.pki_dir / "trusted" / "certs" / "plc.der").write_bytes(
-            sim.plc.server_certificate_path.read_bytes())
-    return section
-
 
 def sim_config(plc: str) -> SimConfig:
-    return SimConfig(speed=20, plc_protocol=plc, modbus=ModbusConfig(port=0),  # type: ignore[arg-type]
-                     opcua=OpcUaConfig(port=0), can=CanConfig(channel=f"probe-{plc}"))
+    return shared_sim_config(plc, "probe")
+
+
+SHIPPED_MAP = Path(__file__).resolve().parents[2] / "drivers/plc/maps/opcua_map.toml"
 
 
 async def test_probe_passes_a_good_opcua_station_and_names_what_a_bad_map_gets_wrong(

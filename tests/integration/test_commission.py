@@ -16,21 +16,16 @@ from typing import Any
 import pytest
 
 from drivers.plc.contract import load_contract
-from drivers.plc.opcua_security import TrustList, create_application_certificate
-from sim_hw.config import CanConfig, ModbusConfig, OpcUaConfig, SimConfig
-from sim_hw.opcua_server import OpcUaPlcServer
+from sim_hw.config import SimConfig
 from sim_hw.station_sim import SimStation
 from station.config import (
-    ApiSection,
-    JournalSection,
     ModbusSection,
-    OpcUaSection,
     PlcSection,
     SequenceSection,
-    StationConfig,
 )
 from station.local_api import LocalApiServer
-from station.rig import write_config_toml
+from tests.integration.cli_support import opcua_section, station_config, swapd
+from tests.integration.cli_support import sim_config as shared_sim_config
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -40,37 +35,28 @@ CAT2 = CONTRACT.encode_enum("stop_request", "cat2")
 DONE = CONTRACT.encode_enum("cmd_status", "done")
 
 
-async def swapd(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "station.cli", *args,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
-
-
 def sim_config(plc: str) -> SimConfig:
-    return SimConfig(speed=20, plc_protocol=plc, modbus=ModbusConfig(port=0),  # type: ignore[arg-type]
-                     opcua=OpcUaConfig(port=0), can=CanConfig(channel=f"commission-{plc}"))
+    return shared_sim_config(plc, "commission")
 
 
 def plc_section(tmp: Path, sim: SimStation) -> PlcSection:
     if sim.plc_protocol == "modbus":
         return PlcSection(modbus=ModbusSection(port=sim.modbus_port))
-    section = OpcUaSection(endpoint=sim.opcua_endpoint, pki_dir=tmp / "pki")
-    TrustList(section.pki_dir).ensure_dirs()
-    create_application_certificate(section.certificate_path, section.private_key_path,
-                                   application_uri=section.application_uri)
-    assert isinstance(sim.plc, OpcUaPlcServer)
-    (section.pki_dir / "trusted" / "certs" / "plc.der").write_bytes(
-        sim.plc.server_certificate_path.read_bytes())
-    return PlcSection(protocol="opcua", opcua=section)
+    return PlcSection(protocol="opcua", opcua=opcua_section(tmp, sim))
 
 
-def station_config(tmp: Path, plc: PlcSection, **extra: Any) -> Path:
-    cfg = StationConfig(plc=plc, journal=JournalSection(path=tmp / "journal.sqlite"),
-                        api=ApiSection(socket=tmp / "swapd.sock"), **extra)
-    return write_config_toml(cfg, tmp / "swapd.toml")
+async def watching(cfg: Path, duration: str) -> asyncio.subprocess.Process:
+    """`swapd commission` started and past its checks: connected, writing, watching."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "station.cli", *commission(cfg, "--duration", duration),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    assert proc.stderr is not None
+    seen = b""
+    while b"watching" not in seen:
+        line = await asyncio.wait_for(proc.stderr.readline(), 30)
+        assert line, seen
+        seen += line
+    return proc
 
 
 def commission(cfg: Path, *more: str) -> list[str]:
@@ -111,7 +97,10 @@ async def test_commission_passes_against_the_simulator(tmp_path: Path, protocol:
         assert sections["heartbeat"]["ctrl"]["writes_acknowledged"] > 0
         trips = sections["round_trip"]["trips"]
         assert [t["status"] for t in trips] == ["done"] * 3
-        assert len(sections["setpoints"]["checks"]) == 8
+        # every set-point signal, and the lift window they compose
+        assert {c["signal"] for c in sections["setpoints"]["checks"]} == {
+            s.name for s in CONTRACT.inputs() if s.name.startswith("setpoint_")} | {
+            "setpoint_swap_height +- setpoint_height_tolerance"}
 
         # the simulated PLC took the three NOOPs, under the numbers the report names, and
         # the machine is held stopped again afterwards
@@ -162,15 +151,7 @@ async def test_a_refused_noop_is_reported_with_its_error_and_cause(tmp_path: Pat
 async def test_interrupted_it_leaves_the_machine_stopped_and_says_so(tmp_path: Path) -> None:
     async with SimStation(sim_config("modbus")) as sim:
         cfg = station_config(tmp_path, plc_section(tmp_path, sim))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "station.cli", *commission(cfg, "--duration", "60"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert proc.stderr is not None
-        seen = b""
-        while b"watching" not in seen:
-            line = await asyncio.wait_for(proc.stderr.readline(), 30)
-            assert line, seen
-            seen += line
+        proc = await watching(cfg, "60")
         proc.send_signal(signal.SIGINT)
         out, err = await asyncio.wait_for(proc.communicate(), 30)
         assert proc.returncode == 1, (out, err)
@@ -222,15 +203,7 @@ async def test_a_daemon_that_comes_up_during_the_session_stops_it_before_a_round
 
     async with SimStation(sim_config("modbus")) as sim:
         cfg = station_config(tmp_path, plc_section(tmp_path, sim))
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "station.cli", *commission(cfg, "--duration", "5"),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        assert proc.stderr is not None
-        seen = b""
-        while b"watching" not in seen:  # checked for a daemon, connected, writing
-            line = await asyncio.wait_for(proc.stderr.readline(), 30)
-            assert line, seen
-            seen += line
+        proc = await watching(cfg, "5")
         async with LocalApiServer(tmp_path / "swapd.sock", status):
             out, err = await asyncio.wait_for(proc.communicate(), 120)
         assert proc.returncode == 1, (out, err)
