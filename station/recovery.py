@@ -408,6 +408,9 @@ def _origin_slot(pack: Pack, interrupted: Interrupted | None) -> int | None:
     return None
 
 
+LOWERED_MM = 0.5  # the read-back rounds to whole mm: above this the lift is not at 0
+
+
 def plan_recovery(plc: Mapping[str, Any], known: Mapping[str, int | None],
                   interrupted: Interrupted | None, seq: SequenceSection,
                   locked_out: frozenset[int] | set[int] = frozenset(),
@@ -438,7 +441,9 @@ def _next(m: Machine, interrupted: Interrupted | None,
     """The next command (command, param, why), None when home, or why no plan exists."""
     tol = seq.height_tolerance_mm
     lifted = m.car and abs(m.lift_mm - seq.swap_height_mm) <= tol
-    lift_up = abs(m.lift_mm) > tol
+    # Lowered is lift_height = 0 for the PLC (POSITION's precondition, the contract), not
+    # within the controller's tolerance: a lift stopped at 3 mm is lowered, or no swap starts
+    lift_up = abs(m.lift_mm) > LOWERED_MM
     shuttle_away = abs(m.shuttle_mm) > seq.shuttle_home_tolerance_mm
     if m.stacker is not None:
         slot = _free_slot(m, _origin_slot(m.stacker, interrupted))

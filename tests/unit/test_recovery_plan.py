@@ -55,6 +55,12 @@ def test_car_lifted_bolts_tight_is_lowered() -> None:
     assert commands(plc(), step="lift") == ["LOWER"]
 
 
+def test_a_lift_stopped_a_few_mm_up_is_lowered_to_the_plcs_zero() -> None:
+    """Within the controller's height tolerance is home for it, but the PLC's POSITION needs
+    lift_height = 0 (the contract): a lift stopped at 3 mm would refuse the next swap."""
+    assert commands(plc(lift_height=3), step="lift") == ["LOWER"]
+
+
 def test_some_bolts_loose_are_locked_then_lowered() -> None:
     assert commands(plc(bolts_tight=4, shuttle_position=900)) == ["LOCK", "LOWER"]
 
