@@ -665,8 +665,11 @@ class Rig(_Harness):
             raise
         return self
 
-    async def stop(self, timeout: float = 10.0, *, raise_errors: bool = True) -> None:
+    async def stop(self, timeout: float = 20.0, *, raise_errors: bool = True) -> None:
         """Stop the daemon (waiting up to `timeout` s, then TimeoutError) and the simulator.
+        The default is above the daemon's own bounded stop (station/daemon.py `_shutdown`:
+        the API's grace 2 s + the scan 5 s + the cloud's drain 2 s and close 1 s + the tasks
+        5 s = 15 s): 10 s cut a slow but bounded stop short on a loaded machine.
         The daemon's own failure, if any, is raised (unless raise_errors is False)."""
         if self._stopped:
             return
