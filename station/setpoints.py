@@ -119,9 +119,30 @@ def check_setpoints(plc: Mapping[str, Any], cfg: StationConfig) -> list[Setpoint
     return out
 
 
+_SIGNALS = ("setpoint_swap_height", "setpoint_height_tolerance", "setpoint_position_tolerance",
+            "setpoint_shuttle_car_position", "setpoint_unlock_torque", "setpoint_unlock_angle",
+            "setpoint_lock_torque", "setpoint_lock_angle")
+# The interlock asks every scan, and set-points are constant while the PLC runs: the last
+# answer is kept with what it was computed from (the configuration and the values read).
+_last: tuple[object, str | None] | None = None
+
+
 def setpoint_mismatch(plc: Mapping[str, Any], cfg: StationConfig) -> str | None:
     """None when every set-point fits the configuration, else one reason naming each
     mismatch with both values."""
+    global _last
+    sq = cfg.sequence
+    key = (sq.swap_height_mm, sq.height_tolerance_mm, sq.position_tolerance_mm,
+           cfg.interlocks.shuttle_car_mm, sq.unlock_torque_nm, sq.unlock_angle_deg,
+           sq.lock_torque_nm, sq.lock_angle_deg, repr([plc.get(name) for name in _SIGNALS]))
+    if _last is not None and _last[0] == key:
+        return _last[1]
+    why = _mismatch(plc, cfg)
+    _last = (key, why)
+    return why
+
+
+def _mismatch(plc: Mapping[str, Any], cfg: StationConfig) -> str | None:
     checks = check_setpoints(plc, cfg)
     failed = {c.signal for c in checks if not c.ok}
     bad = [c.describe() for c in checks if not c.ok and not failed.intersection(c.parts)]
