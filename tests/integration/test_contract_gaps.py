@@ -51,6 +51,8 @@ async def test_a_light_curtain_reported_after_the_stop_still_holds(
                            what="LIFT under way")
         rig.sim.faults.set("light_curtain")
         await rig.wait_for(lambda: core.state == State.HELD, WAIT_S, what="Held")
+        # the observer hears of a decision after the journal has it: wait for the event
+        await rig.wait_for(lambda: bool(fault_codes(rig)), WAIT_S, what="the fault event")
         assert fault_codes(rig) == ["light_curtain_breached"], rig.events
         stopped = [c for c in rig.sim.command_log if c.name == "LIFT"]
         assert stopped[-1].error_code == 6  # the PLC did stop it, before the report
@@ -97,6 +99,7 @@ async def test_a_plc_restart_mid_step_is_named(tmp_path: Path, plc: PlcProtocol)
         await rig.wait_for(lambda: core.state == State.ABORTED, WAIT_S, what="Aborted")
         assert core.reason == (f"position: PLC restarted: cmd_ack_seq 0, cmd_status idle; "
                                f"POSITION (seq {seq}) lost"), core.reason
+        await rig.wait_for(lambda: bool(fault_codes(rig)), WAIT_S, what="the fault event")
         assert fault_codes(rig) == ["plc_restarted"]
 
 
