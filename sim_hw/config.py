@@ -22,6 +22,7 @@ from pydantic import (
 
 from drivers.bms.protocol import MAX_RACK_SLOTS
 from sim_hw.packs import CHEMISTRIES, Chemistry
+from station.buslayout import BUS_NAME_PATTERN, SHORTHAND_BUS, check_layout, every_location
 
 PackFamily = Literal[20, 25]
 
@@ -124,13 +125,48 @@ class OpcUaConfig(_Strict):
         return [opcua_policy_type(p) for p in self.policies]
 
 
+class CanBusConfig(_Strict):
+    """One `[[sim.can.buses]]` entry: a bus and the pack locations whose BMS are on it
+    (as swapd's `[[can.buses]]`: "bay", "slot:N", "slot:N-M")."""
+
+    name: str = Field(pattern=BUS_NAME_PATTERN)
+    interface: Literal["virtual", "udp_multicast", "socketcan"] = "virtual"
+    channel: str = Field(min_length=1)
+    bitrate: int | None = Field(default=None, gt=0)
+    udp_port: int | None = Field(default=None, ge=1, le=65535)
+    locations: list[str] = Field(min_length=1)
+
+
 class CanConfig(_Strict):
+    """`[sim.can]`: one bus (interface, channel, bitrate, udp_port: every pack on it), or a
+    `[[sim.can.buses]]` list; not both."""
+
     interface: Literal["virtual", "udp_multicast", "socketcan"] = "virtual"
     channel: str = "swapstation"
     bitrate: int | None = Field(default=None, gt=0)
     # udp_multicast only (like swapd's `[can] udp_port`): the UDP port, python-can's 43113
     # when None. Two runs on one host are kept apart by the port, not by the group.
     udp_port: int | None = Field(default=None, ge=1, le=65535)
+    buses: list[CanBusConfig] | None = Field(default=None, min_length=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> CanConfig:
+        if self.buses is None:
+            return self
+        both = sorted(self.model_fields_set & {"interface", "channel", "bitrate", "udp_port"})
+        if both and any(getattr(self, k) != CanConfig.model_fields[k].default for k in both):
+            raise ValueError(f"{both[0]}: buses are given, so each bus names its own "
+                             "interface, channel, bitrate and udp_port")
+        return self
+
+    def bus_list(self) -> list[CanBusConfig]:
+        """The buses, normalised: the single-bus form is one bus "pack" serving every
+        location."""
+        if self.buses is not None:
+            return list(self.buses)
+        return [CanBusConfig(name=SHORTHAND_BUS, interface=self.interface, channel=self.channel,
+                             bitrate=self.bitrate, udp_port=self.udp_port,
+                             locations=every_location())]
 
 
 class StationConfig(_Strict):
@@ -316,7 +352,17 @@ class SimConfig(_Strict):
                 raise ValueError(f"rack_pack.{i}.serial: serial {p.serial} used twice")
             slots.add(p.slot)
             serials.add(p.serial)
+        if self.can.buses is not None:  # every location on one bus, slots 1..station.slots
+            try:
+                check_layout([(b.name, b.locations) for b in self.can.buses], "buses",
+                             self.station.slots)
+            except ValueError as exc:
+                raise ValueError(f"can.{exc}") from None
         return self
+
+    def served_slots(self) -> dict[str, frozenset[int]]:
+        """Bus name -> the locations its packs are at (0: the bay, n: rack slot n)."""
+        return check_layout([(b.name, b.locations) for b in self.can.bus_list()], "can.buses")
 
     def initial_rack(self) -> list[RackPackConfig]:
         """The explicit rack, or one generated from the seed: slots-1 packs, last slot free."""

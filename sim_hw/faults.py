@@ -42,7 +42,7 @@ from sim_hw.packs import SimPack
 if TYPE_CHECKING:
     from sim_hw.mechanics import StationModel
 
-TargetKind = Literal["bolt", "place", "can", "input"]
+TargetKind = Literal["bolt", "place", "can", "input", "bus"]
 Target = str | int | None
 Value = float | str | None
 FaultInfo = dict[str, Any]
@@ -81,6 +81,7 @@ _PACK_TARGET = 'the pack at "vehicle" (bay, or the pack to be installed), "shutt
     '"stacker" or a rack slot number, resolved when applied; the fault follows that pack'
 _PLACE_TARGET = '"shuttle", "vehicle", "stacker" or a rack slot number'
 _INPUT_TARGET = "an input signal of the PLC contract (e.g. lift_height)"
+_BUS_TARGET = "a bus name of [sim.can] (none: the first bus)"
 
 SPECS: tuple[FaultSpec, ...] = (
     FaultSpec("estop", "e-stop chain open: estop_ok reads 0; the sim PLC stops all motion"),
@@ -146,6 +147,23 @@ SPECS: tuple[FaultSpec, ...] = (
     FaultSpec("can_silent",
               "packs at TARGET stop sending CAN frames (they still hear PackControl)",
               None, "can", None, 'a rack slot number, "vehicle" (0xF4), or none = all packs'),
+    FaultSpec("can_wrong_bus",
+              "the pack at TARGET is wired to another CAN bus than its location's (the next "
+              "bus of [sim.can] buses): it sends and hears there; no effect with one bus",
+              None, "can", "vehicle", 'a rack slot number or "vehicle" (0xF4)'),
+    FaultSpec("can_error_passive",
+              "the CAN controller of bus TARGET reports error passive: an error frame "
+              "(CRTL, RX/TX passive) every 100 ms; error active again when cleared",
+              None, "bus", None, _BUS_TARGET),
+    FaultSpec("can_bus_off",
+              "bus TARGET goes bus-off: an error frame (BUSOFF) every 100 ms and no frame "
+              "gets through it either way; restarted (CAN_ERR_RESTARTED) when cleared",
+              None, "bus", None, _BUS_TARGET),
+    FaultSpec("can_babble",
+              "a babbling node on bus TARGET sends VALUE frames/s of garbage (identifiers "
+              "no DBC message has, wrong lengths, 11-bit frames) from address 0x27",
+              ValueSpec("frames per second", "frames/s", 4000.0, 1.0, 50000.0),
+              "bus", None, _BUS_TARGET),
     FaultSpec("network_down",
               "PLC silent and every pack silent and deaf on CAN (no PackControl reaches them)"),
     FaultSpec("safety_report_delay",
@@ -305,6 +323,26 @@ class FaultRegistry:
         want = VEHICLE_PACK_SA if f.target == "vehicle" else rack_sa(int(f.target))
         return sa == want
 
+    def can_wrong_bus(self, sa: int) -> bool:
+        """True: the pack at `sa` is wired to another bus (can_wrong_bus)."""
+        f = self._active.get("can_wrong_bus")
+        if f is None:
+            return False
+        return sa == (VEHICLE_PACK_SA if f.target == "vehicle" else rack_sa(int(f.target or 0)))
+
+    def can_bus_error(self, bus: str) -> str | None:
+        """The bad state bus `bus` is in: "bus_off", "passive", or None."""
+        for name, state in (("can_bus_off", "bus_off"), ("can_error_passive", "passive")):
+            f = self._active.get(name)
+            if f is not None and f.target == bus:
+                return state
+        return None
+
+    def can_babble(self, bus: str) -> float:
+        """Frames per second of garbage a babbling node sends on `bus` (0: none)."""
+        f = self._active.get("can_babble")
+        return _num(f.value) if f is not None and f.target == bus else 0.0
+
     def can_deaf(self, sa: int) -> bool:
         """True: the pack at `sa` hears nothing (the network is down)."""
         return "network_down" in self._active
@@ -408,6 +446,13 @@ class FaultRegistry:
             if target is not None:
                 raise FaultError(f"{spec.name}: takes no target (got {target!r})")
             return None
+        if kind == "bus":
+            buses = [b.name for b in self.model.config.can.bus_list()]
+            name = buses[0] if target is None else str(target).strip()
+            if name not in buses:
+                raise FaultError(f"{spec.name}: target {target!r} is not a bus "
+                                 f"({', '.join(buses)})")
+            return name
         if target is None:
             return spec.default_target
         if kind == "input":

@@ -24,6 +24,13 @@ from pydantic import (
     model_validator,
 )
 
+from station.buslayout import (
+    BUS_NAME_PATTERN,
+    SHORTHAND_BUS,
+    check_layout,
+    every_location,
+)
+
 # Every number has physical bounds (and inf and nan are refused everywhere): a value out of
 # them is a typo or a unit mistake (millivolts for volts, ms for s), never a setting.
 
@@ -257,30 +264,103 @@ class PlcSection(_Section):
         return f"{self.protocol}://{s.host}:{s.port}"
 
 
+CanChannel = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\s\x00]+$")]
+CanInterface = Literal["socketcan", "virtual", "udp_multicast"]
+# GB/T 27930; socketcan takes it from ip link. Classic CAN: 10 kbit/s to 1 Mbit/s
+CanBitrate = Annotated[int, Field(ge=10_000, le=1_000_000)]
+CanPort = Annotated[int, Field(ge=1, le=65535, description="udp_multicast only")]
+CAN_SHORTHAND_DEFAULTS = {"interface": "virtual", "channel": "swapstation", "bitrate": 250_000}
+
+
+def _check_channel(interface: str, channel: str, key: str) -> None:
+    """What each interface needs of its channel; ValueError naming `key`."""
+    if interface == "socketcan" and (len(channel) > MAX_IFNAME or "/" in channel):
+        raise ValueError(f"{key} {channel!r}: not a network interface name "
+                         f"(at most {MAX_IFNAME} characters, no '/')")
+    if interface == "udp_multicast":
+        try:
+            multicast = ipaddress.ip_address(channel).is_multicast
+        except ValueError:
+            multicast = False
+        if not multicast:
+            raise ValueError(f"{key} {channel!r}: udp_multicast needs a "
+                             "multicast group address (e.g. 239.74.163.2)")
+
+
+class CanBus(_Section):
+    """One `[[can.buses]]` entry: a CAN bus and the pack locations it serves."""
+
+    name: str = Field(pattern=BUS_NAME_PATTERN)
+    interface: CanInterface = "socketcan"
+    channel: CanChannel
+    bitrate: CanBitrate | None = 250_000
+    udp_port: CanPort | None = None
+    # "bay" (the car's pack and the car: its VIN), "slot:N", "slot:N-M"
+    locations: list[Annotated[str, Field(max_length=16)]] = Field(min_length=1, max_length=128)
+
+
 class CanSection(_Section):
-    interface: Literal["socketcan", "virtual", "udp_multicast"] = "virtual"
-    channel: str = Field("swapstation", min_length=1, max_length=100,
-                         pattern=r"^[^\s\x00]+$")
-    # GB/T 27930; socketcan takes it from ip link. Classic CAN: 10 kbit/s to 1 Mbit/s
-    bitrate: int | None = Field(250_000, ge=10_000, le=1_000_000)
-    udp_port: int | None = Field(None, ge=1, le=65535, description="udp_multicast only")
+    """`[can]`: the DBC, and the buses: a `[[can.buses]]` list, or the single-bus shorthand
+    (interface, channel, bitrate, udp_port directly in `[can]`: one bus named "pack" that
+    serves every location). Not both."""
+
+    interface: CanInterface | None = None
+    channel: CanChannel | None = None
+    bitrate: CanBitrate | None = None
+    udp_port: CanPort | None = None
     dbc: FilePath | None = None  # None: the DBC shipped with the package (it sets the timeouts)
+    buses: list[CanBus] | None = Field(None, min_length=1, max_length=16)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _one_form(cls, data: object) -> object:
+        if not isinstance(data, dict):
+            return data
+        if data.get("buses") is None:  # the shorthand: its defaults are the simulator's
+            return {**CAN_SHORTHAND_DEFAULTS, **data}
+        both = [k for k in ("interface", "channel", "bitrate", "udp_port")
+                if data.get(k) is not None]
+        if both:
+            raise ValueError(f"can.{both[0]}: [[can.buses]] is given, so every bus names its "
+                             "own interface, channel, bitrate and udp_port; the single-bus "
+                             f"keys ({', '.join(both)}) go inside a bus, not in [can]")
+        return data
 
     @model_validator(mode="after")
     def _channel_fits_interface(self) -> CanSection:
-        if self.interface == "socketcan" and (len(self.channel) > MAX_IFNAME
-                                              or "/" in self.channel):
-            raise ValueError(f"can.channel {self.channel!r}: not a network interface name "
-                             f"(at most {MAX_IFNAME} characters, no '/')")
-        if self.interface == "udp_multicast":
-            try:
-                multicast = ipaddress.ip_address(self.channel).is_multicast
-            except ValueError:
-                multicast = False
-            if not multicast:
-                raise ValueError(f"can.channel {self.channel!r}: udp_multicast needs a "
-                                 "multicast group address (e.g. 239.74.163.2)")
+        if self.buses is None:
+            assert self.interface is not None
+            if self.channel is None:
+                raise ValueError("can.channel: needed with can.interface")
+            _check_channel(self.interface, self.channel, "can.channel")
+            return self
+        for i, bus in enumerate(self.buses):
+            _check_channel(bus.interface, bus.channel, f"can.buses.{i}.channel")
+        ports = [(b.channel, b.udp_port or 43113) for b in self.buses
+                 if b.interface == "udp_multicast"]
+        dup = next((p for p in ports if ports.count(p) > 1), None)
+        channels = [(b.interface, b.channel) for b in self.buses if b.interface != "udp_multicast"]
+        dup_channel = next((c for c in channels if channels.count(c) > 1), None)
+        if dup is not None or dup_channel is not None:
+            raise ValueError("can.buses: two buses on the same channel"
+                             + (f" and udp_port ({dup[0]} port {dup[1]})" if dup else
+                                f" ({dup_channel[0]}:{dup_channel[1]})" if dup_channel else "")
+                             + " would hear each other's frames: one channel per bus")
+        check_layout([(b.name, b.locations) for b in self.buses], "can.buses")
         return self
+
+    def bus_list(self) -> list[CanBus]:
+        """The buses, normalised: the shorthand is one bus "pack" serving every location."""
+        if self.buses is not None:
+            return list(self.buses)
+        assert self.interface is not None and self.channel is not None
+        return [CanBus(name=SHORTHAND_BUS, interface=self.interface, channel=self.channel,
+                       bitrate=self.bitrate, udp_port=self.udp_port,
+                       locations=every_location())]
+
+    def served_slots(self) -> dict[str, frozenset[int]]:
+        """Bus name -> the locations it serves (0: the bay, n: rack slot n)."""
+        return check_layout([(b.name, b.locations) for b in self.bus_list()], "can.buses")
 
 
 class SequenceSection(_Section):

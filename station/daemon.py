@@ -18,12 +18,13 @@ from typing import Any
 import structlog
 
 from drivers.bms.adapter import BmsAdapter
-from drivers.bms.canbus import PackBus
+from drivers.bms.canbus import BUS_DOWN, PackBus
 from drivers.bms.commander import PackCommander
 from drivers.bms.protocol import Decoded, PackProtocol
 from drivers.plc.contract import load_contract
 from drivers.plc.link import PlcLink
 from drivers.plc.registry import create_link
+from station.buslayout import addresses
 from station.cloud.link import CloudLink, disk_free_mb
 from station.commands import CommandEntry, CommandRequest, CommandResult, Origin
 from station.config import StationConfig
@@ -39,7 +40,7 @@ from station.events import (
     SwapEnded,
     SwapStarted,
 )
-from station.image import ProcessImage, StopRequest
+from station.image import Location, ProcessImage, StopRequest
 from station.journal import Journal
 from station.local_api import LocalApiServer, handle_request
 from station.logs import bind_swap
@@ -159,12 +160,11 @@ class Daemon:
         self.link: PlcLink = link or create_link(cfg.plc, clock=clock)
         self.link.on_inputs = self._on_inputs
         self.link.on_connection = self._on_connection
-        bus_kwargs = ({"port": cfg.can.udp_port}
-                      if cfg.can.interface == "udp_multicast" and cfg.can.udp_port else None)
-        self.bus = PackBus(cfg.can.interface, cfg.can.channel, self.protocol,
-                           bitrate=cfg.can.bitrate, clock=clock, bus_kwargs=bus_kwargs)
-        self.bus.on_message = self._on_message
-        self.packs = PackCommander(self.bus, self.adapter, clock=clock)
+        self.buses = self._open_buses(cfg, clock)
+        self.bus = next(iter(self.buses.values()))  # the first (with one bus: the bus)
+        self.packs = PackCommander(self.bus, self.adapter, clock=clock, routes={
+            sa: self.buses[name] for name, sas in self._bus_sources.items() for sa in sas}
+            if len(self.buses) > 1 else None)
         self.notifier = SystemdNotifier()
         self.started_wall = time.time()
         self.cloud: CloudLink | None = None
@@ -195,6 +195,29 @@ class Daemon:
                                and cfg.operation.reset_on_start)
 
     # ---- start-up ---------------------------------------------------------------------
+    def _open_buses(self, cfg: StationConfig, clock: Callable[[], float]) -> dict[str, PackBus]:
+        """One PackBus per `[can]` bus. With several, each takes frames only from the
+        addresses of the locations it serves (the bay's is the car's pack's and the car's):
+        a known location's frame on another bus is rejected as wrong_bus."""
+        self._bus_slots = cfg.can.served_slots()  # bus -> locations (0: bay, n: slot n)
+        self._bus_sources = {name: addresses(slots) for name, slots in self._bus_slots.items()}
+        known = frozenset().union(*self._bus_sources.values())
+        several = len(self._bus_slots) > 1
+        self._bus_alarmed: dict[str, str | None] = {}  # bus -> the bad state last alarmed
+        self._bus_recovery: dict[str, asyncio.TimerHandle] = {}  # bus -> its "back" timer
+        buses: dict[str, PackBus] = {}
+        for b in cfg.can.bus_list():
+            kwargs = {"port": b.udp_port} if b.interface == "udp_multicast" and b.udp_port \
+                else None
+            bus = PackBus(b.interface, b.channel, self.protocol, bitrate=b.bitrate, clock=clock,
+                          bus_kwargs=kwargs, name=b.name,
+                          accept_sources=self._bus_sources[b.name] if several else None,
+                          known_sources=known)
+            bus.on_message = self._on_message
+            bus.on_state = functools.partial(self._on_bus_state, b.name)
+            buses[b.name] = bus
+        return buses
+
     def _recover(self) -> tuple[State, str | None, ResumePoint | None]:
         """Rebuild from the journal. A swap it shows unfinished means the last run ended
         mid-swap: hold it at the step it was in (the reason follows from the PLC's
@@ -233,6 +256,7 @@ class Daemon:
                       "last_error": stats.last_error}
         if self.cloud is not None:
             out["cloud"] = self.cloud.describe()
+        out["can"] = {name: bus.counters() for name, bus in self.buses.items()}
         return out
 
     # ---- driver callbacks (run in the event loop) --------------------------------------
@@ -244,6 +268,59 @@ class Daemon:
     def _on_connection(self, up: bool) -> None:
         log.info("plc.connection", connected=up)
         self._wake.set()
+
+    # a bus in these states is reported by an Alarm (warning is only logged: it still works)
+    BUS_ALARMS = {"passive": "can_error_passive", "bus_off": "can_bus_off",
+                  "closed": "can_bus_down"}
+    BUS_SEVERITY = {"passive": 1, "bus_off": 2, "closed": 2}
+    BUS_RECOVERED_S = 2.0  # error active this long after a bad state: the bus is back
+
+    def _on_bus_state(self, name: str, state: str, detail: str) -> None:
+        """A bus changed state. Down (closed, bus-off): its packs are stale at once, so the
+        interlocks judge them as silent packs. A bad state (error passive, bus-off, down)
+        raises an alarm once per episode (a worse state again): the episode ends when the
+        bus has been error active for BUS_RECOVERED_S (a bus that goes bus-off at every
+        reopen is one episode). Back up: the packs on it are asked who they are."""
+        slots = self._bus_slots.get(name, frozenset())
+        pending = self._bus_recovery.pop(name, None)
+        if pending is not None:
+            pending.cancel()
+        if state in BUS_DOWN:
+            expired = self.image.expire(Location(s) for s in sorted(slots))
+            if expired:
+                log.warning("can.packs_stale", bus=name, state=state,
+                            locations=[str(loc) for loc in expired])
+            self._wake.set()
+        alarmed = self._bus_alarmed.get(name)
+        alarm = self.BUS_ALARMS.get(state)
+        if state == "active":
+            if alarmed is not None:
+                self.packs.request(PackRequest(None, IDENTIFY_KINDS))  # heard anew
+                self._bus_recovery[name] = asyncio.get_running_loop().call_later(
+                    self.BUS_RECOVERED_S, self._bus_recovered, name, alarmed)
+            return
+        if alarm is None or self._stopping or (
+                alarmed is not None and
+                self.BUS_SEVERITY[state] <= self.BUS_SEVERITY.get(alarmed, 0)):
+            return
+        self._bus_alarmed[name] = state
+        bus = self.buses[name]
+        reason = {"passive": "error passive (its controller's error counter is above 127: "
+                             "frames are lost or damaged)",
+                  "bus_off": "bus-off (its controller left the bus); closed, reopened with "
+                             "back-off",
+                  "closed": "down (it could not be opened or read); reopened with back-off",
+                  }[state]
+        self._spawn(self.apply(Decision(events=[Alarm(
+            t=self.clock(), location=f"can:{name}", slot=None, serial=None, alarm=alarm,
+            reason=f"CAN bus {name} ({bus.interface}:{bus.channel}) {reason}; {detail}",
+            action="check the bus wiring, termination and the nodes on it; the packs on it "
+                   "count as silent until it is back")])))
+
+    def _bus_recovered(self, name: str, was: str) -> None:
+        self._bus_recovery.pop(name, None)
+        self._bus_alarmed[name] = None
+        log.info("can.bus_recovered", bus=name, was=was)
 
     def _on_message(self, msg: Decoded, t: float) -> None:
         if self.adapter.apply(self.image, msg, t) is not None:
@@ -415,9 +492,10 @@ class Daemon:
         """The bus opens in its own task: once it is up, ask every pack who it is."""
         for _ in range(40):
             await asyncio.sleep(0.05)
-            if self.bus.is_open:
-                self.packs.request(PackRequest(None, IDENTIFY_KINDS))
-                return
+            if all(bus.is_open for bus in self.buses.values()):
+                break
+        if any(bus.is_open for bus in self.buses.values()):
+            self.packs.request(PackRequest(None, IDENTIFY_KINDS))
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval_s or 5.0
@@ -464,13 +542,14 @@ class Daemon:
         stop = stop or asyncio.Event()
         log.info("swapd.start", station=self.cfg.station.id, state=self.core.state.label,
                  plc=self.cfg.plc.endpoint,
-                 can=f"{self.cfg.can.interface}:{self.cfg.can.channel}")
+                 can=", ".join(f"{n}={b.interface}:{b.channel}" for n, b in self.buses.items()))
         self.events.start()
         self._stopping = False
         scan = asyncio.create_task(self._scan_loop(), name="scan")
         tasks = [
             asyncio.create_task(self.link.run(), name="plc"),
-            asyncio.create_task(self.bus.run(), name="can"),
+            *(asyncio.create_task(bus.run(), name=f"can:{name}")
+              for name, bus in self.buses.items()),
             scan,
             asyncio.create_task(self._watchdog_loop(), name="watchdog"),
             asyncio.create_task(self._disk_loop(), name="disk"),
@@ -531,7 +610,8 @@ class Daemon:
         if stuck:  # never hang a stop (systemd would have to kill us)
             log.error("swapd.stop_stuck", tasks=[t.get_name() for t in stuck])
         await self.link.close()
-        await self.bus.close()
+        for bus in self.buses.values():
+            await bus.close()
         await self.events.close()
         if self.cloud is not None:
             self.cloud.outbox.close()

@@ -14,6 +14,7 @@ Vocabulary owned here:
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -147,28 +148,6 @@ class PackRatings:
                 f"{self.max_cell_charge_v:g} V/cell")
 
 
-@dataclass(frozen=True)
-class PackNameplate:
-    """What a pack's nameplate says (its identity as text): for people, never used to
-    identify the pack (PackIdentity's serial is)."""
-
-    manufacturer: str
-    model: str
-    serial: str
-    at: float  # monotonic time heard
-
-
-@dataclass(frozen=True)
-class CellReadings:
-    """Every cell's reading of one kind (voltages in V, or temperatures in degC), as heard
-    in one message, with its extremes and the monotonic time it was heard."""
-
-    values: tuple[float, ...]
-    low: float
-    high: float
-    at: float
-
-
 @dataclass
 class PackReport:
     """What one pack's BMS last said, at one location."""
@@ -206,10 +185,6 @@ class PackReport:
     identities_latched: frozenset[PackIdentity] = frozenset()
     ratings_latched: frozenset[PackRatings] = frozenset()
     peak_soc_pct: float | None = None
-    # Heard on request in a J1939-21 transport (drivers/bms/adapter.py); shown, never judged
-    nameplate: PackNameplate | None = None
-    cell_voltages: CellReadings | None = None
-    cell_temps: CellReadings | None = None
     first_seen: float = 0.0
     last_seen: dict[PackData, float] = field(default_factory=dict)
 
@@ -256,6 +231,19 @@ class ProcessImage:
 
     def fresh(self, rep: PackReport, kind: PackData, now: float) -> bool:
         return now - rep.last_seen.get(kind, _NEVER) <= self.pack_timeouts.of(kind)
+
+    def expire(self, locations: Iterable[Location]) -> list[Location]:
+        """The packs at these locations can no longer be heard (their CAN bus is down):
+        every kind of their data is stale from now on, as if never heard, until they are
+        heard again; so the interlocks judge them at once as silent packs. Returns the
+        locations that had a report."""
+        expired = []
+        for loc in locations:
+            rep = self.packs.get(loc)
+            if rep is not None:
+                rep.last_seen.clear()
+                expired.append(loc)
+        return expired
 
     def scanned(self) -> None:
         """The core has judged the latched readings: start latching anew."""

@@ -41,7 +41,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -49,11 +49,12 @@ from typing import Any, Literal, TypeVar
 from pydantic import BaseModel
 
 from drivers.bms.canbus import UdpPortLease
-from sim_hw.config import CanConfig, ModbusConfig, OpcUaConfig, SimConfig
+from sim_hw.config import CanBusConfig, CanConfig, ModbusConfig, OpcUaConfig, SimConfig
 from sim_hw.station_sim import SimStation
 from station.config import (
     PLC_PROTOCOL_SECTIONS,
     ApiSection,
+    CanBus,
     CanSection,
     JournalSection,
     LogSection,
@@ -107,6 +108,12 @@ def _revalidate(model: M) -> M:
     return type(model).model_validate(model.model_dump())
 
 
+def bay_and_rack(slots: int = 13) -> dict[str, list[str]]:
+    """A two-bus layout for `Rig(can_buses=...)`: the bay on "bay", rack slots 1..slots on
+    "rack" (the simulator's default station has 13)."""
+    return {"bay": ["bay"], "rack": [f"slot:1-{slots}"]}
+
+
 def multicast_group() -> str:
     return f"239.{random.randint(1, 254)}.{random.randint(1, 254)}.{random.randint(1, 254)}"
 
@@ -147,10 +154,19 @@ def _toml_value(where: str, v: Any) -> str:
     raise TypeError(f"{where}: {v!r} cannot be written in TOML")
 
 
-def _toml_table(lines: list[str], path: list[str], table: dict[str, Any]) -> None:
-    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+def _is_table_array(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, dict) for x in v)
+
+
+def _toml_table(lines: list[str], path: list[str], table: dict[str, Any],
+                header: str | None = None) -> None:
+    scalars = {k: v for k, v in table.items()
+               if not isinstance(v, dict) and not _is_table_array(v)}
     tables = {k: v for k, v in table.items() if isinstance(v, dict)}
-    if path and (scalars or not tables):
+    arrays = {k: v for k, v in table.items() if _is_table_array(v)}  # [[can.buses]]
+    if header is not None:
+        lines.append(header)
+    elif path and (scalars or not (tables or arrays)):
         lines.append(f"[{'.'.join(_toml_key(p) for p in path)}]")
     for k, v in scalars.items():
         where = ".".join([*path, k])
@@ -159,6 +175,10 @@ def _toml_table(lines: list[str], path: list[str], table: dict[str, Any]) -> Non
         lines.append(f"{_toml_key(k)} = {_toml_value(where, v)}")
     for k, v in tables.items():
         _toml_table(lines, [*path, k], v)
+    for k, items in arrays.items():
+        name = ".".join(_toml_key(p) for p in [*path, k])
+        for item in items:
+            _toml_table(lines, [*path, k], item, header=f"[[{name}]]")
 
 
 # ---- artifacts ------------------------------------------------------------------------
@@ -332,6 +352,7 @@ class _Harness:
         poll_period_s: float | None,
         name: str,
         plc: PlcProtocol | None = None,
+        can_buses: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         if speed <= 0:
             raise ValueError("speed must be > 0")
@@ -349,6 +370,20 @@ class _Harness:
         # udp_multicast: a port of this run's own (the group does not keep runs apart)
         self._can_lease = UdpPortLease() if self.can_interface == "udp_multicast" else None
         self.can_port = self._can_lease.port if self._can_lease is not None else None
+        # Several buses (name -> locations): each on a channel (virtual) or a port
+        # (udp_multicast) of its own; the first takes the rig's channel and port.
+        self.can_buses = {k: list(v) for k, v in (can_buses or {}).items()}
+        self.bus_channels: dict[str, tuple[str, int | None]] = {}
+        self._bus_leases: list[UdpPortLease] = []
+        for i, bus in enumerate(self.can_buses):
+            if i == 0:
+                self.bus_channels[bus] = (self.channel, self.can_port)
+            elif self.can_interface == "udp_multicast":
+                lease = UdpPortLease()
+                self._bus_leases.append(lease)
+                self.bus_channels[bus] = (self.channel, lease.port)
+            else:
+                self.bus_channels[bus] = (f"{self.channel}-{bus}", None)
         self.sim_config = self.build_sim_config()
         poll = poll_period_s if poll_period_s is not None else \
             PLC_PROTOCOL_SECTIONS[self.plc]().update_period_s  # type: ignore[attr-defined]
@@ -370,10 +405,13 @@ class _Harness:
 
     # configuration
     def build_sim_config(self) -> SimConfig:
+        can = (CanConfig(buses=[
+            CanBusConfig(name=bus, interface=self.can_interface, channel=channel,
+                         udp_port=port, locations=self.can_buses[bus])
+            for bus, (channel, port) in self.bus_channels.items()]) if self.can_buses else
+            CanConfig(interface=self.can_interface, channel=self.channel, udp_port=self.can_port))
         base = SimConfig(speed=self.speed, vehicles=self.vehicles, modbus=ModbusConfig(port=0),
-                         plc_protocol=self.plc, opcua=OpcUaConfig(port=0),
-                         can=CanConfig(interface=self.can_interface, channel=self.channel,
-                                       udp_port=self.can_port))
+                         plc_protocol=self.plc, opcua=OpcUaConfig(port=0), can=can)
         o = self._sim_overrides
         cfg = o(base) if callable(o) else merge_model(base, o) if o else base
         cfg = _revalidate(cfg)
@@ -406,8 +444,12 @@ class _Harness:
             plc = PlcSection(modbus=modbus)
         cfg = StationConfig(
             plc=plc,
-            can=CanSection(interface=self.can_interface, channel=self.channel,
-                           udp_port=self.can_port),
+            can=CanSection(buses=[
+                CanBus(name=bus, interface=self.can_interface, channel=channel, udp_port=port,
+                       locations=self.can_buses[bus])
+                for bus, (channel, port) in self.bus_channels.items()]) if self.can_buses else
+            CanSection(interface=self.can_interface, channel=self.channel,
+                       udp_port=self.can_port),
             sequence=SequenceSection(speed_factor=self.speed),
             journal=JournalSection(path=self.journal_path),
             **self._base_sections(),
@@ -487,6 +529,8 @@ class _Harness:
     def _cleanup(self) -> None:
         if self._can_lease is not None:
             self._can_lease.close()
+        for lease in self._bus_leases:
+            lease.close()
         if self._tmp is not None:
             self._tmp.cleanup()
             self._tmp = None
@@ -578,6 +622,9 @@ class Rig(_Harness):
     journal     the journal's path (default: workdir/journal.sqlite)
     observer    called with every event of the daemon, after `events` has it
     can         "virtual" (default) or "udp_multicast"
+    can_buses   several CAN buses, name -> locations (e.g. `bay_and_rack()`), each on a
+                channel (virtual) or port (udp_multicast) of its own, the same layout for
+                the simulator and swapd; None: one bus serving every location
     poll_period_s  swapd's Modbus poll period, or OPC UA publishing interval; None: swapd's
                 default
     plc         "modbus" or "opcua" (SignAndEncrypt, certificates made in workdir/pki);
@@ -601,11 +648,12 @@ class Rig(_Harness):
         capture_log: bool | None = None,
         name: str = "rig",
         plc: PlcProtocol | None = None,
+        can_buses: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         self.can_interface = can
         super().__init__(speed=speed, vehicles=vehicles, sim=sim, config=config,
                          workdir=workdir, journal=journal, poll_period_s=poll_period_s,
-                         name=name, plc=plc)
+                         name=name, plc=plc, can_buses=can_buses)
         self.observer = observer
         self.capture_log = capture_log
         self.events: list[Any] = []
@@ -822,10 +870,11 @@ class ProcessRig(_Harness):
         log_level: Literal["debug", "info", "warning", "error"] = "info",
         name: str = "rig",
         plc: PlcProtocol | None = None,
+        can_buses: Mapping[str, Sequence[str]] | None = None,
     ) -> None:
         super().__init__(speed=speed, vehicles=vehicles, sim=sim, config=config,
                          workdir=workdir, journal=journal, poll_period_s=poll_period_s,
-                         name=name, plc=plc)
+                         name=name, plc=plc, can_buses=can_buses)
         self.start_daemon = start_daemon
         self.log_level = log_level
         self.daemon_log = self.workdir / LOG_FILE
@@ -907,6 +956,7 @@ __all__ = [
     "Rig",
     "artifact_dir_name",
     "artifacts_root",
+    "bay_and_rack",
     "begin_artifacts",
     "config_toml",
     "copy_journal",

@@ -159,6 +159,21 @@ def _value(v: Any) -> str:
     return str(v)
 
 
+def format_can(bus: dict[str, Any]) -> str:
+    """One CAN bus's counters in a line: state, frames in (decoded, rejected), out, errors."""
+    def total(v: Any) -> int:
+        return sum(v.values()) if isinstance(v, dict) else int(v or 0)
+
+    rejected = bus.get("rejected") or {}
+    kinds = ", ".join(f"{k} {n}" for k, n in rejected.items())
+    errors = total(bus.get("error_frames")) + total(bus.get("bus_errors")) \
+        + total(bus.get("send_errors"))
+    return (f"{bus.get('state')}; received {bus.get('received')}, decoded "
+            f"{bus.get('decoded')}, rejected {total(rejected)}" + (f" ({kinds})" if kinds
+                                                                   else "")
+            + f", sent {bus.get('sent')}, errors {errors}")
+
+
 def format_status(st: dict[str, Any]) -> str:
     """The status object, one field a line, for people."""
     rows: list[tuple[str, str]] = []
@@ -167,8 +182,11 @@ def format_status(st: dict[str, Any]) -> str:
             rows.append((label, f"{st.get('packml_state')} ({st.get('packml_state_number')})"))
         elif key in st:
             rows.append((label, _value(st[key])))
-    known = {k for k, _ in _LABELS} | {"packml_state_number"}
+    known = {k for k, _ in _LABELS} | {"packml_state_number", "can"}
     rows += [(k, _value(v)) for k, v in st.items() if k not in known]
+    if isinstance(st.get("can"), dict):  # one line per CAN bus
+        rows += [(f"can {name}", format_can(bus)) for name, bus in st["can"].items()
+                 if isinstance(bus, dict)]
     width = max(len(label) for label, _ in rows)
     return "\n".join(f"{label + ':':<{width + 1}} {text}" for label, text in rows)
 

@@ -6,13 +6,10 @@ udp_multicast) is watched by the loop itself (add_reader, no thread hop); one wi
 (virtual) is read by a thread that hands each frame to the loop with call_soon_threadsafe.
 Each frame is stamped with the injected clock when it is taken off the bus.
 
-J1939-21 transport frames (TP.CM, TP.DT) never reach on_message: per bus, a BamReceiver
-reassembles BAMs (to the global address) and a ConnectionReceiver answers connection mode
-(RTS/CTS to the station: CTS, hold, EndOfMsgAck, abort, sent with `_send_raw`; its timers
-run on a loop timer, `_tp_arm`). The message a complete transfer carries is decoded and
-delivered like a frame, stamped with the time of its last packet. What the receivers drop
-is counted (`stats["tp_<reason>"]`, j1939_tp.DROP_REASONS and CM_DROP_REASONS; aborts
-by J1939-21 reason, sent and received) and logged, rate-limited.
+J1939-21 transport frames (TP.CM, TP.DT) never reach on_message: a BamReceiver per bus
+reassembles them, and the message a complete BAM carries is decoded and delivered like a
+frame, stamped with the time of its last packet. What the receiver drops is counted
+(`stats["tp_<reason>"]`, j1939_tp.DROP_REASONS) and logged, rate-limited.
 
 J1939 Requests and Acknowledgements are the bus's own business too: the station sends
 nothing on request, so a Request addressed to it is answered with a NACK (J1939-21; at
@@ -63,6 +60,47 @@ NACK_REPEAT_S = 0.5  # at most one NACK per (requester, PGN) this often: a flood
 #                      Requests must not double itself on the bus
 MAX_NODE_ADDRESS = 0xFD  # J1939: 0xFE is the null address, 0xFF the global one
 
+# SocketCAN error frames (linux/can/error.h): the class is a bit of the identifier, the
+# controller's status (class CRTL) is in data[1]. python-can clears CAN_ERR_FLAG and sets
+# Message.is_error_frame; the bits below are what is left of the identifier.
+ERROR_CLASSES = {
+    0x001: "tx_timeout", 0x002: "lostarb", 0x004: "crtl", 0x008: "prot", 0x010: "trx",
+    0x020: "ack", 0x040: "busoff", 0x080: "buserror", 0x100: "restarted", 0x200: "cnt",
+}
+CAN_ERR_CRTL = 0x004
+CAN_ERR_BUSOFF = 0x040
+CAN_ERR_RESTARTED = 0x100
+CRTL_RX_WARNING, CRTL_TX_WARNING = 0x04, 0x08
+CRTL_RX_PASSIVE, CRTL_TX_PASSIVE = 0x10, 0x20
+CRTL_ACTIVE = 0x40  # back to error active
+BUS_STATES = ("closed", "active", "warning", "passive", "bus_off")
+BUS_DOWN = frozenset({"closed", "bus_off"})  # no frame of its packs can arrive
+REJECT_KINDS = ("unknown_id", "bad_length", "bad_data", "not_extended", "remote", "wrong_bus",
+                "malformed_datagrams")
+
+
+def classify_error_frame(can_id: int, data: bytes) -> tuple[list[str], str | None]:
+    """An error frame's classes (ERROR_CLASSES names, in bit order) and the bus state it
+    reports: "bus_off", "passive", "warning", "active" (back to error active, or restarted
+    after bus-off), or None when it says nothing about the state (a protocol error, a
+    missing ACK, ...)."""
+    classes = [name for bit, name in ERROR_CLASSES.items() if can_id & bit]
+    if can_id & CAN_ERR_BUSOFF:
+        return classes, "bus_off"
+    state: str | None = None
+    if can_id & CAN_ERR_CRTL:
+        ctrl = data[1] if len(data) > 1 else 0
+        if ctrl & (CRTL_RX_PASSIVE | CRTL_TX_PASSIVE):
+            state = "passive"
+        elif ctrl & (CRTL_RX_WARNING | CRTL_TX_WARNING):
+            state = "warning"
+        elif ctrl & CRTL_ACTIVE:
+            state = "active"
+    if state is None and can_id & CAN_ERR_RESTARTED:
+        state = "active"
+    return classes, state
+
+
 STAT_KEYS = (
     "received",
     "decoded",
@@ -82,11 +120,15 @@ STAT_KEYS = (
     "nacks_sent",  # NACKs answering a Request addressed to the station
     "nacks_received",  # negative Acknowledgements of the station's own Requests
     "acks_other",  # Acknowledgements for another requester, or positive ones
+    "wrong_bus",  # a frame from a pack location another bus serves
+    "opens",  # times the bus was opened (a reopen after bus-off or an error counts)
+    "error_warning",  # times the controller reported error warning (error counter >= 96)
+    "error_passive",  # times it went error passive (>= 128)
+    "bus_off",  # times it went bus-off (the bus is then closed and reopened)
+    *(f"err_{name}" for name in ERROR_CLASSES.values()),  # error frames by class bit
     "tp_frames",  # TP.CM and TP.DT frames taken by the BAM receiver
     "tp_completed",  # messages reassembled from a BAM
     *(f"tp_{reason}" for reason in j1939_tp.DROP_REASONS),
-    *(f"tp_{reason}" for reason in j1939_tp.CM_DROP_REASONS),  # connection mode
-    *j1939_tp.CM_COUNTERS,  # connection mode: completed, CTS, holds, EndOfMsgAck sent
 )
 
 
@@ -218,7 +260,11 @@ class PackBus:
         backoff_min: float = 0.1,
         backoff_max: float = 5.0,
         logger: Any = None,
+        name: str = "pack",
+        accept_sources: frozenset[int] | None = None,
+        known_sources: frozenset[int] | None = None,
     ) -> None:
+        self.name = name
         self.interface = interface
         self.channel = channel
         self.protocol = protocol
@@ -228,7 +274,16 @@ class PackBus:
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self._clock = clock
-        self._log = (logger or log).bind(can=f"{interface}:{channel}")
+        self._log = (logger or log).bind(can=f"{interface}:{channel}", bus=name)
+        # Source addresses of pack locations other buses serve: their frames here are
+        # rejected as wrong_bus (a miswired pack, or a node pretending to be one). None:
+        # this bus serves every location.
+        self.accept_sources = accept_sources
+        self._foreign: frozenset[int] | None = (
+            None if accept_sources is None else (known_sources or frozenset()) - accept_sources)
+        self.state = "closed"
+        # on_state(state, detail): the bus's state changed (BUS_STATES)
+        self.on_state: Callable[[str, str], None] | None = None
         self._limited = RateLimitedWarnings(self._log, LOG_INTERVAL)
         self.on_message: Callable[[Decoded, float], None] | None = None
         self.on_reject: Callable[[str, int, bytes], None] | None = None
@@ -242,11 +297,6 @@ class PackBus:
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.tp = j1939_tp.BamReceiver(t1_s=_t1(protocol), sizes=protocol.long_messages(),
                                        on_drop=self._tp_drop)
-        self.tp_cm = j1939_tp.ConnectionReceiver(own_address, t1_s=_t1(protocol),
-                                                 sizes=protocol.long_messages(),
-                                                 on_drop=self._tp_drop)
-        self._tp_timer: asyncio.TimerHandle | None = None
-        self._tp_timer_at = float("inf")
         self._bus: can.BusABC | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: asyncio.Future[None] | None = None
@@ -257,6 +307,38 @@ class PackBus:
         self._stopped = asyncio.Event()
         self._exited = asyncio.Event()
         self._reader_error: Exception | None = None
+        self._went_bad = float("-inf")  # clock() of the last bus-off
+        self._told_down = False  # on_state has been told the bus is down
+
+    def counters(self) -> dict[str, Any]:
+        """The operator's summary: state, frames received, decoded, rejected (by kind),
+        ignored, sent, errors (error frames by class, bus errors, send errors)."""
+        st = self.stats
+        rejected = {k: st[k] for k in REJECT_KINDS if st.get(k)}
+        rejected.update({k: v for k, v in st.items() if k.startswith("tp_") and v
+                         and k not in ("tp_frames", "tp_completed")})
+        return {
+            "state": self.state, "interface": self.interface, "channel": self.channel,
+            "received": st["received"], "decoded": st["decoded"], "rejected": rejected,
+            "ignored": st["own"] + st["other_destination"], "sent": st["sent"],
+            "send_errors": st["send_errors"], "bus_errors": st["bus_errors"],
+            "opens": st["opens"], "error_frames": st["error_frames"],
+            "errors": {k.removeprefix("err_"): v for k, v in st.items()
+                       if k.startswith("err_") and v},
+            "error_passive": st["error_passive"], "bus_off": st["bus_off"],
+        }
+
+    def _set_state(self, state: str, detail: str, *, force: bool = False) -> None:
+        if state == self.state and not force:
+            return
+        old, self.state = self.state, state
+        self._told_down = state in BUS_DOWN
+        if state == "active":
+            self._log.info("can.state", state=state, was=old, detail=detail)
+        else:
+            self._limited.warning(f"can.state_{state}", state=state, was=old, detail=detail)
+        if self.on_state is not None:
+            self.on_state(state, detail)
 
     @property
     def is_open(self) -> bool:
@@ -277,21 +359,33 @@ class PackBus:
                 except (can.CanError, OSError, ValueError) as exc:
                     self.stats["bus_errors"] += 1
                     self._limited.warning("can.open_failed", error=str(exc))
+                    if self.state != "bus_off":  # told once, the first time it fails
+                        self._set_state("closed", f"open failed: {exc}",
+                                        force=not self._told_down)
                 else:
                     reader = "loop" if self._fd is not None else "thread"
                     self._log.info("can.opened", reader=reader)
-                    backoff = self.backoff_min
+                    self.stats["opens"] += 1
+                    opened_at = self._clock()
+                    # a bus that goes bus-off again at once keeps backing off; one that ran
+                    # for a while starts again from the shortest wait
+                    if self.state != "bus_off" or opened_at - self._went_bad > self.backoff_max:
+                        backoff = self.backoff_min
+                    self._set_state("active", "opened")
                     assert self._failed is not None
                     await self._failed  # done on a bus error or close(); raises a callback's error
                     self._stop_reader()
                     if self._closing:
-                        break
+                        break  # closed by its owner: no state change to report
+                    if self.state != "bus_off":
+                        self._set_state("closed", f"bus error: {self._reader_error}")
                     self._limited.warning("can.bus_error", error=str(self._reader_error))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), backoff)
                 backoff = min(backoff * 2, self.backoff_max)
         finally:
             self._stop_reader()
+            self.state = "closed"  # quietly: the owner is stopping it
             self._exited.set()
 
     def send(self, name: str, values: dict[str, Any], da: int | None = None) -> None:
@@ -428,8 +522,7 @@ class PackBus:
         st["received"] += 1
         can_id = msg.arbitration_id
         if msg.is_error_frame:
-            st["error_frames"] += 1
-            self._limited.warning("can.error_frame", id=f"{can_id:#x}")
+            self._error_frame(can_id, bytes(msg.data))
             return
         if not msg.is_extended_id:
             self._reject("not_extended", msg, "11-bit identifier")
@@ -439,6 +532,10 @@ class PackBus:
             return
         if can_id & 0xFF == self.own_address:
             st["own"] += 1  # our own frames echoed back (udp_multicast, loopback)
+            return
+        if self._foreign is not None and can_id & 0xFF in self._foreign:
+            self._reject("wrong_bus", msg, f"source {can_id & 0xFF:#04x} is served by "
+                         f"another bus, not {self.name}")
             return
         data = bytes(msg.data)
         if self.tp.open_transfers:
@@ -464,6 +561,32 @@ class PackBus:
             return
         if self.on_message is not None:
             self.on_message(decoded, t)
+
+    def _error_frame(self, can_id: int, data: bytes) -> None:
+        """An error frame from the CAN controller: counted by class, logged (rate-limited),
+        and the bus state it reports taken; bus-off closes the bus, which run() reopens."""
+        st = self.stats
+        st["error_frames"] += 1
+        classes, state = classify_error_frame(can_id, data)
+        for name in classes:
+            st[f"err_{name}"] += 1
+        self._limited.warning("can.error_frame", id=f"{can_id:#x}", classes=classes,
+                              data=data.hex(), error_frames=st["error_frames"])
+        if state is None or state == self.state or self.state in BUS_DOWN:
+            return
+        detail = "+".join(classes) + (f" ctrl={data[1]:#04x}" if len(data) > 1 and data[1]
+                                      else "")
+        if state == "bus_off":
+            st["bus_off"] += 1
+            self._went_bad = self._clock()
+            self._set_state("bus_off", detail)
+            self._reader_failed(can.CanOperationError(f"bus-off ({detail})"))
+            return
+        if state == "passive":
+            st["error_passive"] += 1
+        elif state == "warning":
+            st["error_warning"] += 1
+        self._set_state(state, detail)
 
     def _requested(self, req: Decoded) -> None:
         """A J1939 Request to the station (or to every node). The station sends nothing on
@@ -506,23 +629,15 @@ class PackBus:
             st["other_destination"] += 1  # a connection between two other nodes
             return
         st["tp_frames"] += 1
-        if da == self.own_address and (pgn == j1939_tp.TP_DT_PGN or data[:1] != _BAM):
-            # connection mode to the station (a BAM sent to one node is the BAM
-            # receiver's to refuse: not_bam)
-            transfer, frames = self.tp_cm.feed(pgn, sa, data, t)
-            self._tp_out(frames)
-            how = "rts_cts"
-        else:
-            transfer, how = self.tp.feed(pgn, sa, da, data, t), "bam"
+        transfer = self.tp.feed(pgn, sa, da, data, t)
         if transfer is None:
             return
         st["tp_completed"] += 1
         try:
-            decoded = self.protocol.decode_transfer(
-                transfer.pgn, sa, transfer.payload, self.own_address if how == "rts_cts" else None)
+            decoded = self.protocol.decode_transfer(transfer.pgn, sa, transfer.payload)
         except FrameError as exc:
             self.stats[exc.kind] = self.stats.get(exc.kind, 0) + 1
-            self._limited.warning(f"can.{exc.kind}", id=f"{can_id:#x}", transport=how,
+            self._limited.warning(f"can.{exc.kind}", id=f"{can_id:#x}", transport="bam",
                                   size=len(transfer.payload), why=str(exc))
             if self.on_reject is not None:
                 self.on_reject(exc.kind, can_id, transfer.payload)
@@ -530,49 +645,6 @@ class PackBus:
         st["decoded"] += 1
         if self.on_message is not None:
             self.on_message(decoded, t)
-
-    def _tp_out(self, frames: list[j1939_tp.Frame]) -> None:
-        """Send what the connection-mode receiver answers, then re-arm its timer."""
-        if frames and self._bus is not None:
-            for can_id, data in frames:
-                self._send_raw(can_id, data, "TP.CM")
-        cm = self.tp_cm.stats
-        for key in j1939_tp.CM_COUNTERS:
-            self.stats[key] = cm[key]
-        self._tp_arm()
-
-    def _tp_arm(self) -> None:
-        """A loop timer for the connection-mode timers (T1, T2, Th): they run whether or
-        not another frame comes."""
-        deadline = self.tp_cm.next_deadline()
-        loop = self._loop
-        if deadline is None or loop is None or deadline >= self._tp_timer_at:
-            return
-        if self._tp_timer is not None:
-            self._tp_timer.cancel()
-        self._tp_timer_at = deadline
-        self._tp_timer = loop.call_later(max(0.0, deadline - self._clock()), self._tp_tick)
-
-    def _tp_tick(self) -> None:
-        self._tp_timer, self._tp_timer_at = None, float("inf")
-        self._tp_out(self.tp_cm.poll(self._clock()))
-
-    def _send_raw(self, can_id: int, data: bytes, what: str) -> bool:
-        """One frame as it is (a transport answer); counted like send(), never raises."""
-        bus = self._bus
-        if bus is None:
-            self.stats["send_errors"] += 1
-            self._limited.warning("can.send_error", message=what, error="bus not open")
-            return False
-        try:
-            bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True),
-                     timeout=0)
-        except can.CanError as exc:
-            self.stats["send_errors"] += 1
-            self._limited.warning("can.send_error", message=what, error=str(exc))
-            return False
-        self.stats["sent"] += 1
-        return True
 
     def _tp_drop(self, drop: j1939_tp.Drop) -> None:
         key = f"tp_{drop.reason}"
@@ -587,9 +659,6 @@ class PackBus:
         self._limited.warning(f"can.{kind}", id=f"{msg.arbitration_id:#x}", dlc=len(data), why=why)
         if self.on_reject is not None:
             self.on_reject(kind, msg.arbitration_id, data)
-
-
-_BAM = bytes([j1939_tp.CM_BAM])
 
 
 def _pgn_or_none(protocol: PackProtocol, name: str) -> int | None:

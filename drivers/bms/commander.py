@@ -19,7 +19,7 @@ DBC's period, well inside the DBC's timeout.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import structlog
 
@@ -35,7 +35,9 @@ COUNTER_SIGNAL = ("PackControl", "ControlCounter")
 
 
 class PackCommander:
-    """Sends the core's pack commands and data requests on the pack bus."""
+    """Sends the core's pack commands and data requests on the pack bus, or on several:
+    `routes` maps a pack's address to the bus that serves its location (an address no bus
+    serves, and a Request to every pack, go out on every bus)."""
 
     def __init__(
         self,
@@ -44,8 +46,13 @@ class PackCommander:
         *,
         clock: Callable[[], float] = time.monotonic,
         request_repeat_s: float = REQUEST_REPEAT_S,
+        routes: Mapping[int, PackBus] | None = None,
     ) -> None:
         self.bus = bus
+        self.routes = dict(routes or {})
+        # every bus once, in a stable order (the default bus first)
+        self.buses: list[PackBus] = list({id(b): b for b in (bus, *self.routes.values())}
+                                         .values())
         self.adapter = adapter
         self.request_repeat_s = request_repeat_s
         self._clock = clock
@@ -55,19 +62,29 @@ class PackCommander:
         self._counters: dict[int, int] = {}  # destination -> ControlCounter of its next frame
         self._requested: dict[tuple[int, int], float] = {}  # (destination, PGN) -> last sent
         self.refusals: dict[tuple[int, int], int] = {}  # (address, PGN) -> NACKs heard
-        bus.on_nack = self._refused
+        for b in self.buses:
+            b.on_nack = self._refused
+
+    def buses_for(self, da: int) -> list[PackBus]:
+        """The bus(es) a frame to `da` goes out on."""
+        if not self.routes:
+            return [self.bus]
+        routed = self.routes.get(da)
+        return [routed] if routed is not None else self.buses
 
     def send(self, cmd: PackCommand) -> None:
         """PackControl to the pack at cmd.location. Bus errors are counted by the bus, not
         raised; a limit out of the DBC's range is the caller's bug and raises."""
         da = self.adapter.address_of(cmd.location)
         counter = self._counters.get(da, 0)
-        self.bus.send("PackControl", {
+        values = {
             "ControlCommand": self.adapter.command_codes[cmd.command],
             "ChargeCurrentLimit": cmd.current_limit_a,
             "ChargeVoltageLimit": cmd.voltage_limit_v,
             "ControlCounter": counter,
-        }, da=da)
+        }
+        for bus in self.buses_for(da):
+            bus.send("PackControl", values, da=da)
         self._counters[da] = 0 if counter >= self.counter_max else counter + 1
 
     def request(self, req: PackRequest, now: float | None = None) -> int:
@@ -83,7 +100,8 @@ class PackCommander:
             if last is not None and t - last < self.request_repeat_s:
                 continue
             self._requested[da, pgn] = t
-            self.bus.send("Request", {"RequestedPgn": pgn}, da=da)
+            for bus in self.buses_for(da):
+                bus.send("Request", {"RequestedPgn": pgn}, da=da)
             sent += 1
         return sent
 

@@ -22,7 +22,8 @@ STABLE_NAMES = (
     "estop", "safety_plc_fault", "light_curtain", "door_open", "smoke", "vehicle_moved",
     "lift_overtravel", "shuttle_misplaced", "bolt_torque_fail", "bolt_not_reported",
     "pack_present_ghost", "pack_missing_sensor", "pack_over_temp", "pack_temp_rise",
-    "pack_fault", "pack_insulation_low", "plc_silent", "can_silent", "network_down",
+    "pack_fault", "pack_insulation_low", "plc_silent", "can_silent", "can_wrong_bus",
+    "can_error_passive", "can_bus_off", "can_babble", "network_down",
     "safety_report_delay", "setpoint_mismatch",
 )
 
