@@ -546,7 +546,8 @@ SA: source address.
 - **A message's length is the Length in its table under Messages** (the DBC's length),
   and a frame carries exactly that many data bytes (its DLC): nothing padded, nothing cut.
   A message longer than a frame ({long_list}) never travels as one frame: it
-  {long_travel} in a J1939-21 BAM (`TP_CM` then `TP_DT` frames, see Long messages).
+  {long_travel} in a J1939-21 transport (`TP_CM` and `TP_DT` frames: a BAM to every node,
+  or RTS/CTS to one; see Long messages).
 - **A frame of another length than its message's** is dropped: the station counts it
   (`bad_length`, see Rejected frames) and neither decodes, answers nor NACKs it; a pack
   ignores it the same way (a `Request` of 8 bytes is no Request).
@@ -558,6 +559,9 @@ SA: source address.
 | 0x{station:02X} | the station controller (GB/T 27930 charger address) |
 | 0x{vehicle:02X} | the pack in the vehicle's battery bay (GB/T 27930 BMS address), and its VIN |
 | 0x{rack:02X} + n - 1 | the pack in rack slot n (slot 1 at 0x{rack:02X}, slot 2 at 0x{rack1:02X}) |
+
+Addresses are fixed by location: J1939-81 address claim is out of scope (no node claims,
+defends or changes an address; a NAME is never sent or asked for).
 """
 
 CAN_PROSE_TAIL = """\
@@ -744,7 +748,18 @@ Nothing on this bus is authenticated, so no frame is believed on its own
 ## Long messages
 
 A message longer than 8 bytes ({long_list}) travels with J1939-21 transport, as a
-**BAM** (broadcast announce message); connection mode (RTS/CTS) is not used on this bus.
+**BAM** (broadcast announce message, to every node) or in **connection mode** (RTS/CTS,
+to one node). Which one:
+
+| message | how |
+|---|---|
+{long_how}
+
+The rule for anything sent on request (J1939-21): a Request addressed to the node is
+answered by RTS/CTS to the requester; a Request to every node (0xFF) by a BAM.
+
+### BAM
+
 The sender sends, all with priority {tp_priority} and to the global address 0xFF:
 
 1. one `TP_CM` (PGN 0x{tp_cm:04X}): control byte {cm_bam} (BAM), the message's size in bytes
@@ -773,6 +788,78 @@ any frame. The station drops and counts, by reason (`tp_<reason>` in the bus sta
 
 A dropped transfer is never delivered in part; the sender's next BAM is taken afresh. A
 message that needs transport sent as one frame is `bad_length`.
+
+### Connection mode (RTS/CTS)
+
+Every frame of a connection is sent to the other node (PDU1: its address in PS), with
+priority {tp_priority}; the station answers only frames addressed to 0x{station:02X}
+(a connection between two other nodes is not its business: `other_destination`).
+
+| frame | from | byte 1 | bytes 2-5 | bytes 6-8 |
+|---|---|---|---|---|
+| `TP_CM` RTS | originator | {cm_rts} | size (2 bytes), packets, most per CTS (0xFF: any) | PGN |
+| `TP_CM` CTS | responder | {cm_cts} | packets now (0: hold), next packet (0xFF), 0xFF, 0xFF | PGN |
+| `TP_DT` | originator | packet n | the next 7 bytes (the last packet's unused: 0xFF) | |
+| `TP_CM` EndOfMsgAck | responder | {cm_eoma} | size (2 bytes), packets, 0xFF | PGN |
+| `TP_CM` Connection Abort | either | {cm_abort} | the reason (below), 0xFF, 0xFF, 0xFF | PGN |
+
+The originator (a pack, the car) sends the RTS; the responder (the station) answers a CTS
+for at most **{window} packets** (fewer when the RTS says so), takes them, asks for the
+next ones with another CTS, and ends with an EndOfMsgAck, after which the message is
+decoded like any frame. J1939-21's timers, each ended by an abort with reason 3:
+
+- **T1 = {t1} ms**: the responder's longest wait for the next packet of a CTS;
+- **T2 = {t2} ms**: the responder's longest wait for the first packet after its CTS;
+- **T3 = {t3} ms**: the originator's longest wait for a CTS after its RTS or after the last
+  packet a CTS asked for, and for the EndOfMsgAck after the last packet;
+- **T4 = {t4} ms**: the originator's longest wait for a CTS after a hold;
+- **Th = {th} ms**: a responder that holds repeats its hold at least this often.
+
+The station keeps at most **{max_conn} connections** open at once (one per originator: J1939-21
+allows one between two nodes at a time) and transfers at most **{max_active}** at once; an
+RTS beyond the {max_active} is held (CTS of 0 packets, repeated every Th) and resumed as the
+others end. Packets missing in a CTS's window when its last packet arrives are asked for
+again (a CTS from the first missing one), at most **{max_retx} times** per connection. An
+RTS from a node with a connection open for the same PGN starts it over (`tp_cm_restarted`);
+for another PGN it is refused (abort 1). Aborts, by J1939-21 reason (sent: what the station
+refused, `tp_abort_sent_<name>`; received: `tp_abort_received_<name>`, a code not listed
+counted as `other`):
+
+{abort_rows}
+
+Also counted: `tp_retransmit_request` (packets asked for again), `tp_cm_no_session` (a
+`TP_DT` to the station with no connection open), `tp_cm_unexpected` (a CTS or EndOfMsgAck
+to the station, which never originates), `tp_cm_bad_frame`; and `cm_completed`,
+`cm_cts_sent`, `cm_holds_sent`, `cm_eoma_sent`. An aborted connection is never delivered in
+part: what the station last heard of that pack stays as it was.
+
+The station's J1939-21 is its own (`drivers/bms/j1939_tp.py`, pure: no I/O, the time passed
+in), not a library: can-j1939 (PyPI, last released 2022) runs its own threads on the wall
+clock and owns the python-can bus, which fits neither the station's asyncio bus reader
+nor its injected monotonic clock, and it sends only the first abort reasons and no
+retransmission requests. The simulator's packs use the same module's originator side.
+
+### The long messages on request
+
+`PackIdentityText` (the nameplate: manufacturer, model and serial as ASCII text, padded
+with spaces), `PackCellVoltages` (the cell count, then 120 cell voltages of 2 bytes) and
+`PackCellTemperatures` (the sensor count, then 120 temperatures of 1 byte) are arrays that
+the DBC format has no word for: each array is one signal whose DBC attributes give its
+layout (`ArrayLength` elements of equal width, `ArrayScale`, `ArrayOffset`; an element of all
+ones = not available), and text signals have `TextEncoding` and `TextPad`. A pack sends
+them only when asked. The station asks each identified pack for the nameplate once and
+for its cells every {cells_period:g} s ({retry:g} s again while unanswered), and keeps
+them with the pack's report. It bounds every value (cells {v_lo:g}..{v_hi:g} V,
+{t_lo:g}..{t_hi:g} degC, the count 1..120, elements beyond the count not available; text
+printable ASCII): a message with one out of bounds is dropped whole (`cells_invalid`,
+`text_invalid` in the adapter's counters). It checks the arrays against the pack's own
+summary frames: the cell count against `PackLimits`' `CellCount`, the extremes against
+`PackCells` (within {v_tol:g} V) and the hottest sensor against `PackStatus`' `MaxCellTemp`
+(within {t_tol:g} degC); a mismatch is counted (`cells_count_mismatch`,
+`cells_voltage_mismatch`, `cells_temp_mismatch`) and logged. These messages are shown to
+the operator (`swapctl status`: per pack, the nameplate, the number of cells, the lowest
+and highest cell voltage and temperature); no interlock and no decision reads them: the
+interlocks use the frames above, sent every 100 ms.
 """
 
 
@@ -1268,6 +1355,58 @@ def _transport_fmt(protocol: PackProtocol, by_name: dict[str, Message]) -> dict[
     }
 
 
+# How each long message travels (the rule: by address RTS/CTS, to all a BAM)
+LONG_HOW: dict[str, str] = {
+    "VehicleIdentification": "BAM, by the car on arrival and at its period; RTS/CTS to a "
+    "node that asks 0x{vehicle:02X} by address",
+    "PackIdentityText": "on request only: RTS/CTS to a requester that asked the pack by "
+    "address (the station does), a BAM to a Request to 0xFF",
+    "PackCellVoltages": "on request only, like `PackIdentityText`",
+    "PackCellTemperatures": "on request only, like `PackIdentityText`",
+}
+
+
+def _cm_fmt(protocol: PackProtocol) -> dict[str, Any]:
+    """Figures of the connection-mode prose, from j1939_tp and the adapter."""
+    from drivers.bms import adapter, details
+
+    long = [m.name for m in protocol.db.messages if m.length > 8]
+    return {
+        "cm_rts": j1939_tp.CM_RTS, "cm_cts": j1939_tp.CM_CTS, "cm_eoma": j1939_tp.CM_EOMA,
+        "cm_abort": j1939_tp.CM_ABORT, "window": j1939_tp.CTS_WINDOW,
+        "t2": round(j1939_tp.T2_S * 1000), "t3": round(j1939_tp.T3_S * 1000),
+        "t4": round(j1939_tp.T4_S * 1000), "th": round(j1939_tp.TH_S * 1000),
+        "max_conn": j1939_tp.MAX_CONNECTIONS, "max_active": j1939_tp.MAX_ACTIVE,
+        "max_retx": j1939_tp.MAX_RETRANSMITS,
+        "abort_rows": "| code | name | meaning |\n|---|---|---|\n" + "\n".join(
+            f"| {code} | `{name}` | {ABORT_MEANINGS[name]} |"
+            for code, name in j1939_tp.ABORT_REASONS.items()),
+        "long_how": "\n".join(f"| `{n}` | {LONG_HOW.get(n, 'BAM')} |" for n in long),
+        "cells_period": details.CELLS_PERIOD_S, "retry": details.RETRY_S,
+        "v_lo": adapter.CELL_V_BOUNDS[0], "v_hi": adapter.CELL_V_BOUNDS[1],
+        "t_lo": adapter.CELL_T_BOUNDS[0], "t_hi": adapter.CELL_T_BOUNDS[1],
+        "v_tol": adapter.VOLTAGE_TOLERANCE_V, "t_tol": adapter.TEMP_TOLERANCE_C,
+    }
+
+
+ABORT_MEANINGS: dict[str, str] = {
+    "busy": "already in a connection with that node (another PGN), or the station's "
+    "connections are all taken",
+    "resources": "resources needed for another task",
+    "timeout": "T1, T2, T3 or T4 passed",
+    "cts_while_sending": "a CTS came while the packets of the last one were still being "
+    "sent (the originator aborts)",
+    "max_retransmit": "packets asked for again more often than allowed",
+    "unexpected_dt": "a `TP_DT` that no CTS asked for (during a hold)",
+    "bad_sequence": "a `TP_DT` numbered outside the CTS's window (or a CTS asking for packets "
+    "the message does not have)",
+    "duplicate_sequence": "a `TP_DT` received twice",
+    "too_large": "a size above 1785 bytes",
+    "other": "the station does not take that PGN or size (the DBC's length), or any other "
+    "reason",
+}
+
+
 def _request_fmt(protocol: PackProtocol, by_name: dict[str, Message]) -> dict[str, Any]:
     """Figures of the Request, NACK and PackControl prose, from the DBC and the bus."""
     counter = by_name["PackControl"].get_signal_by_name("ControlCounter")
@@ -1304,7 +1443,7 @@ def render_can_protocol(protocol: PackProtocol | None = None) -> str:
            **_request_fmt(protocol, by_name),
            "t_control": _attr(by_name["PackControl"], "RxTimeoutMs"),
            "p_control": by_name["PackControl"].cycle_time,
-           **_transport_fmt(protocol, by_name)}
+           **_transport_fmt(protocol, by_name), **_cm_fmt(protocol)}
     out = ["# Pack CAN protocol\n",
            GENERATED_NOTE.format(source="drivers/bms/dbc/swap_pack.dbc"),
            "What the station controller and every pack BMS say to each other on the pack "

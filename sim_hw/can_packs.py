@@ -23,6 +23,11 @@ simulation speed, like the car's own time. The BAM's packets are 50 ms apart
 VIN_GAP_FLOOR_S of real time. `vin_send` off (the `vehicle_vin` control op, or
 `[sim] vin_broadcast = false`) makes the cars send none; `vin_source` sends it from
 another address (a bench's misbehaving node).
+
+Messages longer than a frame that a node sends on request (the pack's nameplate text, its
+cell voltages and temperatures; the car's VIN when asked at the bay's address) go through
+`transport` (sim_hw/pack_transport.py): RTS/CTS to a requester that asked by address, a
+BAM to every node otherwise.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ from drivers.bms.protocol import (
 )
 from sim_hw.config import CanBusConfig, CanConfig
 from sim_hw.mechanics import StationModel
+from sim_hw.pack_transport import PackTransport, pack_details
 from sim_hw.packs import CHEMISTRIES, CONTROL_COUNTER_MAX, SimPack
 from station.buslayout import addresses, check_layout
 
@@ -217,6 +223,9 @@ class CanPacks:
         self._rng = random.Random(0x27)
         self._connected: dict[int, int] = {}  # source address -> serial
         self._next_due: dict[int, dict[str, float]] = {}  # address -> message -> real time
+        self.transport = PackTransport(
+            proto, self._send_frame, real_clock, bam_gap_s=self.vin_gap_s,
+            silent=lambda sa: self.silent or self.model.faults.can_silenced(sa))
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -239,6 +248,7 @@ class CanPacks:
         self._faults_task = asyncio.create_task(self._bus_faults_run(), name="sim-can-faults")
 
     async def stop(self) -> None:
+        await self.transport.stop()
         for task in (self._task, self._vin_task, self._faults_task):
             if task is not None:
                 task.cancel()
@@ -465,6 +475,17 @@ class CanPacks:
             if name is not None:
                 self._send(name, pack_signals(pack, self.protocol)[name], sa)
                 self.requests_answered += 1
+            elif (detail := self.transport.detail_name(pgn)) is not None:
+                if self.transport.answer(detail, pack_details(pack)[detail], sa, requester,
+                                         addressed=destination == sa):
+                    self.requests_answered += 1
+            elif pgn == self._vin_pgn and sa == VEHICLE_PACK_SA and destination == sa and \
+                    (vin := self.vin_sender()) is not None:
+                # asked by address: the VIN in connection mode, to the requester
+                if self.transport.answer(VIN_MESSAGE, {
+                        VIN_SIGNAL: vin[1], VIN_DELIMITER_SIGNAL: self._vin_delimiter},
+                        self.vin_source, requester, addressed=True):
+                    self.requests_answered += 1
             elif pgn == self._vin_pgn and sa == VEHICLE_PACK_SA and \
                     self.vin_sender() is not None:
                 self._vin_asked = True  # the VIN task sends it (its BAM's frames are spaced)
@@ -527,6 +548,8 @@ class CanPacks:
         answers a Request only from its own bus."""
         if not extended:
             return  # 11-bit frames are not J1939; not ours to judge
+        if self.transport.handle(can_id, data):
+            return  # a TP.CM for one of our transfers: CTS, EndOfMsgAck or abort
         source = can_id & 0xFF
         # a Request from any node (ours are never Requests: no echo gets here); anything
         # else only from the station

@@ -148,6 +148,28 @@ class PackRatings:
                 f"{self.max_cell_charge_v:g} V/cell")
 
 
+@dataclass(frozen=True)
+class PackNameplate:
+    """What a pack's nameplate says (its identity as text): for people, never used to
+    identify the pack (PackIdentity's serial is)."""
+
+    manufacturer: str
+    model: str
+    serial: str
+    at: float  # monotonic time heard
+
+
+@dataclass(frozen=True)
+class CellReadings:
+    """Every cell's reading of one kind (voltages in V, or temperatures in degC), as heard
+    in one message, with its extremes and the monotonic time it was heard."""
+
+    values: tuple[float, ...]
+    low: float
+    high: float
+    at: float
+
+
 @dataclass
 class PackReport:
     """What one pack's BMS last said, at one location."""
@@ -185,6 +207,10 @@ class PackReport:
     identities_latched: frozenset[PackIdentity] = frozenset()
     ratings_latched: frozenset[PackRatings] = frozenset()
     peak_soc_pct: float | None = None
+    # Heard on request in a J1939-21 transport (drivers/bms/adapter.py); shown, never judged
+    nameplate: PackNameplate | None = None
+    cell_voltages: CellReadings | None = None
+    cell_temps: CellReadings | None = None
     first_seen: float = 0.0
     last_seen: dict[PackData, float] = field(default_factory=dict)
 

@@ -9,11 +9,22 @@ the DBC (through `PackProtocol`), never retyped here.
 It also takes the vehicle's VIN (J1939-71 Vehicle Identification, reassembled from its BAM
 by the pack bus) into `image.vehicle_vin` / `vehicle_vin_at`, on the same terms as pack
 data: only from the bay's address, only while the PLC shows a vehicle there.
+
+And the pack details that come on request in a J1939-21 transport (`DETAIL_MESSAGES`): the
+nameplate text, every cell voltage and every cell temperature, into `PackReport.nameplate`,
+`cell_voltages` and `cell_temps`. Every value is bounded (a message with one out of bounds
+is dropped whole, what was heard before stays); the arrays are checked against the pack's
+own summary where that is cheap (cell count against PackLimits, the hottest cell against
+PackStatus, the cell voltage extremes against PackCells): a mismatch is counted and
+logged, the data kept. Nothing the station decides reads them: they are for people.
 """
 
 from __future__ import annotations
 
 import re
+from typing import Any
+
+import structlog
 
 from drivers.bms.protocol import (
     MAX_RACK_SLOTS,
@@ -24,11 +35,14 @@ from drivers.bms.protocol import (
     rack_sa,
     slot_of_sa,
 )
+from drivers.ratelimit import RateLimitedWarnings
 from station.image import (
     BAY,
+    CellReadings,
     Location,
     PackData,
     PackFault,
+    PackNameplate,
     PackReport,
     PackState,
     PackTimeouts,
@@ -63,12 +77,33 @@ VIN_DELIMITER = "delimiter"  # its name in the DBC's value table ('*' ends a J19
 # ISO 3779: 17 characters, digits and capitals except I, O and Q (read as 1 and 0)
 VIN_PATTERN = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
 
+log = structlog.get_logger(__name__)
+
+TEXT_MESSAGE = "PackIdentityText"
+VOLTAGES_MESSAGE = "PackCellVoltages"
+TEMPS_MESSAGE = "PackCellTemperatures"
+DETAIL_MESSAGES = (TEXT_MESSAGE, VOLTAGES_MESSAGE, TEMPS_MESSAGE)
+TEXT_SIGNALS = ("Manufacturer", "Model", "SerialText")
+CELL_V_BOUNDS = (0.0, 5.0)  # V: outside, the message is not a cell reading
+CELL_T_BOUNDS = (-40.0, 150.0)  # degC
+# How far the arrays may stray from the pack's own summary frames before it is a mismatch:
+# PackStatus rounds to 1 degC and either may be a few hundred ms older than the other.
+TEMP_TOLERANCE_C = 3.0
+VOLTAGE_TOLERANCE_V = 0.05
+PRINTABLE = re.compile(r"[\x20-\x7e]*")
+
 STAT_KEYS = (
     "applied", "not_a_pack", "not_pack_data", "no_such_slot", "location_empty",
     "vin_applied",  # a VIN set into the image
     "vin_invalid",  # not 17 ISO 3779 characters, or not ended by the delimiter
     "vin_wrong_address",  # a VI from any address but the bay's
     "vin_no_vehicle",  # a VI while the PLC shows no vehicle (with a reader token)
+    "detail_applied",  # a nameplate or cell array set into the image
+    "text_invalid",  # a nameplate with a character that is not printable ASCII
+    "cells_invalid",  # a cell array with a count or a value out of bounds
+    "cells_count_mismatch",  # the array's count is not PackLimits' CellCount
+    "cells_voltage_mismatch",  # the array's extremes are not PackCells' (beyond tolerance)
+    "cells_temp_mismatch",  # the hottest cell is not PackStatus' MaxCellTemp (tolerance)
 )
 
 
@@ -84,6 +119,8 @@ class BmsAdapter:
     def __init__(self, protocol: PackProtocol) -> None:
         self.protocol = protocol
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
+        self._limited = RateLimitedWarnings(log, 1.0)
+        self._detail_pgns = {name: protocol.pgn_of(name) for name in DETAIL_MESSAGES}
         self._chemistry = protocol.choices("PackIdentity", "Chemistry")
         known_states = {s.value for s in PackState}
         self._states: dict[int, PackState] = {}
@@ -210,6 +247,8 @@ class BmsAdapter:
             return None
         kind = MESSAGE_KINDS.get(msg.name)
         if kind is None:
+            if msg.name in self._detail_pgns:
+                return self._apply_detail(image, loc, msg, t)
             self.stats["not_pack_data"] += 1
             return None
         if not image.pack_present(loc):
@@ -266,6 +305,75 @@ class BmsAdapter:
         self.stats["applied"] += 1
         return loc
 
+    def detail_pgn(self, name: str) -> int:
+        """The PGN of a detail message (DETAIL_MESSAGES), for a J1939 Request."""
+        return self._detail_pgns[name]
+
+    def _apply_detail(self, image: ProcessImage, loc: Location, msg: Decoded, t: float
+                      ) -> Location | None:
+        """A nameplate or a cell array into the pack's report (see the module's doc)."""
+        if not image.pack_present(loc):
+            self.stats["location_empty"] += 1
+            return None
+        rep = image.packs.get(loc)
+        if rep is None:
+            rep = PackReport(location=loc, first_seen=t)
+            image.packs[loc] = rep
+        s = msg.signals
+        where = f"{loc}"
+        if msg.name == TEXT_MESSAGE:
+            texts = [s.get(n) for n in TEXT_SIGNALS]
+            if not all(isinstance(x, str) and PRINTABLE.fullmatch(x) for x in texts):
+                self.stats["text_invalid"] += 1
+                self._limited.warning("can.pack_text_invalid", location=where)
+                return None
+            rep.nameplate = PackNameplate(str(texts[0]), str(texts[1]), str(texts[2]), t)
+        elif msg.name == VOLTAGES_MESSAGE:
+            cells = self._cells(s, "CellCount", "CellVoltages", CELL_V_BOUNDS, t, where)
+            if cells is None:
+                return None
+            if rep.cell_count is not None and len(cells.values) != rep.cell_count:
+                self._mismatch("cells_count_mismatch", where, array=len(cells.values),
+                               limits=rep.cell_count)
+            if rep.max_cell_v is not None and rep.min_cell_v is not None and (
+                    abs(cells.high - rep.max_cell_v) > VOLTAGE_TOLERANCE_V
+                    or abs(cells.low - rep.min_cell_v) > VOLTAGE_TOLERANCE_V):
+                self._mismatch("cells_voltage_mismatch", where, array=(cells.low, cells.high),
+                               pack_cells=(rep.min_cell_v, rep.max_cell_v))
+            rep.cell_voltages = cells
+        else:
+            cells = self._cells(s, "SensorCount", "CellTemperatures", CELL_T_BOUNDS, t, where)
+            if cells is None:
+                return None
+            if rep.max_cell_temp_c is not None and \
+                    abs(cells.high - rep.max_cell_temp_c) > TEMP_TOLERANCE_C:
+                self._mismatch("cells_temp_mismatch", where, array=cells.high,
+                               pack_status=rep.max_cell_temp_c)
+            rep.cell_temps = cells
+        self.stats["detail_applied"] += 1
+        return loc
+
+    def _cells(self, s: dict[str, Any], count_sig: str, array_sig: str,
+               bounds: tuple[float, float], t: float, where: str) -> CellReadings | None:
+        """The first `count` elements, each within bounds, the rest not available; None
+        (counted, logged) for anything else."""
+        n = int(s[count_sig])
+        array = s[array_sig]
+        head, tail = array[:n], array[n:]
+        lo, hi = bounds
+        if not 1 <= n <= len(array) or any(v is not None for v in tail) or \
+                any(v is None or not lo <= v <= hi for v in head):
+            self.stats["cells_invalid"] += 1
+            self._limited.warning("can.pack_cells_invalid", location=where, message=array_sig,
+                                  count=n)
+            return None
+        values = tuple(float(v) for v in head)
+        return CellReadings(values, min(values), max(values), t)
+
+    def _mismatch(self, key: str, where: str, **detail: Any) -> None:
+        self.stats[key] += 1
+        self._limited.warning(f"can.pack_{key}", location=where, **detail)
+
     def _apply_vin(self, image: ProcessImage, msg: Decoded, t: float) -> Location | None:
         """The vehicle's VIN into the image; BAY when it was taken, None when dropped.
 
@@ -289,3 +397,22 @@ class BmsAdapter:
         image.vehicle_vin_at = t
         self.stats["vin_applied"] += 1
         return BAY
+
+
+def pack_summary(rep: PackReport, now: float) -> dict[str, Any]:
+    """A pack's details for the operator's status: nameplate, cell count, the extremes of
+    its cell voltages and temperatures, and how old they are (None: never heard)."""
+    v, tc, plate = rep.cell_voltages, rep.cell_temps, rep.nameplate
+    return {
+        "location": str(rep.location), "serial": rep.serial,
+        "manufacturer": plate.manufacturer if plate else None,
+        "model": plate.model if plate else None,
+        "serial_text": plate.serial if plate else None,
+        "nameplate_age_s": round(now - plate.at, 1) if plate else None,
+        "cells": len(v.values) if v else None,
+        "cell_v_min": v.low if v else None, "cell_v_max": v.high if v else None,
+        "cell_voltages_age_s": round(now - v.at, 1) if v else None,
+        "temp_sensors": len(tc.values) if tc else None,
+        "cell_temp_min_c": tc.low if tc else None, "cell_temp_max_c": tc.high if tc else None,
+        "cell_temps_age_s": round(now - tc.at, 1) if tc else None,
+    }

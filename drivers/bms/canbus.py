@@ -6,10 +6,13 @@ udp_multicast) is watched by the loop itself (add_reader, no thread hop); one wi
 (virtual) is read by a thread that hands each frame to the loop with call_soon_threadsafe.
 Each frame is stamped with the injected clock when it is taken off the bus.
 
-J1939-21 transport frames (TP.CM, TP.DT) never reach on_message: a BamReceiver per bus
-reassembles them, and the message a complete BAM carries is decoded and delivered like a
-frame, stamped with the time of its last packet. What the receiver drops is counted
-(`stats["tp_<reason>"]`, j1939_tp.DROP_REASONS) and logged, rate-limited.
+J1939-21 transport frames (TP.CM, TP.DT) never reach on_message: per bus, a BamReceiver
+reassembles BAMs (to the global address) and a ConnectionReceiver answers connection mode
+(RTS/CTS to the station: CTS, hold, EndOfMsgAck, abort, sent with `_send_raw`; its timers
+run on a loop timer, `_tp_arm`). The message a complete transfer carries is decoded and
+delivered like a frame, stamped with the time of its last packet. What the receivers drop
+is counted (`stats["tp_<reason>"]`, j1939_tp.DROP_REASONS and CM_DROP_REASONS; aborts
+by J1939-21 reason, sent and received) and logged, rate-limited.
 
 J1939 Requests and Acknowledgements are the bus's own business too: the station sends
 nothing on request, so a Request addressed to it is answered with a NACK (J1939-21; at
@@ -129,6 +132,8 @@ STAT_KEYS = (
     "tp_frames",  # TP.CM and TP.DT frames taken by the BAM receiver
     "tp_completed",  # messages reassembled from a BAM
     *(f"tp_{reason}" for reason in j1939_tp.DROP_REASONS),
+    *(f"tp_{reason}" for reason in j1939_tp.CM_DROP_REASONS),  # connection mode
+    *j1939_tp.CM_COUNTERS,  # connection mode: completed, CTS, holds, EndOfMsgAck sent
 )
 
 
@@ -297,6 +302,11 @@ class PackBus:
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self.tp = j1939_tp.BamReceiver(t1_s=_t1(protocol), sizes=protocol.long_messages(),
                                        on_drop=self._tp_drop)
+        self.tp_cm = j1939_tp.ConnectionReceiver(own_address, t1_s=_t1(protocol),
+                                                 sizes=protocol.long_messages(),
+                                                 on_drop=self._tp_drop)
+        self._tp_timer: asyncio.TimerHandle | None = None
+        self._tp_timer_at = float("inf")
         self._bus: can.BusABC | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._failed: asyncio.Future[None] | None = None
@@ -629,15 +639,23 @@ class PackBus:
             st["other_destination"] += 1  # a connection between two other nodes
             return
         st["tp_frames"] += 1
-        transfer = self.tp.feed(pgn, sa, da, data, t)
+        if da == self.own_address and (pgn == j1939_tp.TP_DT_PGN or data[:1] != _BAM):
+            # connection mode to the station (a BAM sent to one node is the BAM
+            # receiver's to refuse: not_bam)
+            transfer, frames = self.tp_cm.feed(pgn, sa, data, t)
+            self._tp_out(frames)
+            how = "rts_cts"
+        else:
+            transfer, how = self.tp.feed(pgn, sa, da, data, t), "bam"
         if transfer is None:
             return
         st["tp_completed"] += 1
         try:
-            decoded = self.protocol.decode_transfer(transfer.pgn, sa, transfer.payload)
+            decoded = self.protocol.decode_transfer(
+                transfer.pgn, sa, transfer.payload, self.own_address if how == "rts_cts" else None)
         except FrameError as exc:
             self.stats[exc.kind] = self.stats.get(exc.kind, 0) + 1
-            self._limited.warning(f"can.{exc.kind}", id=f"{can_id:#x}", transport="bam",
+            self._limited.warning(f"can.{exc.kind}", id=f"{can_id:#x}", transport=how,
                                   size=len(transfer.payload), why=str(exc))
             if self.on_reject is not None:
                 self.on_reject(exc.kind, can_id, transfer.payload)
@@ -645,6 +663,49 @@ class PackBus:
         st["decoded"] += 1
         if self.on_message is not None:
             self.on_message(decoded, t)
+
+    def _tp_out(self, frames: list[j1939_tp.Frame]) -> None:
+        """Send what the connection-mode receiver answers, then re-arm its timer."""
+        if frames and self._bus is not None:
+            for can_id, data in frames:
+                self._send_raw(can_id, data, "TP.CM")
+        cm = self.tp_cm.stats
+        for key in j1939_tp.CM_COUNTERS:
+            self.stats[key] = cm[key]
+        self._tp_arm()
+
+    def _tp_arm(self) -> None:
+        """A loop timer for the connection-mode timers (T1, T2, Th): they run whether or
+        not another frame comes."""
+        deadline = self.tp_cm.next_deadline()
+        loop = self._loop
+        if deadline is None or loop is None or deadline >= self._tp_timer_at:
+            return
+        if self._tp_timer is not None:
+            self._tp_timer.cancel()
+        self._tp_timer_at = deadline
+        self._tp_timer = loop.call_later(max(0.0, deadline - self._clock()), self._tp_tick)
+
+    def _tp_tick(self) -> None:
+        self._tp_timer, self._tp_timer_at = None, float("inf")
+        self._tp_out(self.tp_cm.poll(self._clock()))
+
+    def _send_raw(self, can_id: int, data: bytes, what: str) -> bool:
+        """One frame as it is (a transport answer); counted like send(), never raises."""
+        bus = self._bus
+        if bus is None:
+            self.stats["send_errors"] += 1
+            self._limited.warning("can.send_error", message=what, error="bus not open")
+            return False
+        try:
+            bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=True),
+                     timeout=0)
+        except can.CanError as exc:
+            self.stats["send_errors"] += 1
+            self._limited.warning("can.send_error", message=what, error=str(exc))
+            return False
+        self.stats["sent"] += 1
+        return True
 
     def _tp_drop(self, drop: j1939_tp.Drop) -> None:
         key = f"tp_{drop.reason}"
@@ -659,6 +720,9 @@ class PackBus:
         self._limited.warning(f"can.{kind}", id=f"{msg.arbitration_id:#x}", dlc=len(data), why=why)
         if self.on_reject is not None:
             self.on_reject(kind, msg.arbitration_id, data)
+
+
+_BAM = bytes([j1939_tp.CM_BAM])
 
 
 def _pgn_or_none(protocol: PackProtocol, name: str) -> int | None:

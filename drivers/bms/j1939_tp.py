@@ -294,7 +294,7 @@ CM_DROP_REASONS = (
     "cm_restarted",  # a new RTS for the same PGN mid-connection: the old one is dropped
     "retransmit_request",  # packets missing in a window: asked for again (not a drop)
 )
-CM_COUNTERS = ("cm_completed", "cts_sent", "holds_sent", "eoma_sent")
+CM_COUNTERS = ("cm_completed", "cm_cts_sent", "cm_holds_sent", "cm_eoma_sent")
 
 Frame = tuple[int, bytes]
 
@@ -456,7 +456,7 @@ class ConnectionReceiver:
             if c.held:
                 c.deadline = t + self.th_s
                 out.append(cts_frame(c.pgn, 0, 0, self.own_address, sa))
-                self.stats["holds_sent"] += 1
+                self.stats["cm_holds_sent"] += 1
                 continue
             del self._conns[sa]
             self._abort(sa, c.pgn, "timeout", f"{c.timer} passed: packet "
@@ -497,7 +497,7 @@ class ConnectionReceiver:
             self._ask(sa, c, 1, t, out)
         else:
             out.append(cts_frame(pgn, 0, 0, self.own_address, sa))
-            self.stats["holds_sent"] += 1
+            self.stats["cm_holds_sent"] += 1
 
     def _active(self) -> int:
         return sum(1 for c in self._conns.values() if not c.held)
@@ -521,7 +521,7 @@ class ConnectionReceiver:
         c.got -= set(range(first, first + n))
         c.timer, c.deadline = "T2", t + self.t2_s
         out.append(cts_frame(c.pgn, n, first, self.own_address, sa))
-        self.stats["cts_sent"] += 1
+        self.stats["cm_cts_sent"] += 1
 
     def _packet(self, sa: int, data: bytes, t: float, out: list[Frame]) -> Transfer | None:
         c = self._conns.get(sa)
@@ -563,7 +563,7 @@ class ConnectionReceiver:
             return None
         del self._conns[sa]
         out.append(eoma_frame(c.pgn, c.size, self.own_address, sa))
-        self.stats["eoma_sent"] += 1
+        self.stats["cm_eoma_sent"] += 1
         self.stats["cm_completed"] += 1
         self._resume(t, out)
         return Transfer(sa, c.pgn, bytes(c.data[:c.size]), c.started, t)

@@ -7,11 +7,22 @@ The DBC is the one source of the value tables (VAL_: chemistry codes, pack state
 commands), the periods (GenMsgCycleTime) and the timeouts (RxTimeoutMs); read them through
 `PackProtocol.choices`, `codes`, `period_s` and `timeout_s`, never retype them.
 
-A message longer than 8 bytes (VehicleIdentification) travels in a J1939-21 BAM
-(drivers/bms/j1939_tp.py): `encode_frames` splits it, `decode_transfer` decodes the
-reassembled payload, and `decode` refuses it as a single frame. A signal with the DBC
-attribute TextEncoding (e.g. "ascii") is text: a byte-aligned little-endian field whose
-first character is its lowest byte, decoded to and encoded from `str`.
+A message longer than 8 bytes (VehicleIdentification, PackIdentityText, PackCellVoltages,
+PackCellTemperatures) travels in a J1939-21 transport (drivers/bms/j1939_tp.py): a BAM to
+every node or RTS/CTS to one; `encode_frames` splits it for a BAM, `decode_transfer`
+decodes the reassembled payload, and `decode` refuses it as a single frame.
+
+Two kinds of signal the DBC format has no word for, described by signal attributes:
+- text (TextEncoding, e.g. "ascii"): a byte-aligned little-endian field whose first
+  character is its lowest byte, decoded to and encoded from `str`; with TextPad (e.g. " ")
+  a shorter text is padded on the right and the padding stripped when decoded;
+- arrays (ArrayLength n, ArrayScale, ArrayOffset): a raw field of n equal unsigned
+  elements, element i at bit start + i x (length / n), each scaled like a signal; decoded to
+  and encoded from a tuple, an element of all ones (J1939 "not available") as None. Why not
+  one signal per cell: 240 generated signals (Cell001..Cell120) would bloat the DBC and the
+  contract and cost 240 signal decodes per message; one signal with three attributes keeps
+  the DBC the one source of the layout, and a tool that does not know the attributes still
+  sees the message, its length and a raw field.
 """
 
 from __future__ import annotations
@@ -112,7 +123,8 @@ class PackProtocol:
         self._by_pgn: dict[int, Message] = {}
         self._fill_mask: dict[str, bytes] = {}
         self._choices: dict[tuple[str, str], dict[int, str]] = {}
-        self._text: dict[str, dict[str, tuple[str, int]]] = {}  # message -> signal -> (enc, n)
+        self._text: dict[str, dict[str, tuple[str, int, str]]] = {}  # msg -> sig -> (enc, n, pad)
+        self._arrays: dict[str, dict[str, _Array]] = {}  # message -> signal -> its layout
         for msg in self.db.messages:
             _, pgn, _, _ = split_id(msg.frame_id)
             self._by_pgn[pgn] = msg
@@ -125,6 +137,10 @@ class PackProtocol:
                       if _text_encoding(sig)}
             if fields:
                 self._text[msg.name] = fields
+            arrays = {sig.name: _array_field(msg, sig) for sig in msg.signals
+                      if _sig_attr(sig, "ArrayLength")}
+            if arrays:
+                self._arrays[msg.name] = arrays
             for sig in msg.signals:
                 if sig.choices:
                     self._choices[msg.name, sig.name] = {
@@ -180,12 +196,18 @@ class PackProtocol:
                              f"its {msg.length} bytes come only in a J1939-21 BAM")
         return self._decode(msg, pgn, sa, da, data)
 
-    def decode_transfer(self, pgn: int, sa: int, payload: bytes) -> Decoded:
-        """Decode a message reassembled from a J1939-21 transport (a BAM: no destination)."""
+    def decode_transfer(self, pgn: int, sa: int, payload: bytes, da: int | None = None
+                        ) -> Decoded:
+        """Decode a message reassembled from a J1939-21 transport (a BAM: no destination;
+        RTS/CTS: `da`, the node it was sent to)."""
         msg = self._by_pgn.get(pgn)
         if msg is None:
             raise FrameError("unknown_id", f"unknown PGN {pgn:#06x} in a transport")
-        return self._decode(msg, pgn, sa, None, payload)
+        return self._decode(msg, pgn, sa, da, payload)
+
+    def array_length(self, message: str, signal: str) -> int:
+        """Elements of an array signal (its ArrayLength); KeyError for another signal."""
+        return self._arrays[message][signal].count
 
     def _decode(self, msg: Message, pgn: int, sa: int, da: int | None,
                 data: bytes | bytearray) -> Decoded:
@@ -199,13 +221,16 @@ class PackProtocol:
             raise FrameError("bad_data", f"{msg.name}: {exc}") from exc
         assert isinstance(signals, dict)
         out: dict[str, Any] = dict(signals)
-        for sig, (encoding, n) in self._text.get(msg.name, {}).items():
+        for sig, (encoding, n, pad) in self._text.get(msg.name, {}).items():
             raw = int(out[sig]).to_bytes(n, "little")
             try:
-                out[sig] = raw.decode(encoding)
+                text = raw.decode(encoding)
             except UnicodeDecodeError as exc:
                 raise FrameError("bad_data", f"{msg.name}.{sig}: not {encoding}: "
                                  f"{raw!r}") from exc
+            out[sig] = text.rstrip(pad) if pad else text
+        for sig, arr in self._arrays.get(msg.name, {}).items():
+            out[sig] = arr.decode(int(out[sig]))
         return Decoded(msg.name, pgn, sa, da, out)
 
     def encode(
@@ -215,11 +240,15 @@ class PackProtocol:
         message that needs transport); unused bits are sent as 1. Text signals take str."""
         msg = self.message(name)
         values = dict(values)
-        for sig, (encoding, n) in self._text.get(name, {}).items():
+        for sig, (encoding, n, pad) in self._text.get(name, {}).items():
             raw = str(values[sig]).encode(encoding)
+            if pad and len(raw) < n:
+                raw += pad.encode(encoding) * (n - len(raw))
             if len(raw) != n:
                 raise ValueError(f"{name}.{sig}: {len(raw)} bytes of {encoding}, needs {n}")
             values[sig] = int.from_bytes(raw, "little")
+        for sig, arr in self._arrays.get(name, {}).items():
+            values[sig] = arr.encode(f"{name}.{sig}", values[sig])
         data = bytearray(msg.encode(values, scaling=True, strict=True))
         for i, m in enumerate(self._fill_mask[name]):
             data[i] |= m
@@ -246,14 +275,63 @@ class PackProtocol:
         return j1939_tp.bam_frames(self.pgn_of(name), data, sa)
 
 
-def _text_encoding(sig: Any) -> str:
+def _sig_attr(sig: Any, name: str) -> Any:
     attrs = sig.dbc.attributes if sig.dbc is not None else {}
-    attr = attrs.get("TextEncoding")
-    return str(attr.value) if attr is not None and attr.value else ""
+    attr = attrs.get(name)
+    return attr.value if attr is not None else None
 
 
-def _text_field(msg: Message, sig: Any) -> tuple[str, int]:
-    """(encoding, bytes) of a text signal; ValueError for one that is no byte field."""
+def _text_encoding(sig: Any) -> str:
+    value = _sig_attr(sig, "TextEncoding")
+    return str(value) if value else ""
+
+
+@dataclass(frozen=True)
+class _Array:
+    count: int
+    bits: int
+    scale: float
+    offset: float
+
+    def decode(self, raw: int) -> tuple[float | None, ...]:
+        mask = (1 << self.bits) - 1
+        out: list[float | None] = []
+        for _ in range(self.count):
+            e = raw & mask
+            raw >>= self.bits
+            out.append(None if e == mask else round(e * self.scale + self.offset, 6))
+        return tuple(out)
+
+    def encode(self, where: str, values: Any) -> int:
+        items = list(values)
+        if len(items) > self.count:
+            raise ValueError(f"{where}: {len(items)} elements, at most {self.count}")
+        mask = (1 << self.bits) - 1
+        raw = 0
+        for i in range(self.count):
+            v = items[i] if i < len(items) else None
+            e = mask if v is None else round((float(v) - self.offset) / self.scale)
+            if not 0 <= e <= mask or (v is not None and e == mask):
+                raise ValueError(f"{where}[{i}]: {v} outside the array's range")
+            raw |= e << (i * self.bits)
+        return raw
+
+
+def _array_field(msg: Message, sig: Any) -> _Array:
+    """The layout of an array signal; ValueError for one that cannot be one."""
+    count = int(_sig_attr(sig, "ArrayLength"))
+    scale = _sig_attr(sig, "ArrayScale")
+    offset = _sig_attr(sig, "ArrayOffset")
+    if sig.byte_order != "little_endian" or sig.length % count or sig.scale != 1 or \
+            sig.offset != 0 or sig.is_signed:
+        raise ValueError(f"{msg.name}.{sig.name}: an array signal must be {count} equal "
+                         "little-endian unsigned elements, the signal's scale 1, offset 0")
+    return _Array(count, sig.length // count, float(scale if scale is not None else 1),
+                  float(offset if offset is not None else 0))
+
+
+def _text_field(msg: Message, sig: Any) -> tuple[str, int, str]:
+    """(encoding, bytes, pad) of a text signal; ValueError for one that is no byte field."""
     encoding = _text_encoding(sig)
     try:
         "".encode(encoding)
@@ -263,7 +341,10 @@ def _text_field(msg: Message, sig: Any) -> tuple[str, int]:
             sig.scale != 1 or sig.offset != 0 or sig.is_signed:
         raise ValueError(f"{msg.name}.{sig.name}: a text signal must be whole little-endian "
                          "unsigned bytes, scale 1, offset 0")
-    return encoding, sig.length // 8
+    pad = str(_sig_attr(sig, "TextPad") or "")
+    if len(pad) > 1:
+        raise ValueError(f"{msg.name}.{sig.name}: TextPad is one character")
+    return encoding, sig.length // 8, pad
 
 
 def _unused_bits(msg: Message) -> bytes:

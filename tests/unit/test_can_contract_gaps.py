@@ -282,8 +282,19 @@ def test_the_bay_answers_a_vin_request_and_a_rack_pack_nacks_it(
     cp = CanPacks(model, CanConfig(interface="virtual", channel=channel), P)
     cp._bus = open_bus(cp.cfg)
     try:
-        request(cp, P.pgn_of("VehicleIdentification"), VEHICLE_PACK_SA)
+        request(cp, P.pgn_of("VehicleIdentification"), 0xFF)
         assert drain(listener) == [] and cp._vin_asked  # the VIN task sends its BAM
+
+        async def by_address() -> list[tuple[Decoded, int]]:
+            # asked by address: the car's BMS opens a connection to the requester (RTS)
+            request(cp, P.pgn_of("VehicleIdentification"), VEHICLE_PACK_SA)
+            await asyncio.sleep(0.01)
+            await cp.transport.stop()
+            return drain(listener)
+
+        [(rts, da)] = asyncio.run(by_address())
+        assert (rts.name, rts.source, da) == ("TP_CM", VEHICLE_PACK_SA, STATION_SA)
+        assert rts.signals["Control"] == 16 and rts.signals["TotalSize"] == 18
         request(cp, P.pgn_of("VehicleIdentification"), rack_sa(1))
         assert [d.name for d, _ in drain(listener)] == ["Acknowledgement"]
     finally:

@@ -82,7 +82,7 @@ def test_a_whole_transfer_in_windows_of_16() -> None:
     got = run(s, r)
     assert got is not None and got.payload == PAYLOAD and got.pgn == PGN and got.source == PACK
     assert s.state == "done" and s.sent_packets == 35
-    assert r.stats["cts_sent"] == 3 and r.stats["eoma_sent"] == 1  # 16 + 16 + 3
+    assert r.stats["cm_cts_sent"] == 3 and r.stats["cm_eoma_sent"] == 1  # 16 + 16 + 3
     assert r.stats["cm_completed"] == 1 and r.open_connections == 0 and drops == []
 
 
@@ -145,13 +145,13 @@ def test_hold_beyond_max_active_repeated_at_th_and_resumed() -> None:
     _, out = r.feed(tp.TP_CM_PGN, PACK, tp.rts_frame(PGN, 241, PACK, ST)[1], 0.0)
     assert out == [tp.cts_frame(PGN, 16, 1, ST, PACK)]
     _, out = r.feed(tp.TP_CM_PGN, PACK2, tp.rts_frame(0xFF17, 121, PACK2, ST)[1], 0.0)
-    assert out == [tp.cts_frame(0xFF17, 0, 0, ST, PACK2)] and r.stats["holds_sent"] == 1
+    assert out == [tp.cts_frame(0xFF17, 0, 0, ST, PACK2)] and r.stats["cm_holds_sent"] == 1
     # a DT from the held originator is not asked for
     # (tested separately); the hold is repeated within Th while PACK transfers
     for i in range(1, 17):
         r.feed(tp.TP_DT_PGN, PACK, tp.dt_frame(PAYLOAD, i, PACK, ST)[1], 0.03 * i)
     assert r.poll(0.51) == [tp.cts_frame(0xFF17, 0, 0, ST, PACK2)]
-    assert r.stats["holds_sent"] == 2
+    assert r.stats["cm_holds_sent"] == 2
     # PACK aborts: its slot goes to PACK2 at once
     _, out = r.feed(tp.TP_CM_PGN, PACK, tp.abort_frame(PGN, "resources", PACK, ST)[1], 0.6)
     assert out == [tp.cts_frame(0xFF17, 16, 1, ST, PACK2)]

@@ -32,6 +32,10 @@ def sample_values(msg: Message) -> dict[str, Any]:
         if sig.dbc is not None and "TextEncoding" in sig.dbc.attributes:
             values[sig.name] = "ABCDEFGHJKLMNPRSTUVWXYZ0123456789"[:sig.length // 8]
             continue
+        if sig.dbc is not None and "ArrayLength" in sig.dbc.attributes:
+            n = PROTO.array_length(msg.name, sig.name)
+            values[sig.name] = tuple(float(3 + i % 5) for i in range(n))
+            continue
         lo = sig.minimum if sig.minimum is not None else 0
         hi = sig.maximum if sig.maximum is not None else lo + 1
         raw_lo = round((lo - sig.offset) / sig.scale)
@@ -62,17 +66,51 @@ def test_round_trip_every_message(name: str) -> None:
     assert decoded.name == name
     assert decoded.pgn == PROTO.pgn_of(name)
     assert decoded.source == sa and decoded.destination == da
-    assert decoded.signals == pytest.approx(values)
+    arrays = {k for k, v in values.items() if isinstance(v, tuple)}  # exact: whole numbers
+    assert {k: decoded.signals[k] for k in arrays} == {k: values[k] for k in arrays}
+    assert {k: v for k, v in decoded.signals.items() if k not in arrays} == \
+        pytest.approx({k: v for k, v in values.items() if k not in arrays})
 
 
 def test_every_message_is_eight_bytes_and_little_endian() -> None:
     for msg in PROTO.db.messages:
         # J1939-21 Request (PGN 0xEA00) is 3 bytes by definition; J1939-71 Vehicle
-        # Identification (17-character VIN + '*') travels in a BAM; all the rest carry 8
-        want = {"Request": 3, "VehicleIdentification": 18}.get(msg.name, 8)
+        # Identification (17-character VIN + '*'), the identity text and the cell arrays
+        # travel in a J1939-21 transport; all the rest carry 8
+        want = {"Request": 3, **LONG}.get(msg.name, 8)
         assert msg.length == want, msg.name
         assert all(s.byte_order == "little_endian" for s in msg.signals)
-    assert PROTO.long_messages() == {0xFEEC: 18}
+    assert PROTO.long_messages() == {PROTO.pgn_of(n): size for n, size in LONG.items()}
+
+
+LONG = {"VehicleIdentification": 18, "PackIdentityText": 56, "PackCellVoltages": 241,
+        "PackCellTemperatures": 121}
+
+
+def test_arrays_and_padded_text() -> None:
+    cells = [3.301, 3.302] + [3.3] * 118
+    _, data = PROTO.encode("PackCellVoltages", {"CellCount": 120, "CellVoltages": cells},
+                           rack_sa(1))
+    assert data[:5] == bytes([120]) + (3301).to_bytes(2, "little") + (3302).to_bytes(2, "little")
+    dec = PROTO.decode_transfer(0xFF16, rack_sa(1), data, da=STATION_SA)
+    assert dec.signals["CellVoltages"] == tuple(cells) and dec.destination == STATION_SA
+    _, data = PROTO.encode("PackCellVoltages", {"CellCount": 2, "CellVoltages": cells[:2]},
+                           rack_sa(1))
+    assert data[5:] == b"\xff" * 236  # elements not given: not available
+    assert PROTO.decode_transfer(0xFF16, rack_sa(1), data).signals["CellVoltages"][2:] == \
+        (None,) * 118
+    _, data = PROTO.encode("PackCellTemperatures", {"SensorCount": 1,
+                                                    "CellTemperatures": [-40, 25]}, 0x80)
+    assert data[:3] == bytes([1, 0, 65])
+    with pytest.raises(ValueError, match="outside"):
+        PROTO.encode("PackCellTemperatures", {"SensorCount": 1, "CellTemperatures": [215]},
+                     0x80)  # 255 would be "not available"
+    with pytest.raises(ValueError, match="at most 120"):
+        PROTO.encode("PackCellVoltages", {"CellCount": 1, "CellVoltages": [3.0] * 121}, 0x80)
+    text = {"Manufacturer": "ACME Cells", "Model": "NMC-108", "SerialText": "AC-2026-0001"}
+    _, data = PROTO.encode("PackIdentityText", text, 0x80)
+    assert data[:16] == b"ACME Cells      "
+    assert PROTO.decode_transfer(0xFF15, 0x80, data).signals == text
 
 
 def test_unused_bits_are_sent_as_one() -> None:
