@@ -17,9 +17,10 @@ from typing import Any
 
 import structlog
 
-from drivers.bms.adapter import BmsAdapter
+from drivers.bms.adapter import BmsAdapter, pack_summary
 from drivers.bms.canbus import BUS_DOWN, PackBus
 from drivers.bms.commander import PackCommander
+from drivers.bms.details import DetailRequester
 from drivers.bms.protocol import Decoded, PackProtocol
 from drivers.plc.contract import load_contract
 from drivers.plc.link import PlcLink
@@ -165,6 +166,8 @@ class Daemon:
         self.packs = PackCommander(self.bus, self.adapter, clock=clock, routes={
             sa: self.buses[name] for name, sas in self._bus_sources.items() for sa in sas}
             if len(self.buses) > 1 else None)
+        # the packs' nameplates and cell arrays, asked by address (J1939-21 RTS/CTS)
+        self.details = DetailRequester(self.adapter, self._request_detail)
         self.notifier = SystemdNotifier()
         self.started_wall = time.time()
         self.cloud: CloudLink | None = None
@@ -256,8 +259,19 @@ class Daemon:
                       "last_error": stats.last_error}
         if self.cloud is not None:
             out["cloud"] = self.cloud.describe()
+        now = self.clock()
+        out["pack_details"] = [pack_summary(rep, now) for _, rep in sorted(
+            self.image.packs.items())]
+        vin_at = self.image.vehicle_vin_at
+        out["vehicle_vin"] = {"vin": self.image.vehicle_vin,
+                              "age_s": None if vin_at is None else round(now - vin_at, 1)}
         out["can"] = {name: bus.counters() for name, bus in self.buses.items()}
         return out
+
+    def _request_detail(self, pgn: int, da: int) -> None:
+        """A J1939 Request for a pack detail (drivers/bms/details.py), on the pack's bus."""
+        for bus in self.packs.buses_for(da):
+            bus.send("Request", {"RequestedPgn": pgn}, da=da)
 
     # ---- driver callbacks (run in the event loop) --------------------------------------
     def _on_inputs(self, values: dict[str, Any], t: float) -> None:
@@ -335,6 +349,7 @@ class Daemon:
         self.image.wall_time = time.time()  # network policy dates (UTC); never a timeout
         await self.apply(self.core.update(self.image, self.clock()))
         self.image.scanned()  # the latched one-frame readings have been judged
+        self.details.tick(self.image, self.clock())
         if self._reset_pending and self.image.plc_read_at is not None:
             self._reset_pending = False
             result = await self.submit(CommandRequest("reset", Origin.STARTUP, "start-up"))

@@ -10,6 +10,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 
@@ -20,6 +21,7 @@ from sim_hw.config import CanConfig, SimConfig
 from sim_hw.mechanics import StationModel
 from sim_hw.pack_transport import MANUFACTURER, pack_details
 from station.image import BAY, Location
+from station.rig import Rig
 from tests.integration.polling import wait_until
 from tests.integration.test_can_contract_gaps import P, Wire, open_wire
 
@@ -150,3 +152,69 @@ async def test_connection_frames_for_another_node_are_not_answered(wire: Wire) -
 
 def test_bay_location_constant_is_the_vehicle_address() -> None:
     assert BAY.is_bay
+
+
+# ---- swapd and the simulator (station/rig.py), on a virtual bus ------------------------
+
+VIN = "LSJA24U61NG123456"
+
+
+async def test_nameplates_cells_and_the_vin_reach_swapds_status(tmp_path: Path) -> None:
+    """swapd asks every identified pack for its nameplate and cells (by address: RTS/CTS)
+    and the car for its VIN; the status shows them. Slot 2's pack (LFP) has 120 cells."""
+    async with Rig(speed=10.0, vehicles=1, can="virtual", workdir=tmp_path,
+                   sim={"vins": [VIN], "vin_broadcast": True},
+                   config={"operation": {"auto_start": False}}, name="tp-status") as rig:
+        daemon, sim = rig.daemon, rig.sim
+
+        def details() -> dict[str, dict[str, object]]:
+            return {d["location"]: d for d in daemon.status()["pack_details"]}
+
+        await rig.wait_for(lambda: (d := details().get("rack slot 2")) is not None
+                           and d["cells"] is not None and d["temp_sensors"] is not None
+                           and d["manufacturer"] is not None, timeout=30,
+                           what="slot 2's nameplate and cells in the status")
+        d = details()["rack slot 2"]
+        pack = sim.model.rack[2]
+        assert pack is not None and pack.chemistry == "lfp"
+        assert d["cells"] == d["temp_sensors"] == 120 and d["serial"] == pack.serial
+        assert (d["manufacturer"], d["serial_text"]) == (MANUFACTURER,
+                                                         f"SIM-{pack.serial:012d}")
+        rep = daemon.image.packs[Location.rack(2)]
+        assert rep.cell_voltages is not None and d["cell_v_max"] == rep.cell_voltages.high
+        assert daemon.bus.stats["cm_completed"] >= 3
+        # every rack pack the PLC shows, asked and answered; none mismatched
+        await rig.wait_for(lambda: all(d["cells"] for d in details().values()
+                                       if d["location"] != "vehicle bay"), timeout=30,
+                           what="every pack's cells")
+        for key in ("cells_invalid", "text_invalid", "cells_count_mismatch",
+                    "cells_temp_mismatch"):
+            assert daemon.adapter.stats[key] == 0, key
+        # the VIN by RTS/CTS: swapd asks the car by address while it has none (the car's
+        # BAMs held back meanwhile) ...
+        send_vin = sim.can.send_vin
+        bams = 0
+
+        async def no_bam(vin: str) -> None:
+            nonlocal bams
+            bams += 1
+
+        sim.can.send_vin = no_bam  # type: ignore[method-assign]
+        daemon.details.retry_s = 0.3
+        await asyncio.sleep(0.2)  # a BAM under way ends
+        asked = sim.can.transport.stats["completed:VehicleIdentification"]
+        daemon.image.vehicle_vin = daemon.image.vehicle_vin_at = None
+        await rig.wait_for(lambda: daemon.status()["vehicle_vin"]["vin"] == VIN, timeout=20,
+                           what="the VIN asked by address")
+        await rig.wait_for(
+            lambda: sim.can.transport.stats["completed:VehicleIdentification"] > asked,
+            timeout=5, what="the car's connection ended")
+        # ... and by the car's BAM, when swapd asks no more
+        sim.can.send_vin = send_vin  # type: ignore[method-assign]
+        daemon.details.retry_s = 3600.0
+        daemon.details._vin_asked = daemon.clock()
+        daemon.image.vehicle_vin = daemon.image.vehicle_vin_at = None
+        sent = sim.can.vin_sent
+        await rig.wait_for(lambda: daemon.status()["vehicle_vin"]["vin"] == VIN, timeout=20,
+                           what="the VIN by BAM")
+        assert sim.can.vin_sent > sent and daemon.adapter.stats["vin_invalid"] == 0

@@ -122,7 +122,9 @@ async def test_a_car_that_sends_no_vin(tmp_path: Path) -> None:
                            and daemon.image.packs, timeout=20, what="the car identified")
         await asyncio.sleep(0.5)  # two VI periods at speed 20
         assert daemon.image.vehicle_vin is None
-        assert daemon.bus.stats["tp_frames"] == 0 and sim.can.vin_sent == 0
+        assert sim.can.vin_sent == 0  # no BAM; and asked by address (swapd does), no VI:
+        assert sim.can.transport.stats["completed:VehicleIdentification"] == 0
+        assert daemon.details.sent >= 1 and sim.can.nacks_sent >= 1  # it NACKs the Request
 
 
 # ---- the pack bus itself, with BAMs made by hand (virtual bus) -------------------------
