@@ -21,7 +21,13 @@ from cantools.database.can.signal import Signal as CanSignal
 
 from drivers.bms import j1939_tp
 from drivers.bms.adapter import VIN_MESSAGE
-from drivers.bms.canbus import NACK_REPEAT_S
+from drivers.bms.canbus import (
+    BACKOFF_MAX_S,
+    BACKOFF_MIN_S,
+    BUS_BACK_AFTER_S,
+    DRAIN_LIMIT,
+    NACK_REPEAT_S,
+)
 from drivers.bms.commander import REQUEST_REPEAT_S
 from drivers.bms.protocol import (
     ACK_NACK,
@@ -682,7 +688,9 @@ The controller never crashes on a frame. It counts and drops:
 
 - frames with an unknown PGN (`unknown_id`) and frames whose length is not the message's
   length (`bad_length`), and payloads that do not decode (`bad_data`);
-- 11-bit (standard) frames (`not_extended`), remote frames and error frames;
+- 11-bit (standard) frames (`not_extended`) and remote frames (`remote`);
+- a frame from the address of a location another bus serves (`wrong_bus`, see Several
+  buses);
 - its own frames echoed back (source address 0x{station:02X}) and PDU1 messages addressed to
   another node;
 - transport frames and transfers that break J1939-21 (see Long messages), each counted as
@@ -691,6 +699,7 @@ The controller never crashes on a frame. It counts and drops:
 Requests and Acknowledgements are the bus's own business (see Requests and
 acknowledgements): they are answered or counted there, never passed on as pack data.
 
+Error frames are the CAN controller's reports, never pack data (see Bus faults).
 Rejections are logged at most once per kind per second and counted in the bus statistics;
 the next good frame is delivered as usual.
 
@@ -744,6 +753,52 @@ Nothing on this bus is authenticated, so no frame is believed on its own
 - **virtual** (python-can, one process) and **udp_multicast** (python-can[multicast],
   between processes on one host or LAN; it echoes a sender's frames back to it) are for
   development and tests.
+
+## Several buses
+
+A station may have more than one CAN bus: the battery bay's, the rack's, one per rack
+column. `[can]` lists them as `[[can.buses]]`, each with its own interface, channel, bit
+rate and the pack locations it serves: `"bay"` (the car's pack, and the car itself, which
+sends its VIN from the bay's address), `"slot:N"` or `"slot:N-M"`. Every location is on
+exactly one bus: a location left out (a gap) or on two buses is a configuration error
+naming it. The single-bus keys directly in `[can]` (interface, channel, bitrate, udp_port)
+are the shorthand for one bus, named `pack`, serving every location.
+
+- **A pack is on its location's bus.** It sends there, and hears its PackControl and the
+  station's Requests there only: the station sends each pack's frames on the bus serving
+  its location (a Request to every node goes out on every bus). Addresses stay fixed by
+  location, whatever the bus.
+- **A location's frame on another bus is dropped** and counted (`wrong_bus`, in that
+  bus's statistics, a warning at most once a second): a miswired pack, or a node that
+  claims another location's address, is never believed for it. An address no bus serves
+  is judged as on a single bus (What the station believes).
+- **Counters per bus**: frames received, decoded, rejected by kind, sent, send and bus
+  errors, error frames by class, the bus's state; `swapctl status --json` shows them
+  under `can.<bus>`, `swapctl status` one line per bus.
+
+## Bus faults
+
+- **Error frames** (SocketCAN reports them as frames with the error flag: the class in
+  the identifier, `linux/can/error.h`, the controller's status in data[1]) are counted by
+  class (`err_<class>`: tx_timeout, lostarb, crtl, prot, trx, ack, busoff, buserror,
+  restarted) and logged, rate-limited. The bus's state follows what the controller
+  reports: `active`, `warning` (error counter at 96), `passive` (at 128), `bus_off`;
+  `closed` while it is not open.
+- **Alarms.** Error passive raises the alarm `can_error_passive`, bus-off `can_bus_off`,
+  a bus that cannot be opened or read `can_bus_down`; the alarm's location is
+  `can:<bus>`. Each is raised once per episode; a worse state in the same episode raises
+  its own. The episode ends, and is logged as recovered, when the bus has been error
+  active for {bus_back_s} s.
+- **Bus-off closes the bus**, which is reopened with back-off: after {backoff_min_ms} ms,
+  doubling up to {backoff_max_s} s while it keeps going bus-off. (On a station the
+  kernel can also restart the controller: `restart-ms` above.)
+- **The packs on a bus that is down** (closed or bus-off) are stale at once, as if never
+  heard: a pack in use there trips `pack_silent` as a silent pack does, and none of them
+  is charged. When the bus is back they are asked who they are and count again once
+  heard.
+- **A babbling node** (thousands of frames a second of garbage) costs the bus it is on
+  that bus's frames, dropped and counted, but neither the scan nor another bus: each bus
+  takes at most {drain_limit} frames per wake-up before the loop runs anything else.
 
 ## Long messages
 
@@ -1416,6 +1471,8 @@ def _request_fmt(protocol: PackProtocol, by_name: dict[str, Message]) -> dict[st
         "ack_pgn": protocol.pgn_of(ACKNOWLEDGEMENT),
         "nack": protocol.codes(ACKNOWLEDGEMENT, "AckControl")[ACK_NACK],
         "nack_repeat_ms": round(NACK_REPEAT_S * 1000),
+        "drain_limit": DRAIN_LIMIT, "backoff_min_ms": round(BACKOFF_MIN_S * 1000),
+        "backoff_max_s": f"{BACKOFF_MAX_S:g}", "bus_back_s": f"{BUS_BACK_AFTER_S:g}",
         "keep": protocol.codes("PackControl", "ControlCommand")["keep"],
         "idle": states["idle"], "charging": states["charging"],
         "counter_max": _num(counter.maximum),

@@ -126,10 +126,11 @@ async def _run(config: SimConfig) -> None:
         sim.add_listener(_log_event)
         c = config
         log.info(
-            "swap-sim up: PLC %s, CAN %s/%s%s, speed %g, %d slots, vehicles %s, control %s",
-            _plc_banner(sim), c.can.interface, c.can.channel,
-            f" port {c.can.udp_port}" if c.can.interface == "udp_multicast" and c.can.udp_port
-            else "", c.speed,
+            "swap-sim up: PLC %s, CAN %s, speed %g, %d slots, vehicles %s, control %s",
+            _plc_banner(sim), ", ".join(
+                f"{b.name} {b.interface}/{b.channel}"
+                + (f" port {b.udp_port}" if b.interface == "udp_multicast" and b.udp_port
+                   else "") for b in c.can.bus_list()), c.speed,
             c.station.slots, c.vehicles or "unlimited", c.control_socket or "off",
         )
         await stop.wait()

@@ -18,7 +18,7 @@ from typing import Any
 import structlog
 
 from drivers.bms.adapter import BmsAdapter, pack_summary
-from drivers.bms.canbus import BUS_DOWN, PackBus
+from drivers.bms.canbus import BUS_BACK_AFTER_S, BUS_DOWN, PackBus
 from drivers.bms.commander import PackCommander
 from drivers.bms.details import DetailRequester
 from drivers.bms.protocol import Decoded, PackProtocol
@@ -287,13 +287,12 @@ class Daemon:
     BUS_ALARMS = {"passive": "can_error_passive", "bus_off": "can_bus_off",
                   "closed": "can_bus_down"}
     BUS_SEVERITY = {"passive": 1, "bus_off": 2, "closed": 2}
-    BUS_RECOVERED_S = 2.0  # error active this long after a bad state: the bus is back
 
     def _on_bus_state(self, name: str, state: str, detail: str) -> None:
         """A bus changed state. Down (closed, bus-off): its packs are stale at once, so the
         interlocks judge them as silent packs. A bad state (error passive, bus-off, down)
         raises an alarm once per episode (a worse state again): the episode ends when the
-        bus has been error active for BUS_RECOVERED_S (a bus that goes bus-off at every
+        bus has been error active for BUS_BACK_AFTER_S (a bus that goes bus-off at every
         reopen is one episode). Back up: the packs on it are asked who they are."""
         slots = self._bus_slots.get(name, frozenset())
         pending = self._bus_recovery.pop(name, None)
@@ -311,7 +310,7 @@ class Daemon:
             if alarmed is not None:
                 self.packs.request(PackRequest(None, IDENTIFY_KINDS))  # heard anew
                 self._bus_recovery[name] = asyncio.get_running_loop().call_later(
-                    self.BUS_RECOVERED_S, self._bus_recovered, name, alarmed)
+                    BUS_BACK_AFTER_S, self._bus_recovered, name, alarmed)
             return
         if alarm is None or self._stopping or (
                 alarmed is not None and

@@ -106,7 +106,8 @@ class Inhibit(Event):
 
 @dataclass(frozen=True, kw_only=True)
 class Alarm(Event):
-    """A pack event (thermal, insulation, BMS flag) or a pack that does not behave."""
+    """A pack event (thermal, insulation, BMS flag), a pack that does not behave, or the
+    station's own trouble: location "station" (disk_low) or "can:<bus>" (a CAN bus)."""
 
     kind: ClassVar[str] = "alarm"
     location: str
@@ -115,7 +116,7 @@ class Alarm(Event):
     alarm: str  # fault_flag | over_temp | temp_rise | insulation | charge_stalled |
     # identity_conflict | ratings_conflict | soc_implausible | readings_implausible |
     # overcurrent |
-    # alarms_suppressed
+    # alarms_suppressed | disk_low | can_error_passive | can_bus_off | can_bus_down
     reason: str
     action: str
 

@@ -77,6 +77,9 @@ CRTL_RX_WARNING, CRTL_TX_WARNING = 0x04, 0x08
 CRTL_RX_PASSIVE, CRTL_TX_PASSIVE = 0x10, 0x20
 CRTL_ACTIVE = 0x40  # back to error active
 BUS_STATES = ("closed", "active", "warning", "passive", "bus_off")
+BACKOFF_MIN_S = 0.1  # a failed bus is reopened after this, doubling while it keeps failing
+BACKOFF_MAX_S = 5.0
+BUS_BACK_AFTER_S = 2.0  # error active this long after a bad state: the bus counts as back
 BUS_DOWN = frozenset({"closed", "bus_off"})  # no frame of its packs can arrive
 REJECT_KINDS = ("unknown_id", "bad_length", "bad_data", "not_extended", "remote", "wrong_bus",
                 "malformed_datagrams")
@@ -262,8 +265,8 @@ class PackBus:
         bitrate: int | None = None,
         clock: Callable[[], float] = time.monotonic,
         bus_kwargs: dict[str, Any] | None = None,
-        backoff_min: float = 0.1,
-        backoff_max: float = 5.0,
+        backoff_min: float = BACKOFF_MIN_S,
+        backoff_max: float = BACKOFF_MAX_S,
         logger: Any = None,
         name: str = "pack",
         accept_sources: frozenset[int] | None = None,

@@ -238,3 +238,31 @@ def test_error_frames_are_counted_and_move_the_bus_state() -> None:
     bus._handle(_error(0x004, 0x10), 1.0)  # a down bus stays down until reopened
     assert bus.state == "bus_off"
     assert st["decoded"] == 0 and STATION_SA  # nothing else was taken from them
+
+
+def test_the_commented_bus_examples_load_and_agree() -> None:
+    """deploy/swapd.toml and deploy/swap-sim.toml show the buses form in comments:
+    uncommented in place of the single-bus keys, both load, with the same layout."""
+    import re
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    single = re.compile(r"^(interface|channel|bitrate|udp_port) = .*$", re.M)
+
+    def uncomment(text: str, header: str) -> str:
+        a = text.index(header)
+        b = text.index("\n[", a + 1)
+        body = single.sub("", text[a:b])
+        m = body.index("# [[")  # the example: from its first bus on
+        body = body[:m] + re.sub(r"^# (\[\[|name|interface|channel|udp_port|locations)",
+                                 r"\1", body[m:], flags=re.M)
+        return text[:a] + body + text[b:]
+
+    swapd = uncomment((root / "deploy" / "swapd.toml").read_text(), "[can]")
+    cfg = StationConfig.model_validate(tomllib.loads(swapd))
+    sim = parse_sim_config(tomllib.loads(
+        uncomment((root / "deploy" / "swap-sim.toml").read_text(), "[sim.can]")))
+    assert cfg.can.served_slots() == sim.served_slots()
+    assert [(b.name, b.interface, b.channel, b.udp_port) for b in cfg.can.bus_list()] == \
+        [(b.name, b.interface, b.channel, b.udp_port) for b in sim.can.bus_list()]
+    assert len(cfg.can.bus_list()) == 2
