@@ -80,7 +80,7 @@ async def test_nameplate_and_120_cells_by_rts_cts(wire: Wire) -> None:
     assert rep.cell_temps is not None and rep.cell_temps.high == rep.max_cell_temp_c
     st = w.bus.stats
     # 35 + 18 + 8 packets, CTS windows of 16: 3 + 2 + 1 CTS, one EndOfMsgAck each
-    assert (st["cm_cts_sent"], st["cm_eoma_sent"], st["tp_completed"]) == (6, 3, 3)
+    assert (st["cm_cts_sent"], st["cm_eoma_sent"], st["cm_completed"]) == (6, 3, 3)
     assert {k: v for k, v in st.items() if k.startswith("tp_abort") and v} == {}
     await wait_until(lambda: w.packs.transport.stats["completed"] == 3)  # its EOMA taken
     assert w.commander.adapter.stats["detail_applied"] == 3
@@ -135,6 +135,7 @@ async def test_a_pack_that_stops_mid_transfer_is_aborted_and_its_data_stays(
     assert w.bus.stats["cm_completed"] == 1
     # the pack comes back: the next Request is answered whole
     w.packs.transport.stall_after.clear()
+    w.bus.tp_cm.t1_s = j1939_tp.T1_S
     request(w, VOLTAGES_MESSAGE, rack_sa(1))
     await wait_until(lambda: w.bus.stats["cm_completed"] == 2)
     assert w.image.packs[loc].cell_voltages is not before
