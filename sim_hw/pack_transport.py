@@ -19,7 +19,9 @@ counted `busy`); a BAM asked for while one of the node's runs is not sent (`busy
 
 Fault (for the station's abort paths): `stall_after[sa] = n` makes the node at `sa` stop
 sending after n TP.DT packets of each connection, as a BMS that resets mid-transfer; the
-station's T1 then aborts the connection.
+station's T1 then aborts the connection. `skip_packets[sa] = {n, ...}` makes it leave those
+packets out the first time it sends them (a frame lost on the bus): the station asks for
+them again.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class PackTransport:
         self.silent = silent
         self.dt_gap_s = dt_gap_s
         self.stall_after: dict[int, int] = {}  # source -> TP.DT packets before it stalls
+        self.skip_packets: dict[int, set[int]] = {}  # source -> packets lost once
         self.stats: Counter[str] = Counter()
         self.last_error: str | None = None
         self._pgns = {protocol.pgn_of(name): name for name in DETAIL_MESSAGES}
@@ -203,7 +206,12 @@ class PackTransport:
                     if (stall is not None and sent >= stall) or self.silent(sa):
                         self.stats["stalled"] += 1
                         return  # gone quiet mid-transfer: no abort, nothing more
-                    self._send(dt, sa)
+                    skip = self.skip_packets.get(sa)
+                    if skip and dt[1][0] in skip:
+                        skip.discard(dt[1][0])  # lost this once
+                        self.stats["skipped"] += 1
+                    else:
+                        self._send(dt, sa)
                     sent += 1
                     await asyncio.sleep(self.dt_gap_s)
                 for cm in sender.poll(self.clock()):

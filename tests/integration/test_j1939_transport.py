@@ -219,3 +219,33 @@ async def test_nameplates_cells_and_the_vin_reach_swapds_status(tmp_path: Path) 
         await rig.wait_for(lambda: daemon.status()["vehicle_vin"]["vin"] == VIN, timeout=20,
                            what="the VIN by BAM")
         assert sim.can.vin_sent > sent and daemon.adapter.stats["vin_invalid"] == 0
+
+
+async def test_lost_packets_are_asked_for_again_on_the_wire(wire: Wire) -> None:
+    w, loc = wire, Location.rack(1)
+    identify(w, loc)
+    await wait_until(lambda: (r := w.image.packs.get(loc)) is not None and r.serial)
+    w.packs.transport.skip_packets[rack_sa(1)] = {3, 20}
+    request(w, VOLTAGES_MESSAGE, rack_sa(1))
+    await wait_until(lambda: w.bus.stats["cm_completed"] == 1)
+    pack = w.model.rack[1]
+    assert pack is not None
+    rep = w.image.packs[loc]
+    assert rep.cell_voltages is not None
+    assert rep.cell_voltages.values == tuple(pack_details(pack)[VOLTAGES_MESSAGE]["CellVoltages"])
+    assert w.bus.stats["tp_retransmit_request"] == 2 and w.packs.transport.stats["skipped"] == 2
+
+
+async def test_a_connection_beyond_the_active_limit_is_held_then_resumed(wire: Wire) -> None:
+    w = wire
+    w.bus.tp_cm.max_active = 1
+    for n in (1, 2):
+        identify(w, Location.rack(n))
+    await wait_until(lambda: all((r := w.image.packs.get(Location.rack(n))) is not None
+                                 and r.serial for n in (1, 2)))
+    request(w, VOLTAGES_MESSAGE, rack_sa(1))
+    request(w, VOLTAGES_MESSAGE, rack_sa(2))
+    await wait_until(lambda: w.bus.stats["cm_completed"] == 2)
+    assert w.bus.stats["cm_holds_sent"] >= 1
+    assert all(w.image.packs[Location.rack(n)].cell_voltages is not None for n in (1, 2))
+    assert {k: v for k, v in w.bus.stats.items() if k.startswith("tp_abort") and v} == {}
