@@ -912,9 +912,10 @@ summary frames: the cell count against `PackLimits`' `CellCount`, the extremes a
 `PackCells` (within {v_tol:g} V) and the hottest sensor against `PackStatus`' `MaxCellTemp`
 (within {t_tol:g} degC); a mismatch is counted (`cells_count_mismatch`,
 `cells_voltage_mismatch`, `cells_temp_mismatch`) and logged. These messages are shown to
-the operator (`swapctl status`: per pack, the nameplate, the number of cells, the lowest
-and highest cell voltage and temperature); no interlock and no decision reads them: the
-interlocks use the frames above, sent every 100 ms.
+the operator (`swapctl status --json`, `pack_details`: per pack, the nameplate, the number
+of cells, the lowest and highest cell voltage and temperature and their age; the car's VIN
+under `vehicle_vin`); no interlock and no decision reads them: the interlocks use the
+frames above, sent every 100 ms.
 """
 
 
