@@ -49,6 +49,7 @@ from station.pack_commands import PackCommandKind, PackRequest
 from station.packml import Cmd, State
 from station.plan import PackInfo, SwapPlan
 from station.recovery import Interrupted
+from station.scan_wake import ScanWake
 from station.sd_notify import SystemdNotifier
 from station.sequence import SEQUENCE, step_index
 
@@ -188,6 +189,7 @@ class Daemon:
                 self.link.set_outputs(d.outputs)
         self._disk_low = False
         self._wake = asyncio.Event()
+        self._scan_wake = ScanWake(cfg)
         self._last_scan = clock()
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False  # run() is stopping: the scan loop ends after its decision
@@ -336,7 +338,11 @@ class Daemon:
         log.info("can.bus_recovered", bus=name, was=was)
 
     def _on_message(self, msg: Decoded, t: float) -> None:
-        if self.adapter.apply(self.image, msg, t) is not None:
+        loc = self.adapter.apply(self.image, msg, t)
+        # folded in and stamped at once; the scan woken only by what can change a decision
+        # now (station/scan_wake.py), else it judges the frame at its next tick or PLC read
+        if loc is not None and self._scan_wake.wakes(
+                loc, self.adapter.kind_of(msg.name), self.image.packs.get(loc)):
             self._wake.set()
 
     # ---- the scan ---------------------------------------------------------------------
