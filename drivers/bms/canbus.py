@@ -322,6 +322,7 @@ class PackBus:
         self._reader_error: Exception | None = None
         self._went_bad = float("-inf")  # clock() of the last bus-off
         self._told_down = False  # on_state has been told the bus is down
+        self.retry_s = 0.0  # the last wait before a reopen (back-off)
 
     def counters(self) -> dict[str, Any]:
         """The operator's summary: state, frames received, decoded, rejected (by kind),
@@ -380,19 +381,22 @@ class PackBus:
                     self._log.info("can.opened", reader=reader)
                     self.stats["opens"] += 1
                     opened_at = self._clock()
-                    # a bus that goes bus-off again at once keeps backing off; one that ran
-                    # for a while starts again from the shortest wait
-                    if self.state != "bus_off" or opened_at - self._went_bad > self.backoff_max:
-                        backoff = self.backoff_min
                     self._set_state("active", "opened")
                     assert self._failed is not None
                     await self._failed  # done on a bus error or close(); raises a callback's error
                     self._stop_reader()
+                    # a bus that goes bus-off again soon after it was opened keeps backing
+                    # off; one that ran for a while (or failed otherwise) starts again from
+                    # the shortest wait
+                    if self.state != "bus_off" or \
+                            self._went_bad - opened_at > self.backoff_max:
+                        backoff = self.backoff_min
                     if self._closing:
                         break  # closed by its owner: no state change to report
                     if self.state != "bus_off":
                         self._set_state("closed", f"bus error: {self._reader_error}")
                     self._limited.warning("can.bus_error", error=str(self._reader_error))
+                self.retry_s = backoff
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), backoff)
                 backoff = min(backoff * 2, self.backoff_max)

@@ -211,3 +211,43 @@ async def test_swapctl_status_json_shows_the_counters_per_bus(tmp_path: Path) ->
         assert can["rack"]["decoded"] > 0 and can["rack"]["sent"] > 0
         text = await swapctl("status")
         assert "can bay:" in text and "can rack:" in text and "decoded" in text
+
+
+async def test_a_bus_that_goes_bus_off_at_every_reopen_backs_off_further() -> None:
+    """Bus-off closes the bus; it is reopened after the back-off, which doubles while the
+    bus goes bus-off again soon after each reopen (the clock stands still here: every
+    session is short) and never passes backoff_max."""
+    import uuid
+
+    import can
+
+    from drivers.bms.canbus import PackBus
+    from drivers.bms.protocol import PackProtocol
+
+    channel = f"busoff-{uuid.uuid4().hex}"
+    peer = can.Bus(interface="virtual", channel=channel)
+    bus = PackBus("virtual", channel, PackProtocol(), name="rack", clock=lambda: 100.0,
+                  backoff_min=0.01, backoff_max=0.04)
+    waits: list[float] = []
+    states: list[str] = []
+
+    def on_state(state: str, detail: str) -> None:
+        states.append(state)
+        if state == "active":  # opened: the controller goes bus-off at once
+            waits.append(bus.retry_s)
+            peer.send(can.Message(arbitration_id=0x40, data=bytes(8), is_error_frame=True))
+
+    bus.on_state = on_state
+    task = asyncio.create_task(bus.run())
+    try:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + WAIT_S
+        while len(waits) < 6 and loop.time() < end:
+            await asyncio.sleep(0.01)
+    finally:
+        await bus.close()
+        await asyncio.wait_for(task, 5)
+        peer.shutdown()
+    assert waits[:6] == [0.0, 0.01, 0.02, 0.04, 0.04, 0.04], waits
+    assert states[:4] == ["active", "bus_off", "active", "bus_off"]
+    assert bus.stats["bus_off"] >= 5 and bus.stats["opens"] >= 6
