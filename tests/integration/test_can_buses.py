@@ -251,3 +251,30 @@ async def test_a_bus_that_goes_bus_off_at_every_reopen_backs_off_further() -> No
     assert waits[:6] == [0.0, 0.01, 0.02, 0.04, 0.04, 0.04], waits
     assert states[:4] == ["active", "bus_off", "active", "bus_off"]
     assert bus.stats["bus_off"] >= 5 and bus.stats["opens"] >= 6
+
+
+async def test_a_bus_that_cannot_be_opened_is_down_with_an_alarm(tmp_path: Path) -> None:
+    """The rack's bus on a SocketCAN interface that does not exist (here: no SocketCAN at
+    all): can_bus_down once, the bus closed in the status, its packs never counted; the
+    bay's bus works."""
+    from station.config import StationConfig
+
+    def rack_on_nothing(cfg: StationConfig) -> StationConfig:
+        assert cfg.can.buses is not None
+        buses = [b.model_copy(update={"interface": "socketcan", "channel": "nocan9",
+                                      "udp_port": None}) if b.name == "rack" else b
+                 for b in cfg.can.buses]
+        return cfg.model_copy(update={"can": cfg.can.model_copy(update={"buses": buses})})
+
+    async with two_bus_rig(tmp_path, vehicles=0, config=rack_on_nothing) as rig:
+        d = rig.daemon
+        await rig.wait_for(lambda: alarms(rig, "can_bus_down"), WAIT_S, what="the alarm")
+        alarm = alarms(rig, "can_bus_down")[0]
+        assert alarm["location"] == "can:rack" and "nocan9" in alarm["reason"]
+        await rig.wait_for(lambda: d.buses["rack"].stats["bus_errors"] >= 3, WAIT_S,
+                           what="reopen attempts")
+        assert len(alarms(rig, "can_bus_down")) == 1
+        can = d.status()["can"]
+        assert can["rack"]["state"] == "closed" and can["bay"]["state"] == "active"
+        assert not fresh(rig, RACK)
+        assert can["bay"]["received"] > 0

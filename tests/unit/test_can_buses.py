@@ -266,3 +266,37 @@ def test_the_commented_bus_examples_load_and_agree() -> None:
     assert [(b.name, b.interface, b.channel, b.udp_port) for b in cfg.can.bus_list()] == \
         [(b.name, b.interface, b.channel, b.udp_port) for b in sim.can.bus_list()]
     assert len(cfg.can.bus_list()) == 2
+
+
+# ---- PackControl and Requests on the pack's bus ------------------------------------------
+
+class Recording(PackBus):
+    """A PackBus that records what it is asked to send (never opened)."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__("virtual", name, PROTO, name=name)
+        self.out: list[tuple[str, int | None]] = []
+
+    def send(self, name: str, values: dict[str, Any], da: int | None = None) -> None:
+        self.out.append((name, da))
+
+
+def test_the_commander_sends_each_packs_frames_on_the_bus_serving_it() -> None:
+    from drivers.bms.adapter import BmsAdapter
+    from drivers.bms.commander import PackCommander
+    from station.image import BAY, Location, PackData
+    from station.pack_commands import PackCommand, PackCommandKind, PackRequest
+
+    bay, rack = Recording("bay"), Recording("rack")
+    routes = {VEHICLE_PACK_SA: bay, **{rack_sa(s): rack for s in range(1, 8)}}
+    commander = PackCommander(bay, BmsAdapter(PROTO), clock=lambda: 1.0, routes=routes)
+    commander.send(PackCommand(Location.rack(3), PackCommandKind.CHARGE_ENABLE, 10.0, 400.0))
+    commander.send(PackCommand(BAY, PackCommandKind.ISOLATE, 0.0, 0.0))
+    commander.request(PackRequest(Location.rack(7), (PackData.IDENTITY,)))
+    commander.request(PackRequest(Location.rack(20), (PackData.IDENTITY,)))  # no bus's
+    commander.request(PackRequest(None, (PackData.HEALTH,)))  # every pack: every bus
+    assert rack.out == [("PackControl", rack_sa(3)), ("Request", rack_sa(7)),
+                        ("Request", rack_sa(20)), ("Request", 0xFF)]
+    assert bay.out == [("PackControl", VEHICLE_PACK_SA), ("Request", rack_sa(20)),
+                       ("Request", 0xFF)]
+    assert bay.on_nack is not None and rack.on_nack is not None  # NACKs heard on both
