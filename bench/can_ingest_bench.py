@@ -15,8 +15,8 @@ pack's, a current above its grant, a temperature rising faster than the limit).
 For each rate, in one run:
   CPU      swapd's user+system time over the window (/proc/<pid>/stat) in % of one core;
   lost     the frames sent on the bus (the simulator's packs + the extra sender) against
-           those swapd's bus counters show received (`swapctl status --json`: received -
-           own); read while the bus is quiet, so no frame is in flight at either end. And
+           those swapd's bus counters show received (`swapctl status --json`: received
+           less its own frames echoed back); read while the bus is quiet, so no frame is in flight at either end. And
            the kernel's drop count of swapd's CAN socket(s) (/proc/net/udp), which counts
            the datagrams a full receive buffer refused;
   latency  CAN over-temperature -> stop request at the simulated PLC, p50/p99 over
@@ -198,6 +198,14 @@ def can_counters(status: dict[str, Any]) -> dict[str, dict[str, int]] | None:
     return found or None
 
 
+def heard(c: dict[str, Any]) -> int:
+    """Frames a bus received from other nodes: swapd's own frames come back over
+    udp_multicast and are counted received, then dropped as its own ("own", or within
+    "ignored" with frames for another destination, which no node here sends)."""
+    own = c["own"] if "own" in c else c.get("ignored", 0)
+    return int(c["received"]) - int(own)
+
+
 def socket_inodes(pid: int) -> set[str]:
     out = set()
     fd_dir = f"/proc/{pid}/fd"
@@ -356,8 +364,7 @@ def compare(r: int, a: Snapshot, b: Snapshot) -> RateResult:
     expected = (b.sim_sent - a.sim_sent) + extra
     lost = per_bus = None
     if a.counters is not None and b.counters is not None:
-        per_bus = {name: (c["received"] - c.get("own", 0))
-                   - (a.counters[name]["received"] - a.counters[name].get("own", 0))
+        per_bus = {name: heard(c) - heard(a.counters[name])
                    for name, c in b.counters.items() if name in a.counters}
         lost = expected - sum(per_bus.values())
     return RateResult(r, extra / dt, (b.cpu_s - a.cpu_s) / dt * 100, expected, lost, per_bus,

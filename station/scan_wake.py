@@ -40,7 +40,7 @@ class ScanWake:
         # the strictest alarm: a pack not yet identified is judged by it (pack_safety)
         self.alarm_c = min(c.alarm_temp_c for c in cfg.chemistry.values())
         self.min_insulation_kohm = cfg.pack_safety.min_insulation_kohm
-        self._last: dict[tuple[Location, PackData], tuple[PackReport, Key]] = {}
+        self._last: dict[tuple[int, PackData], tuple[PackReport, Key]] = {}  # by slot
 
     def wakes(self, loc: Location, kind: PackData | None, rep: PackReport | None) -> bool:
         """After a frame of `kind` was folded into `rep` at `loc`: must the scan run now?
@@ -48,7 +48,7 @@ class ScanWake:
         if kind is None or rep is None or kind not in FREQUENT:
             return True
         key = self._status_key(rep) if kind is PackData.STATUS else self._cells_key(rep)
-        slot = (loc, kind)
+        slot = (loc.slot, kind)
         last = self._last.get(slot)
         if last is not None and last[0] is rep and last[1] == key:
             return False

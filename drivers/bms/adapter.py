@@ -33,7 +33,6 @@ from drivers.bms.protocol import (
     Decoded,
     PackProtocol,
     rack_sa,
-    slot_of_sa,
 )
 from drivers.ratelimit import RateLimitedWarnings
 from station.image import (
@@ -59,6 +58,7 @@ MESSAGE_KINDS: dict[str, PackData] = {
     "PackLimits": PackData.LIMITS,
 }
 KIND_MESSAGES: dict[PackData, str] = {kind: name for name, kind in MESSAGE_KINDS.items()}
+NO_FAULTS: frozenset[PackFault] = frozenset()
 
 # PackCells fault bit (DBC signal) -> what the core calls it.
 FAULT_SIGNALS: dict[str, PackFault] = {
@@ -121,6 +121,9 @@ class BmsAdapter:
         self.stats: dict[str, int] = dict.fromkeys(STAT_KEYS, 0)
         self._limited = RateLimitedWarnings(log, 1.0)
         self._detail_pgns = {name: protocol.pgn_of(name) for name in DETAIL_MESSAGES}
+        # every pack address's location, built once: looked up for every frame
+        self._locations: dict[int, Location] = {VEHICLE_PACK_SA: BAY, **{
+            rack_sa(n): Location.rack(n) for n in range(1, MAX_RACK_SLOTS + 1)}}
         self._chemistry = protocol.choices("PackIdentity", "Chemistry")
         known_states = {s.value for s in PackState}
         self._states: dict[int, PackState] = {}
@@ -191,10 +194,7 @@ class BmsAdapter:
 
     def location_of(self, sa: int) -> Location | None:
         """Where the pack at a source address sits; None for an address that is no pack's."""
-        if sa == VEHICLE_PACK_SA:
-            return BAY
-        slot = slot_of_sa(sa)
-        return None if slot is None else Location.rack(slot)
+        return self._locations.get(sa)
 
     def address_of(self, location: Location) -> int:
         """The source address of the pack at a location."""
@@ -290,7 +290,8 @@ class BmsAdapter:
             rep.max_cell_v = float(s["MaxCellVoltage"])
             rep.min_cell_v = float(s["MinCellVoltage"])
             rep.insulation_kohm = float(s["InsulationResistance"])
-            rep.faults = frozenset(f for name, f in FAULT_SIGNALS.items() if s.get(name))
+            flagged = [f for name, f in FAULT_SIGNALS.items() if s.get(name)]
+            rep.faults = frozenset(flagged) if flagged else NO_FAULTS
             rep.faults_latched |= rep.faults
             rep.state = self._states.get(int(s["PackState"]), PackState.UNKNOWN)
         else:  # PackData.LIMITS

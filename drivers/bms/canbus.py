@@ -59,6 +59,9 @@ GLOBAL_DA = 0xFF  # J1939 global (broadcast) destination
 LOG_INTERVAL = 1.0  # at most one log line per rejection kind per second: a babbling node
 THREAD_RECV_TIMEOUT = 0.05  # how long a reader thread takes to notice it must stop
 DRAIN_LIMIT = 64  # frames taken per loop wake-up, so a flood cannot starve other tasks
+# the kernel's receive queue asked for on a bus's socket: a burst, or the loop busy for a
+# moment (a journal fsync, a scan), is queued rather than dropped (~2000 frames)
+RECEIVE_BUFFER_BYTES = 2 << 20
 NACK_REPEAT_S = 0.5  # at most one NACK per (requester, PGN) this often: a flood of
 #                      Requests must not double itself on the bus
 MAX_NODE_ADDRESS = 0xFD  # J1939: 0xFE is the null address, 0xFF the global one
@@ -448,6 +451,7 @@ class PackBus:
         except NotImplementedError:
             fd = -1
         if fd >= 0:
+            self.receive_buffer = grow_receive_buffer(fd, RECEIVE_BUFFER_BYTES)
             loop.add_reader(fd, self._drain, bus)
             self._fd = fd
         else:
@@ -730,6 +734,24 @@ class PackBus:
 
 
 _BAM = bytes([j1939_tp.CM_BAM])
+
+
+def grow_receive_buffer(fd: int, size: int) -> int:
+    """Ask for a receive queue of `size` bytes on the socket `fd` (SO_RCVBUFFORCE where
+    allowed, CAP_NET_ADMIN; else SO_RCVBUF, which net.core.rmem_max caps). Returns the size
+    the kernel granted (it doubles a request for its bookkeeping); 0 for an fd that is no
+    socket (an interface reading a device). Never raises: the default queue still works."""
+    try:
+        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_DGRAM) as sock:  # a dup of fd
+            for opt in (getattr(socket, "SO_RCVBUFFORCE", None), socket.SO_RCVBUF):
+                if opt is None:
+                    continue
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, opt, size)
+                    break
+            return int(sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+    except OSError:
+        return 0
 
 
 def _pgn_or_none(protocol: PackProtocol, name: str) -> int | None:

@@ -146,6 +146,7 @@ class PackProtocol:
                     self._choices[msg.name, sig.name] = {
                         int(code): str(name) for code, name in sig.choices.items()
                     }
+        self._special = frozenset(self._text) | frozenset(self._arrays)  # more than decode
 
     def message(self, name: str) -> Message:
         return self.db.get_message_by_name(name)
@@ -216,11 +217,14 @@ class PackProtocol:
                 "bad_length", f"{msg.name}: {len(data)} bytes, expected {msg.length}"
             )
         try:
-            signals = msg.decode(bytes(data), decode_choices=False, scaling=True)
+            # the CAN ingest path (thousands of frames/s): decode_simple (no container
+            # message in a pack DBC), codes not choice names, and cantools' dict is ours
+            out: dict[str, Any] = msg.decode_simple(
+                data if type(data) is bytes else bytes(data), decode_choices=False)
         except Exception as exc:  # cantools raises several types on malformed payloads
             raise FrameError("bad_data", f"{msg.name}: {exc}") from exc
-        assert isinstance(signals, dict)
-        out: dict[str, Any] = dict(signals)
+        if msg.name not in self._special:
+            return Decoded(msg.name, pgn, sa, da, out)
         for sig, (encoding, n, pad) in self._text.get(msg.name, {}).items():
             raw = int(out[sig]).to_bytes(n, "little")
             try:
