@@ -141,9 +141,13 @@ async def test_bus_off_alarms_reopens_and_trips_the_silent_pack_interlock(
         assert rig.sim.observer.violations == []
 
 
+@pytest.mark.parametrize("interface", ["virtual", "udp_multicast"])
 async def test_a_babbling_node_starves_neither_the_scan_nor_the_other_bus(
-        tmp_path: Path) -> None:
-    async with two_bus_rig(tmp_path, config={"operation": {"auto_start": False}}) as rig:
+        tmp_path: Path, interface: str) -> None:
+    """virtual: a reader thread hands each frame to the loop; udp_multicast: the loop reads
+    the socket itself, at most DRAIN_LIMIT frames per wake-up."""
+    async with two_bus_rig(tmp_path, config={"operation": {"auto_start": False}},
+                           can=interface) as rig:
         d, core = rig.daemon, rig.core
         await rig.wait_for(lambda: core.ready_to_start, WAIT_S, what="a vehicle")
         rig.sim.faults.set("can_babble", value=3000, target="rack")
