@@ -188,6 +188,9 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
                   f"(boot {boot} s, total {res.total_s:.1f} s)"
                   + ("" if tier.error is None else f"; {tier.error}"),
                   green=ok, red=not ok, bold=True)
+    if config.getoption("verbose") > 0:
+        for nodeid, rec in tier.results.items():
+            tr.write_line(f"  {rec['duration']:6.1f} s in the VM  {rec['outcome']:7}  {nodeid}")
     if ok:
         shutil.rmtree(tier.work, ignore_errors=True)
     else:

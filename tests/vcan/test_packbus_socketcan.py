@@ -13,7 +13,7 @@ from typing import Any
 import can
 import pytest
 
-from drivers.bms.canbus import PackBus
+from drivers.bms.canbus import STAT_KEYS, PackBus
 from drivers.bms.protocol import STATION_SA, VEHICLE_PACK_SA, Decoded, PackProtocol, rack_sa
 from tests.integration.polling import wait_until
 
@@ -163,3 +163,25 @@ async def test_error_frames_are_counted_not_delivered(pack_bus: Running,
     assert bus.stats["error_frames"] == 1 and bus.stats["decoded"] == 1
     if hasattr(bus, "state"):  # bus state classification (issue 11, bus faults)
         assert bus.state == "passive", bus.state
+
+
+async def test_bus_off_closes_and_reopens(peer: Peer) -> None:
+    """A bus-off error frame (CAN_ERR_BUSOFF): the bus is closed, its state says so, and
+    it is reopened with back-off; frames are read again afterwards."""
+    if "bus_off" not in STAT_KEYS:
+        pytest.skip("PackBus has no bus states yet (issue 11, bus faults)")
+    r, task = await _start()
+    states: list[str] = []
+    r.bus.on_state = lambda state, detail: states.append(state)
+    try:
+        await peer.send(can.Message(arbitration_id=CAN_ERR_BUSOFF, data=bytes(8),
+                                    is_error_frame=True, is_extended_id=False))
+        await wait_until(lambda: r.bus.stats["bus_off"] == 1, WAIT_S)
+        await wait_until(lambda: r.bus.stats["opens"] == 2 and r.bus.is_open, WAIT_S)
+        assert states == ["bus_off", "active"], states
+        await peer.send_pack("PackStatus", STATUS, rack_sa(5))
+        await wait_until(lambda: len(r.messages) == 1, WAIT_S)
+        assert r.bus.state == "active" and r.bus.stats["error_frames"] == 1
+    finally:
+        await r.bus.close()
+        await asyncio.wait_for(task, 10)

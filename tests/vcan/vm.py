@@ -175,8 +175,21 @@ for m in $(cat /modules.order); do
 done
 arg() { sed -n "s/.*swap_$1=\([^ ]*\).*/\1/p" /proc/cmdline; }
 WORK=$(arg work)
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144,cache=loose,ro hostroot /newroot \
+REPO=$(arg repo)
+VENV=$(arg venv)
+# The host root and the venv with cache=loose (imports are ~25 % faster; they do not
+# change during a run); the checkout without, so that a file edited on the host while the
+# VM runs (a shared working tree) is read as it is, never with a stale size, as garbage.
+P9="trans=virtio,version=9p2000.L,msize=262144"
+mount -t 9p -o $P9,cache=loose,ro hostroot /newroot \
     || { say "mounting the host root failed"; bye 121; }
+if [ -n "$REPO" ]; then
+    mount -t 9p -o $P9,ro repo "/newroot$REPO" || { say "mounting $REPO failed"; bye 121; }
+fi
+if [ -n "$VENV" ]; then
+    mount -t 9p -o $P9,cache=loose,ro venv "/newroot$VENV" \
+        || { say "mounting $VENV failed"; bye 121; }
+fi
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 mount -t devtmpfs devtmpfs /newroot/dev
@@ -187,7 +200,7 @@ mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
 # after the tmpfs mounts: a work dir under /tmp needs its mount point made on the tmpfs
 mkdir -p "/newroot$WORK" 2>/dev/null
-mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 work "/newroot$WORK" \
+mount -t 9p -o $P9 work "/newroot$WORK" \
     || { say "mounting the work dir $WORK failed"; bye 122; }
 ip link set lo up
 hostname swap-vcan-vm
@@ -337,8 +350,9 @@ def run(argv: Sequence[str], *, work: Path | None = None, cwd: Path = REPO,
         own_tmp = tempfile.TemporaryDirectory(prefix="swap-vcan-")
         work = Path(own_tmp.name)
     work = work.resolve()
-    if re.search(r"\s", str(work)):
-        raise ValueError(f"work dir {work}: no white space (it goes on the kernel command line)")
+    for p in (work, REPO, VENV_BIN.parent):
+        if re.search(r"\s", str(p)):
+            raise ValueError(f"{p}: no white space (it goes on the kernel command line)")
     try:
         (work / "run.sh").write_text(_run_script(argv, cwd, {**vm_env(work), **(env or {})}))
         return _boot(qemu, kernel, image, work, timeout, on_line)
@@ -347,18 +361,27 @@ def run(argv: Sequence[str], *, work: Path | None = None, cwd: Path = REPO,
             own_tmp.cleanup()
 
 
+def _share(tag: str, path: Path, *, readonly: bool) -> list[str]:
+    return ["-virtfs", f"local,path={path},mount_tag={tag},security_model=none,"
+                       f"multidevs=remap{',readonly=on' if readonly else ''}"]
+
+
 def _boot(qemu: str, kernel: Kernel, image: Path, work: Path, timeout: float,
           on_line: Callable[[str], None] | None) -> VmResult:
+    # the venv gets its own (cached) share when it lies inside the checkout's
+    venv_share = VENV_BIN.parent.resolve().is_relative_to(REPO)
     cmd = [
         qemu, "-accel", "tcg,thread=multi", "-cpu", "max", "-machine", "q35",
-        "-smp", "1", "-m", str(MEMORY_MB), "-nographic", "-display", "none",
+        "-smp", os.environ.get("SWAP_VCAN_SMP", "1"), "-m", str(MEMORY_MB), "-nographic", "-display", "none",
         "-monitor", "none", "-serial", "stdio", "-no-reboot", "-nodefaults",
         "-kernel", str(kernel.vmlinuz), "-initrd", str(image),
         "-append", f"console=ttyS0 panic=-1 quiet loglevel=3 random.trust_cpu=on "
-                   f"swap_work={work}",
-        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,"
-                   "multidevs=remap",
-        "-virtfs", f"local,path={work},mount_tag=work,security_model=none,multidevs=remap",
+                   f"swap_work={work} swap_repo={REPO} "
+                   + (f"swap_venv={VENV_BIN.parent}" if venv_share else ""),
+        *_share("hostroot", Path("/"), readonly=True),
+        *_share("repo", REPO, readonly=True),
+        *(_share("venv", VENV_BIN.parent, readonly=True) if venv_share else ()),
+        *_share("work", work, readonly=False),
         "-device", f"isa-debug-exit,iobase={EXIT_PORT:#x},iosize=0x04",
     ]
     start = time.monotonic()
