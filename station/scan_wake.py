@@ -13,9 +13,10 @@ So a frame wakes the scan at once only when it can change a decision now:
   pack-safety rules act on at once: a cell temperature at or above the strictest
   chemistry's alarm limit, a fault flag or the pack state changing, insulation crossing
   its limit, readings becoming implausible (lowest above highest, SOC outside 0-100 %);
-- every other kind (IDENTITY, HEALTH, LIMITS, 1 Hz per pack, and the car's VIN): always.
-  They are rare, and an identity is what the identify step waits for or what a spoof
-  changes;
+- the rare kinds (IDENTITY, HEALTH, LIMITS; 1 Hz per pack, yet 69 scans/s for 23 packs):
+  when what they say changes (another identity, other ratings or capacity: what the trust
+  rules judge), and the bay's identity always (the identify step waits for a fresh one);
+- anything else (the car's VIN, a pack's nameplate or cell arrays): always; they are rare;
 - the first frame of a kind from a location, or of a new report there: always.
 A routine reading (current, voltage, SOC, a temperature below the alarm limit) waits for
 the next scan, at most TICK_S away. The temperature rise rate is judged on the scan's own
@@ -28,9 +29,6 @@ from station.config import StationConfig
 from station.image import Location, PackData, PackReport
 
 Key = tuple[object, ...]
-
-FREQUENT = frozenset({PackData.STATUS, PackData.CELLS})
-
 
 class ScanWake:
     """Remembers, per location and kind, what the last frame meant for the decisions; a
@@ -45,15 +43,26 @@ class ScanWake:
     def wakes(self, loc: Location, kind: PackData | None, rep: PackReport | None) -> bool:
         """After a frame of `kind` was folded into `rep` at `loc`: must the scan run now?
         kind None (the car's VIN) or rep None: yes."""
-        if kind is None or rep is None or kind not in FREQUENT:
+        if kind is None or rep is None or (kind is PackData.IDENTITY and loc.is_bay):
             return True
-        key = self._status_key(rep) if kind is PackData.STATUS else self._cells_key(rep)
+        key = self._key(kind, rep)
         slot = (loc.slot, kind)
         last = self._last.get(slot)
         if last is not None and last[0] is rep and last[1] == key:
             return False
         self._last[slot] = (rep, key)  # a new report (another pack) is a change
         return True
+
+    def _key(self, kind: PackData, rep: PackReport) -> Key:
+        if kind is PackData.STATUS:
+            return self._status_key(rep)
+        if kind is PackData.CELLS:
+            return self._cells_key(rep)
+        if kind is PackData.IDENTITY:
+            return (rep.identity,)
+        if kind is PackData.HEALTH:
+            return (rep.rated_capacity_ah, rep.soh_pct, rep.cycle_count)
+        return (rep.ratings, rep.max_charge_current_a)  # LIMITS
 
     def _status_key(self, rep: PackReport) -> Key:
         hi, lo, soc = rep.max_cell_temp_c, rep.min_cell_temp_c, rep.soc_pct

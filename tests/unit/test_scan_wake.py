@@ -81,10 +81,22 @@ def test_a_fault_flag_or_state_change_wakes_the_scan(daemon: Daemon) -> None:
                                       "InsulationResistance": 50}, rack_sa(2))
 
 
-def test_identity_and_other_rare_kinds_always_wake(daemon: Daemon) -> None:
+def test_a_rare_kind_wakes_when_it_changes_and_the_bay_identity_always(
+        daemon: Daemon) -> None:
     assert feed(daemon, "PackIdentity", IDENTITY, rack_sa(1))
-    assert feed(daemon, "PackIdentity", IDENTITY, rack_sa(1))  # what identify waits for
+    assert not feed(daemon, "PackIdentity", IDENTITY, rack_sa(1))  # the same pack again
     assert feed(daemon, "PackIdentity", {**IDENTITY, "PackSerial": 9}, rack_sa(1))
+    assert feed(daemon, "PackIdentity", IDENTITY, VEHICLE_PACK_SA)
+    assert feed(daemon, "PackIdentity", IDENTITY, VEHICLE_PACK_SA)  # identify waits for it
+    limits = {"MaxChargeVoltage": 400.0, "MaxChargeCurrent": 150.0, "CellCount": 96,
+              "MaxCellChargeVoltage": 4.15}
+    assert feed(daemon, "PackLimits", limits, rack_sa(2))
+    assert not feed(daemon, "PackLimits", limits, rack_sa(2))
+    assert feed(daemon, "PackLimits", {**limits, "CellCount": 108}, rack_sa(2))
+    health = {"CycleCount": 120, "SOH": 95.0, "RatedVoltage": 350.0, "RatedCapacity": 150.0}
+    assert feed(daemon, "PackHealth", health, rack_sa(2))
+    assert not feed(daemon, "PackHealth", health, rack_sa(2))
+    assert feed(daemon, "PackHealth", {**health, "RatedCapacity": 120.0}, rack_sa(2))
 
 
 def test_a_frame_from_an_empty_location_wakes_nothing(daemon: Daemon) -> None:
