@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import sys
 import tempfile
 import time
@@ -28,22 +27,11 @@ from typing import Any
 import pytest
 
 from tests.vcan import vm
+from tests.vcan.support import native_vcan
 
 RESULTS_ENV = "SWAP_VCAN_RESULTS"  # in the VM: where each test's outcome is appended
 TIMEOUT_ENV = "SWAP_VCAN_TIMEOUT"
 VM_TIMEOUT_S = 480.0  # the whole tier; it takes ~2-3 min (see README, bench section)
-
-
-def native_vcan() -> bool:
-    """This kernel runs SocketCAN and has vcan0 up (inside the VM, or a bench)."""
-    if not Path("/sys/class/net/vcan0").exists() or not hasattr(socket, "AF_CAN"):
-        return False
-    try:
-        with socket.socket(socket.AF_CAN, socket.SOCK_RAW, socket.CAN_RAW) as s:
-            s.bind(("vcan0",))
-    except OSError:
-        return False
-    return True
 
 
 @dataclass

@@ -10,6 +10,8 @@ from pathlib import Path
 import can
 import pytest
 
+from tests.vcan.support import needs_vcan1
+
 pytestmark = [pytest.mark.vcan, pytest.mark.timeout(120)]
 
 SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "vcan0.sh"
@@ -38,6 +40,7 @@ def test_deploy_script_brings_up_buses() -> None:
         assert got is not None and bytes(got.data) == b"\x01\x02"
 
 
+@needs_vcan1
 def test_two_buses_are_apart() -> None:
     """vcan0 and vcan1 (made by the VM, or by `deploy/vcan0.sh vcan0 vcan1` on a bench)."""
     with can.Bus(interface="socketcan", channel="vcan0") as bus0, \
