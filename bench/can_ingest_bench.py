@@ -5,7 +5,7 @@ swapd runs as its own process (as on a station) against the simulator in this on
 packs (22 rack slots + the car's) over python-can udp_multicast, ~506 frames/s of their
 own. A separate sender process adds *valid* pack frames (PackStatus and PackCells, in
 turn) at each rate of `--rates` (frames/s; 0 = idle), spread round-robin over the
-addresses of the packs on the bus and, with several buses configured, over the buses.
+addresses of the packs on the bus and, with several buses (`--buses`), over the buses.
 The extra frames carry the simulator's own readings of each pack (refreshed every 50 ms)
 with realistic frame-to-frame variation: current and voltage noise, SOC and cell
 temperatures a step below or at the pack's, cell voltages a few mV around it, so that no
@@ -16,15 +16,16 @@ For each rate, in one run:
   CPU      swapd's user+system time over the window (/proc/<pid>/stat) in % of one core;
   lost     the frames sent on the bus (the simulator's packs + the extra sender) against
            those swapd's bus counters show received (`swapctl status --json`: received
-           less its own frames echoed back); read while the bus is quiet, so no frame is in flight at either end. And
-           the kernel's drop count of swapd's CAN socket(s) (/proc/net/udp), which counts
-           the datagrams a full receive buffer refused;
+           less its own frames echoed back), per bus; read while the bus is quiet, so no
+           frame is in flight at either end. And the kernel's drop count of swapd's CAN
+           sockets (/proc/net/udp): the datagrams a full receive queue refused;
   latency  CAN over-temperature -> stop request at the simulated PLC, p50/p99 over
            `--trials` trials with the same extra load on (bench/latency_bench.py's method:
            a PackStatus with MaxCellTemp 75 C from the car's pack during POSITION).
 
 Run: .venv/bin/python bench/can_ingest_bench.py [--rates 0,2000,4000,8000] [--window 10]
-     [--trials 30] [--profile FILE.svg (py-spy on swapd at the highest rate)]
+     [--trials 30] [--buses 1|2|3] [--profile FILE.svg (py-spy on swapd at the highest
+     rate; PY_SPY=path if py-spy is not on PATH; a .txt name: collapsed stacks)]
 """
 
 from __future__ import annotations
@@ -47,6 +48,7 @@ from latency_bench import StopProbe, hot_frame, pct, ready_in_position, recover
 
 from drivers.bms.protocol import VEHICLE_PACK_SA, PackProtocol, rack_sa
 from sim_hw.can_packs import pack_signals
+from sim_hw.config import CanBusConfig, CanConfig, SimConfig
 from sim_hw.station_sim import SimStation
 from station.rig import ProcessRig
 
@@ -265,11 +267,39 @@ class RateResult:
 
 # ---- the run ----------------------------------------------------------------------------
 
-async def main(rates: list[int], window: float, trials: int, profile: str | None) -> None:
+class IngestRig(ProcessRig):
+    """ProcessRig whose simulator gets its 23 slots before its bus layout is checked
+    against them (the rig checks the layout against the default 13 slots first)."""
+
+    def build_sim_config(self) -> SimConfig:
+        buses, self.can_buses = self.can_buses, {}
+        try:
+            cfg = super().build_sim_config()
+        finally:
+            self.can_buses = buses
+        if not buses:
+            return cfg
+        can = CanConfig(buses=[
+            CanBusConfig(name=bus, interface=self.can_interface, channel=channel,
+                         udp_port=port, locations=buses[bus])
+            for bus, (channel, port) in self.bus_channels.items()])
+        return SimConfig.model_validate({**cfg.model_dump(), "can": can.model_dump()})
+
+
+# --buses: how the pack locations are wired (swapd's and the simulator's [[can.buses]])
+LAYOUTS: dict[int, dict[str, list[str]] | None] = {
+    1: None,  # the single-bus shorthand: one bus "pack" for every location
+    2: {"bay": ["bay"], "rack": [f"slot:1-{SLOTS}"]},
+    3: {"bay": ["bay"], "rack_a": ["slot:1-11"], "rack_b": [f"slot:12-{SLOTS}"]},
+}
+
+
+async def main(rates: list[int], window: float, trials: int, profile: str | None,
+               buses: int = 1) -> None:
     proto = PackProtocol()
-    async with ProcessRig(speed=1.0, vehicles=1, sim={"station": {"slots": SLOTS}},
-                          poll_period_s=0.02, start_daemon=False, name="ingest",
-                          log_level="warning") as rig:
+    async with IngestRig(speed=1.0, vehicles=1, sim={"station": {"slots": SLOTS}},
+                         poll_period_s=0.02, start_daemon=False, name="ingest",
+                         log_level="warning", can_buses=LAYOUTS[buses]) as rig:
         sim, daemon = rig.sim, rig.daemon
         routes = bus_routes(rig)
         ports = {port for _, port in routes.values()}
@@ -314,10 +344,10 @@ async def main(rates: list[int], window: float, trials: int, profile: str | None
             refresher.cancel()
             injector.shutdown()
             daemon.terminate()
-    summary(results, window)
+    summary(results, window, buses)
 
 
-def bus_routes(rig: ProcessRig) -> dict[int, tuple[str, int]]:
+def bus_routes(rig: IngestRig) -> dict[int, tuple[str, int]]:
     """Pack address -> the (group, port) of the bus serving its location. One bus unless
     swapd's configuration lists several (`[[can.buses]]`)."""
     can_cfg = rig.config.can
@@ -425,8 +455,9 @@ def report(r: RateResult) -> None:
         print("  FAILED TRIAL:", f)
 
 
-def summary(results: list[RateResult], window: float) -> None:
-    print(f"\n{SLOTS} packs (~506 frames/s of their own) over udp_multicast, window "
+def summary(results: list[RateResult], window: float, buses: int) -> None:
+    print(f"\n{SLOTS} packs (~506 frames/s of their own) over udp_multicast on {buses} "
+          f"bus{'es' if buses > 1 else ''}, window "
           f"{window:g} s per rate; load average {os.getloadavg()[0]:.2f} at the end; "
           f"{os.cpu_count()} CPUs")
     base = next((r for r in results if r.rate == 0), None)
@@ -451,7 +482,10 @@ if __name__ == "__main__":
     ap.add_argument("--trials", type=int, default=30, help="latency trials per rate")
     ap.add_argument("--profile", default=None,
                     help="py-spy record swapd during the highest rate's window to this file")
+    ap.add_argument("--buses", type=int, choices=sorted(LAYOUTS), default=1,
+                    help="1: one bus; 2: the bay's and the rack's; 3: the bay's and two "
+                    "rack halves (frames go to the bus of their pack's location)")
     a = ap.parse_args()
     for noisy in ("pymodbus", "asyncua"):
         logging.getLogger(noisy).setLevel(logging.CRITICAL)
-    asyncio.run(main(a.rates, a.window, a.trials, a.profile))
+    asyncio.run(main(a.rates, a.window, a.trials, a.profile, a.buses))
