@@ -405,15 +405,19 @@ class _Harness:
 
     # configuration
     def build_sim_config(self) -> SimConfig:
-        can = (CanConfig(buses=[
-            CanBusConfig(name=bus, interface=self.can_interface, channel=channel,
-                         udp_port=port, locations=self.can_buses[bus])
-            for bus, (channel, port) in self.bus_channels.items()]) if self.can_buses else
-            CanConfig(interface=self.can_interface, channel=self.channel, udp_port=self.can_port))
+        single = CanConfig(interface=self.can_interface, channel=self.channel,
+                           udp_port=self.can_port)
         base = SimConfig(speed=self.speed, vehicles=self.vehicles, modbus=ModbusConfig(port=0),
-                         plc_protocol=self.plc, opcua=OpcUaConfig(port=0), can=can)
+                         plc_protocol=self.plc, opcua=OpcUaConfig(port=0), can=single)
         o = self._sim_overrides
         cfg = o(base) if callable(o) else merge_model(base, o) if o else base
+        if self.can_buses:
+            # the layout is checked against the station the overrides made (slots), so it
+            # goes in after them
+            cfg = cfg.model_copy(update={"can": CanConfig(buses=[
+                CanBusConfig(name=bus, interface=self.can_interface, channel=channel,
+                             udp_port=port, locations=self.can_buses[bus])
+                for bus, (channel, port) in self.bus_channels.items()])})
         cfg = _revalidate(cfg)
         if cfg.speed != self.speed:
             raise ValueError(f"sim speed {cfg.speed} != rig speed {self.speed}: set the "

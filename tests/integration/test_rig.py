@@ -30,6 +30,7 @@ from station.rig import (
     ProcessRig,
     Rig,
     artifact_dir_name,
+    bay_and_rack,
     config_toml,
     write_config_toml,
 )
@@ -249,3 +250,14 @@ def test_a_failing_test_leaves_its_artifacts(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stdout + r.stderr
     assert (inner / "test-artifacts" / "test_fails_mid_swap[modbus-station0]" /
             "daemon.json").exists()
+
+
+def test_a_bus_layout_fits_the_station_the_overrides_make(tmp_path: Path) -> None:
+    """The layout is checked against the simulator's slots after the overrides: 23 slots on
+    two buses (the default station has 13, so checking before the overrides refused it)."""
+    rig = Rig(workdir=tmp_path, plc="modbus", can_buses=bay_and_rack(23),
+              sim={"station": {"slots": 23}})
+    cfg = rig.sim_config
+    assert cfg.station.slots == 23
+    assert [b.name for b in cfg.can.buses] == ["bay", "rack"]
+    assert cfg.can.buses[1].locations == ["slot:1-23"]
