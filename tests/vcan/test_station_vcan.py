@@ -178,19 +178,21 @@ async def test_whole_swap_on_two_buses_vcan0_vcan1(tmp_path: Path) -> None:
         assert rig.sim.observer.violations == []
 
 
-async def _trip(tmp_path: Path, fault: str, value: Any, interlock: str) -> None:
-    """Inject `fault` on the car's pack while it is in use (position, lift, unlock); the
-    swap aborts with `interlock`, journaled."""
+async def _trip(tmp_path: Path, fault: str, value: Any, interlock: str,
+                target: str = "vehicle") -> dict[str, Any]:
+    """Inject `fault` (on the car's pack) while the car's pack is in use (position, lift,
+    unlock); the swap aborts with `interlock`, journaled. Returns swapd's status then."""
     async with vcan_rig(tmp_path, INTERLOCK_SPEED, f"vcan-{interlock}") as rig:
         await wait_status(rig, lambda st: st["step"] in ("position", "lift"),
                           "the car to be positioned")
-        rig.sim.faults.set(fault, value=value, target="vehicle")
+        rig.sim.faults.set(fault, value=value, target=target)
         st = await wait_status(rig, lambda st: st["packml_state"] == "Aborted",
                                f"{interlock} to abort the swap")
         assert (st["reason"] or "").startswith(f"interlock {interlock}"), f"{starved(st)} {st}"
         codes = [r["code"] for r in journal_rows(rig, "SELECT code FROM faults ORDER BY rowid")]
         assert next(c for c in codes if not c.startswith("alarm_")) == interlock, codes
         assert rig.sim.observer.violations == []
+        return st
 
 
 async def test_pack_over_temperature_on_vcan0_aborts(tmp_path: Path) -> None:
@@ -199,3 +201,12 @@ async def test_pack_over_temperature_on_vcan0_aborts(tmp_path: Path) -> None:
 
 async def test_silent_pack_on_vcan0_aborts(tmp_path: Path) -> None:
     await _trip(tmp_path, "can_silent", None, "pack_silent")
+
+
+async def test_bus_off_on_vcan0_stales_the_packs_and_aborts(tmp_path: Path) -> None:
+    """The simulator's bus goes bus-off: its BUSOFF error frames come through the kernel
+    to swapd's socket, which closes the bus; the packs on it are stale at once, so the car's
+    pack trips pack_silent as a silent pack would (issue 11, bus faults)."""
+    st = await _trip(tmp_path, "can_bus_off", None, "pack_silent", target="pack")
+    bus = st["can"]["pack"]
+    assert bus["bus_off"] >= 1 and bus["error_frames"] >= 1, bus
