@@ -10,8 +10,9 @@ the scan has judged them, `ProcessImage.scanned`).
 
 So a frame wakes the scan at once only when it can change a decision now:
 - the frequent kinds (STATUS, CELLS; 10 Hz per pack): when the reading crosses what the
-  pack-safety rules act on at once: a cell temperature at or above the strictest
-  chemistry's alarm limit, a fault flag or the pack state changing, insulation crossing
+  pack-safety rules act on at once: a cell temperature crossing any chemistry's alarm
+  limit (the strictest judges a pack not yet identified, its own an identified one), a
+  fault flag or the pack state changing, insulation crossing
   its limit, readings becoming implausible (lowest above highest, SOC outside 0-100 %);
 - the rare kinds (IDENTITY, HEALTH, LIMITS; 1 Hz per pack, yet 69 scans/s for 23 packs):
   when what they say changes (another identity, other ratings or capacity: what the trust
@@ -35,8 +36,11 @@ class ScanWake:
     frame wakes the scan when that changes."""
 
     def __init__(self, cfg: StationConfig) -> None:
-        # the strictest alarm: a pack not yet identified is judged by it (pack_safety)
-        self.alarm_c = min(c.alarm_temp_c for c in cfg.chemistry.values())
+        # every chemistry's alarm limit: a pack not yet identified is judged by the
+        # strictest (pack_safety), an identified one by its own; crossing any of them can
+        # change a decision, so the key counts the limits a reading is at or above
+        self.alarm_limits_c = tuple(sorted({c.alarm_temp_c for c in cfg.chemistry.values()}))
+        self.alarm_c = self.alarm_limits_c[0]
         self.min_insulation_kohm = cfg.pack_safety.min_insulation_kohm
         self._last: dict[tuple[int, PackData], tuple[PackReport, Key]] = {}  # by slot
 
@@ -66,7 +70,7 @@ class ScanWake:
 
     def _status_key(self, rep: PackReport) -> Key:
         hi, lo, soc = rep.max_cell_temp_c, rep.min_cell_temp_c, rep.soc_pct
-        return (hi is not None and hi >= self.alarm_c,
+        return (0 if hi is None else sum(hi >= limit for limit in self.alarm_limits_c),
                 hi is not None and lo is not None and lo > hi,
                 soc is not None and not 0.0 <= soc <= 100.0)
 

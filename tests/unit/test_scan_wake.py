@@ -134,3 +134,20 @@ def test_the_strictest_chemistry_alarm_and_implausible_readings_wake() -> None:
     assert wake.wakes(loc, PackData.CELLS, rep)
     assert not wake.wakes(loc, PackData.CELLS, rep)
     assert wake.wakes(loc, None, rep)  # the car's VIN
+
+
+def test_crossing_a_less_strict_chemistry_limit_wakes_too() -> None:
+    """An identified LFP pack alarms at its own limit (65 C), above the strictest (NMC,
+    60 C): a reading going from 61 C to 66 C crosses it and must wake the scan at once."""
+    cfg = StationConfig()
+    wake = ScanWake(cfg)
+    lfp = cfg.chemistry["lfp"].alarm_temp_c
+    assert lfp > wake.alarm_c  # the case exists in the defaults
+    loc = Location.rack(1)
+    rep = PackReport(location=loc, soc_pct=50.0, max_cell_temp_c=wake.alarm_c + 1,
+                     min_cell_temp_c=20.0)
+    assert wake.wakes(loc, PackData.STATUS, rep)  # over the strictest
+    rep.max_cell_temp_c = lfp - 1
+    assert not wake.wakes(loc, PackData.STATUS, rep)  # no limit crossed
+    rep.max_cell_temp_c = lfp + 1
+    assert wake.wakes(loc, PackData.STATUS, rep)  # over LFP's own
