@@ -183,13 +183,6 @@ VENV=$(arg venv)
 P9="trans=virtio,version=9p2000.L,msize=262144"
 mount -t 9p -o $P9,cache=loose,ro hostroot /newroot \
     || { say "mounting the host root failed"; bye 121; }
-if [ -n "$REPO" ]; then
-    mount -t 9p -o $P9,ro repo "/newroot$REPO" || { say "mounting $REPO failed"; bye 121; }
-fi
-if [ -n "$VENV" ]; then
-    mount -t 9p -o $P9,cache=loose,ro venv "/newroot$VENV" \
-        || { say "mounting $VENV failed"; bye 121; }
-fi
 mount -t proc proc /newroot/proc
 mount -t sysfs sysfs /newroot/sys
 mount -t devtmpfs devtmpfs /newroot/dev
@@ -198,10 +191,15 @@ mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs tmpfs /newroot/dev/shm
 mount -t tmpfs tmpfs /newroot/tmp
 mount -t tmpfs tmpfs /newroot/run
-# after the tmpfs mounts: a work dir under /tmp needs its mount point made on the tmpfs
-mkdir -p "/newroot$WORK" 2>/dev/null
-mount -t 9p -o $P9 work "/newroot$WORK" \
-    || { say "mounting the work dir $WORK failed"; bye 122; }
+# after the tmpfs mounts (a checkout or work dir under /tmp needs its mount point made
+# on the tmpfs; elsewhere the mount point exists in the read-only host root)
+share() {  # tag, path, options
+    mkdir -p "/newroot$2" 2>/dev/null
+    mount -t 9p -o "$P9$3" "$1" "/newroot$2" || { say "mounting $2 failed"; bye 121; }
+}
+[ -n "$REPO" ] && share repo "$REPO" ,ro
+[ -n "$VENV" ] && share venv "$VENV" ,cache=loose,ro
+share work "$WORK" ""
 ip link set lo up
 hostname swap-vcan-vm
 for bus in vcan0 vcan1; do
