@@ -190,6 +190,10 @@ class Daemon:
         self._disk_low = False
         self._wake = asyncio.Event()
         self._scan_wake = ScanWake(cfg)
+        # _on_inputs: a read wakes the scan when it can change a decision (issue 11)
+        self._plc_first_read = True
+        self._plc_gap_s = 2 * cfg.plc.link_section().update_period_s  # more: a read missed
+        self._scanned_state = self.core.state  # the state the last scan began in
         self._last_scan = clock()
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False  # run() is stopping: the scan loop ends after its decision
@@ -277,12 +281,26 @@ class Daemon:
 
     # ---- driver callbacks (run in the event loop) --------------------------------------
     def _on_inputs(self, values: dict[str, Any], t: float) -> None:
+        """Every read is folded in and stamped (the staleness of the PLC's inputs is judged
+        per read); the scan is woken only by a read that can change a decision now (issue
+        11: 50 reads/s each running a whole scan over every pack was most of swapd's idle
+        cost): an input's value changed, the first read after a (re)connection, a read
+        after a gap (a read missed: the staleness may end), or a PackML state not yet
+        scanned (a command's or the last scan's transition: the next one comes on the next
+        read, as before). Whatever else depends on time only (staleness, heartbeat, step,
+        handshake and grace timeouts) is judged on the scan's tick, TICK_S."""
+        last_at = self.image.plc_read_at
+        changed = values != self.image.plc
         self.image.plc = values
         self.image.plc_read_at = t
-        self._wake.set()
+        if (changed or self._plc_first_read or last_at is None
+                or t - last_at > self._plc_gap_s or self.core.state != self._scanned_state):
+            self._plc_first_read = False
+            self._wake.set()
 
     def _on_connection(self, up: bool) -> None:
         log.info("plc.connection", connected=up)
+        self._plc_first_read = True
         self._wake.set()
 
     # a bus in these states is reported by an Alarm (warning is only logged: it still works)
@@ -340,7 +358,8 @@ class Daemon:
     def _on_message(self, msg: Decoded, t: float) -> None:
         loc = self.adapter.apply(self.image, msg, t)
         # folded in and stamped at once; the scan woken only by what can change a decision
-        # now (station/scan_wake.py), else it judges the frame at its next tick or PLC read
+        # now (station/scan_wake.py), else it judges the frame at its next tick (or at a
+        # PLC read that wakes it)
         if loc is not None and self._scan_wake.wakes(
                 loc, self.adapter.kind_of(msg.name), self.image.packs.get(loc)):
             self._wake.set()
@@ -348,6 +367,7 @@ class Daemon:
     # ---- the scan ---------------------------------------------------------------------
     async def scan(self) -> None:
         self._last_scan = self.clock()
+        self._scanned_state = self.core.state
         if self._recovering and self.image.plc_read_at is not None:
             self._recovering = False
             await self._explain_restart()
