@@ -4,9 +4,9 @@ Every pack frame is folded into the process image when it arrives, stamped with 
 (staleness is judged per frame). Waking the core's whole scan for each of them is what made
 CAN ingest cost: a station hears ~500 frames/s of its own packs, a busy bus thousands, and
 a scan per frame judged again and again what no frame had changed. The scan runs anyway at
-least every TICK_S (50 ms) and on every PLC read; what a frame says between two scans is
-not lost (the image latches the peak temperature, fault flags, identities and ratings until
-the scan has judged them, `ProcessImage.scanned`).
+least every TICK_S (50 ms) and on a PLC read that changed something; what a frame says
+between two scans is not lost (the image latches the peak temperature, fault flags,
+identities and ratings until the scan has judged them, `ProcessImage.scanned`).
 
 So a frame wakes the scan at once only when it can change a decision now:
 - the frequent kinds (STATUS, CELLS; 10 Hz per pack): when the reading crosses what the
