@@ -188,6 +188,19 @@ class Maintenance:
         if image is None or image.plc_read_at is None:
             raise core_refused(f"{word} refused: interlocks active: plc_inputs_stale (no PLC "
                                "input read yet)")
+        # Planned from a read-back older than the machine's rest, a command would start from
+        # where the machine was, not where it stopped (a shuttle read home, stopped 196 mm
+        # out). At rest: the PLC has answered the last command sent and runs none (an echo
+        # of 0 with idle is a PLC that restarted: nothing of ours runs there).
+        p = image.plc
+        sent = int(core.outputs.get("cmd_seq", 0) or 0)
+        ack = int(p.get("cmd_ack_seq", 0) or 0)
+        status = p.get("cmd_status")
+        if status == "busy" or (sent and ack != sent and not (ack == 0 and status == "idle")):
+            raise core_refused(
+                f"{word} refused: the machine is not at rest yet: the PLC reports command seq "
+                f"{ack} {status} and the last one sent is seq {sent}; wait for its read-back "
+                "to show it stopped (if it never does, check the PLC link)")
 
     def _check_command(self, word: str, name: str, touched: set[Location],
                        now: float) -> None:

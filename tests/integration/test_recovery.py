@@ -9,6 +9,7 @@ the operator's swapctl uses (station/commands.py)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import Any
 
@@ -52,12 +53,26 @@ async def ledger_matches(rig: Rig) -> None:
                        f"the truth {truth_ledger(rig.sim.truth())}")
 
 
+NOT_AT_REST = "not at rest yet"
+
+
+async def recover(rig: Rig) -> CommandResult:
+    """`recover`, asked again while it is refused because the PLC's read-back does not yet
+    show the machine at rest after the stop (as an operator would)."""
+    deadline = time.monotonic() + WAIT_S
+    while True:
+        r = await submit(rig, "recover")
+        if r.accepted or NOT_AT_REST not in (r.reason or "") or time.monotonic() > deadline:
+            return r
+        await asyncio.sleep(0.01)
+
+
 async def recover_until_home(rig: Rig, max_steps: int = 10) -> list[str]:
     """`swapctl recover --next` until it says the machine is home; the commands run."""
     core = rig.core
     ran: list[str] = []
     for _ in range(max_steps):
-        r = await submit(rig, "recover")
+        r = await recover(rig)
         if r.code == "nothing_to_do":
             return ran
         assert r.accepted, (r.reason, core.recovery_view())

@@ -18,7 +18,7 @@ from station.commands import CommandRequest, CommandResult, Origin
 from station.image import BAY, StopRequest
 from station.packml import State
 from station.rig import ProcessRig, Rig
-from tests.integration.test_recovery import ledger_matches, truth_ledger
+from tests.integration.test_recovery import ledger_matches, recover, truth_ledger
 
 SPEED = 100.0
 WAIT_S = 20.0
@@ -90,7 +90,7 @@ async def test_an_interlock_stops_a_recovery_step_and_the_plan_is_recomputed(
         core, sim = rig.core, rig.sim
         await abort_in_remove(rig)
         assert (await submit(rig, "unit_mode", mode="maintenance")).accepted
-        first = await submit(rig, "recover")
+        first = await recover(rig)
         assert first.accepted and first.result is not None
         assert first.result["command"] == "INSTALL"
         sim.faults.set("light_curtain")
@@ -105,7 +105,7 @@ async def test_an_interlock_stops_a_recovery_step_and_the_plan_is_recomputed(
         sim.faults.clear("light_curtain")
         await rig.wait_for(lambda: not core.active_interlocks, WAIT_S)
         for _ in range(6):  # the plan again, from where the stop left the machine
-            r = await submit(rig, "recover")
+            r = await recover(rig)
             if r.code == "nothing_to_do":
                 break
             assert r.accepted, r.reason

@@ -245,3 +245,25 @@ async def test_a_graceful_shutdown_stops_a_running_command(tmp_path: Path) -> No
     assert link.desired["stop_request"] == StopRequest.CAT2
     assert ("write", "cat2") in log
     assert [(e.kind, e.code) for e in recorded] == [("maintenance_failed", "daemon_stopped")]
+
+
+# ---- a plan needs a read-back of the machine at rest (CI: unlock-early recovery) --------
+@pytest.mark.parametrize("status, behind", [("done", True), ("busy", False)])
+def test_recovery_waits_for_a_read_back_of_the_machine_at_rest(status: str,
+                                                               behind: bool) -> None:
+    """A read-back from before the PLC took the last command (its echo behind), or one that
+    shows a command still running, is no picture of where the machine stopped: recover and
+    run are refused until the PLC's read-back catches up."""
+    run = aborted_in_lock()
+    p = run.plc.image.plc
+    sent = run.core.outputs["cmd_seq"]
+    assert sent and p["cmd_ack_seq"] == sent  # at rest: the plan may go
+    assert run.core.recovery_plan().steps
+    p["cmd_ack_seq"], p["cmd_status"] = (sent - 1 if behind else sent), status
+    for call in (lambda: run.core.recover_next("local", run.now),
+                 lambda: run.core.maintenance_command("NOOP", 0, "local", run.now)):
+        with pytest.raises(CommandRefused, match="not at rest yet"):
+            call()
+    p["cmd_ack_seq"], p["cmd_status"] = sent, "error"  # the stop reported: at rest
+    run._take(run.core.recover_next("local", run.now))
+    assert run.core.maintenance.running
