@@ -80,10 +80,12 @@ async def test_the_cars_vin_reaches_the_image_over_udp_multicast(tmp_path: Path)
         assert tp_drops(daemon.bus.stats) == dropped_at_start
         for key in ("vin_invalid", "vin_wrong_address", "vin_no_vehicle"):
             assert daemon.adapter.stats[key] == 0, key
-        # the timing as swapd received it: packets >= 10 ms apart (speed 20), BAMs 250 ms
+        # the timing as swapd received it: packets sent 10 ms apart (speed 20), BAMs 250 ms;
+        # arrival times jitter (a packet read late shortens the next gap), so only what the
+        # receiver needs is checked: every packet within T1 of the one before
         bams = times.bams()
         gaps = [b - a for bam in bams for a, b in itertools.pairwise(bam)]
-        assert min(gaps) >= 0.008 and max(gaps) < j1939_tp.T1_S, gaps
+        assert max(gaps) < j1939_tp.T1_S, gaps
         starts = [bam[0] for bam in bams]
         periods = [b - a for a, b in itertools.pairwise(starts)]
         assert all(0.2 < p < 0.5 for p in periods), periods
