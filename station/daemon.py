@@ -125,6 +125,11 @@ def describe_readback(p: dict[str, Any], cfg: StationConfig) -> str:
     return f"{car}, {tight} of {n} bolts tight, {bay}, shuttle {shuttle} {load}"
 
 
+# the PLC inputs the status shows (a bench tool plots them)
+STATUS_INPUTS = ("lift_height", "shuttle_position", "stacker_slot", "vehicle_present",
+                 "vehicle_pack_present", "shuttle_pack_present", "bolts_tight")
+
+
 class Daemon:
     def __init__(
         self,
@@ -272,7 +277,16 @@ class Daemon:
         out["vehicle_vin"] = {"vin": self.image.vehicle_vin,
                               "age_s": None if vin_at is None else round(now - vin_at, 1)}
         out["can"] = {name: bus.counters() for name, bus in self.buses.items()}
+        read_at = self.image.plc_read_at
+        out["inputs"] = {k: self.image.plc.get(k) for k in STATUS_INPUTS}
+        out["inputs_age_s"] = None if read_at is None else round(now - read_at, 3)
         return out
+
+    def journal_events(self, after: int, limit: int) -> list[dict[str, Any]]:
+        """The journal's events after id `after` (the local API's "events" query)."""
+        return [{"id": r["id"], "wall": r["wall"], "t": r["mono"], "kind": r["kind"],
+                 "data": json.loads(r["data"])}
+                for r in self.journal.events_after(after, limit)]
 
     def _request_detail(self, pgn: int, da: int) -> None:
         """A J1939 Request for a pack detail (drivers/bms/details.py), on the pack's bus."""
@@ -604,7 +618,8 @@ class Daemon:
                     self.cfg.api.socket,
                     functools.partial(handle_request, status=self.status,
                                       submit=self.submit,
-                                      recovery_plan=self.core.recovery_view),
+                                      recovery_plan=self.core.recovery_view,
+                                      events=self.journal_events),
                     mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
                 )
                 await api.start()

@@ -43,9 +43,10 @@ log = structlog.get_logger("local_api")
 
 COMMANDS = ("status", "reset", "clear", "start", "stop", "hold", "unhold", "suspend",
             "unsuspend", "abort", "pack_release", "slot_maintenance", "unit_mode", "recover",
-            "maintenance_command", "recovery_plan")
+            "maintenance_command", "recovery_plan", "events")
 # requests that only read (answered with the status, never journaled)
-QUERIES = frozenset({"status", "recovery_plan"})
+QUERIES = frozenset({"status", "recovery_plan", "events"})
+EVENTS_MAX = 1000  # journal events in one "events" answer
 # a command's arguments, taken from the request
 ARGS = {"pack_release": ("slot", "reason"), "slot_maintenance": ("slot", "action", "reason"),
         "unit_mode": ("mode",), "maintenance_command": ("command", "param")}
@@ -350,8 +351,11 @@ async def handle_request(
     status: Callable[[], dict[str, Any]],
     submit: Callable[[CommandRequest], Awaitable[CommandResult]],
     recovery_plan: Callable[[], dict[str, Any]] | None = None,
+    events: Callable[[int, int], list[dict[str, Any]]] | None = None,
 ) -> dict[str, Any]:
-    """Answer one request: "status", or a PackML command handed to the daemon's one
+    """Answer one request: "status", "events" (the journal's events after the id
+    "after", at most "limit" of EVENTS_MAX, oldest first: what a bench tool follows), or a
+    PackML command handed to the daemon's one
     command entry (`submit`, station.commands), which decides and journals it. Transport
     only: this function decides nothing. An optional "request_id" makes a retry safe: the
     same id gets the same answer and nothing is done twice.
@@ -368,6 +372,15 @@ async def handle_request(
         if recovery_plan is None:
             return _error("this daemon offers no recovery plan")
         return {"ok": True, "plan": recovery_plan(), "status": status()}
+    if word == "events":
+        if events is None:
+            return _error("this daemon offers no events")
+        after, limit = req.get("after", 0), req.get("limit", EVENTS_MAX)
+        if (not isinstance(after, int) or isinstance(after, bool) or after < 0
+                or not isinstance(limit, int) or isinstance(limit, bool)
+                or not 1 <= limit <= EVENTS_MAX):
+            return _error(f'"after" must be an event id >= 0 and "limit" 1..{EVENTS_MAX}')
+        return {"ok": True, "events": events(after, limit)}
     if not isinstance(word, str) or word not in COMMANDS:
         return _error(f"unknown cmd {word!r}")
     sender = f"swapctl uid {peer.uid} pid {peer.pid}"

@@ -24,6 +24,7 @@ from station.core import Decision, StationCore
 from station.journal import Journal
 from station.local_api import (
     COMMANDS,
+    EVENTS_MAX,
     MAX_LINE,
     LocalApiError,
     LocalApiServer,
@@ -308,7 +309,35 @@ def test_command_words_are_the_packml_commands_pack_release_and_slot_maintenance
     assert COMMANDS[0] == "status"
     assert set(COMMANDS[1:]) == {c.value for c in Cmd if c is not Cmd.SC} | {
         "pack_release", "slot_maintenance", "unit_mode", "recover", "maintenance_command",
-        "recovery_plan"}
+        "recovery_plan", "events"}
+
+
+async def test_events_query_passes_after_and_limit_and_refuses_bad_bounds() -> None:
+    seen: list[tuple[int, int]] = []
+
+    def events(after: int, limit: int) -> list[dict[str, object]]:
+        seen.append((after, limit))
+        return [{"id": after + 1, "kind": "state", "data": {}}]
+
+    async def submit(_req: object) -> object:
+        raise AssertionError("a query is not a command")
+
+    def status() -> dict[str, object]:
+        return {}
+
+    peer = PeerCred(pid=1, uid=0, gid=0)
+    ok = await handle_request({"cmd": "events", "after": 7, "limit": 3}, peer,
+                              status=status, submit=submit, events=events)
+    assert ok == {"ok": True, "events": [{"id": 8, "kind": "state", "data": {}}]}
+    assert seen == [(7, 3)]
+    for bad in ({"after": -1}, {"after": "7"}, {"after": True}, {"limit": 0},
+                {"limit": EVENTS_MAX + 1}):
+        r = await handle_request({"cmd": "events", **bad}, peer, status=status,
+                                 submit=submit, events=events)
+        assert r["ok"] is False and "after" in r["error"], bad
+    assert seen == [(7, 3)]
+    r = await handle_request({"cmd": "events"}, peer, status=status, submit=submit)
+    assert r == {"ok": False, "error": "this daemon offers no events"}
 
 
 class CoreRig:
