@@ -401,11 +401,16 @@ class BmsAdapter:
 
 
 def pack_summary(rep: PackReport, now: float) -> dict[str, Any]:
-    """A pack's details for the operator's status: nameplate, cell count, the extremes of
-    its cell voltages and temperatures, and how old they are (None: never heard)."""
+    """A pack's details for the operator's status: what it last said (SOC, SOH, its cells'
+    temperature extremes, state), nameplate, cell count, the extremes of its cell voltages
+    and temperatures from the transport, and how old they are (None: never heard)."""
     v, tc, plate = rep.cell_voltages, rep.cell_temps, rep.nameplate
     return {
         "location": str(rep.location), "serial": rep.serial,
+        "chemistry": rep.chemistry, "family": rep.family,
+        "soc_pct": rep.soc_pct, "soh_pct": rep.soh_pct,
+        "min_cell_temp_c": rep.min_cell_temp_c, "max_cell_temp_c": rep.max_cell_temp_c,
+        "state": str(rep.state) if rep.state is not None else None,
         "manufacturer": plate.manufacturer if plate else None,
         "model": plate.model if plate else None,
         "serial_text": plate.serial if plate else None,
