@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from drivers.bms.protocol import MAX_RACK_SLOTS
-from sim_hw.packs import CHEMISTRIES, Chemistry
+from sim_hw.packs import AMBIENT_C, CHEMISTRIES, Chemistry
 from station.buslayout import BUS_NAME_PATTERN, SHORTHAND_BUS, check_layout, every_location
 
 PackFamily = Literal[20, 25]
@@ -212,6 +212,10 @@ class RackPackConfig(_Strict):
     family: PackFamily
     chemistry: Chemistry
     soc: float = Field(ge=0, le=100)
+    # state of health, %; None: drawn from the seed (90..99.5 %, a pack in service)
+    soh: float | None = Field(default=None, ge=50, le=100)
+    # every cell's temperature at the start; None: `[sim] ambient_c`
+    temp_c: float | None = Field(default=None, ge=-40, le=80)
 
 
 # ---- arrivals: the vehicles that come to the station over a day ----------------------
@@ -248,7 +252,11 @@ class ScheduledArrival(_Strict):
     family: PackFamily
     chemistry: Chemistry
     soc: float = Field(ge=0, le=100)
-    temp_c: float = Field(ge=-40, le=80)  # the pack's hottest cell on arrival
+    # the pack's temperature on arrival (its cells within +-1 C of it); None: just driven,
+    # its hottest cell 3..8 C above `[sim] ambient_c` (drawn from the seed)
+    temp_c: float | None = Field(default=None, ge=-40, le=80)
+    # the pack's state of health, %; None: drawn from the seed (85..99 %)
+    soh: float | None = Field(default=None, ge=50, le=100)
     vin: SimVin | None = None  # None: from `[sim] vins`, else derived from its token
 
 
@@ -315,6 +323,9 @@ class ArrivalsConfig(_Strict):
 class SimConfig(_Strict):
     speed: float = Field(default=1.0, gt=0)
     seed: int = 1
+    # the air every pack stands in (rack, car, arrival): it starts there unless told
+    # otherwise and relaxes towards it (sim_hw/packs.py)
+    ambient_c: float = Field(default=AMBIENT_C, ge=-40, le=60)
     vehicles: int = Field(default=0, ge=0)  # total arrivals; 0 = unlimited
     arrival_gap_s: float = Field(default=5.0, ge=0)
     ctrl_heartbeat_timeout_s: float = Field(default=1.0, gt=0)  # real seconds, not scaled

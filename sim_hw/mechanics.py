@@ -116,10 +116,16 @@ class StationModel:
         self._stacker_resume: tuple[str, int] | None = None
         self.rack: dict[int, SimPack | None] = dict.fromkeys(range(1, st.slots + 1))
         for rp in config.initial_rack():
+            cycles = self.rng.randrange(20, 600)
+            drawn_soh = round(self.rng.uniform(90.0, 99.5), 1)  # drawn always: a seed's
+            #                                                     later draws stay the same
             self.rack[rp.slot] = SimPack(
                 serial=rp.serial, family=rp.family, chemistry=rp.chemistry, soc_pct=rp.soc,
-                cycle_count=self.rng.randrange(20, 600),
-                soh_pct=round(self.rng.uniform(90.0, 99.5), 1),
+                cycle_count=cycles, soh_pct=drawn_soh if rp.soh is None else rp.soh,
+                ambient_c=config.ambient_c,
+                # a pack that has stood still: every cell at one temperature
+                min_cell_temp_c=config.ambient_c if rp.temp_c is None else rp.temp_c,
+                max_cell_temp_c=config.ambient_c if rp.temp_c is None else rp.temp_c,
             )
         self.bolts = Bolts.make(st.bolt_count)
         # fault injection (sim_hw/faults.py) and the independent observer (observer.py)

@@ -26,6 +26,7 @@ codes are the CAN side's business (sim_hw/can_packs.py reads them from the DBC).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -39,7 +40,7 @@ FAULTS = frozenset(
     {"over_temp", "over_voltage", "under_voltage", "insulation", "thermal_alarm", "internal"}
 )
 
-AMBIENT_C = 25.0
+AMBIENT_C = 25.0  # the default air temperature ([sim] ambient_c)
 CONTROL_TIMEOUT_S = 3.0  # real seconds without PackControl -> the BMS stops charging (the
 #                          DBC's RxTimeoutMs; sim_hw/can_packs.py sets each pack's from it)
 CONTROL_COUNTER_MAX = 250  # ControlCounter runs 0..250, then 0 again (the DBC's range)
@@ -81,8 +82,11 @@ class SimPack:
     soc_pct: float = 50.0
     cycle_count: int = 0
     soh_pct: float = 100.0
-    min_cell_temp_c: float = AMBIENT_C
-    max_cell_temp_c: float = AMBIENT_C
+    # The air the pack stands in: it starts there (unless given its cells' temperatures)
+    # and relaxes towards it; charging adds its load's rise to the hottest cell only.
+    ambient_c: float = AMBIENT_C
+    min_cell_temp_c: float = math.nan  # NaN: ambient_c
+    max_cell_temp_c: float = math.nan  # NaN: ambient_c
     insulation_kohm: float = 5000.0
     faults: set[str] = field(default_factory=set)
     state: PackState = "idle"
@@ -111,6 +115,15 @@ class SimPack:
     # comes one period later (and at once when asked). The station must not count on a
     # start-up burst at all.
     startup_burst: bool = True
+
+    def __post_init__(self) -> None:
+        if math.isnan(self.min_cell_temp_c):
+            self.min_cell_temp_c = self.ambient_c
+        if math.isnan(self.max_cell_temp_c):
+            self.max_cell_temp_c = self.ambient_c
+        # a pack made with only its hottest cell given (just driven) has its coolest at
+        # ambient, or at the hottest if that is colder
+        self.min_cell_temp_c = min(self.min_cell_temp_c, self.max_cell_temp_c)
 
     @property
     def rated_energy_kwh(self) -> float:
@@ -247,7 +260,7 @@ class SimPack:
                 self._charged_pct -= 100.0
                 self.cycle_count += 1
         load = self.current_a / self.nominal_current_a if self.nominal_current_a else 0.0
-        target = AMBIENT_C + CHARGE_TEMP_RISE_C * load
+        target = self.ambient_c + CHARGE_TEMP_RISE_C * load
         k = min(1.0, dt / THERMAL_TAU_S)
         if self.forced_temp_c is not None:
             self.max_cell_temp_c = self.forced_temp_c
@@ -255,10 +268,12 @@ class SimPack:
             self.max_cell_temp_c += self.temp_rise_c_per_s * dt
         else:
             kmax = min(1.0, dt / FAULT_COOL_TAU_S) if self.fast_cool else k
-            self.max_cell_temp_c += (target - self.max_cell_temp_c) * kmax
+            self.max_cell_temp_c = _relax(self.max_cell_temp_c, target, kmax)
             if self.fast_cool and abs(self.max_cell_temp_c - target) < 0.5:
                 self.fast_cool = False
-        self.min_cell_temp_c += (AMBIENT_C - self.min_cell_temp_c) * k
+        # The coolest cell follows the air, not the load: a pack charging at -20 C ambient
+        # still reads -20 C at its coolest cell, never below (what the charge window sees).
+        self.min_cell_temp_c = _relax(self.min_cell_temp_c, self.ambient_c, k)
         self.min_cell_temp_c = min(self.min_cell_temp_c, self.max_cell_temp_c)
 
     def _charge_current(self, dt: float) -> tuple[float, bool]:
@@ -292,3 +307,11 @@ class SimPack:
             "soc": round(self.soc_pct, 1),
             "family": self.family,
         }
+
+
+def _relax(temp_c: float, target_c: float, k: float) -> float:
+    """One first-order step of `temp_c` towards `target_c` (0 <= k <= 1) that never passes
+    the target, not even by a rounding error: a cell relaxing to -20 C reads -20.0, not
+    a hair below (the station's charge window compares against it)."""
+    step = temp_c + (target_c - temp_c) * k
+    return min(step, target_c) if temp_c <= target_c else max(step, target_c)

@@ -31,7 +31,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, cast
 
 from sim_hw.config import ArrivalsConfig, PackFamily, ScheduledArrival, SimConfig
-from sim_hw.packs import AMBIENT_C, CHEMISTRIES, Chemistry, SimPack
+from sim_hw.packs import CHEMISTRIES, Chemistry, SimPack
 
 FIRST_ARRIVAL_S = 1.0
 HOUR_S = 3600.0
@@ -74,8 +74,9 @@ class CarRecord:
     family: int
     chemistry: Chemistry
     soc: float
-    temp_c: float
+    temp_c: float | None  # None: just driven, drawn when it drives on
     outcome: CarOutcome = "waiting"
+    soh: float | None = None  # None: drawn when it drives on
     vin: str | None = None  # the schedule's, if it gave one
     entered_at: float | None = None  # drove onto the platform
     token: int | None = None
@@ -205,6 +206,7 @@ class VehicleSource:
     def __init__(self, config: SimConfig, taken_serials: set[int]) -> None:
         self.limit = config.vehicles
         self.gap = config.arrival_gap_s
+        self.ambient_c = config.ambient_c
         self.rng = random.Random(f"vehicles-{config.seed}")
         self.arrived = 0
         self.next_at: float | None = FIRST_ARRIVAL_S
@@ -359,7 +361,8 @@ class VehicleSource:
             else:
                 a = self._pending.popleft()
                 car = CarRecord(n=len(self.records) + 1, queued_at=a.at_s, family=a.family,
-                                chemistry=a.chemistry, soc=a.soc, temp_c=a.temp_c, vin=a.vin)
+                                chemistry=a.chemistry, soc=a.soc, temp_c=a.temp_c, vin=a.vin,
+                                soh=a.soh)
                 self.records.append(car)
                 self._queue.append(car)
 
@@ -409,17 +412,30 @@ class VehicleSource:
             soc_pct=round(self.rng.uniform(5.0, 30.0), 1),
             cycle_count=self.rng.randrange(50, 900),
             soh_pct=round(self.rng.uniform(85.0, 99.0), 1),
-            max_cell_temp_c=round(AMBIENT_C + self.rng.uniform(3.0, 8.0), 1),  # just driven
+            ambient_c=self.ambient_c,
+            max_cell_temp_c=self._just_driven_c(),
         )
 
+    def _just_driven_c(self) -> float:
+        """A pack's hottest cell after a drive: 3..8 C above the air."""
+        return round(self.ambient_c + self.rng.uniform(3.0, 8.0), 1)
+
     def _scheduled_pack(self, car: CarRecord) -> SimPack:
+        serial, cycles = self._next_serial(), self.rng.randrange(50, 900)
+        drawn_soh = round(self.rng.uniform(85.0, 99.0), 1)
+        if car.temp_c is None:  # just driven: the hottest cell above the air, the coolest at it
+            car.temp_c = self._just_driven_c()
+            low, high = self.ambient_c, car.temp_c
+        else:
+            low, high = car.temp_c - CELL_TEMP_SPREAD_C, car.temp_c + CELL_TEMP_SPREAD_C
         return SimPack(
-            serial=self._next_serial(),
+            serial=serial,
             family=car.family,
             chemistry=car.chemistry,
             soc_pct=car.soc,
-            cycle_count=self.rng.randrange(50, 900),
-            soh_pct=round(self.rng.uniform(85.0, 99.0), 1),
-            min_cell_temp_c=car.temp_c - CELL_TEMP_SPREAD_C,
-            max_cell_temp_c=car.temp_c + CELL_TEMP_SPREAD_C,
+            cycle_count=cycles,
+            soh_pct=drawn_soh if car.soh is None else car.soh,
+            ambient_c=self.ambient_c,
+            min_cell_temp_c=low,
+            max_cell_temp_c=high,
         )
