@@ -666,6 +666,15 @@ class NetworkSection(_Section):
     when_list_expired: Literal["refuse", "allow_listed"] = "refuse"
 
 
+class MetricsSection(_Section):
+    """`[metrics]`: the Prometheus endpoint (station/metrics.py, docs/operations.md). On
+    loopback by default: another host needs a firewall (the metrics tell who swaps when)."""
+
+    enabled: bool = True
+    host: str = Field("127.0.0.1", min_length=1, max_length=253, pattern=r"^[^\s\x00/]+$")
+    port: int = Field(9468, ge=0, le=65535, description="0: any free port (tests)")
+
+
 class LogSection(_Section):
     level: Literal["debug", "info", "warning", "error"] = "info"
     format: Literal["auto", "json", "console"] = "auto"
@@ -690,6 +699,7 @@ class StationConfig(_Section):
     operation: OperationSection = OperationSection()
     cloud: CloudSection = CloudSection()
     network: NetworkSection = NetworkSection()
+    metrics: MetricsSection = MetricsSection()
     log: LogSection = LogSection()
 
     @model_validator(mode="after")

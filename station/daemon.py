@@ -45,12 +45,13 @@ from station.image import Location, ProcessImage, StopRequest
 from station.journal import Journal
 from station.local_api import LocalApiServer, handle_request
 from station.logs import bind_swap
+from station.metrics import StationMetrics
 from station.pack_commands import PackCommandKind, PackRequest
 from station.packml import Cmd, State
 from station.plan import PackInfo, SwapPlan
 from station.recovery import Interrupted
 from station.scan_wake import ScanWake
-from station.sd_notify import SystemdNotifier
+from station.sd_notify import SystemdNotifier, status_line
 from station.sequence import SEQUENCE, step_index
 
 log = structlog.get_logger("swapd")
@@ -64,6 +65,7 @@ STOP_SCAN_S = 5.0  # at shutdown the scan finishes its decision within this, els
 STOP_TASKS_S = 5.0  # the other tasks' (links, writes) cancellation may take this long
 CLOUD_DRAIN_S = 2.0  # at shutdown the cloud link may deliver its backlog for this long
 DISK_CHECK_S = 30.0  # free space under the journal is checked this often
+METRICS_TICK_S = 1.0  # the metrics of polled things (PLC link, rack, outbox) this often
 SOFTWARE_VERSION = "0.1.0"
 
 
@@ -176,6 +178,14 @@ class Daemon:
         self.details = DetailRequester(self.adapter, self._request_detail)
         self.notifier = SystemdNotifier()
         self.started_wall = time.time()
+        self.metrics: StationMetrics | None = None
+        if cfg.metrics.enabled:
+            self.metrics = StationMetrics(
+                buses=self.buses, plc_read_at=lambda: self.image.plc_read_at, clock=clock,
+                info={"station": cfg.station.id, "version": SOFTWARE_VERSION,
+                      "plc_protocol": cfg.plc.protocol})
+            self.metrics.set_state(self.core.state.label)
+            self.events.subscribe("metrics", self.metrics.on_event)
         self.cloud: CloudLink | None = None
         if cfg.cloud.enabled:  # a key file readable by others stops the start (CloudConfigError)
             self.cloud = CloudLink(
@@ -553,12 +563,25 @@ class Daemon:
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval_s or 5.0
+        sent: str | None = None
         while True:
             # Pet the watchdog only while the scan loop is alive: a stuck scan gets us restarted.
             if self.clock() - self._last_scan < max(interval, 1.0):
                 self.notifier.watchdog()
-            self.notifier.status(f"{self.core.state.label}; {self.core.reason or ''}")
+            # systemd keeps the last STATUS=: send it only when the text changes
+            line = status_line(self.core.status(), self._packs_ready())
+            if line != sent and self.notifier.status(line):
+                sent = line
             await asyncio.sleep(interval)
+
+    def _packs_ready(self) -> int | None:
+        """Rack slots whose pack selection would give now; None while unknown."""
+        try:
+            slots = self._rack_status()["slots"]
+        except Exception:  # the status line must never stop the watchdog
+            log.exception("status.rack_failed")
+            return None
+        return sum(1 for s in slots if s["state"] == "ready") if slots else None
 
     async def _disk_loop(self) -> None:
         """Free space under the journal: below [cloud] disk_alarm_free_mb an alarm (once,
@@ -580,6 +603,35 @@ class Daemon:
                 log.info("disk.recovered", free_mb=round(free))
             self._disk_low = low
             await asyncio.sleep(DISK_CHECK_S)
+
+    async def _metrics_loop(self) -> None:
+        """Copy what is polled (the PLC link, the rack, the outbox) into the metrics, in the
+        loop: the scrape thread reads only the metric objects."""
+        assert self.metrics is not None
+        while True:
+            try:
+                stats = self.link.stats
+                self.metrics.set_plc(self.link.connected, stats.reconnects, stats.round_trip_s)
+                self.metrics.set_packs(self._rack_status()["slots"])
+                if self.cloud is not None:
+                    outbox = self.cloud.outbox
+                    self.metrics.set_outbox_backlog(
+                        outbox.last_event_id() - outbox.cursor().event_id)
+            except Exception:  # a bug here must not end the daemon (run() would)
+                log.exception("metrics.tick_failed")
+            await asyncio.sleep(METRICS_TICK_S)
+
+    async def _start_metrics(self) -> None:
+        """The endpoint; one that cannot bind (the port taken) is logged and the station
+        runs on without it: metrics never stop a swap station."""
+        assert self.metrics is not None
+        m = self.cfg.metrics
+        try:
+            port = await asyncio.to_thread(self.metrics.start, m.host, m.port)
+        except OSError as exc:
+            log.error("metrics.bind_failed", host=m.host, port=m.port, error=str(exc))
+            return
+        log.info("metrics.listening", host=m.host, port=port)
 
     async def _cloud_loop(self) -> None:
         """The cloud link in its own task: a bug in it is logged and the link restarted; it
@@ -610,6 +662,8 @@ class Daemon:
         ]
         if self.cloud is not None:
             tasks.append(asyncio.create_task(self._cloud_loop(), name="cloud"))
+        if self.metrics is not None:
+            tasks.append(asyncio.create_task(self._metrics_loop(), name="metrics"))
         api = None
         stopper = asyncio.create_task(stop.wait(), name="stop")
         try:
@@ -623,6 +677,8 @@ class Daemon:
                     mode=self.cfg.api.socket_mode, group=self.cfg.api.group,
                 )
                 await api.start()
+            if self.metrics is not None:
+                await self._start_metrics()
             self._spawn(self._ask_every_pack())  # a one-shot: not among the tasks that must run
             self.notifier.ready(f"{self.core.state.label}")
             done, _ = await asyncio.wait([*tasks, stopper], return_when=asyncio.FIRST_COMPLETED)
@@ -667,6 +723,8 @@ class Daemon:
         await self.link.close()
         for bus in self.buses.values():
             await bus.close()
+        if self.metrics is not None:
+            await asyncio.to_thread(self.metrics.stop)  # a shutdown waits for its thread
         await self.events.close()
         if self.cloud is not None:
             self.cloud.outbox.close()

@@ -99,6 +99,9 @@ class LinkStats:
     write_errors: int = 0
     reconnects: int = 0
     last_error: str | None = None
+    # the last good read's request-to-reply time, seconds (None: not measured: a link whose
+    # PLC pushes its inputs, OPC UA)
+    round_trip_s: float | None = None
     exceptions: dict[str, int] = field(default_factory=dict)  # protocol error replies by name
 
 

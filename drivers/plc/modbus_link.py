@@ -375,6 +375,7 @@ class ModbusPlcLink(PlcLink):
         client = self._client
         assert client is not None
         rmap = self.rmap
+        sent = self._clock()
         try:
             rr = await self._request(
                 client.read_holding_registers(
@@ -396,6 +397,7 @@ class ModbusPlcLink(PlcLink):
             self._poll_failed(msg)
             return False
         self.stats.polls += 1
+        self.stats.round_trip_s = t - sent
         if self._poll_failing:
             self._poll_failing = False
             self._log.info("plc.poll_recovered", poll_errors=self.stats.poll_errors)
