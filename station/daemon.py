@@ -51,7 +51,7 @@ from station.packml import Cmd, State
 from station.plan import PackInfo, SwapPlan
 from station.recovery import Interrupted
 from station.scan_wake import ScanWake
-from station.sd_notify import SystemdNotifier
+from station.sd_notify import SystemdNotifier, status_line
 from station.sequence import SEQUENCE, step_index
 
 log = structlog.get_logger("swapd")
@@ -563,12 +563,25 @@ class Daemon:
 
     async def _watchdog_loop(self) -> None:
         interval = self.notifier.watchdog_interval_s or 5.0
+        sent: str | None = None
         while True:
             # Pet the watchdog only while the scan loop is alive: a stuck scan gets us restarted.
             if self.clock() - self._last_scan < max(interval, 1.0):
                 self.notifier.watchdog()
-            self.notifier.status(f"{self.core.state.label}; {self.core.reason or ''}")
+            # systemd keeps the last STATUS=: send it only when the text changes
+            line = status_line(self.core.status(), self._packs_ready())
+            if line != sent and self.notifier.status(line):
+                sent = line
             await asyncio.sleep(interval)
+
+    def _packs_ready(self) -> int | None:
+        """Rack slots whose pack selection would give now; None while unknown."""
+        try:
+            slots = self._rack_status()["slots"]
+        except Exception:  # the status line must never stop the watchdog
+            log.exception("status.rack_failed")
+            return None
+        return sum(1 for s in slots if s["state"] == "ready") if slots else None
 
     async def _disk_loop(self) -> None:
         """Free space under the journal: below [cloud] disk_alarm_free_mb an alarm (once,

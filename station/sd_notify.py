@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Mapping
+from typing import Any
 
 
 class SystemdNotifier:
@@ -39,3 +41,22 @@ class SystemdNotifier:
 
     def stopping(self) -> bool:
         return self.notify("STOPPING=1")
+
+
+def status_line(status: Mapping[str, Any], packs_ready: int | None) -> str:
+    """The STATUS= text `systemctl status swapd` shows: the PackML state, the step of a
+    swap under way, why it stopped (if it did), the packs ready to give, the swap's id; e.g.
+    "Execute, step LIFT; 4 packs ready; swap S-0012" or "Aborted: estop; 5 packs ready".
+    `status` is the core's status (packml_state, step, reason, swap_id); `packs_ready`
+    None when the rack is not known yet. One line: a newline would end the assignment."""
+    head = str(status.get("packml_state") or "Unknown")
+    if status.get("step"):
+        head += f", step {status['step']}"
+    if status.get("reason"):
+        head += f": {status['reason']}"
+    parts = [head]
+    if packs_ready is not None:
+        parts.append(f"{packs_ready} pack{'' if packs_ready == 1 else 's'} ready")
+    if status.get("swap_id"):
+        parts.append(f"swap {status['swap_id']}")
+    return " ".join("; ".join(parts).split())
