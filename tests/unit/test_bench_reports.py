@@ -199,3 +199,16 @@ def test_location_selection_bay_and_most_varied() -> None:
 
 def test_packml_order_covers_every_state() -> None:
     assert sorted(PACKML_ORDER) == sorted(s.label for s in State)
+
+
+def test_timeline_of_sparse_samples_still_renders() -> None:
+    # one instant, an unknown state, no packs, every value None: still a figure, no crash
+    sparse = ScenarioResult(
+        name="sparse", file="f", description="d", target="bench", verdict="passed",
+        samples=[Sample(0.0, "Idle", None),
+                 Sample(1.0, "NotAPackMLState", "lift",
+                        packs={"slot:1": {"soc_pct": None, "temp_c": None}})],
+        markers=[Marker(0.5, "event", "journal event")])
+    images = re.findall(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"', render_html([sparse]))
+    assert len(images) == 1
+    assert base64.b64decode(images[0]).startswith(PNG_MAGIC)
