@@ -347,6 +347,10 @@ class SimConfig(_Strict):
     # Each car's BMS sends its VIN (Vehicle Identification, a J1939-21 BAM at the bay's
     # address) on arrival and every 5 s / speed; false: no car sends one.
     vin_broadcast: bool = True
+    # No car comes until released (control op "release_arrivals", SimStation.
+    # release_arrivals): a scenario runner sets the station up first; the arrivals' times
+    # then count from the release.
+    hold_arrivals: bool = False
 
     @model_validator(mode="after")
     def _check_rack(self) -> SimConfig:

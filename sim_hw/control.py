@@ -10,6 +10,7 @@ One JSON object per line in, one per line out:
     {"op": "observer_clear"}                               -> {"ok": true}
     {"op": "truth"}                                        -> {"ok": true, "truth": {...}}
     {"op": "manual_home"}                                  -> {"ok": true, "done": [...]}
+    {"op": "release_arrivals"}                             -> {"ok": true}
     {"op": "vehicle_vin", "send": B, "source_address": A, "vin": V}
                                                            -> {"ok": true, "vin": {...}}
 
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 
 MAX_LINE = 64 * 1024
 OPS = ("fault_list", "fault_set", "fault_clear", "fault_clear_all", "observer",
-       "observer_clear", "truth", "manual_home", "vehicle_vin")
+       "observer_clear", "truth", "manual_home", "vehicle_vin", "release_arrivals")
 
 
 def handle(sim: SimStation, request: object) -> dict[str, Any]:
@@ -78,6 +79,9 @@ def handle(sim: SimStation, request: object) -> dict[str, Any]:
             return {"ok": True, "truth": sim.truth()}
         if op == "manual_home":
             return {"ok": True, **sim.manual_home()}
+        if op == "release_arrivals":
+            sim.release_arrivals()
+            return {"ok": True}
         if op == "vehicle_vin":
             kwargs = {k: request[k] for k in ("send", "source_address", "vin") if k in request}
             return {"ok": True, "vin": sim.vehicle_vin(**kwargs)}

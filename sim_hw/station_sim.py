@@ -128,6 +128,11 @@ class SimStation:
         self.model.advance(*self.clock.now())
         return self.model.manual_home()
 
+    def release_arrivals(self) -> None:
+        """Let cars come ([sim] hold_arrivals): the arrivals' times count from now."""
+        self.model.advance(*self.clock.now())
+        self.model.vehicles.release(self.now())
+
     def vehicle_vin(self, *, send: bool | None = None, source_address: Any = _KEEP,
                     vin: str | None = None) -> dict[str, Any]:
         """The cars' Vehicle Identification (VIN in a BAM): turn it on or off (`send`), send

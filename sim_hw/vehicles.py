@@ -225,6 +225,9 @@ class VehicleSource:
         self._end_s = math.inf
         self._live_rng = random.Random(f"arrivals-live-{config.seed}")
         self._vins = list(config.vins)
+        # held: no car comes until release() (a scenario runner sets the station up first);
+        # the first car's times then count from the release
+        self.held = config.hold_arrivals
         if self.arrivals is not None:
             self.next_at = None
             self._pending.extend(arrival_schedule(self.arrivals, config.seed))
@@ -233,9 +236,25 @@ class VehicleSource:
             if self._saturated:
                 self._refill(FIRST_ARRIVAL_S)
 
+    def release(self, now: float) -> None:
+        """Let cars come: a held source starts now, as if the simulator had started now
+        (the schedule's times count from here)."""
+        if not self.held:
+            return
+        self.held = False
+        shift = now - FIRST_ARRIVAL_S if now > FIRST_ARRIVAL_S else 0.0
+        if self.next_at is not None:
+            self.next_at += shift
+        self._free_from += shift
+        self._pending = deque(a.model_copy(update={"at_s": a.at_s + shift})
+                              for a in self._pending)
+        self._end_s += shift
+
     def due(self, now: float, families: list[int]) -> Vehicle | None:
         """The vehicle arriving on the platform by `now`, if one is due (it arrives at its
         scheduled time); called while the platform is empty."""
+        if self.held:
+            return None
         if self.arrivals is not None:
             return self._due_from_queue(now)
         if self.next_at is None or now < self.next_at:

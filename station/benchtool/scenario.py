@@ -361,7 +361,7 @@ class Expect(_Strict):
     def kind(self) -> ExpectKind:
         for k in ("state", "event", "swaps", "final_state", "ledger", "telemetry"):
             if getattr(self, k) is not None:
-                return k  # type: ignore[return-value]
+                return k
         return "observer"
 
     def bounds(self) -> tuple[int, int | None]:

@@ -1,0 +1,91 @@
+"""The network's back end as a scenario needs it: signed commands to the station and the
+telemetry it publishes, over the same broker and topics as the real back end
+(station/cloud/swapnet.py signs and sends; this keeps a subscription open to collect)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiomqtt
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from station.cloud import swapnet
+
+COMMAND_TTL_S = 300.0
+RESPONSE_TIMEOUT_S = 20.0
+
+
+@dataclass
+class Backend:
+    broker: swapnet.Broker
+    prefix: str
+    station_id: str
+    key: Ed25519PrivateKey
+    key_id: str
+    received: list[dict[str, Any]] = field(default_factory=list)
+    _task: asyncio.Task[None] | None = None
+    _subscribed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def start(self) -> None:
+        """Subscribe to everything the station publishes (kept until stop)."""
+        self._task = asyncio.create_task(self._collect(), name="bench-backend")
+        async with asyncio.timeout(RESPONSE_TIMEOUT_S):
+            await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+    async def _collect(self) -> None:
+        while True:
+            try:
+                async with swapnet.connect(self.broker, RESPONSE_TIMEOUT_S) as (client, _):
+                    await client.subscribe(f"{self.prefix}/{self.station_id}/#", qos=1)
+                    self._subscribed.set()
+                    async for m in client.messages:
+                        self._keep(str(m.topic), m.payload)
+            except (aiomqtt.MqttError, swapnet.ConsoleError, OSError):
+                await asyncio.sleep(0.5)  # a broker outage (a scenario may cause one)
+
+    def _keep(self, topic: str, payload: Any) -> None:
+        leaf = topic.rsplit("/", 1)[-1]
+        if leaf == "commands":
+            return
+        try:
+            body = json.loads(bytes(payload)) if isinstance(payload, bytes | bytearray) \
+                else None
+        except ValueError:
+            body = None
+        self.received.append({"topic": topic, "leaf": leaf, "payload": body,
+                              "wall": time.time()})
+
+    async def command(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
+        """Sign, send and wait for the station's response (its payload)."""
+        signed = swapnet.build_command(command, args, self.station_id, self.key_id, self.key,
+                                       COMMAND_TTL_S, time.time())
+        return await swapnet.send(self.broker, self.prefix, signed, RESPONSE_TIMEOUT_S)
+
+
+def utc(t: float) -> str:
+    return swapnet.utc_stamp(t)
+
+
+def fill_command_args(command: str, args: dict[str, Any], now: float) -> dict[str, Any]:
+    """What a scenario leaves out of a cloud command and the runner fills in: the
+    timestamps (relative `ttl_s` / `valid_s` in the scenario become absolute times)."""
+    out = dict(args)
+    if command == "reserve_pack" and "expires_at" not in out:
+        out["expires_at"] = utc(now + float(out.pop("ttl_s", 3600.0)))
+    if command == "set_authorisations":
+        out.setdefault("version", int(now * 1000))
+        out.setdefault("valid_from", utc(now - 60.0))
+        if "valid_until" not in out:
+            out["valid_until"] = utc(now + float(out.pop("valid_s", 86400.0)))
+    return out
