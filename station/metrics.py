@@ -63,6 +63,14 @@ CAN_REJECT_REASONS = (*REJECT_KINDS, *(f"tp_{r}" for r in j1939_tp.DROP_REASONS)
                       *(f"tp_{r}" for r in j1939_tp.CM_DROP_REASONS))
 INTERLOCK_IDS = tuple(il.id for il in INTERLOCKS)
 INHIBIT_PREFIX = "interlocks active: "  # station/core.py: the start inhibit naming them
+ORIGINS = tuple(o.value for o in Origin)
+
+
+def origin_label(origin: str) -> str:
+    """A command event's origin is "<Origin>: <sender>" (station/commands.py): the label is
+    the Origin alone; the sender is free text and would make a series per client."""
+    head = origin.split(": ", 1)[0]
+    return head if head in ORIGINS else "other"
 
 
 class BusLike(Protocol):
@@ -163,9 +171,9 @@ class StationMetrics:
             self.interlock_trips.labels(il)
         for alarm in PACK_ALARMS:
             self.pack_alarms.labels(alarm)
-        for origin in Origin:
+        for origin in (*ORIGINS, "other"):
             for result in COMMAND_RESULTS:
-                self.command_results.labels(origin.value, result)
+                self.command_results.labels(origin, result)
         for s in State:
             self.packml_state.labels(s.label)
         self.set_packs([])
@@ -207,9 +215,9 @@ class StationMetrics:
             case Alarm():
                 self.pack_alarms.labels(ev.alarm).inc()
             case CommandAccepted():
-                self.command_results.labels(ev.origin, "accepted").inc()
+                self.command_results.labels(origin_label(ev.origin), "accepted").inc()
             case CommandRefused():
-                self.command_results.labels(ev.origin, "refused").inc()
+                self.command_results.labels(origin_label(ev.origin), "refused").inc()
             case StateChanged():
                 self.set_state(ev.new)
             case _:

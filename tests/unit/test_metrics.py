@@ -140,9 +140,11 @@ def test_interlock_trips_from_faults_and_the_start_inhibit() -> None:
 
 def test_commands_alarms_and_packml_state() -> None:
     m, _, _ = make()
-    m.on_event(CommandAccepted(t=1.0, request_id="a", command="reset", origin="start-up",
-                               state="Resetting"))
-    m.on_event(CommandRefused(t=1.0, request_id="b", command="start", origin="cloud",
+    m.on_event(CommandAccepted(t=1.0, request_id="a", command="reset",
+                               origin="start-up: start-up", state="Resetting"))
+    m.on_event(CommandRefused(t=1.0, request_id="b", command="start",
+                              origin="cloud: key ops-1", reason="no"))
+    m.on_event(CommandRefused(t=1.0, request_id="c", command="start", origin="martian: x",
                               reason="no"))
     m.on_event(Alarm(t=1.0, location="slot:3", slot=3, serial=7, alarm="over_temp",
                      reason="hot", action="isolate"))
@@ -153,6 +155,8 @@ def test_commands_alarms_and_packml_state() -> None:
     assert value(m, "swapd_command_results_total", origin="start-up", result="accepted") == 1
     assert value(m, "swapd_command_results_total", origin="cloud", result="refused") == 1
     assert value(m, "swapd_command_results_total", origin="local", result="accepted") == 0
+    # the sender is not a label: one series per origin, whoever sent it
+    assert value(m, "swapd_command_results_total", origin="other", result="refused") == 1
     assert value(m, "swapd_pack_alarms_total", alarm="over_temp") == 1
     states = {dict(k[1])["state"]: v for k, v in samples(m).items()
               if k[0] == "swapd_packml_state"}
