@@ -58,6 +58,7 @@ from station.config import (
     CanSection,
     JournalSection,
     LogSection,
+    MetricsSection,
     ModbusSection,
     OpcUaSection,
     PlcSection,
@@ -456,6 +457,8 @@ class _Harness:
                        udp_port=self.can_port),
             sequence=SequenceSection(speed_factor=self.speed),
             journal=JournalSection(path=self.journal_path),
+            # any free port: many rigs run at once (the endpoint's port: daemon.metrics.port)
+            metrics=MetricsSection(port=0),
             **self._base_sections(),
         )
         o = self._config_overrides

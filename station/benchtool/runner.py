@@ -139,6 +139,7 @@ class Run:
         self.seen = Seen(self.speed, time.time())
         self.action_times: list[float | None] = [None] * len(scenario.action)
         self.checks: list[Check] = []
+        self.statuses: list[tuple[float, dict[str, Any]]] = []
 
     # ---- timeline -------------------------------------------------------------------
     def now(self) -> float:
@@ -150,6 +151,7 @@ class Run:
     async def observe(self) -> None:
         st = await self.target.status()
         self.seen.status = st
+        self.statuses.append((self.now(), st))
         while True:
             evs = await self.target.events_after(self.seen.last_event_id)
             if not evs:
@@ -422,12 +424,34 @@ class Run:
                 if aborted else ""))
         if e.kind == "ledger":
             return self._ledger(name, e, truth)
+        if e.kind == "status":
+            return self._status_bounds(name, e)
         # observer
         if truth is None:
             return Check(name, True, "no ground truth on this target", skipped=True)
         v = truth.get("violations") or []
         return Check(name, len(v) == e.violations,
                      f"{len(v)} violation(s)" + (f": {v[:3]}" if v else ""))
+
+    def _status_bounds(self, name: str, e: Expect) -> Check:
+        assert e.status is not None
+        values = [(t, v) for t, v in self.status_series(e.status) if v is not None]
+        if not values:
+            return Check(name, False, f"{e.status} never had a number in the status")
+        problems = []
+        hi = max(values, key=lambda tv: tv[1])
+        lo = min(values, key=lambda tv: tv[1])
+        if e.max is not None and hi[1] > e.max:
+            problems.append(f"{hi[1]:g} > {e.max:g} at t={hi[0]:.1f} s")
+        if e.min is not None and lo[1] < e.min:
+            problems.append(f"{lo[1]:g} < {e.min:g} at t={lo[0]:.1f} s")
+        if e.reach is not None and hi[1] < e.reach:
+            problems.append(f"never reached {e.reach:g} (highest {hi[1]:g})")
+        return Check(name, not problems, "; ".join(problems) or
+                     f"{len(values)} samples within {lo[1]:g}..{hi[1]:g}")
+
+    def status_series(self, key: str) -> list[tuple[float, float | None]]:
+        return [(t, _number(_dig(st, key))) for t, st in self.statuses]
 
     def _states_text(self) -> str:
         return " > ".join(f"{s}@{t:.0f}" for t, s, _ in self.seen.states[-12:])
@@ -455,6 +479,18 @@ class Run:
                 elif isinstance(want, int) and real != want:
                     problems.append(f"{loc}: the simulator has {real} there")
         return Check(name, not problems, "; ".join(problems) or f"ledger {ledger}")
+
+
+def _dig(d: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(d, dict):
+            return None
+        d = d.get(part)
+    return d
+
+
+def _number(v: Any) -> float | None:
+    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
 
 
 async def run_scenario(scenario: Scenario, target: Target) -> ScenarioResult:

@@ -276,7 +276,7 @@ class Info(_Strict):
 
 
 ExpectKind = Literal["state", "event", "swaps", "final_state", "ledger", "telemetry",
-                     "observer"]
+                     "observer", "status"]
 
 
 class Expect(_Strict):
@@ -293,6 +293,9 @@ class Expect(_Strict):
     telemetry    a message on leaf `telemetry` (status, state, rack, events, swaps)
                  whose payload has `match`; counts as for event
     observer     the simulator's observer saw `violations` (normally 0) violations
+    status       a number in swapd's status (a key, dotted for a nested one, e.g.
+                 "charging_power_kw"), over every sample: never above `max`, never below
+                 `min`, at or above `reach` at least once
 
     `within_s` (state, event, telemetry): reached within these station seconds of the
     start. `after` (state, event): not before the n-th action ran (1-based).
@@ -305,6 +308,7 @@ class Expect(_Strict):
     ledger: bool | None = None
     telemetry: str | None = None
     observer: bool | None = None
+    status: str | None = Field(default=None, pattern=r"^[a-z_0-9]+(\.[a-z_0-9]+)*$")
 
     reason: str | None = None
     match: dict[str, Any] = Field(default_factory=dict)
@@ -315,6 +319,9 @@ class Expect(_Strict):
     aborted: int | None = Field(default=None, ge=0)
     packs: dict[str, int | str] = Field(default_factory=dict)
     violations: int = Field(default=0, ge=0)
+    max: float | None = None
+    min: float | None = None
+    reach: float | None = None
     within_s: float | None = Field(default=None, gt=0)
     after: int | None = Field(default=None, ge=1)
     name: str | None = Field(default=None, max_length=200)  # shown in the report
@@ -322,10 +329,10 @@ class Expect(_Strict):
     @model_validator(mode="after")
     def _one(self) -> Expect:
         given = [k for k in ("state", "event", "swaps", "final_state", "ledger", "telemetry",
-                             "observer") if getattr(self, k) is not None]
+                             "observer", "status") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError("an expectation has exactly one subject: state, event, swaps, "
-                             "final_state, ledger, telemetry or observer (given: "
+                             "final_state, ledger, telemetry, observer or status (given: "
                              f"{', '.join(given) or 'none'})")
         kind = given[0]
         applies = {
@@ -334,13 +341,16 @@ class Expect(_Strict):
             "max_count": ("event", "telemetry"), "completed": ("swaps",),
             "aborted": ("swaps",), "packs": ("ledger",), "within_s": ("state", "event",
                                                                       "telemetry"),
-            "after": ("state", "event")}
+            "after": ("state", "event"), "max": ("status",), "min": ("status",),
+            "reach": ("status",)}
         for key, kinds in applies.items():
             v = getattr(self, key)
             if v not in (None, {}) and kind not in kinds:
                 raise ValueError(f"`{key}` does not apply to a `{kind}` expectation")
         if kind == "swaps" and self.completed is None and self.aborted is None:
             raise ValueError("a swaps expectation needs completed and/or aborted")
+        if kind == "status" and self.max is None and self.min is None and self.reach is None:
+            raise ValueError("a status expectation needs max, min and/or reach")
         if kind == "ledger" and not self.packs:
             raise ValueError("a ledger expectation needs packs")
         if self.count is not None and (self.min_count is not None or
@@ -359,7 +369,7 @@ class Expect(_Strict):
 
     @property
     def kind(self) -> ExpectKind:
-        for k in ("state", "event", "swaps", "final_state", "ledger", "telemetry"):
+        for k in ("state", "event", "swaps", "final_state", "ledger", "telemetry", "status"):
             if getattr(self, k) is not None:
                 return k
         return "observer"
@@ -389,6 +399,10 @@ class Expect(_Strict):
                                   if v is not None)
         elif k == "ledger":
             s = "ledger " + ", ".join(f"{loc}={v}" for loc, v in self.packs.items())
+        elif k == "status":
+            s = f"status {self.status}" + "".join(
+                f" {w} {v:g}" for w, v in (("max", self.max), ("min", self.min),
+                                           ("reach", self.reach)) if v is not None)
         else:
             s = f"observer violations = {self.violations}"
         if self.within_s is not None:
