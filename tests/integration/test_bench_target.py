@@ -117,7 +117,7 @@ async def bench(tmp_path: Path) -> AsyncIterator[Bench]:
 
 
 def fault(name: str, do: str = "fault") -> Action:
-    return Action(when=Trigger(at_s=0), do=do, fault=name)  # type: ignore[arg-type]
+    return Action(when=Trigger(at_s=0), do=do, fault=name)
 
 
 async def test_status_events_and_the_estop_relay(bench: Bench, tmp_path: Path) -> None:

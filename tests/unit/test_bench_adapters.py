@@ -309,3 +309,11 @@ def test_setup_lines_and_rack_comparison(tmp_path: Path) -> None:
         "slot:2: family 25, the scenario says 20",
         "slot:2: SOC 20 %, the scenario says 50 %",
         "slot:3: swapd reports a pack the scenario does not have"]
+
+
+def test_the_example_bench_config_loads() -> None:
+    cfg = load_bench_config(Path(__file__).parents[2] / "deploy" / "bench.toml")
+    assert cfg.bench.broker is not None and cfg.bench.swapd is not None
+    means = FaultMeans.from_config(cfg, None)
+    for name in ("estop", "light_curtain", "door_open", "can_bus_off", "plc_silent"):
+        assert means.find(name) is means.relays[0], name
