@@ -133,9 +133,32 @@ async def _run(config: SimConfig) -> None:
                    else "") for b in c.can.bus_list()), c.speed,
             c.station.slots, c.vehicles or "unlimited", c.control_socket or "off",
         )
-        await stop.wait()
+        board = await _start_relay(sim, config)
+        try:
+            await stop.wait()
+        finally:
+            if board is not None:
+                await board.stop()
         log.info("stopping: %d visits, %d commands, %d safety violations",
                  len(sim.model.history), len(sim.command_log), len(sim.observer.violations))
+
+
+async def _start_relay(sim: Any, config: SimConfig) -> Any:
+    """`[sim.relay]`: the simulated fault relay module, its coils wired to sim's faults."""
+    if config.relay is None:
+        return None
+    from sim_hw.relay_board import RelayBoard, SimFaultWiring, Wired
+
+    r = config.relay
+    wiring = SimFaultWiring(sim.faults, {a: Wired(c.fault, c.target, c.value)
+                                         for a, c in r.wiring().items()})
+    board = RelayBoard(coils=r.count, on_coil=wiring, host=r.host, port=r.port,
+                       device_id=r.device_id)
+    await board.start()
+    log.info("relay board: Modbus TCP %s:%d device %d, coils %s", r.host, board.port,
+             r.device_id, ", ".join(f"{a}={w.fault}" for a, w in sorted(wiring.wiring.items()))
+             or "none wired")
+    return board
 
 
 def _plc_banner(sim: Any) -> str:

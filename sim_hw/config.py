@@ -320,6 +320,52 @@ class ArrivalsConfig(_Strict):
         return self
 
 
+class RelayCoilConfig(_Strict):
+    """What one coil of `[sim.relay]` makes when on: `swap-sim fault set FAULT`."""
+
+    fault: str = Field(min_length=1)
+    target: str | int | None = None
+    value: float | str | None = None
+
+    @field_validator("fault")
+    @classmethod
+    def _known(cls, fault: str) -> str:
+        from sim_hw.faults import FAULT_NAMES  # faults pulls in the pack model
+
+        if fault not in FAULT_NAMES:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULT_NAMES)}")
+        return fault
+
+
+class RelayBoardConfig(_Strict):
+    """`[sim.relay]`: a simulated Modbus TCP relay module (sim_hw/relay_board.py) served
+    next to the PLC: coil N on sets the fault wired to it, off clears it, as a bench's
+    relays do (a swap-bench `[[bench.relay]]` can point at it)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=5021, ge=0, le=65535)  # 0 = any free port
+    device_id: int = Field(default=1, ge=0, le=255)
+    count: int = Field(default=16, ge=1, le=1024)  # coils 0..count-1
+    coils: dict[int, RelayCoilConfig] = Field(default_factory=dict)  # "0" = "estop" too
+
+    @field_validator("coils", mode="before")
+    @classmethod
+    def _names(cls, raw: object) -> object:
+        if isinstance(raw, dict):
+            return {a: {"fault": c} if isinstance(c, str) else c for a, c in raw.items()}
+        return raw
+
+    @model_validator(mode="after")
+    def _on_the_board(self) -> RelayBoardConfig:
+        for addr in self.coils:
+            if not 0 <= addr < self.count:
+                raise ValueError(f"coils.{addr}: beyond the board's {self.count} coils")
+        return self
+
+    def wiring(self) -> dict[int, RelayCoilConfig]:
+        return dict(self.coils)
+
+
 class SimConfig(_Strict):
     speed: float = Field(default=1.0, gt=0)
     seed: int = 1
@@ -351,6 +397,8 @@ class SimConfig(_Strict):
     # release_arrivals): a scenario runner sets the station up first; the arrivals' times
     # then count from the release.
     hold_arrivals: bool = False
+    # a simulated fault relay module; None: none
+    relay: RelayBoardConfig | None = None
 
     @model_validator(mode="after")
     def _check_rack(self) -> SimConfig:

@@ -203,3 +203,27 @@ async def test_a_scenario_end_to_end(bench: Bench, tmp_path: Path) -> None:
     assert observer and observer[0].skipped
     assert any(m.kind == "fault" and "estop" in m.label for m in result.markers)
     assert bench.board.state == [False] * 8
+
+
+async def test_swap_sim_serves_the_relay_board(bench: Bench) -> None:
+    """`[sim.relay]` in swap-sim's config: the board it serves sets the wired fault."""
+    from sim_hw.cli import _start_relay
+    from sim_hw.config import parse_sim_config
+    from station.benchtool.adapters import RelayAdapter
+    from station.benchtool.bench_config import CoilFault, RelayModule
+
+    sim = bench.rig.sim
+    cfg = parse_sim_config({"sim": {"relay": {"port": 0, "count": 4,
+                                              "coils": {"2": "door_open"}}}})
+    board = await _start_relay(sim, cfg)
+    assert isinstance(board, RelayBoard)
+    relay = RelayAdapter(RelayModule(name="sim", host="127.0.0.1", port=board.port,
+                                     coils={2: CoilFault(fault="door_open")}))
+    try:
+        assert await relay.make("door_open", None, None) == "door_open: sim coil 2 on"
+        assert sim.faults.is_active("door_open")
+        await relay.close()  # switches it off
+        assert not sim.faults.is_active("door_open") and board.state == [False] * 4
+    finally:
+        await relay.close()
+        await board.stop()

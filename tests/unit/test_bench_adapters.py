@@ -317,3 +317,19 @@ def test_the_example_bench_config_loads() -> None:
     means = FaultMeans.from_config(cfg, None)
     for name in ("estop", "light_curtain", "door_open", "can_bus_off", "plc_silent"):
         assert means.find(name) is means.relays[0], name
+
+
+# ---- [sim.relay]: swap-sim serves a relay board ------------------------------------------
+
+def test_sim_relay_section() -> None:
+    from sim_hw.config import SimConfigError, parse_sim_config
+
+    cfg = parse_sim_config({"sim": {"relay": {"port": 0, "count": 8, "coils": {
+        "0": "estop", "3": {"fault": "pack_over_temp", "target": "vehicle", "value": 70}}}}})
+    assert cfg.relay is not None
+    wiring = cfg.relay.wiring()
+    assert wiring[0].fault == "estop" and wiring[3].value == 70
+    with pytest.raises(SimConfigError, match="laser"):
+        parse_sim_config({"sim": {"relay": {"coils": {"0": "laser"}}}})
+    with pytest.raises(SimConfigError, match="beyond the board's 8 coils"):
+        parse_sim_config({"sim": {"relay": {"count": 8, "coils": {"8": "estop"}}}})
