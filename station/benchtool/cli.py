@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import fnmatch
+import logging
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -71,15 +72,18 @@ def _make_target(args: argparse.Namespace) -> Any:
 
     if args.bench_config is None:
         raise ScenarioError("--target bench needs --bench-config FILE")
+    cfg = load_bench_config(args.bench_config)
     interactive = args.yes or sys.stdin.isatty()
-    return BenchTarget(load_bench_config(args.bench_config),
-                       prompt=PromptAdapter() if interactive else None)
+    prompt = PromptAdapter(timeout_s=cfg.bench.prompt.timeout_s) if interactive else None
+    return BenchTarget(cfg, prompt=prompt)
 
 
 def progress_line(r: ScenarioResult) -> str:
     passed = sum(1 for c in r.checks if c.passed and not c.skipped)
     line = (f"{VERDICT_WORD[r.verdict]:7} {r.name}  ({r.duration_s:.1f} s, "
             f"{passed}/{len(r.checks)} checks)")
+    if r.verdict == "failed":
+        return line + "".join(f"\n        {c.name}: {c.detail}" for c in r.failures)
     return line + (f"\n        {r.reason}" if r.reason else "")
 
 
@@ -125,6 +129,8 @@ def main(argv: list[str] | None = None) -> int:
     from station.logs import configure_logging
 
     configure_logging("warning", "console")
+    # the simulator's and the links' connection noise at shutdown is not the report's
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         target = _make_target(args)
     except (ScenarioError, ValueError) as exc:

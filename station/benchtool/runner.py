@@ -194,7 +194,7 @@ class Run:
         elif action.do == "cloud":
             assert action.command is not None
             answer = await self.target.cloud(action.command, dict(action.args))
-            ok = answer.get("result") == "accepted" or answer.get("accepted") is True
+            ok = answer.get("accepted") is True
             self._answered(i, action, ok, str(answer.get("reason") or answer.get("code")
                                               or ""))
         elif action.do == "recover":
@@ -284,6 +284,11 @@ class Run:
         try:
             await self.target.start(sc)
             self.seen.wall0 = time.time()
+            differences = getattr(self.target, "setup_differences", None)
+            if differences is not None:  # a bench: what it has against the scenario's set-up
+                diff = differences()
+                self.checks.append(Check("the bench is set up as the scenario says",
+                                         not diff, "; ".join(diff) or "as set up"))
             await self.drive()
             await self.judge()
         except Exception as exc:

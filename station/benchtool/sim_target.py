@@ -53,21 +53,21 @@ class SimTarget:
 
     # ---- set-up ---------------------------------------------------------------------
     def sim_overrides(self, scenario: Scenario) -> dict[str, Any]:
+        from sim_hw.config import ArrivalsConfig, RackPackConfig, ScheduledArrival
+
         s = scenario.setup
         sim: dict[str, Any] = {"ambient_c": s.ambient_c, "hold_arrivals": True,
                                "vehicles": s.cars}
         if s.slots is not None:
             sim["station"] = {"slots": s.slots}
         if s.rack:
-            sim["rack_pack"] = [
-                {"slot": p.slot, "serial": p.serial or SERIAL_BASE + p.slot,
-                 "family": p.family, "chemistry": p.chemistry, "soc": p.soc, "soh": p.soh,
-                 "temp_c": p.temp_c} for p in s.rack]
+            sim["rack_pack"] = [RackPackConfig(
+                slot=p.slot, serial=p.serial or SERIAL_BASE + p.slot, family=p.family,
+                chemistry=p.chemistry, soc=p.soc, soh=p.soh, temp_c=p.temp_c) for p in s.rack]
         if s.vehicles:
-            sim["arrivals"] = {"patience_s": None, "schedule": [
-                {"at_s": v.at_s, "family": v.family, "chemistry": v.chemistry,
-                 "soc": v.soc, "soh": v.soh, "temp_c": v.temp_c, "vin": v.vin}
-                for v in s.vehicles]}
+            sim["arrivals"] = ArrivalsConfig(patience_s=None, schedule=[ScheduledArrival(
+                at_s=v.at_s, family=v.family, chemistry=v.chemistry, soc=v.soc, soh=v.soh,
+                temp_c=v.temp_c, vin=v.vin) for v in s.vehicles])
         return sim
 
     def swapd_overrides(self, scenario: Scenario) -> dict[str, Any]:
@@ -136,7 +136,7 @@ class SimTarget:
 
     async def _must(self, command: str, args: dict[str, Any]) -> None:
         r = await self.cloud(command, args)
-        if r.get("result") != "accepted":
+        if r.get("accepted") is not True:
             raise TargetError(f"set-up: cloud {command} answered {r}")
 
     # ---- running --------------------------------------------------------------------
