@@ -22,7 +22,7 @@ import aiomqtt
 from station.benchtool.adapters import AdapterError, FaultMeans, PromptAdapter
 from station.benchtool.bench_config import BenchConfig, BrokerSection
 from station.benchtool.scenario import Action, Scenario
-from station.benchtool.target import TargetError
+from station.benchtool.target import TargetError, down_status
 from station.local_api import EVENTS_MAX, LocalApiError, request
 
 log = logging.getLogger("swap-bench.bench")
@@ -48,6 +48,7 @@ class BenchTarget:
         self._tele_task: asyncio.Task[None] | None = None
         self._tele_ready: asyncio.Event | None = None
         self.notes: list[str] = []  # what start() saw or assumed (for the report)
+        self._swapd_killed = False  # by a scenario's action: status() is down until back
 
     @property
     def speed(self) -> float:
@@ -139,7 +140,14 @@ class BenchTarget:
             raise TargetError(f"swapd's local API at {self.bench.socket}: {why}") from exc
 
     async def status(self) -> dict[str, Any]:
-        resp = await self._api({"cmd": "status"})
+        if self._swapd_killed:  # by the scenario: down until it answers again
+            try:
+                resp = await self._api({"cmd": "status"})
+            except TargetError as exc:
+                return down_status(str(exc))
+            self._swapd_killed = False
+        else:
+            resp = await self._api({"cmd": "status"})
         if not resp.get("ok") or not isinstance(resp.get("status"), dict):
             raise TargetError(f"status refused: {resp.get('error', resp)}")
         return dict(resp["status"])
@@ -249,6 +257,7 @@ class BenchTarget:
                 raise TargetError(f"swapd {a.state}: no [bench.swapd] in {self.origin}")
             argv = sw.kill if a.state == "kill" else sw.start
             await run_command(argv, sw.timeout_s, f"swapd {a.state}")
+            self._swapd_killed = True  # down (kill), or starting (start) until it answers
             return f"swapd {a.state}: {' '.join(argv)}"
         if a.do == "broker":
             b = self.bench.broker

@@ -68,6 +68,7 @@ class Seen:
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
     last_event_id: int = 0
     status: dict[str, Any] = field(default_factory=dict)
+    history_before: float = 0.0  # events journaled before this (wall) are not the run's
 
     def t_of(self, wall: float) -> float:
         return max(0.0, (wall - self.wall0) * self.speed)
@@ -75,6 +76,8 @@ class Seen:
     def add_events(self, events: list[dict[str, Any]]) -> None:
         for ev in events:
             self.last_event_id = max(self.last_event_id, int(ev["id"]))
+            if float(ev.get("wall") or 0.0) < self.history_before:
+                continue  # the journal's history (a bench's): not this scenario's
             t = self.t_of(float(ev.get("wall") or self.wall0))
             self.events.append((t, ev))
             if ev["kind"] == "state":
@@ -140,6 +143,7 @@ class Run:
         self.action_times: list[float | None] = [None] * len(scenario.action)
         self.checks: list[Check] = []
         self.statuses: list[tuple[float, dict[str, Any]]] = []
+        self._restarted = True  # the first status gives the state swapd is in
 
     # ---- timeline -------------------------------------------------------------------
     def now(self) -> float:
@@ -152,13 +156,23 @@ class Run:
         st = await self.target.status()
         self.seen.status = st
         self.statuses.append((self.now(), st))
+        state = str(st.get("packml_state"))
+        if st.get("down"):
+            self._restarted = True  # swapd is down: the state it comes back in is new
+        elif self._restarted:
+            # the state swapd starts in (at the start, after a restart) is journaled as
+            # no transition: take it from its status
+            self._restarted = False
+            if not self.seen.states or self.seen.states[-1][1] != state:
+                self.seen.states.append((self.now(), state, st.get("reason")))
         while True:
             evs = await self.target.events_after(self.seen.last_event_id)
             if not evs:
                 break
             self.seen.add_events(evs)
             for ev in evs:
-                self._event_marker(ev)
+                if float(ev.get("wall") or 0.0) >= self.seen.history_before:
+                    self._event_marker(ev)
         inputs = st.get("inputs") or {}
         packs: dict[str, dict[str, float | None]] = {}
         for p in st.get("pack_details") or []:
@@ -281,8 +295,11 @@ class Run:
         if why_not is not None:
             self.result.verdict, self.result.reason = "not_run", why_not
             return self.result
+        self.seen.history_before = time.time()
         try:
             await self.target.start(sc)
+            # the target knows its speed once started (the sim takes the scenario's)
+            self.speed = self.result.speed = self.seen.speed = self.target.speed
             self.seen.wall0 = time.time()
             differences = getattr(self.target, "setup_differences", None)
             if differences is not None:  # a bench: what it has against the scenario's set-up

@@ -378,7 +378,10 @@ class Expect(_Strict):
         """(min, max) occurrences for an event or telemetry expectation."""
         if self.count is not None:
             return self.count, self.count
-        return (self.min_count if self.min_count is not None else 1), self.max_count
+        if self.min_count is not None:
+            return self.min_count, self.max_count
+        # max_count alone bounds from above only (max_count = 0: must never happen)
+        return (0 if self.max_count is not None else 1), self.max_count
 
     def describe(self) -> str:
         if self.name:

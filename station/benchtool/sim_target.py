@@ -19,10 +19,9 @@ from typing import Any
 
 from station.benchtool.cloud_side import Backend, fill_command_args
 from station.benchtool.scenario import Action, Scenario
-from station.benchtool.target import TargetError
+from station.benchtool.target import TargetError, down_status
 
 SETUP_TIMEOUT_S = 60.0  # real seconds for swapd to answer and the cloud set-up to land
-DOWN = "(swapd down)"  # the state the timeline shows while swapd is not running
 SERIAL_BASE = 0x5C000000  # rack pack serials of a scenario: this + the slot
 
 
@@ -161,7 +160,7 @@ class SimTarget:
 
     async def status(self) -> dict[str, Any]:
         if not self._rig.daemon.running:  # killed by the scenario
-            return {"packml_state": DOWN, "step": None, "reason": "swapd is not running"}
+            return down_status("swapd is not running")
         return await self._rig.daemon.status(timeout=SETUP_TIMEOUT_S)
 
     async def events_after(self, event_id: int) -> list[dict[str, Any]]:

@@ -24,6 +24,13 @@ class TargetError(RuntimeError):
     """The target failed (not the station under test): the scenario is an error."""
 
 
+DOWN = "(swapd down)"  # the state the timeline shows while swapd is not running
+
+
+def down_status(why: str) -> dict[str, Any]:
+    return {"packml_state": DOWN, "step": None, "reason": why, "down": True}
+
+
 class Target(Protocol):
     name: str  # "sim" or "bench"
 
@@ -47,7 +54,8 @@ class Target(Protocol):
         ...
 
     async def status(self) -> dict[str, Any]:
-        """swapd's status (what `swapctl status --json` shows)."""
+        """swapd's status (what `swapctl status --json` shows); `down_status()` while
+        swapd is not running (killed by the scenario, restarting)."""
         ...
 
     async def events_after(self, event_id: int) -> list[dict[str, Any]]:

@@ -257,3 +257,35 @@ def test_expect_describe_and_bounds() -> None:
     assert e.bounds() == (2, None) and "event fault" in e.describe()
     assert Expect(event="fault").bounds() == (1, None)
     assert Expect(event="fault", count=0).bounds() == (0, 0)
+    assert Expect(event="fault", max_count=0).bounds() == (0, 0)  # must never happen
+    assert Expect(event="fault", max_count=2).bounds() == (0, 2)
+
+
+def test_the_journals_history_before_the_run_is_not_counted() -> None:
+    seen = Seen(speed=1.0, wall0=1000.0, history_before=999.0)
+    seen.add_events([{"id": 1, "wall": 10.0, "kind": "fault", "data": {}},
+                     {"id": 2, "wall": 999.5, "kind": "fault", "data": {}}])
+    assert seen.last_event_id == 2 and len(seen.of_kind("fault")) == 1
+
+
+async def test_the_state_swapd_starts_or_restarts_in_is_seen_from_its_status() -> None:
+    class Statuses(FakeTarget):
+        def __init__(self) -> None:
+            self.answers = [{"packml_state": "Idle"}, {"packml_state": "Idle"},
+                            {"packml_state": "(swapd down)", "down": True},
+                            {"packml_state": "Held", "reason": "restart during store"}]
+
+        async def status(self) -> dict[str, Any]:
+            return self.answers.pop(0)
+
+        async def events_after(self, event_id: int) -> list[dict[str, Any]]:
+            return []
+
+    sc = Scenario.model_validate({
+        "scenario": {"name": "x", "description": "x", "until": {"at_s": 1}},
+        "expect": [{"state": "Held"}]})
+    run = Run(sc, Statuses())  # type: ignore[arg-type]
+    for _ in range(4):
+        await run.observe()
+    assert [s for _, s, _ in run.seen.states] == ["Idle", "Held"]
+    assert [s.state for s in run.result.samples][2] == "(swapd down)"
