@@ -18,6 +18,10 @@ from station.cloud import swapnet
 
 COMMAND_TTL_S = 300.0
 RESPONSE_TIMEOUT_S = 20.0
+# The back end reconnects after a broker outage faster than the station (whose first retry
+# comes after its cloud.reconnect_min_s), so it is subscribed again before the station
+# delivers what it kept: a message published before that would reach no one.
+RETRY_S = 0.1
 
 
 @dataclass
@@ -37,6 +41,11 @@ class Backend:
         async with asyncio.timeout(RESPONSE_TIMEOUT_S):
             await self._subscribed.wait()
 
+    async def subscribed(self, timeout: float = RESPONSE_TIMEOUT_S) -> None:
+        """Wait until the back end is subscribed (again, after a broker outage)."""
+        async with asyncio.timeout(timeout):
+            await self._subscribed.wait()
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
@@ -52,7 +61,8 @@ class Backend:
                     async for m in client.messages:
                         self._keep(str(m.topic), m.payload)
             except (aiomqtt.MqttError, swapnet.ConsoleError, OSError):
-                await asyncio.sleep(0.5)  # a broker outage (a scenario may cause one)
+                self._subscribed.clear()
+                await asyncio.sleep(RETRY_S)  # a broker outage (a scenario may cause one)
 
     def _keep(self, topic: str, payload: Any) -> None:
         leaf = topic.rsplit("/", 1)[-1]

@@ -22,7 +22,10 @@ from station.benchtool.scenario import Action, Scenario
 from station.benchtool.target import TargetError, down_status
 
 SETUP_TIMEOUT_S = 60.0  # real seconds for swapd to answer and the cloud set-up to land
-SERIAL_BASE = 0x5C000000  # rack pack serials of a scenario: this + the slot
+SERIAL_BASE = 0x5C000000
+# swapd's first reconnection to the broker after an outage comes this long after it (the
+# back end's comes sooner: it is listening before the station delivers its backlog)
+STATION_RETRY_S = 1.0  # rack pack serials of a scenario: this + the slot
 
 
 class SimTarget:
@@ -93,11 +96,29 @@ class SimTarget:
                                workdir=self._workdir, name=scenario.name[:20],
                                plc=scenario.scenario.plc or self.plc)  # type: ignore[arg-type]
         await self._rig.start()
-        await self._rig.daemon.status(timeout=SETUP_TIMEOUT_S)
+        await self._station_ready()
         if self._backend is not None:
             await self._backend.start()
             await self._cloud_setup(scenario)
         self._rig.sim.release_arrivals()
+
+    async def _station_ready(self) -> None:
+        """swapd answers and has heard every rack pack (a reservation or a pack choice
+        before that would see an empty rack)."""
+        rig = self._rig
+        loop = asyncio.get_running_loop()
+        end = loop.time() + SETUP_TIMEOUT_S
+        rack = {s for s in (rig.sim.truth().get("rack") or {}).values() if s is not None}
+        while True:
+            st = await rig.daemon.status(timeout=SETUP_TIMEOUT_S)
+            heard = {p.get("serial") for p in st.get("pack_details") or []}
+            if rack <= heard:
+                return
+            if loop.time() > end:
+                raise TargetError(f"swapd not ready after {SETUP_TIMEOUT_S:g} s: state "
+                                  f"{st.get('packml_state')}, rack packs not heard: "
+                                  f"{sorted(rack - heard)}")
+            await asyncio.sleep(0.1)
 
     async def _start_cloud(self) -> dict[str, Any]:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -118,8 +139,8 @@ class SimTarget:
                                 prefix, self._station_id, key, "bench")
         return {"cloud": {"enabled": True, "host": self._broker.host,
                           "port": self._broker.port, "trusted_keys_dir": str(keys),
-                          "topic_prefix": prefix, "reconnect_min_s": 0.1,
-                          "reconnect_max_s": 0.5, "rack_period_s": 1.0,
+                          "topic_prefix": prefix, "reconnect_min_s": STATION_RETRY_S,
+                          "reconnect_max_s": 2 * STATION_RETRY_S, "rack_period_s": 1.0,
                           "connect_timeout_s": 3.0}}
 
     async def _cloud_setup(self, scenario: Scenario) -> None:
@@ -199,9 +220,13 @@ class SimTarget:
         if action.do == "broker":
             if self._broker is None:
                 raise TargetError("no broker: the scenario has no cloud")
-            await asyncio.to_thread(self._broker.stop if action.state == "down"
-                                    else self._broker.start)
-            return f"broker {action.state}"
+            if action.state == "down":
+                await asyncio.to_thread(self._broker.stop)
+                return "broker down"
+            await asyncio.to_thread(self._broker.start)
+            if self._backend is not None:
+                await self._backend.subscribed()
+            return "broker up"
         if action.do == "swapd":
             if action.state == "kill":
                 await asyncio.to_thread(rig.daemon.kill)
