@@ -44,9 +44,10 @@ HELP = {
 }
 # every word the socket takes has a sub-command here ("pack_release" is `swapctl pack release`,
 # "slot_maintenance" is `swapctl slot lock|release`, "unit_mode" `swapctl mode`, "recover"
-# and "recovery_plan" `swapctl recover --next|--plan`, "maintenance_command" `swapctl run`)
+# and "recovery_plan" `swapctl recover --next|--plan`, "maintenance_command" `swapctl run`,
+# "events" `swapctl events`)
 assert (*HELP, "pack_release", "slot_maintenance", "unit_mode", "recover",
-        "maintenance_command", "recovery_plan") == COMMANDS
+        "maintenance_command", "recovery_plan", "events") == COMMANDS
 
 _LABELS = (
     ("packml_state", "state"),
@@ -121,6 +122,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--wait", type=float, default=300.0, metavar="S",
                      help="seconds to wait for the command to end (default: 300)")
     run.add_argument("--json", action="store_true", help="print the answer as JSON")
+    text = ("the journal's events after an event id, oldest first, one JSON object a line "
+            "(id, wall, t, kind, data): what a bench tool follows")
+    ev = sub.add_parser("events", help="journal events after an id", description=text)
+    ev.add_argument("--after", type=int, default=0, metavar="ID",
+                    help="events after this id (default 0: from the first)")
+    ev.add_argument("--limit", type=int, default=100, metavar="N",
+                    help="at most this many (1-1000, default 100)")
     return p
 
 
@@ -132,6 +140,8 @@ def _request(args: argparse.Namespace) -> tuple[str, dict[str, object]] | str:
         if args.plan:
             return "recover", {"cmd": "recovery_plan"}
         return "recover", {"cmd": "recover"}
+    if args.command == "events":
+        return "events", {"cmd": "events", "after": args.after, "limit": args.limit}
     if args.command == "run":
         return "run", {"cmd": "maintenance_command", "command": args.plc_command.upper(),
                        "param": args.param}
@@ -294,6 +304,10 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, LocalApiError) as exc:  # TimeoutError is an OSError
         print(f"swapctl: {describe_unreachable(exc, path, args.timeout)}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if payload["cmd"] == "events" and resp.get("ok"):
+        for e in resp.get("events") or []:
+            print(json.dumps(e, sort_keys=True))
+        return EXIT_OK
     st = resp.get("status")
     if not resp.get("ok") and resp.get("code") == "nothing_to_do":
         print(f"machine is home: nothing left to recover ({resp.get('error')})")

@@ -49,8 +49,12 @@ class Rig:
         self.journal = Journal(path.parent / "journal.sqlite")
         self.entry = CommandEntry(self.core, self.journal, self._apply, lambda: 0.0)
         handler = functools.partial(handle_request, status=self.core.status,
-                                    submit=self.submit)
+                                    submit=self.submit, events=self.events)
         self.server = LocalApiServer(path, handler)
+
+    def events(self, after: int, limit: int) -> list[dict[str, object]]:
+        return [{"id": r["id"], "kind": r["kind"], "data": json.loads(r["data"])}
+                for r in self.journal.events_after(after, limit)]
 
     async def _apply(self, d: Decision) -> None:
         self.journal.record(d.events)
@@ -100,6 +104,19 @@ async def test_status_plain_is_readable(rig: Rig) -> None:
     assert lines[0].split() == ["state:", "Stopped", "(2)"]
     assert any(line.startswith("reason:") for line in lines)
     assert any(line.startswith("interlocks:") for line in lines)
+
+
+async def test_events_prints_the_journal_after_an_id_one_json_a_line(rig: Rig) -> None:
+    sock = str(rig.server.path)
+    await swapctl_run("--socket", sock, "reset")  # accepted or refused: journaled
+    r = await swapctl_run("--socket", sock, "events")
+    assert r.rc == 0, r.err
+    evs = [json.loads(line) for line in r.out.splitlines()]
+    assert evs and evs[0]["id"] == 1 and "command_received" in {e["kind"] for e in evs}
+    r = await swapctl_run("--socket", sock, "events", "--after", str(evs[-1]["id"]))
+    assert r.rc == 0 and r.out == ""
+    r = await swapctl_run("--socket", sock, "events", "--limit", "0")
+    assert r.rc == 1 and "limit" in r.err
 
 
 async def test_socket_from_the_environment(rig: Rig) -> None:
