@@ -15,7 +15,6 @@ from the file's directory. docs/bench.md is the reference.
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,6 +28,7 @@ from pydantic import (
 )
 
 from sim_hw.faults import FAULT_NAMES, SPEC_BY_NAME
+from station.benchtool.tomlfile import first_problem, read_toml
 
 MAX_COIL = 0xFFFF  # Modbus coil addresses are 16-bit
 
@@ -193,10 +193,6 @@ class BenchConfig(_Strict):
         return self.bench.name
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top)"
-
-
 def _resolve(data: dict[str, Any], base: Path) -> dict[str, Any]:
     """Relative paths in the file are the file's directory's."""
     bench = data.get("bench")
@@ -223,22 +219,13 @@ def parse_bench_config(data: dict[str, Any], origin: str = "<bench config>",
     try:
         return BenchConfig.model_validate({**data, "path": origin})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        msg = str(first["msg"]).removeprefix("Value error, ")
-        raise BenchConfigError(f"{origin}: {_where(first['loc'])}: {msg}{more}") from exc
+        raise BenchConfigError(f"{origin}: {first_problem(exc)}") from exc
 
 
 def load_bench_config(path: str | Path) -> BenchConfig:
     """Read and check a bench config file."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise BenchConfigError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise BenchConfigError(f"{p}: not TOML: {exc}") from exc
-    return parse_bench_config(data, str(p), p.resolve().parent)
+    return parse_bench_config(read_toml(p, BenchConfigError), str(p), p.resolve().parent)
 
 
 __all__ = ["Bench", "BenchConfig", "BenchConfigError", "BrokerSection", "CoilFault",

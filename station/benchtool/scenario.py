@@ -17,11 +17,12 @@ string in `match` is searched in the text (`estop`). docs/bench.md is the refere
 from __future__ import annotations
 
 import re
-import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from station.benchtool.tomlfile import first_problem, read_toml
 
 Chemistry = Literal["nmc", "lfp", "sodium_ion"]
 NAME = r"^[a-z0-9][a-z0-9_.-]{0,79}$"
@@ -449,25 +450,14 @@ class Scenario(_Strict):
         return sorted({a.fault for a in self.action if a.fault is not None})
 
 
-def _where(loc: tuple[int | str, ...]) -> str:
-    return ".".join(str(p) for p in loc) or "(top)"
-
-
 def load_scenario(path: str | Path) -> Scenario:
     """Read and check one scenario file; ScenarioError names the file and the key."""
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ScenarioError(f"{p}: cannot read: {exc.strerror or exc}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{p}: not TOML: {exc}") from exc
+    data = read_toml(p, ScenarioError)
     try:
         return Scenario.model_validate({**data, "path": str(p)})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ScenarioError(f"{p}: {_where(first['loc'])}: {first['msg']}{more}") from exc
+        raise ScenarioError(f"{p}: {first_problem(exc)}") from exc
 
 
 def load_scenarios(paths: list[str | Path]) -> list[Scenario]:
