@@ -28,6 +28,9 @@ from station.benchtool.target import Target
 log = structlog.get_logger("swap_bench")
 
 SAMPLE_S = 0.2  # real seconds between two status samples
+# while an action waits for a state, step or event, this often: a step may last half a
+# real second on the simulator, and the fault it carries must land inside it
+TRIGGER_SAMPLE_S = 0.05
 RECOVER_MAX_STEPS = 12
 RECOVER_WAIT_S = 120.0  # station seconds one recovery command may take
 NOT_AT_REST = "not at rest yet"
@@ -356,7 +359,8 @@ class Run:
                                  + (f"; actions not run: {left}" if left else ""))
                 self.checks.append(Check("scenario ends in time", False, raise_timeout))
                 return
-            await asyncio.sleep(SAMPLE_S)
+            waiting = running is None and pending and pending[0][1].when.at_s is None
+            await asyncio.sleep(TRIGGER_SAMPLE_S if waiting else SAMPLE_S)
 
     def _until_text(self) -> str:
         u = self.sc.scenario.until
