@@ -43,6 +43,7 @@ from station.packml import State
 from station.sequence import STEP_NAMES
 
 # seconds: a step takes 1-60 s on a station, a whole swap about 150 s
+SHUTDOWN_POLL_S = 0.1  # the endpoint thread notices a stop this fast (10 wake-ups a second)
 DURATION_BUCKETS = (1.0, 2.0, 5.0, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 300.0,
                     600.0)
 SWAP_OUTCOMES = ("completed", "aborted", "stopped")  # SwapEnded.outcome
@@ -251,11 +252,25 @@ class StationMetrics:
     # ---- the endpoint ----------------------------------------------------------------
     def start(self, host: str, port: int) -> int:
         """Serve /metrics on host:port (0: any free port) in a thread; returns the port.
-        OSError when it cannot bind."""
-        from prometheus_client import start_http_server
+        OSError when it cannot bind. prometheus_client's own start_http_server polls for
+        its shutdown every 0.5 s, which a stop then waits out: this loop polls every
+        SHUTDOWN_POLL_S."""
+        from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-        self._server, self._thread = start_http_server(port, host, registry=self.registry)
-        self.port = int(self._server.server_address[1])
+        from prometheus_client import make_wsgi_app
+        from prometheus_client.exposition import ThreadingWSGIServer
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:
+                pass  # a scrape is not a log line
+
+        server = make_server(host, port, make_wsgi_app(self.registry), ThreadingWSGIServer,
+                             handler_class=QuietHandler)
+        thread = threading.Thread(target=server.serve_forever, name="metrics-http",
+                                  kwargs={"poll_interval": SHUTDOWN_POLL_S}, daemon=True)
+        thread.start()
+        self._server, self._thread = server, thread
+        self.port = int(server.server_address[1])
         return self.port
 
     def stop(self) -> None:
