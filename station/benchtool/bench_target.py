@@ -11,18 +11,15 @@ physical set-up (rack packs, ambient, cars) is the bench's: it is shown to the e
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import json
 import logging
-import time
 from typing import Any
-
-import aiomqtt
 
 from station.benchtool.adapters import AdapterError, FaultMeans, PromptAdapter
 from station.benchtool.bench_config import BenchConfig, BrokerSection
+from station.benchtool.cloud_side import Backend
 from station.benchtool.scenario import Action, Scenario
 from station.benchtool.target import TargetError, down_status
+from station.cloud.swapnet import ConsoleError
 from station.local_api import EVENTS_MAX, LocalApiError, request
 
 log = logging.getLogger("swap-bench.bench")
@@ -44,9 +41,7 @@ class BenchTarget:
         self.prompt = prompt
         self.means = FaultMeans.from_config(config, prompt)
         self._differences: list[str] = []
-        self._telemetry: list[dict[str, Any]] = []
-        self._tele_task: asyncio.Task[None] | None = None
-        self._tele_ready: asyncio.Event | None = None
+        self._backend: Backend | None = None
         self.notes: list[str] = []  # what start() saw or assumed (for the report)
         self._swapd_killed = False  # by a scenario's action: status() is down until back
 
@@ -110,8 +105,12 @@ class BenchTarget:
         self._differences = compare_rack(scenario, await self.status())
         if self.bench.broker is not None and (scenario.needs_cloud or any(
                 e.kind == "telemetry" for e in scenario.expect)):
-            await self._start_telemetry(self.bench.broker)
-            await self._cloud_setup(scenario)
+            await self._start_backend(self.bench.broker)
+            try:
+                assert self._backend is not None
+                await self._backend.set_up(scenario.setup)
+            except ConsoleError as exc:
+                raise TargetError(str(exc)) from exc
 
     def setup_differences(self) -> list[str]:
         """How swapd's view of the bench differed from the scenario's set-up at start."""
@@ -123,11 +122,9 @@ class BenchTarget:
             await self.means.close()
         except AdapterError as exc:
             failure = exc
-        if self._tele_task is not None:
-            self._tele_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._tele_task
-            self._tele_task = None
+        if self._backend is not None:
+            await self._backend.stop()
+            self._backend = None
         if failure is not None:
             raise failure
 
@@ -170,71 +167,33 @@ class BenchTarget:
 
     # ---- the back end -------------------------------------------------------------------
     async def cloud(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
-        from station.cloud.signing import KeyFileError, load_private_key
-        from station.cloud.swapnet import ConsoleError, build_command, send
-
-        b = self.bench.broker
-        if b is None:
+        if self._backend is None:
             raise TargetError(f"cloud {command}: no [bench.broker] in {self.origin}")
         try:
-            key = load_private_key(b.signing_key)
-            signed = build_command(command, args, b.station_id, b.key_id, key, b.ttl_s,
-                                   time.time())
-            return await send(_broker(b), b.prefix, signed, b.timeout_s)
-        except (ConsoleError, KeyFileError, OSError) as exc:
+            return await self._backend.command(command, args)
+        except (ConsoleError, OSError) as exc:
             raise TargetError(f"cloud {command}: {exc}") from exc
 
-    async def _cloud_setup(self, scenario: Scenario) -> None:
-        s, now = scenario.setup, time.time()
-        from station.cloud.swapnet import utc_stamp
+    async def _start_backend(self, b: BrokerSection) -> None:
+        """The back end on the bench's broker: telemetry collected from now on (kept across
+        a broker outage), signed commands with the bench's key."""
+        from station.cloud.signing import KeyFileError, load_private_key
 
-        sends: list[tuple[str, dict[str, Any]]] = []
-        if s.authorisations is not None:
-            entries = [e.model_dump(exclude_none=True) for e in s.authorisations]
-            # a version above any earlier run's: the station keeps the highest it saw
-            sends.append(("set_authorisations", {
-                "version": int(now * 1000), "valid_from": utc_stamp(now - 60),
-                "valid_until": utc_stamp(now + 86400), "entries": entries}))
-        for r in s.reservations:
-            sends.append(("reserve_pack", {"vin": r.vin, "family": r.family,
-                                           "min_soc_pct": r.min_soc_pct,
-                                           "expires_at": utc_stamp(now + r.ttl_s)}))
-        if s.power_cap_kw is not None:
-            sends.append(("set_power_cap", {"cap_kw": s.power_cap_kw}))
-        for command, args in sends:
-            resp = await self.cloud(command, args)
-            if not resp.get("accepted"):
-                raise TargetError(f"set-up {command} refused by the station: "
-                                  f"{resp.get('code')}: {resp.get('reason')}")
-
-    async def _start_telemetry(self, b: BrokerSection) -> None:
-        from station.cloud.swapnet import ConsoleError, connect
-
-        ready = asyncio.Event()
-        failed: list[str] = []
-        topic = f"{b.prefix}/{b.station_id}/#"
-
-        async def run() -> None:
-            try:
-                async with connect(_broker(b), b.timeout_s) as (client, _protocol):
-                    await client.subscribe(topic, qos=1, timeout=b.timeout_s)
-                    ready.set()
-                    async for msg in client.messages:
-                        t = str(msg.topic)
-                        self._telemetry.append({"topic": t, "leaf": t.rsplit("/", 1)[-1],
-                                                "payload": _payload(msg.payload)})
-            except (ConsoleError, aiomqtt.MqttError, OSError) as exc:
-                failed.append(str(exc))
-                ready.set()
-
-        self._telemetry = []
-        self._tele_task = asyncio.create_task(run(), name="bench-telemetry")
-        await asyncio.wait_for(ready.wait(), b.timeout_s * 2)
-        if failed:
-            raise TargetError(f"telemetry from {b.url} ({topic}): {failed[0]}")
+        try:
+            key = load_private_key(b.signing_key)
+        except (KeyFileError, OSError) as exc:
+            raise TargetError(f"[bench.broker] signing_key: {exc}") from exc
+        self._backend = Backend(_broker(b), b.prefix, b.station_id, key, b.key_id,
+                                ttl_s=b.ttl_s, timeout_s=b.timeout_s)
+        try:
+            await self._backend.start()
+        except ConsoleError as exc:
+            await self._backend.stop()
+            self._backend = None
+            raise TargetError(f"telemetry from {b.url}: {exc}") from exc
 
     async def telemetry(self) -> list[dict[str, Any]]:
-        return list(self._telemetry)
+        return list(self._backend.received) if self._backend is not None else []
 
     # ---- actions ------------------------------------------------------------------------
     async def act(self, action: Action) -> str:
@@ -380,15 +339,6 @@ def _broker(b: BrokerSection) -> Any:
     return parse_broker(b.url, str(b.ca) if b.ca else None, str(b.cert) if b.cert else None,
                         str(b.key) if b.key else None, b.username,
                         str(b.password_file) if b.password_file else None)
-
-
-def _payload(raw: Any) -> Any:
-    if isinstance(raw, bytes | bytearray):
-        try:
-            return json.loads(raw)
-        except (ValueError, RecursionError):
-            return raw.decode(errors="replace")
-    return raw
 
 
 __all__ = ["BenchTarget", "compare_rack", "describe_setup", "run_command"]

@@ -14,6 +14,7 @@ from typing import Any
 import aiomqtt
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from station.benchtool.scenario import Setup
 from station.cloud import swapnet
 
 COMMAND_TTL_S = 300.0
@@ -31,6 +32,8 @@ class Backend:
     station_id: str
     key: Ed25519PrivateKey
     key_id: str
+    ttl_s: float = COMMAND_TTL_S
+    timeout_s: float = RESPONSE_TIMEOUT_S
     received: list[dict[str, Any]] = field(default_factory=list)
     _task: asyncio.Task[None] | None = None
     _subscribed: asyncio.Event = field(default_factory=asyncio.Event)
@@ -38,13 +41,18 @@ class Backend:
     async def start(self) -> None:
         """Subscribe to everything the station publishes (kept until stop)."""
         self._task = asyncio.create_task(self._collect(), name="bench-backend")
-        async with asyncio.timeout(RESPONSE_TIMEOUT_S):
-            await self._subscribed.wait()
+        await self.subscribed()
 
-    async def subscribed(self, timeout: float = RESPONSE_TIMEOUT_S) -> None:
-        """Wait until the back end is subscribed (again, after a broker outage)."""
-        async with asyncio.timeout(timeout):
-            await self._subscribed.wait()
+    async def subscribed(self) -> None:
+        """Wait until the back end is subscribed (again, after a broker outage);
+        swapnet.ConsoleError when it is not within timeout_s."""
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                await self._subscribed.wait()
+        except TimeoutError:
+            raise swapnet.ConsoleError(
+                f"not subscribed to {self.prefix}/{self.station_id}/# on "
+                f"{self.broker.host}:{self.broker.port} within {self.timeout_s:g} s") from None
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -55,7 +63,7 @@ class Backend:
     async def _collect(self) -> None:
         while True:
             try:
-                async with swapnet.connect(self.broker, RESPONSE_TIMEOUT_S) as (client, _):
+                async with swapnet.connect(self.broker, self.timeout_s) as (client, _):
                     await client.subscribe(f"{self.prefix}/{self.station_id}/#", qos=1)
                     self._subscribed.set()
                     async for m in client.messages:
@@ -77,10 +85,35 @@ class Backend:
                               "wall": time.time()})
 
     async def command(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
-        """Sign, send and wait for the station's response (its payload)."""
-        signed = swapnet.build_command(command, args, self.station_id, self.key_id, self.key,
-                                       COMMAND_TTL_S, time.time())
-        return await swapnet.send(self.broker, self.prefix, signed, RESPONSE_TIMEOUT_S)
+        """Fill in the timestamps (fill_command_args), sign, send and wait for the
+        station's response (its payload). swapnet.ConsoleError when none comes."""
+        now = time.time()
+        signed = swapnet.build_command(command, fill_command_args(command, args, now),
+                                       self.station_id, self.key_id, self.key, self.ttl_s,
+                                       now)
+        return await swapnet.send(self.broker, self.prefix, signed, self.timeout_s)
+
+    async def set_up(self, setup: Setup) -> None:
+        """The network's part of a scenario's set-up; ConsoleError when refused."""
+        for command, args in setup_commands(setup):
+            r = await self.command(command, args)
+            if r.get("accepted") is not True:
+                raise swapnet.ConsoleError(f"set-up {command} refused by the station: "
+                                           f"{r.get('code')}: {r.get('reason')}")
+
+
+def setup_commands(setup: Setup) -> list[tuple[str, dict[str, Any]]]:
+    """The cloud commands that give the station a scenario's network set-up: the
+    authorisation list, the reservations, the power cap (timestamps filled in when sent)."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    if setup.authorisations is not None:
+        out.append(("set_authorisations", {"entries": [
+            a.model_dump(exclude_none=True) for a in setup.authorisations]}))
+    out += [("reserve_pack", {"vin": r.vin, "family": r.family, "min_soc_pct": r.min_soc_pct,
+                              "ttl_s": r.ttl_s}) for r in setup.reservations]
+    if setup.power_cap_kw is not None:
+        out.append(("set_power_cap", {"cap_kw": setup.power_cap_kw}))
+    return out
 
 
 def utc(t: float) -> str:

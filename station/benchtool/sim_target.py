@@ -17,9 +17,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from station.benchtool.cloud_side import Backend, fill_command_args
+from station.benchtool.cloud_side import Backend
 from station.benchtool.scenario import Action, Scenario
 from station.benchtool.target import TargetError, down_status
+from station.cloud import swapnet
 
 SETUP_TIMEOUT_S = 60.0  # real seconds for swapd to answer and the cloud set-up to land
 SERIAL_BASE = 0x5C000000
@@ -99,7 +100,10 @@ class SimTarget:
         await self._station_ready()
         if self._backend is not None:
             await self._backend.start()
-            await self._cloud_setup(scenario)
+            try:
+                await self._backend.set_up(scenario.setup)
+            except swapnet.ConsoleError as exc:
+                raise TargetError(f"set-up: {exc}") from exc
         self._rig.sim.release_arrivals()
 
     async def _station_ready(self) -> None:
@@ -124,7 +128,6 @@ class SimTarget:
         from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
         from sim_hw.broker import Broker
-        from station.cloud import swapnet
         from station.cloud.signing import public_pem
 
         assert self._workdir is not None
@@ -142,22 +145,6 @@ class SimTarget:
                           "topic_prefix": prefix, "reconnect_min_s": STATION_RETRY_S,
                           "reconnect_max_s": 2 * STATION_RETRY_S, "rack_period_s": 1.0,
                           "connect_timeout_s": 3.0}}
-
-    async def _cloud_setup(self, scenario: Scenario) -> None:
-        s = scenario.setup
-        if s.authorisations is not None:
-            entries = [a.model_dump(exclude_none=True) for a in s.authorisations]
-            await self._must("set_authorisations", {"entries": entries})
-        for r in s.reservations:
-            await self._must("reserve_pack", {"vin": r.vin, "family": r.family,
-                                              "min_soc_pct": r.min_soc_pct, "ttl_s": r.ttl_s})
-        if s.power_cap_kw is not None:
-            await self._must("set_power_cap", {"cap_kw": s.power_cap_kw})
-
-    async def _must(self, command: str, args: dict[str, Any]) -> None:
-        r = await self.cloud(command, args)
-        if r.get("accepted") is not True:
-            raise TargetError(f"set-up: cloud {command} answered {r}")
 
     # ---- running --------------------------------------------------------------------
     async def stop(self) -> None:
@@ -201,12 +188,9 @@ class SimTarget:
         return await request(self._rig.daemon.socket, {"cmd": command, **args}, timeout=10.0)
 
     async def cloud(self, command: str, args: dict[str, Any]) -> dict[str, Any]:
-        import time
-
         if self._backend is None:
             raise TargetError("the scenario has no cloud (setup.cloud)")
-        return await self._backend.command(command,
-                                           fill_command_args(command, args, time.time()))
+        return await self._backend.command(command, args)
 
     async def act(self, action: Action) -> str:
         rig = self._rig

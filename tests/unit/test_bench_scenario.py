@@ -289,3 +289,21 @@ async def test_the_state_swapd_starts_or_restarts_in_is_seen_from_its_status() -
         await run.observe()
     assert [s for _, s, _ in run.seen.states] == ["Idle", "Held"]
     assert [s.state for s in run.result.samples][2] == "(swapd down)"
+
+
+def test_the_network_set_up_is_the_same_commands_on_every_target(tmp_path: Path) -> None:
+    from station.benchtool.cloud_side import fill_command_args, setup_commands
+
+    s = load_scenario(write(tmp_path, MINIMAL + textwrap.dedent("""
+        [setup]
+        power_cap_kw = 30
+        authorisations = [{ vin_prefix = "LJ1", families = [20] }]
+        reservations = [{ vin = "LJ1EEASR5N4000222", min_soc_pct = 90, ttl_s = 600 }]
+        """)))
+    cmds = setup_commands(s.setup)
+    assert [c for c, _ in cmds] == ["set_authorisations", "reserve_pack", "set_power_cap"]
+    auth = fill_command_args(*cmds[0], now=1000.0)
+    assert auth["entries"] == [{"vin_prefix": "LJ1", "families": [20]}]
+    assert {"version", "valid_from", "valid_until"} <= set(auth)
+    res = fill_command_args(*cmds[1], now=1000.0)
+    assert "ttl_s" not in res and res["expires_at"].startswith("1970-01-01T00:26:40")
