@@ -376,7 +376,7 @@ async def handle_request(
         if events is None:
             return _error("this daemon offers no events")
         after, limit = req.get("after", 0), req.get("limit", EVENTS_MAX)
-        if (not isinstance(after, int) or isinstance(after, bool) or after < 0
+        if (not isinstance(after, int) or isinstance(after, bool) or not 0 <= after < 2**63
                 or not isinstance(limit, int) or isinstance(limit, bool)
                 or not 1 <= limit <= EVENTS_MAX):
             return _error(f'"after" must be an event id >= 0 and "limit" 1..{EVENTS_MAX}')

@@ -71,6 +71,8 @@ def test_a_scenario_without_expectations_is_refused(tmp_path: Path) -> None:
     ('[setup]\nrack = [{ slot = 1, chemistry = "nmc", family = 20, soc = 90 },'
      ' { slot = 1, chemistry = "lfp", family = 20, soc = 90 }]', "slot is given twice"),
     ('[setup]\nambient_c = -80', "setup.ambient_c"),
+    ('[setup]\npower_cap_kw = inf', "setup.power_cap_kw"),
+    ('[[action]]\nwhen = { at_s = nan }\ndo = "recover"', "action.0.when.at_s"),
     ('[setup]\nvehicles = [{ vin = "IOQ00000000000000" }]', "setup.vehicles.0.vin"),
     ('[setup]\nwhatever = 1', "setup.whatever"),
 ])

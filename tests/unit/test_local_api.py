@@ -330,7 +330,7 @@ async def test_events_query_passes_after_and_limit_and_refuses_bad_bounds() -> N
                               status=status, submit=submit, events=events)
     assert ok == {"ok": True, "events": [{"id": 8, "kind": "state", "data": {}}]}
     assert seen == [(7, 3)]
-    for bad in ({"after": -1}, {"after": "7"}, {"after": True}, {"limit": 0},
+    for bad in ({"after": -1}, {"after": 2**63}, {"after": "7"}, {"after": True}, {"limit": 0},
                 {"limit": EVENTS_MAX + 1}):
         r = await handle_request({"cmd": "events", **bad}, peer, status=status,
                                  submit=submit, events=events)
