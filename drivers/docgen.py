@@ -421,8 +421,12 @@ OPCUA_PROSE_INPUTS = """\
   `publishing_interval_ms`, `keepalive_count`); the defaults are shown.
 - **The server must send a publish response (data or a keep-alive) at least every
   publishing interval x keep-alive count** ({quiet_ms} ms by default). The controller
-  judges the subscription dead after {margin} x that ({stall_ms} ms) without one, and
-  connects anew with a new session. It counts with the values the server granted (the
+  judges the subscription dead once it has been silent for the longer of {margin} x that
+  and `[plc] stale_after_s` ({stall_ms} ms by default), and connects anew with a new
+  session. It waits out the staleness on purpose: by then the inputs are stale anyway
+  (interlock `plc_inputs_stale`), while a late keep-alive before then (a busy server)
+  costs nothing, and a new secure channel and session would make the inputs stale
+  themselves. It counts with the values the server granted (the
   revised publishing interval and keep-alive count), and warns when they are slower than
   requested: the server should grant what is asked.
 - **All inputs of one publish response are applied together**, as one image stamped with
@@ -1194,7 +1198,8 @@ def render_opcua_addressing(contract: PlcContract, nmap: NodeMap | None = None, 
         "lifetime": str(sec.lifetime_count),
         "quiet_ms": _num(round(sec.quiet_period_s * 1000, 6)),
         "margin": _num(STALL_MARGIN),
-        "stall_ms": _num(round(sec.quiet_period_s * STALL_MARGIN * 1000, 6)),
+        "stall_ms": _num(round(max(sec.quiet_period_s * STALL_MARGIN, plc.stale_after_s)
+                               * 1000, 6)),
         "stale_s": _num(plc.stale_after_s),
         "hb_cfg_ms": _num(round(plc.heartbeat_period_s * 1000, 6)),
         "seq": SEQ_SIGNAL,

@@ -11,11 +11,14 @@ the wrong type withholds the whole image (the core sees the inputs age, as for a
 exception reply) and is logged naming the node.
 
 The subscription is watched: no publish response within `keepalive_count` publishing
-intervals (x 1.5, for the network) means it is dead; the link drops the session and
-connects anew. Every connection is a new client, session and subscription: swapd never
-reactivates an old session or transfers a subscription (an S7-1500 answers
-TransferSubscriptions with BadServiceUnsupported anyway), and a response of a session it
-gave up is ignored, so nothing from before a reconnect reaches the core.
+intervals (x 1.5, for the network), nor within `[plc] stale_after_s`, means it is dead; the
+link drops the session and connects anew. Waiting out the staleness first is deliberate:
+until then a late keep-alive (a busy server, a garbage collection) costs nothing, while a
+new secure channel and session take long enough to make the inputs stale themselves.
+Every connection is a new client, session and subscription: swapd never reactivates an
+old session or transfers a subscription (an S7-1500 answers TransferSubscriptions with
+BadServiceUnsupported anyway), and a response of a session it gave up is ignored, so
+nothing from before a reconnect reaches the core.
 
 Outputs: the whole block at once by a method call ("method" mode of the node map), or
 Write requests in the map's order with cmd_seq alone and last ("write" mode), on change,
@@ -185,6 +188,7 @@ class OpcUaPlcLink(PlcLink):
         nmap: NodeMap,
         *,
         heartbeat_period: float,
+        stale_after: float = 0.0,
         clock: Clock = time.monotonic,
         backoff_min: float = BACKOFF_MIN_S,
         backoff_max: float = BACKOFF_MAX_S,
@@ -198,6 +202,7 @@ class OpcUaPlcLink(PlcLink):
         self.section = section
         self.nmap = nmap
         self.heartbeat_period = heartbeat_period
+        self.stale_after = stale_after  # [plc] stale_after_s: the shortest silence judged dead
         self.backoff_min = backoff_min
         self.backoff_max = backoff_max
         self._clock = clock
@@ -230,7 +235,8 @@ class OpcUaPlcLink(PlcLink):
         if not isinstance(section, OpcUaSection):
             raise TypeError(f"OpcUaPlcLink needs an OpcUaSection, not {type(section).__name__}")
         nmap = load_node_map(section.node_map, contract=contract)
-        return cls(section, nmap, heartbeat_period=plc.heartbeat_period_s, clock=clock)
+        return cls(section, nmap, heartbeat_period=plc.heartbeat_period_s,
+                   stale_after=plc.stale_after_s, clock=clock)
 
     # ------------------------------------------------------------------ interface
 
@@ -680,11 +686,12 @@ class OpcUaPlcLink(PlcLink):
 
     async def _watch(self, session: _Session) -> None:
         """The session's watchdog: no publish response (data or keep-alive) within the
-        keep-alive period the server granted (x STALL_MARGIN) means a dead subscription; a
-        server certificate that expires ends the session at that moment."""
+        keep-alive period the server granted (x STALL_MARGIN), nor within the inputs'
+        staleness, means a dead subscription; a server certificate that expires ends the
+        session at that moment."""
         loop = asyncio.get_running_loop()
         while not session.lost.is_set():
-            stall_after = session.keepalive_s * STALL_MARGIN
+            stall_after = self.silence_limit(session.keepalive_s)
             silent = loop.time() - session.last_publish
             if silent > stall_after:
                 # A response may be waiting in the socket while this process was busy (the
@@ -707,6 +714,11 @@ class OpcUaPlcLink(PlcLink):
                 left = (expires - datetime.now(UTC)).total_seconds()
                 pause = min(pause, max(left, 0.001))
             await asyncio.sleep(pause)
+
+    def silence_limit(self, keepalive_s: float) -> float:
+        """How long a subscription with this keep-alive period may be silent before it is
+        judged dead: the longer of STALL_MARGIN keep-alive periods and the staleness."""
+        return max(keepalive_s * STALL_MARGIN, self.stale_after)
 
     async def _race(self, session: _Session, request: Any, timeout: float) -> Any:
         """Await a request, at most `timeout`, giving up at once if the session is lost."""

@@ -85,9 +85,13 @@ def log_lines(rig: Rig) -> list[dict[str, Any]]:
 
 
 def opcua_rig(tmp_path: Path, name: str, *, speed: float = SPEED,
-              sim: dict[str, Any] | None = None) -> Rig:
+              sim: dict[str, Any] | None = None,
+              plc: dict[str, Any] | None = None) -> Rig:
+    config: dict[str, Any] = {"operation": {"auto_start": False}}
+    if plc is not None:
+        config["plc"] = plc
     return Rig(speed=speed, vehicles=1, workdir=tmp_path, name=name, plc="opcua",
-               sim=sim, capture_log=True, config={"operation": {"auto_start": False}})
+               sim=sim, capture_log=True, config=config)
 
 
 async def start_swap_until_lifting(rig: Rig) -> str:
@@ -213,6 +217,35 @@ async def test_subscription_stall_mid_swap(tmp_path: Path) -> None:
             disconnects(rig)
         rig.sim.faults.clear("opcua_subscription_stall")
         await recovers(rig, outputs, commands)
+
+
+# a pause of the server's publishing longer than 1.5 keep-alive periods (0.15 s here) and
+# well within the staleness (0.9 s here): a busy server, a garbage collection
+LATE_KEEPALIVE_S = 0.35
+
+
+async def test_late_keepalive_within_staleness_keeps_the_session(tmp_path: Path) -> None:
+    """The server publishes nothing for longer than its keep-alive promise, but not as long
+    as the inputs take to go stale: the session stays (a reconnect would make the inputs
+    stale itself) and the swap goes on to complete."""
+    async with opcua_rig(tmp_path, "late-keepalive", plc={"stale_after_s": 0.9}) as rig:
+        lk = link(rig)
+        await start_swap_until_lifting(rig)
+        session = lk._session
+        assert session is not None
+        assert session.keepalive_s * 1.5 < LATE_KEEPALIVE_S < 0.9 / 2
+        stalls, reconnects, publishes = lk.stats.stalls, lk.stats.reconnects, \
+            lk.stats.publishes
+        rig.sim.faults.set("opcua_subscription_stall")
+        await asyncio.sleep(LATE_KEEPALIVE_S)
+        rig.sim.faults.clear("opcua_subscription_stall")
+        await rig.wait_for(lambda: lk.stats.publishes > publishes + 5, WAIT_S,
+                           what="publishing again")
+        await rig.wait_for(lambda: len(rig.ended()) == 1, 60.0, what="the swap to end")
+        assert rig.ended()[-1]["outcome"] == "completed", rig.ended()
+        assert (lk.stats.stalls, lk.stats.reconnects) == (stalls, reconnects)
+        assert lk._session is session and disconnects(rig) == []
+        assert rig.sim.observer.violations == []
 
 
 @pytest.mark.parametrize(("fault", "kind"), [("opcua_bad_status", "BadSensorFailure"),

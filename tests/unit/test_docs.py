@@ -200,8 +200,13 @@ def test_opcua_numbers_come_from_the_configuration_and_the_link() -> None:
     default = _flat(_opcua_section(GENERATED[docgen.PLC_DOC]))
     d_sec, d_plc = OpcUaSection(), PlcSection(protocol="opcua")
     assert (sec.lifetime_count, sec.quiet_period_s) == (105, 0.14)
-    stall = docgen._num(round(sec.quiet_period_s * STALL_MARGIN * 1000, 6))
-    assert stall == "210"
+    def stall_ms(s: OpcUaSection, p: PlcSection) -> str:
+        return docgen._num(round(max(s.quiet_period_s * STALL_MARGIN, p.stale_after_s)
+                                 * 1000, 6))
+
+    stall = stall_ms(sec, plc)
+    assert stall == "900"
+    assert stall_ms(sec, PlcSection(protocol="opcua", opcua=sec, stale_after_s=0.3)) == "300"
 
     def phrases(s: OpcUaSection, p: PlcSection, stall_ms: str) -> list[str]:
         n = docgen._num
@@ -211,7 +216,7 @@ def test_opcua_numbers_come_from_the_configuration_and_the_link() -> None:
                 f"max keep-alive count **{s.keepalive_count}**",
                 f", 100) = {s.lifetime_count},",
                 f"keep-alive count** ({n(round(s.quiet_period_s * 1000, 6))} ms by default)",
-                f"{n(STALL_MARGIN)} x that ({stall_ms} ms)",
+                f"{n(STALL_MARGIN)} x that and `[plc] stale_after_s` ({stall_ms} ms by",
                 f"`[plc] stale_after_s` ({n(p.stale_after_s)} s by default)",
                 f"`[plc] heartbeat_period_s` ({n(round(p.heartbeat_period_s * 1000))} ms by",
                 f"session timeout of {n(s.session_timeout_s)} s",
@@ -222,8 +227,7 @@ def test_opcua_numbers_come_from_the_configuration_and_the_link() -> None:
                 f"`pki_dir` default `{s.pki_dir}`",
                 f"**{s.security_policy} with {s.security_mode}**"]
 
-    default_phrases = phrases(d_sec, d_plc, docgen._num(
-        round(d_sec.quiet_period_s * STALL_MARGIN * 1000, 6)))
+    default_phrases = phrases(d_sec, d_plc, stall_ms(d_sec, d_plc))
     for mine, theirs in zip(phrases(sec, plc, stall), default_phrases, strict=True):
         assert mine in varied, mine
         assert theirs in default, theirs
@@ -243,7 +247,8 @@ def test_every_number_in_the_opcua_prose_is_from_the_code() -> None:
         sec.sampling_interval_ms, sec.queue_size, sec.publishing_interval_ms,
         sec.keepalive_count, sec.lifetime_count, *docgen.lifetime_rule(),
         round(sec.quiet_period_s * 1000, 6), opcua_link.STALL_MARGIN,
-        round(sec.quiet_period_s * opcua_link.STALL_MARGIN * 1000, 6),
+        round(max(sec.quiet_period_s * opcua_link.STALL_MARGIN, plc.stale_after_s) * 1000,
+              6),
         plc.stale_after_s, round(plc.heartbeat_period_s * 1000, 6), sec.host_port[1],
         OpcUaSection(endpoint="opc.tcp://plc").host_port[1], sec.session_timeout_s,
         sec.request_timeout_s, sec.connect_timeout_s, opcua_link.CLOSE_TIMEOUT_S,

@@ -138,3 +138,19 @@ async def test_the_server_ending_the_subscription_loses_the_session() -> None:
     feed(result)
     assert session.lost.is_set() and "BadTimeout" in session.lost_reason
     assert got == []
+
+
+def test_a_subscription_is_judged_dead_no_sooner_than_the_inputs_go_stale() -> None:
+    """The silence limit is the staleness ([plc] stale_after_s, from the configuration),
+    unless the keep-alive the server granted is so slow that 1.5 of its periods are
+    longer."""
+    from drivers.plc.contract import load_contract
+    from station.config import PlcSection
+
+    plc = PlcSection(protocol="opcua", opcua=OpcUaSection(security_policy="None",
+                                                          allow_insecure=True),
+                     stale_after_s=0.7)
+    link = OpcUaPlcLink.from_config(plc, plc.opcua, load_contract(), time.monotonic)
+    assert link.stale_after == 0.7
+    assert link.silence_limit(0.1) == 0.7  # the default 10 ms x 10 keep-alive
+    assert link.silence_limit(1.0) == 1.5  # a server that granted a 1 s keep-alive
