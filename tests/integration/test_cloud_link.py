@@ -62,23 +62,33 @@ async def wait_delivered(rig: Any, backend: Backend, journal: Path, timeout: flo
         await asyncio.sleep(0.05)
 
 
+async def delivered_at_stop(rig: Any, backend: Backend) -> None:
+    """swapd has stopped (a clean stop: it delivers its backlog before it says offline):
+    every event it journaled reaches the back end, those of its last moments too (the
+    swap's end and the states after it, journaled while the test waited for the rest)."""
+    await wait_delivered(rig, backend, rig.journal_path, 10)
+    async with asyncio.timeout(10):
+        while backend.on("status")[-1]["online"] is not False:
+            await asyncio.sleep(0.05)
+
+
 async def test_a_swap_seen_from_the_back_end(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     make_keys(keys)
     with Broker(tmp_path / "broker", stations=[STATION]) as broker:
         # a disk "nearly full" below 1 TB free: the alarm is raised, journaled, published
         cfg = rig_config(broker, keys, disk_alarm_free_mb=1_000_000)
-        async with Backend(broker) as backend, Rig(
-                speed=50, vehicles=1, workdir=tmp_path, config=cfg) as rig:
-            await rig.wait_for(lambda: len(rig.ended()) == 1, 90, "one swap")
-            await wait_delivered(rig, backend, rig.journal_path)
-            await rig.wait_for(lambda: backend.on("swaps"), 10, "the swap record")
-            status = backend.on("status")
-            assert status[0]["online"] is True and status[0]["session"] >= 1
-            assert backend.on("state")[-1]["packml_state"] == rig.status()["packml_state"]
-            assert backend.on("rack") and backend.on("rack")[-1]["slots"]
+        async with Backend(broker) as backend:
+            async with Rig(speed=50, vehicles=1, workdir=tmp_path, config=cfg) as rig:
+                await rig.wait_for(lambda: len(rig.ended()) == 1, 90, "one swap")
+                await wait_delivered(rig, backend, rig.journal_path)
+                await rig.wait_for(lambda: backend.on("swaps"), 10, "the swap record")
+                status = backend.on("status")
+                assert status[0]["online"] is True and status[0]["session"] >= 1
+                assert backend.on("state")[-1]["packml_state"] == rig.status()["packml_state"]
+                assert backend.on("rack") and backend.on("rack")[-1]["slots"]
+            await delivered_at_stop(rig, backend)
         # the daemon stopped: its last word on status is offline
-        await asyncio.sleep(0.3)
         assert backend.invalid == []
         assert_delivered_once_in_order(backend, rig.journal_path)
         record = backend.on("swaps")[0]
@@ -98,20 +108,24 @@ async def test_broker_outage_during_swaps_loses_nothing(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     make_keys(keys)
     with Broker(tmp_path / "broker", stations=[STATION]) as broker:
-        async with Backend(broker) as backend, Rig(
-                speed=50, vehicles=3, workdir=tmp_path, config=rig_config(broker, keys)) as rig:
-            await rig.wait_for(lambda: rig.daemon.cloud.stats.published > 5, 30, "publishing")
-            broker.stop()
-            # the station goes on swapping without its broker
-            ended_before = len(rig.ended())
-            await rig.wait_for(lambda: len(rig.ended()) >= ended_before + 1, 120,
-                               "a swap during the outage")
-            assert not rig.daemon.cloud.stats.connected, describe(rig)
-            assert rig.daemon.cloud.outbox.backlog() > 0
-            broker.start()
-            await rig.wait_for(lambda: len(rig.ended()) == 3, 120, "three swaps")
-            await wait_delivered(rig, backend, rig.journal_path)
-            await rig.wait_for(lambda: len(backend.on("swaps")) >= 3, 20, "3 swap records")
+        async with Backend(broker) as backend:
+            async with Rig(speed=50, vehicles=3, workdir=tmp_path,
+                           config=rig_config(broker, keys)) as rig:
+                await rig.wait_for(lambda: rig.daemon.cloud.stats.published > 5, 30,
+                                   "publishing")
+                broker.stop()
+                # the station goes on swapping without its broker
+                ended_before = len(rig.ended())
+                await rig.wait_for(lambda: len(rig.ended()) >= ended_before + 1, 120,
+                                   "a swap during the outage")
+                assert not rig.daemon.cloud.stats.connected, describe(rig)
+                assert rig.daemon.cloud.outbox.backlog() > 0
+                broker.start()
+                await rig.wait_for(lambda: len(rig.ended()) == 3, 120, "three swaps")
+                await wait_delivered(rig, backend, rig.journal_path)
+                await rig.wait_for(lambda: len(backend.on("swaps")) >= 3, 20,
+                                   "3 swap records")
+            await delivered_at_stop(rig, backend)
         assert backend.invalid == []
         events = assert_delivered_once_in_order(backend, rig.journal_path)
         assert any(e["replayed"] for e in events), "the backlog is marked replayed"
@@ -132,22 +146,25 @@ async def test_sigkill_while_publishing_loses_nothing(tmp_path: Path) -> None:
     keys = tmp_path / "keys"
     make_keys(keys)
     with Broker(tmp_path / "broker", stations=[STATION]) as broker:
-        async with Backend(broker) as backend, ProcessRig(
-                speed=50, vehicles=2, workdir=tmp_path, config=rig_config(broker, keys)) as rig:
-            for _ in range(3):
-                await rig.wait_for(lambda: len(backend.events(STATION)) > 0, 30, "publishing")
-                await asyncio.sleep(0.7)
-                rig.daemon.kill()
-                # the will: the broker says the station is offline, for the session it had
-                async with asyncio.timeout(15):
-                    while backend.on("status")[-1]["online"] is not False:
-                        await asyncio.sleep(0.05)
-                assert backend.on("status")[-1]["reason"] == "connection lost"
-                rig.daemon.start()
-                await resume_after_restart(rig)
-            await rig.wait_for(lambda: sum(1 for v in rig.sim.truth()["history"]
-                                           if v.get("pack_in")) >= 2, 120, "two swaps")
-            await wait_delivered(rig, backend, rig.journal_path, 60)
+        async with Backend(broker) as backend:
+            async with ProcessRig(speed=50, vehicles=2, workdir=tmp_path,
+                                  config=rig_config(broker, keys)) as rig:
+                for _ in range(3):
+                    await rig.wait_for(lambda: len(backend.events(STATION)) > 0, 30,
+                                       "publishing")
+                    await asyncio.sleep(0.7)
+                    rig.daemon.kill()
+                    # the will: the broker says the station is offline, for its session
+                    async with asyncio.timeout(15):
+                        while backend.on("status")[-1]["online"] is not False:
+                            await asyncio.sleep(0.05)
+                    assert backend.on("status")[-1]["reason"] == "connection lost"
+                    rig.daemon.start()
+                    await resume_after_restart(rig)
+                await rig.wait_for(lambda: sum(1 for v in rig.sim.truth()["history"]
+                                               if v.get("pack_in")) >= 2, 120, "two swaps")
+                await wait_delivered(rig, backend, rig.journal_path, 60)
+            await delivered_at_stop(rig, backend)
         assert backend.invalid == []
         events = assert_delivered_once_in_order(backend, rig.journal_path)
         sessions = [s["session"] for s in backend.on("status")]
