@@ -1175,6 +1175,7 @@ def render_opcua_addressing(contract: PlcContract, nmap: NodeMap | None = None, 
         MODES,
         POLICIES,
         STALL_MARGIN,
+        silence_limit_s,
     )
 
     nmap = nmap or load_node_map(contract=contract)
@@ -1198,7 +1199,7 @@ def render_opcua_addressing(contract: PlcContract, nmap: NodeMap | None = None, 
         "lifetime": str(sec.lifetime_count),
         "quiet_ms": _num(round(sec.quiet_period_s * 1000, 6)),
         "margin": _num(STALL_MARGIN),
-        "stall_ms": _num(round(max(sec.quiet_period_s * STALL_MARGIN, plc.stale_after_s)
+        "stall_ms": _num(round(silence_limit_s(sec.quiet_period_s, plc.stale_after_s)
                                * 1000, 6)),
         "stale_s": _num(plc.stale_after_s),
         "hb_cfg_ms": _num(round(plc.heartbeat_period_s * 1000, 6)),

@@ -70,6 +70,13 @@ BACKOFF_MAX_S = 5.0
 STALL_MARGIN = 1.5  # a keep-alive may come this much later than promised (network, load)
 CLOSE_TIMEOUT_S = 1.0  # closing a session politely; a dead server is not waited for
 
+
+def silence_limit_s(keepalive_s: float, stale_after_s: float) -> float:
+    """How long a subscription with this keep-alive period may be silent before it is judged
+    dead: the longer of STALL_MARGIN keep-alive periods and the inputs' staleness (what
+    docs/plc-interface.md states, rendered from here)."""
+    return max(keepalive_s * STALL_MARGIN, stale_after_s)
+
 POLICIES: dict[str, type[security_policies.SecurityPolicy]] = {
     "Basic256Sha256": security_policies.SecurityPolicyBasic256Sha256,
     "Aes256Sha256RsaPss": security_policies.SecurityPolicyAes256Sha256RsaPss,
@@ -716,9 +723,7 @@ class OpcUaPlcLink(PlcLink):
             await asyncio.sleep(pause)
 
     def silence_limit(self, keepalive_s: float) -> float:
-        """How long a subscription with this keep-alive period may be silent before it is
-        judged dead: the longer of STALL_MARGIN keep-alive periods and the staleness."""
-        return max(keepalive_s * STALL_MARGIN, self.stale_after)
+        return silence_limit_s(keepalive_s, self.stale_after)
 
     async def _race(self, session: _Session, request: Any, timeout: float) -> Any:
         """Await a request, at most `timeout`, giving up at once if the session is lost."""

@@ -187,7 +187,7 @@ def test_opcua_numbers_come_from_the_configuration_and_the_link() -> None:
     """Every figure of the section follows the settings it states: rendered with other
     settings, the other figures appear and the defaults are gone."""
     from drivers.plc.contract import load_contract
-    from drivers.plc.opcua_link import STALL_MARGIN
+    from drivers.plc.opcua_link import STALL_MARGIN, silence_limit_s
     from station.config import OpcUaSection, PlcSection
 
     sec = OpcUaSection(publishing_interval_ms=4, keepalive_count=35, sampling_interval_ms=3,
@@ -201,8 +201,8 @@ def test_opcua_numbers_come_from_the_configuration_and_the_link() -> None:
     d_sec, d_plc = OpcUaSection(), PlcSection(protocol="opcua")
     assert (sec.lifetime_count, sec.quiet_period_s) == (105, 0.14)
     def stall_ms(s: OpcUaSection, p: PlcSection) -> str:
-        return docgen._num(round(max(s.quiet_period_s * STALL_MARGIN, p.stale_after_s)
-                                 * 1000, 6))
+        return docgen._num(round(silence_limit_s(s.quiet_period_s, p.stale_after_s) * 1000,
+                                 6))
 
     stall = stall_ms(sec, plc)
     assert stall == "900"
@@ -247,8 +247,7 @@ def test_every_number_in_the_opcua_prose_is_from_the_code() -> None:
         sec.sampling_interval_ms, sec.queue_size, sec.publishing_interval_ms,
         sec.keepalive_count, sec.lifetime_count, *docgen.lifetime_rule(),
         round(sec.quiet_period_s * 1000, 6), opcua_link.STALL_MARGIN,
-        round(max(sec.quiet_period_s * opcua_link.STALL_MARGIN, plc.stale_after_s) * 1000,
-              6),
+        round(opcua_link.silence_limit_s(sec.quiet_period_s, plc.stale_after_s) * 1000, 6),
         plc.stale_after_s, round(plc.heartbeat_period_s * 1000, 6), sec.host_port[1],
         OpcUaSection(endpoint="opc.tcp://plc").host_port[1], sec.session_timeout_s,
         sec.request_timeout_s, sec.connect_timeout_s, opcua_link.CLOSE_TIMEOUT_S,
