@@ -14,6 +14,7 @@ the vocabulary of station/image.py and the step rows of station/sequence.py.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,6 +107,10 @@ class ResumePoint:
 
     plan: SwapPlan
     step_index: int
+    # serial -> the charge (Ah) the journal shows granted to that pack of the plan since
+    # the plan read its SOC: what its SOC may have risen by, where this run learnt nothing
+    # of it (a pack the stacker had taken when swapd died)
+    granted_ah: Mapping[int, float] = field(default_factory=dict)
 
 
 class CommandRefused(Exception):
@@ -178,6 +183,7 @@ class StationCore:
         self._isolated: set[tuple[Location, int | None]] = set()  # told to isolate
         self._view: ProcessImage | None = None  # the trusted packs, this scan
         self._carried: dict[Location, Binding | None] = {}  # a pack's binding, in transit
+        self._granted_since_plan: dict[int, float] = {}  # ResumePoint.granted_ah
         self._pack_commands: list[PackCommand] = []
         self._pack_requests: list[PackRequest] = []
         self._pack_events: tuple[PackEvent, ...] = ()
@@ -193,6 +199,7 @@ class StationCore:
         if resume is not None:
             self.machine.state = State.HELD
             self.plan, self.step_index = resume.plan, resume.step_index
+            self._granted_since_plan = dict(resume.granted_ah)
             self.outputs["stop_request"] = StopRequest.CAT2
 
     # ---- views -------------------------------------------------------------------------
@@ -938,6 +945,7 @@ class StationCore:
     def _start_swap(self, plan: SwapPlan, now: float, origin: str) -> None:
         self.swap_number += 1
         self.plan, self._candidate = plan, None
+        self._granted_since_plan = {}  # the plan read its packs' SOC this scan
         self.interrupted = None  # started from home: the last stop's packs are all put away
         self._emit(SwapStarted(t=now, swap_id=plan.swap_id, vehicle_token=plan.vehicle_token,
                                pack_out=plan.pack_out, pack_in=plan.pack_in,
@@ -999,7 +1007,7 @@ class StationCore:
 
     def _expect(self, loc: Location, pack: PackInfo, carried: Binding | None) -> None:
         self.trust.expect(loc, PackIdentity(pack.serial, pack.family, pack.chemistry, None),
-                          pack.soc_pct, carried)
+                          pack.soc_pct, carried, self._granted_since_plan.get(pack.serial, 0.0))
 
     def _begin_step(self, index: int, now: float) -> None:
         assert self.plan is not None

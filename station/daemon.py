@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import json
 import time
@@ -47,6 +48,7 @@ from station.local_api import LocalApiServer, handle_request
 from station.logs import bind_swap
 from station.metrics import StationMetrics
 from station.pack_commands import PackCommandKind, PackRequest
+from station.pack_trust import charge_granted_ah
 from station.packml import Cmd, State
 from station.plan import PackInfo, SwapPlan
 from station.recovery import Interrupted
@@ -254,6 +256,15 @@ class Daemon:
                                        "then reset"), None
             return State.STOPPED, None, None
         resume = resume_point(row, self.journal.steps(row["swap_id"]))
+        # The pack to give may have charged in its slot since the plan read its SOC; if the
+        # stacker has it now, this run never hears it there: the journal's grants are all
+        # that bounds its SOC when it arrives in the car. The last grant may still be drawn
+        # on until the PackControl timeout after now.
+        until = time.time() + self.adapter.control_timeout_s()
+        pack_in = resume.plan.pack_in.serial
+        resume = dataclasses.replace(resume, granted_ah={pack_in: charge_granted_ah(
+            self.journal.pack_grants(pack_in, resume.plan.swap_id), until,
+            self.cfg.sequence.speed_factor)})
         step = SEQUENCE[resume.step_index].name
         log.warning("recovery.unfinished_swap", swap_id=row["swap_id"], step=step)
         return State.HELD, f"restart during {step}: waiting for the PLC read-back", resume

@@ -49,6 +49,7 @@ from station.network import (
     parse_authorisations,
     parse_power_cap,
 )
+from station.pack_commands import PackCommandKind
 from station.sequence import STEP_NAMES
 
 SCHEMA = """
@@ -314,6 +315,31 @@ class Journal:
         if row is None or row["outcome"] in (None, "completed"):
             return None
         return row
+
+    def pack_grants(self, serial: int, swap_id: str) -> list[tuple[float, float]]:
+        """The charge currents granted to pack `serial` from the start of swap `swap_id` on,
+        as journaled: [(wall time, current A)], first the grant in force when the swap
+        started (at the swap's start), then each change after it. A command other than
+        charge_enable grants 0 A. Empty: no such swap journaled."""
+        start = self.db.execute(
+            "SELECT id, wall FROM events WHERE kind = 'swap_started' AND "
+            "json_extract(data, '$.swap_id') = ? ORDER BY id DESC LIMIT 1",
+            (swap_id,)).fetchone()
+        if start is None:
+            return []
+        query = ("SELECT wall, data FROM events WHERE kind = 'pack_command' AND id {} ? AND "
+                 "json_extract(data, '$.serial') = ? ORDER BY id {}")
+        before = self.db.execute(query.format("<", "DESC LIMIT 1"),
+                                 (start["id"], serial)).fetchall()
+        after = self.db.execute(query.format(">", "ASC"), (start["id"], serial)).fetchall()
+
+        def amps(row: sqlite3.Row) -> float:
+            d = json.loads(row["data"])
+            return float(d["current_limit_a"]) if d["command"] == PackCommandKind.CHARGE_ENABLE \
+                else 0.0
+
+        grants = [(float(start["wall"]), amps(before[0]) if before else 0.0)]
+        return grants + [(float(r["wall"]), amps(r)) for r in after]
 
     def swaps(self) -> list[sqlite3.Row]:
         return self.db.execute("SELECT * FROM swaps ORDER BY started_wall").fetchall()

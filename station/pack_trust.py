@@ -24,7 +24,7 @@ Pure logic: the core calls `update` every scan and acts on the events it returns
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from station.image import (
@@ -81,16 +81,19 @@ class PackTrust:
         # station): its current is judged only this long after the binding
         self.settle_s = settle_s
         self.bindings: dict[Location, Binding] = {}
-        self._expected: dict[Location, tuple[PackIdentity, float | None, Binding | None]] = {}
+        self._expected: dict[Location,
+                             tuple[PackIdentity, float | None, Binding | None, float]] = {}
         self._last_update: float | None = None
 
     # ---- what the core tells it ---------------------------------------------------------
     def expect(self, loc: Location, identity: PackIdentity, soc_pct: float | None,
-               carried: Binding | None = None) -> None:
+               carried: Binding | None = None, granted_ah: float = 0.0) -> None:
         """The swap is about to put this pack at loc (STORE, INSTALL): bind it on arrival.
         `carried`: its binding where it came from (`snapshot`), so that what was learnt of
-        it there (ratings, capacity, SOC and the charge granted since) travels with it."""
-        self._expected[loc] = (identity, soc_pct, carried)
+        it there (ratings, capacity, SOC and the charge granted since) travels with it.
+        Without one, `soc_pct` is the reference and `granted_ah` the charge the station
+        granted the pack since that SOC was read (`charge_granted_ah`, from the journal)."""
+        self._expected[loc] = (identity, soc_pct, carried, granted_ah)
 
     def snapshot(self, loc: Location) -> Binding | None:
         """A copy of the binding at loc, to carry with the pack when the machine moves it."""
@@ -190,7 +193,7 @@ class PackTrust:
         b = Binding(loc, since=t, token=token if loc.is_bay else 0)
         expected = self._expected.pop(loc, None)
         if expected is not None:
-            identity, b.soc_ref, carried = expected
+            identity, b.soc_ref, carried, b.ah_granted = expected
             b.identity, b.history = identity, b.soc_ref is not None
             if carried is not None and carried.distrust is None and \
                     carried.identity is not None and _same(identity, carried.identity):
@@ -301,6 +304,18 @@ class PackTrust:
     def _conflict(b: Binding, kind: str, detail: str) -> TrustEvent:
         serial = b.identity.serial if b.identity is not None else None
         return TrustEvent(b.location, serial, kind, f"{b.location}: {detail}")
+
+
+def charge_granted_ah(grants: Sequence[tuple[float, float]], until: float,
+                      speed_factor: float = 1.0) -> float:
+    """The most charge (Ah) a pack can have taken under a record of grants: `grants` are
+    (time, current A) in the order given, each in force until the next, the last until
+    `until` (seconds; a clock stepped back counts no time, never less). `speed_factor`:
+    simulated seconds per second, as for `PackTrust`."""
+    ends = [t for t, _ in grants[1:]] + [until] if grants else []
+    seconds_amps = sum(max(0.0, a) * max(0.0, end - t)
+                       for (t, a), end in zip(grants, ends, strict=True))
+    return seconds_amps * speed_factor / 3600.0
 
 
 @dataclass

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from sim_hw.config import RackPackConfig
 from sim_hw.station_sim import SimStation
 from station.rig import PlcProtocol, ProcessRig
 from station.sequence import STEP_NAMES
@@ -98,3 +99,52 @@ async def test_sigkill_at_random_moments_across_twenty_swaps(tmp_path: Path,
                 assert observer.violations == [], observer.violations
         finally:
             daemon.terminate()
+
+
+async def test_a_pack_charged_before_a_restart_is_trusted_when_installed_after_it(
+        tmp_path: Path) -> None:
+    """The pack to give charges in its slot after the swap chose it (here: while the swap is
+    held); swapd dies once the stacker has taken it. The new swapd knows nothing it learnt
+    of that pack in the slot, only the swap's plan (the SOC when it was chosen) and the
+    journal: the charge granted since must count, or the pack's higher SOC in the car reads
+    as a forged one (soc_implausible) and the swap aborts after a complete swap."""
+    rack = [RackPackConfig(slot=1, serial=7_100_001, family=20, chemistry="lfp", soc=80.5),
+            RackPackConfig(slot=2, serial=7_100_002, family=25, chemistry="lfp", soc=80.5)]
+    async with ProcessRig(speed=SPEED, vehicles=1, workdir=tmp_path, name="charged",
+                          sim={"rack_pack": rack}) as rig:
+        sim, daemon = rig.sim, rig.daemon
+        st = await daemon.status()
+        while st["step"] != "lift":
+            assert st["packml_state"] in ("Stopped", "Resetting", "Idle", "Starting",
+                                          "Execute"), st
+            await asyncio.sleep(0.01)
+            st = await daemon.status()
+        assert (await daemon.command("hold"))["ok"]
+        await asyncio.sleep(4.0)  # 200 s of charging at 1C: some 5 % more than when chosen
+        assert (await daemon.command("unhold"))["ok"]
+        serials = {p.serial for p in rack}
+        await rig.wait_for(lambda: sim.truth()["stacker"] in serials,
+                           what="the stacker holding the pack to give")
+        daemon.kill()
+        daemon.start()
+        st = await daemon.status()
+        assert st["packml_state"] == "Held" and st["reason"].startswith("restart during "), st
+        assert (await daemon.command("unhold"))["ok"]
+        db = sqlite3.connect(f"file:{rig.journal_path}?mode=ro", uri=True)
+        try:
+            while (outcomes := [r[0] for r in db.execute("SELECT outcome FROM swaps")]) \
+                    == [None]:
+                st = await daemon.status()
+                assert st["packml_state"] in ("Held", "Unholding", "Execute", "Completing",
+                                              "Complete", "Resetting", "Idle"), st
+                await asyncio.sleep(0.05)
+            alarms = [r[0] for r in db.execute(
+                "SELECT data FROM events WHERE kind = 'alarm'")]
+        finally:
+            db.close()
+        assert outcomes == ["completed"] and alarms == [], (outcomes, alarms)
+        installed = sim.truth()["history"][0]["pack_in"]
+        assert installed["soc"] > 84.0, installed  # it did charge well beyond the margin
+        observer = getattr(sim, "observer", None)
+        if observer is not None:
+            assert observer.violations == [], observer.violations
