@@ -46,10 +46,14 @@ def plc_section(tmp: Path, sim: SimStation) -> PlcSection:
 
 
 async def watching(cfg: Path, duration: str) -> asyncio.subprocess.Process:
-    """`swapd commission` started and past its checks: connected, writing, watching."""
+    """`swapd commission` started and past its checks: connected, writing, watching.
+    It gets SIGINT's default action, as a command in a terminal has (Ctrl-C): a process
+    started in the background by a non-interactive shell (a CI job, say) ignores SIGINT,
+    its children inherit that, and Python keeps an ignored SIGINT ignored."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "station.cli", *commission(cfg, "--duration", duration),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stderr is not None
     seen = b""
     while b"watching" not in seen:
